@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+// dmalab device ABI: BAR0 registers, descriptor/completion formats, status codes, and the
+// /dev/dmalabN ioctl interface. docs/datasheet.md is the prose version of this file.
+//
+// This one file is compiled into the device model (std), the guest agent (std) and the guest
+// kernel module (no_std, `include!`d). Rules: only `core::`, no inner attributes, no macros from
+// other crates; only consts, `#[repr(C)]` types and `const fn`s; a doc comment on every item
+// (the kernel builds with -Wmissing_docs).
+
+/// PCI vendor ID (Red Hat, Inc., QEMU's range for emulated test devices).
+pub const PCI_VENDOR_ID: u16 = 0x1b36;
+/// PCI device ID of the dmalab device.
+pub const PCI_DEVICE_ID: u16 = 0x00f1;
+/// PCI subsystem vendor ID.
+pub const PCI_SUBSYS_VENDOR_ID: u16 = 0x1b36;
+/// PCI subsystem ID.
+pub const PCI_SUBSYS_ID: u16 = 0x0d4a;
+/// PCI class code (class 0xff "unassigned", subclass 0xff, prog-if 0).
+pub const PCI_CLASS: u32 = 0xff_ff00;
+/// PCI revision ID.
+pub const PCI_REVISION: u8 = 1;
+
+/// Size of BAR0: registers, queue blocks, MSI-X table and PBA.
+pub const BAR0_SIZE: usize = 0x2000;
+
+/// Value of [`REG_ID`]: ASCII "DMAL" read as a little-endian u32.
+pub const DEVICE_MAGIC: u32 = 0x4c41_4d44;
+/// Major version of this programming interface (incompatible changes).
+pub const VERSION_MAJOR: u16 = 1;
+/// Minor version of this programming interface (compatible additions).
+pub const VERSION_MINOR: u16 = 0;
+/// Value of [`REG_VERSION`].
+pub const VERSION: u32 = ((VERSION_MAJOR as u32) << 16) | VERSION_MINOR as u32;
+
+/// RO: [`DEVICE_MAGIC`].
+pub const REG_ID: usize = 0x000;
+/// RO: interface version, major << 16 | minor ([`VERSION`]).
+pub const REG_VERSION: usize = 0x004;
+/// RO: number of queue pairs this instance has (1..=[`MAX_QUEUES`]).
+pub const REG_CAP_QUEUES: usize = 0x008;
+/// RO: largest ring size in entries (a power of two, [`MAX_RING_ENTRIES`]).
+pub const REG_CAP_RING: usize = 0x00c;
+/// RO: largest number of scatter-gather segments per list ([`MAX_SG_SEGMENTS`]).
+pub const REG_CAP_SG: usize = 0x010;
+/// RO: bit n set = opcode n supported ([`SUPPORTED_OPCODES`]).
+pub const REG_CAP_OPCODES: usize = 0x014;
+/// RO: size of the internal memory in bytes, low 32 bits.
+pub const REG_MEM_SIZE_LO: usize = 0x018;
+/// RO: size of the internal memory in bytes, high 32 bits.
+pub const REG_MEM_SIZE_HI: usize = 0x01c;
+/// RW: device control ([`CTRL_RESET`]).
+pub const REG_DEV_CTRL: usize = 0x020;
+/// RO: device status ([`STATUS_READY`], [`STATUS_FATAL`]).
+pub const REG_DEV_STATUS: usize = 0x024;
+/// RW1C: sticky device error bits ([`ERR_RING_FETCH`] ...); raises the error vector when set.
+pub const REG_ERROR: usize = 0x028;
+/// RW: interrupt coalescing: bits 15:0 completion count, bits 31:16 time in microseconds.
+pub const REG_IRQ_COALESCE: usize = 0x02c;
+/// RW1C: INTx/MSI interrupt cause: bit q = queue q has new completions, bit 31 = device error.
+pub const REG_IRQ_CAUSE: usize = 0x030;
+/// RO: largest transfer length per descriptor in bytes ([`MAX_TRANSFER`]).
+pub const REG_CAP_MAX_XFER: usize = 0x034;
+
+/// [`REG_DEV_CTRL`] bit 0: write 1 to reset the whole device; reads back 0 once done.
+pub const CTRL_RESET: u32 = 1 << 0;
+/// [`REG_DEV_STATUS`] bit 0: the device is out of reset and accepts work.
+pub const STATUS_READY: u32 = 1 << 0;
+/// [`REG_DEV_STATUS`] bit 1: fatal error; every queue is halted until a device reset.
+pub const STATUS_FATAL: u32 = 1 << 1;
+
+/// [`REG_ERROR`] bit 0: a submission-ring entry could not be read (unmapped ring memory).
+pub const ERR_RING_FETCH: u32 = 1 << 0;
+/// [`REG_ERROR`] bit 1: a completion could not be written (unmapped ring memory).
+pub const ERR_CQ_WRITE: u32 = 1 << 1;
+/// [`REG_ERROR`] bit 2: a doorbell or ring register was written with an invalid value.
+pub const ERR_BAD_DOORBELL: u32 = 1 << 2;
+/// [`REG_ERROR`] bit 3: a DMA named memory outside the device's DMA mappings.
+pub const ERR_DMA_VIOLATION: u32 = 1 << 3;
+/// [`REG_ERROR`] bit 4: fatal internal error (see [`STATUS_FATAL`]).
+pub const ERR_FATAL: u32 = 1 << 4;
+
+/// Number of queue pairs the device supports at most.
+pub const MAX_QUEUES: usize = 8;
+/// Largest ring size in entries.
+pub const MAX_RING_ENTRIES: u32 = 4096;
+/// Largest number of segments in one scatter-gather list.
+pub const MAX_SG_SEGMENTS: u32 = 256;
+/// Largest transfer per descriptor in bytes (64 MiB).
+pub const MAX_TRANSFER: u32 = 64 << 20;
+
+/// Offset of queue pair 0's register block; queue q is at `QUEUE_BASE + q * QUEUE_STRIDE`.
+pub const QUEUE_BASE: usize = 0x100;
+/// Size of one queue pair's register block.
+pub const QUEUE_STRIDE: usize = 0x40;
+/// Queue register: RW, submission ring base address, low 32 bits (64-byte aligned).
+pub const Q_SQ_BASE_LO: usize = 0x00;
+/// Queue register: RW, submission ring base address, high 32 bits.
+pub const Q_SQ_BASE_HI: usize = 0x04;
+/// Queue register: RW, completion ring base address, low 32 bits (16-byte aligned).
+pub const Q_CQ_BASE_LO: usize = 0x08;
+/// Queue register: RW, completion ring base address, high 32 bits.
+pub const Q_CQ_BASE_HI: usize = 0x0c;
+/// Queue register: RW, number of entries of both rings (power of two, 2..=[`MAX_RING_ENTRIES`]).
+pub const Q_SIZE: usize = 0x10;
+/// Queue register: RW, queue control ([`QCTRL_ENABLE`], [`QCTRL_RESET`]).
+pub const Q_CTRL: usize = 0x14;
+/// Queue register: RO, queue status ([`QSTATUS_ENABLED`], [`QSTATUS_ERROR`]).
+pub const Q_STATUS: usize = 0x18;
+/// Queue register: WO doorbell, new submission tail (index of the next free slot).
+pub const Q_SQ_TAIL: usize = 0x1c;
+/// Queue register: RO, submission head (next descriptor the device will fetch).
+pub const Q_SQ_HEAD: usize = 0x20;
+/// Queue register: WO doorbell, completion head (next completion the driver will read).
+pub const Q_CQ_HEAD: usize = 0x24;
+/// Queue register: RO, completion tail (next completion slot the device will write).
+pub const Q_CQ_TAIL: usize = 0x28;
+/// Queue register: RO, descriptors completed on this queue since its last reset.
+pub const Q_DONE: usize = 0x2c;
+
+/// Byte offset in BAR0 of queue `q`'s register `reg`.
+pub const fn queue_reg(q: usize, reg: usize) -> usize {
+    QUEUE_BASE + q * QUEUE_STRIDE + reg
+}
+
+/// [`Q_CTRL`] bit 0: the queue fetches descriptors (ring registers are read when this is set).
+pub const QCTRL_ENABLE: u32 = 1 << 0;
+/// [`Q_CTRL`] bit 1: write 1 to reset the queue; reads back 0 once done.
+pub const QCTRL_RESET: u32 = 1 << 1;
+/// [`Q_STATUS`] bit 0: the queue is enabled.
+pub const QSTATUS_ENABLED: u32 = 1 << 0;
+/// [`Q_STATUS`] bit 1: the queue halted on a ring error; reset it.
+pub const QSTATUS_ERROR: u32 = 1 << 1;
+
+/// Offset of the MSI-X table in BAR0 (emulated by the PCI host, 16 bytes a vector).
+pub const MSIX_TABLE_OFFSET: u32 = 0x1000;
+/// Offset of the MSI-X pending-bit array in BAR0.
+pub const MSIX_PBA_OFFSET: u32 = 0x1800;
+/// MSI-X vectors: one per queue pair (vector q), then the device-error vector.
+pub const MSIX_VECTORS: u16 = MAX_QUEUES as u16 + 1;
+
+/// Opcode: copy `len` bytes from guest memory `src` to guest memory `dst`.
+pub const OP_COPY: u8 = 1;
+/// Opcode: copy `len` bytes from guest memory `src` to internal memory offset `dst`.
+pub const OP_WRITE: u8 = 2;
+/// Opcode: copy `len` bytes from internal memory offset `src` to guest memory `dst`.
+pub const OP_READ: u8 = 3;
+/// Opcode: fill `len` bytes of guest memory at `dst` with the 32-bit `pattern` (little-endian).
+pub const OP_FILL: u8 = 4;
+/// Opcode: CRC32C (Castagnoli) of `len` bytes at guest `src`, returned in the completion result.
+pub const OP_CHECKSUM: u8 = 5;
+/// Bit mask of the supported opcodes (value of [`REG_CAP_OPCODES`]).
+pub const SUPPORTED_OPCODES: u32 =
+    (1 << OP_COPY) | (1 << OP_WRITE) | (1 << OP_READ) | (1 << OP_FILL) | (1 << OP_CHECKSUM);
+
+/// Descriptor flag: `src` is the guest address of a scatter-gather list of `src_nseg` entries.
+pub const DESC_SRC_SG: u8 = 1 << 0;
+/// Descriptor flag: `dst` is the guest address of a scatter-gather list of `dst_nseg` entries.
+pub const DESC_DST_SG: u8 = 1 << 1;
+/// Descriptor flag: do not count this completion towards an interrupt.
+pub const DESC_NO_IRQ: u8 = 1 << 2;
+/// All defined descriptor flags; any other bit makes the descriptor malformed.
+pub const DESC_FLAGS_VALID: u8 = DESC_SRC_SG | DESC_DST_SG | DESC_NO_IRQ;
+
+/// A submission-ring entry (64 bytes, little-endian).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Descriptor {
+    /// One of the `OP_*` opcodes.
+    pub opcode: u8,
+    /// `DESC_*` flags.
+    pub flags: u8,
+    /// Entries in the source scatter-gather list (with [`DESC_SRC_SG`]), else 0.
+    pub src_nseg: u16,
+    /// Entries in the destination scatter-gather list (with [`DESC_DST_SG`]), else 0.
+    pub dst_nseg: u16,
+    /// Reserved, must be 0.
+    pub rsvd0: u16,
+    /// Driver's tag, returned unchanged in the completion.
+    pub tag: u32,
+    /// Transfer length in bytes (1..=[`MAX_TRANSFER`]).
+    pub len: u32,
+    /// Source: guest address, SG-list address, or internal memory offset (by opcode).
+    pub src: u64,
+    /// Destination: guest address, SG-list address, or internal memory offset (by opcode).
+    pub dst: u64,
+    /// FILL pattern; 0 for other opcodes.
+    pub pattern: u32,
+    /// Reserved, must be 0.
+    pub rsvd1: u32,
+    /// Reserved, must be 0.
+    pub rsvd2: [u64; 3],
+}
+
+/// Size of a [`Descriptor`] in bytes.
+pub const DESC_SIZE: usize = 64;
+
+/// A scatter-gather list entry (16 bytes, little-endian).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SgEntry {
+    /// Guest address of the segment.
+    pub addr: u64,
+    /// Length of the segment in bytes (at least 1).
+    pub len: u32,
+    /// Reserved, must be 0.
+    pub rsvd: u32,
+}
+
+/// Size of an [`SgEntry`] in bytes.
+pub const SG_ENTRY_SIZE: usize = 16;
+
+/// A completion-ring entry (16 bytes, little-endian). The device writes bytes 0..12 first and
+/// the `status`/`phase` word last, so a driver that sees the expected phase sees the whole entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// Opcode result: the CRC32C for [`OP_CHECKSUM`], else 0.
+    pub result: u32,
+    /// Bytes transferred.
+    pub bytes: u32,
+    /// The descriptor's tag.
+    pub tag: u32,
+    /// One of the `CS_*` status codes.
+    pub status: u16,
+    /// Bit 0: phase; flips each time the device wraps the completion ring (first pass: 1).
+    pub phase: u16,
+}
+
+/// Size of a [`Completion`] in bytes.
+pub const COMPLETION_SIZE: usize = 16;
+
+/// Completion status: success.
+pub const CS_OK: u16 = 0;
+/// Completion status: unknown or unsupported opcode.
+pub const CS_BAD_OPCODE: u16 = 1;
+/// Completion status: length 0, above [`MAX_TRANSFER`], or SG lengths that do not sum to `len`.
+pub const CS_BAD_LENGTH: u16 = 2;
+/// Completion status: an SG list is empty or longer than [`MAX_SG_SEGMENTS`].
+pub const CS_TOO_MANY_SEGMENTS: u16 = 3;
+/// Completion status: an address is not covered by the device's DMA mappings.
+pub const CS_DMA_FAULT: u16 = 4;
+/// Completion status: source and destination overlap.
+pub const CS_OVERLAP: u16 = 5;
+/// Completion status: address + length overflows 64 bits.
+pub const CS_ADDR_OVERFLOW: u16 = 6;
+/// Completion status: reserved field or unknown flag set, or a flag the opcode cannot take.
+pub const CS_BAD_DESCRIPTOR: u16 = 7;
+/// Completion status: internal-memory range outside the internal memory.
+pub const CS_INTERNAL_RANGE: u16 = 8;
+/// Completion status: injected device error (fault injection).
+pub const CS_DEVICE_ERROR: u16 = 9;
+
+/// Linux `_IOC()` encoding (x86), here so that this file has no dependencies.
+pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
+    (dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
+}

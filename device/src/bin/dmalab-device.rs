@@ -1,0 +1,164 @@
+//! dmalab-device: serves one dmalab device to QEMU's `vfio-user-pci` over a UNIX socket.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use dmalab_device::abi;
+use dmalab_device::device::{Device, DeviceConfig};
+use dmalab_device::eventlog::EventLog;
+use dmalab_device::memory::MapTable;
+use dmalab_device::vfio_server::{EventfdSink, VfioDevice};
+use log::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Serve a dmalab DMA test device to QEMU over vfio-user"
+)]
+struct Args {
+    /// UNIX socket to listen on (QEMU: -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":...}}')
+    #[arg(long)]
+    socket: PathBuf,
+    /// Queue pairs (1-8)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=abi::MAX_QUEUES as i64))]
+    queues: u16,
+    /// Internal memory size, in bytes or with a K/M/G suffix
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    mem_size: usize,
+    /// Log level: error, warn, info, debug, trace
+    #[arg(long, default_value = "info")]
+    log_level: log::LevelFilter,
+    /// Write the event log (JSON lines) here; '-' is standard output
+    #[arg(long)]
+    event_log: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4096, 64M, 1G)"))?;
+    let size = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
+    if size == 0 || size > 16 << 30 {
+        return Err(format!(
+            "internal memory size must be 1 byte..16G, not '{s}'"
+        ));
+    }
+    Ok(size)
+}
+
+/// Refuses anything at `path` but a stale socket (which it removes).
+fn claim_socket_path(path: &Path) -> Result<(), String> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(format!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!("{} is in use by a running server", path.display()));
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
+}
+
+fn open_event_log(path: &Option<PathBuf>) -> Result<EventLog, String> {
+    Ok(match path {
+        None => EventLog::disabled(),
+        Some(p) if p.as_os_str() == "-" => EventLog::to_writer(Box::new(std::io::stdout())),
+        Some(p) => {
+            let f = File::create(p)
+                .map_err(|e| format!("cannot create event log {}: {e}", p.display()))?;
+            EventLog::to_writer(Box::new(f) as Box<dyn Write + Send>)
+        }
+    })
+}
+
+fn run(args: Args) -> Result<(), String> {
+    claim_socket_path(&args.socket)?;
+    let log = Arc::new(open_event_log(&args.event_log)?);
+    let maps = Arc::new(MapTable::new());
+    let irqs = Arc::new(EventfdSink::default());
+    let cfg = DeviceConfig {
+        queues: args.queues as usize,
+        internal_mem: args.mem_size,
+    };
+    let device = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone())
+        .map_err(|e| format!("device: {e}"))?;
+    let vectors = device.vectors();
+    let server = vfio_user::Server::new(
+        &args.socket,
+        true,
+        VfioDevice::irq_infos(vectors),
+        VfioDevice::regions(),
+    )
+    .map_err(|e| format!("cannot listen on {}: {e}", args.socket.display()))?;
+
+    // SIGTERM/SIGINT: write the counters, remove the socket, leave with status 0.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
+    let (sig_log, sig_path) = (log.clone(), args.socket.clone());
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            info!("signal {sig}: shutting down");
+            sig_log.finish();
+            let _ = std::fs::remove_file(&sig_path);
+            std::process::exit(0);
+        }
+    });
+
+    info!(
+        "dmalab device {:04x}:{:04x} v{}.{}: {} queues, {} MSI-X vectors, {} bytes internal memory; listening on {}",
+        abi::PCI_VENDOR_ID,
+        abi::PCI_DEVICE_ID,
+        abi::VERSION_MAJOR,
+        abi::VERSION_MINOR,
+        cfg.queues,
+        vectors,
+        cfg.internal_mem,
+        args.socket.display()
+    );
+    let mut backend = VfioDevice::new(device, maps, irqs, log.clone());
+    let result = server.run(&mut backend);
+    backend.device.shutdown();
+    let c = log.counters.snapshot();
+    info!(
+        "client gone: {} descriptors, {} completions ({} ok, {} failed), {} interrupts, {} resets",
+        c.descriptors, c.completions, c.completions_ok, c.completions_err, c.irqs, c.resets
+    );
+    result.map_err(|e| format!("vfio-user: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .format_timestamp_micros()
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("dmalab-device: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

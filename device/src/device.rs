@@ -1,0 +1,380 @@
+//! The device: BAR0 register semantics, queue workers, resets and error reporting.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use dmalab_abi as abi;
+use log::{debug, warn};
+
+use crate::engine::InternalMemory;
+use crate::eventlog::{Event, EventLog};
+use crate::interrupts::InterruptSink;
+use crate::memory::DmaMemory;
+use crate::queue::{QueueShared, Worker};
+use crate::registers::{DevCtrl, DevStatus, ErrorBits, QueueCtrl};
+
+/// How an instance is built.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Queue pairs, 1..=`MAX_QUEUES`.
+    pub queues: usize,
+    /// Internal memory in bytes.
+    pub internal_mem: usize,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            queues: 4,
+            internal_mem: 64 << 20,
+        }
+    }
+}
+
+/// State shared by the MMIO path and the queue workers.
+pub struct Shared {
+    pub(crate) mem: Arc<dyn DmaMemory>,
+    irq: Arc<dyn InterruptSink>,
+    pub log: Arc<EventLog>,
+    pub internal: InternalMemory,
+    pub(crate) queues: Vec<QueueShared>,
+    error: AtomicU32,
+    status: AtomicU32,
+    pub(crate) coalesce: AtomicU32,
+    irq_cause: AtomicU32,
+}
+
+impl Shared {
+    fn nqueues(&self) -> u16 {
+        self.queues.len() as u16
+    }
+
+    pub(crate) fn is_fatal(&self) -> bool {
+        DevStatus::from_bits(self.status.load(Ordering::SeqCst)).fatal()
+    }
+
+    fn raise(&self, vector: u16, cause: u32) {
+        self.irq_cause.fetch_or(cause, Ordering::SeqCst);
+        let delivered = self.irq.raise(vector);
+        self.log.counters.irqs.fetch_add(1, Ordering::Relaxed);
+        self.log.record(|| Event::Irq { vector, delivered });
+    }
+
+    pub(crate) fn raise_queue_irq(&self, q: u16) {
+        self.raise(q, 1 << q);
+    }
+
+    /// Sets sticky error bits and raises the error vector.
+    pub(crate) fn set_error(&self, bits: ErrorBits) {
+        self.error.fetch_or(bits.into_bits(), Ordering::SeqCst);
+        if bits.fatal() {
+            self.status.fetch_or(
+                DevStatus::new().with_fatal(true).into_bits(),
+                Ordering::SeqCst,
+            );
+        }
+        self.raise(self.nqueues(), 1 << 31);
+    }
+}
+
+/// A dmalab device instance with its worker threads.
+pub struct Device {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Device {
+    /// Builds the device and starts one worker thread per queue.
+    pub fn new(
+        cfg: &DeviceConfig,
+        mem: Arc<dyn DmaMemory>,
+        irq: Arc<dyn InterruptSink>,
+        log: Arc<EventLog>,
+    ) -> std::io::Result<Self> {
+        if !(1..=abi::MAX_QUEUES).contains(&cfg.queues) {
+            return Err(std::io::Error::other(format!(
+                "queue count {} is not in 1..={}",
+                cfg.queues,
+                abi::MAX_QUEUES
+            )));
+        }
+        let internal = InternalMemory::new(cfg.internal_mem)?;
+        let (queues, receivers): (Vec<_>, Vec<_>) =
+            (0..cfg.queues).map(|_| QueueShared::new()).unzip();
+        let shared = Arc::new(Shared {
+            mem,
+            irq,
+            log,
+            internal,
+            queues,
+            error: AtomicU32::new(0),
+            status: AtomicU32::new(DevStatus::new().with_ready(true).into_bits()),
+            coalesce: AtomicU32::new(0),
+            irq_cause: AtomicU32::new(0),
+        });
+        let workers = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| {
+                let w = Worker::new(i as u16, shared.clone(), rx);
+                std::thread::Builder::new()
+                    .name(format!("dmalab-q{i}"))
+                    .spawn(move || w.run())
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self { shared, workers })
+    }
+
+    /// The state the workers share (counters, internal memory).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Number of queue pairs.
+    pub fn queues(&self) -> usize {
+        self.shared.queues.len()
+    }
+
+    /// Number of interrupt vectors (queues + error vector).
+    pub fn vectors(&self) -> u16 {
+        self.shared.nqueues() + 1
+    }
+
+    /// A BAR0 read. Registers are 32 bits wide; 64-bit reads return two registers.
+    pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        if offset % 4 != 0 || !(data.len() == 4 || data.len() == 8) {
+            warn!(
+                "BAR0 read of {} bytes at {offset:#x} is not a 32/64-bit aligned access",
+                data.len()
+            );
+            data.fill(0xff);
+            return;
+        }
+        for (i, chunk) in data.chunks_exact_mut(4).enumerate() {
+            chunk.copy_from_slice(&self.read32(offset as usize + 4 * i).to_le_bytes());
+        }
+    }
+
+    /// A BAR0 write. Registers are 32 bits wide; 64-bit writes set two registers.
+    pub fn mmio_write(&self, offset: u64, data: &[u8]) {
+        if offset % 4 != 0 || !(data.len() == 4 || data.len() == 8) {
+            warn!(
+                "BAR0 write of {} bytes at {offset:#x} ignored: not a 32/64-bit aligned access",
+                data.len()
+            );
+            return;
+        }
+        for (i, chunk) in data.chunks_exact(4).enumerate() {
+            self.write32(
+                offset as usize + 4 * i,
+                u32::from_le_bytes(chunk.try_into().unwrap()),
+            );
+        }
+    }
+
+    fn read32(&self, off: usize) -> u32 {
+        let s = &self.shared;
+        match off {
+            abi::REG_ID => abi::DEVICE_MAGIC,
+            abi::REG_VERSION => abi::VERSION,
+            abi::REG_CAP_QUEUES => s.queues.len() as u32,
+            abi::REG_CAP_RING => abi::MAX_RING_ENTRIES,
+            abi::REG_CAP_SG => abi::MAX_SG_SEGMENTS,
+            abi::REG_CAP_OPCODES => abi::SUPPORTED_OPCODES,
+            abi::REG_MEM_SIZE_LO => s.internal.size() as u32,
+            abi::REG_MEM_SIZE_HI => (s.internal.size() >> 32) as u32,
+            abi::REG_DEV_CTRL => 0,
+            abi::REG_DEV_STATUS => s.status.load(Ordering::SeqCst),
+            abi::REG_ERROR => s.error.load(Ordering::SeqCst),
+            abi::REG_IRQ_COALESCE => s.coalesce.load(Ordering::SeqCst),
+            abi::REG_IRQ_CAUSE => s.irq_cause.load(Ordering::SeqCst),
+            abi::REG_CAP_MAX_XFER => abi::MAX_TRANSFER,
+            o if (abi::QUEUE_BASE..abi::QUEUE_BASE + abi::QUEUE_STRIDE * s.queues.len())
+                .contains(&o) =>
+            {
+                let q = &s.queues[(o - abi::QUEUE_BASE) / abi::QUEUE_STRIDE];
+                let r = *q.regs.lock().unwrap();
+                match (o - abi::QUEUE_BASE) % abi::QUEUE_STRIDE {
+                    abi::Q_SQ_BASE_LO => r.sq_base as u32,
+                    abi::Q_SQ_BASE_HI => (r.sq_base >> 32) as u32,
+                    abi::Q_CQ_BASE_LO => r.cq_base as u32,
+                    abi::Q_CQ_BASE_HI => (r.cq_base >> 32) as u32,
+                    abi::Q_SIZE => r.size,
+                    abi::Q_STATUS => r.status(),
+                    abi::Q_SQ_HEAD => r.sq_head,
+                    abi::Q_CQ_TAIL => r.cq_tail,
+                    abi::Q_DONE => q.done.load(Ordering::Relaxed),
+                    _ => 0,
+                }
+            }
+            o if (abi::MSIX_PBA_OFFSET as usize..abi::MSIX_PBA_OFFSET as usize + 8)
+                .contains(&o) =>
+            {
+                0
+            }
+            o => {
+                debug!("read of unassigned BAR0 offset {o:#x}");
+                0
+            }
+        }
+    }
+
+    fn write32(&self, off: usize, v: u32) {
+        let s = &self.shared;
+        match off {
+            abi::REG_DEV_CTRL => {
+                if DevCtrl::from_bits(v).reset() {
+                    self.reset();
+                }
+            }
+            abi::REG_ERROR => {
+                s.error.fetch_and(!v, Ordering::SeqCst);
+            }
+            abi::REG_IRQ_COALESCE => s.coalesce.store(v, Ordering::SeqCst),
+            abi::REG_IRQ_CAUSE => {
+                s.irq_cause.fetch_and(!v, Ordering::SeqCst);
+            }
+            o if (abi::QUEUE_BASE..abi::QUEUE_BASE + abi::QUEUE_STRIDE * s.queues.len())
+                .contains(&o) =>
+            {
+                let qi = (o - abi::QUEUE_BASE) / abi::QUEUE_STRIDE;
+                self.write_queue(qi, (o - abi::QUEUE_BASE) % abi::QUEUE_STRIDE, v);
+            }
+            o => debug!("write of {v:#x} to read-only or unassigned BAR0 offset {o:#x} ignored"),
+        }
+    }
+
+    fn bad_doorbell(&self, what: String) {
+        warn!("{what}");
+        self.shared.log.record(|| Event::Error {
+            queue: None,
+            tag: None,
+            status: None,
+            what,
+        });
+        self.shared
+            .set_error(ErrorBits::new().with_bad_doorbell(true));
+    }
+
+    fn write_queue(&self, qi: usize, reg: usize, v: u32) {
+        let q = &self.shared.queues[qi];
+        if reg == abi::Q_CTRL {
+            let ctrl = QueueCtrl::from_bits(v);
+            if ctrl.reset() {
+                let discarded = q.reset();
+                self.shared
+                    .log
+                    .counters
+                    .resets
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.log.record(|| Event::Reset {
+                    queue: Some(qi as u16),
+                    discarded,
+                });
+                return;
+            }
+            let mut r = q.regs.lock().unwrap();
+            if ctrl.enable() && !r.enabled {
+                if !r.valid_geometry() {
+                    let r = *r;
+                    return self.bad_doorbell(format!(
+                        "queue {qi}: enable refused: ring size {} / SQ base {:#x} / CQ base {:#x} invalid",
+                        r.size, r.sq_base, r.cq_base
+                    ));
+                }
+                r.enabled = true;
+            } else if !ctrl.enable() {
+                // Disabling stops fetching after the descriptor in flight; the ring indices stay.
+                r.enabled = false;
+            }
+            drop(r);
+            q.kick();
+            return;
+        }
+        let mut r = q.regs.lock().unwrap();
+        let geometry = matches!(
+            reg,
+            abi::Q_SQ_BASE_LO
+                | abi::Q_SQ_BASE_HI
+                | abi::Q_CQ_BASE_LO
+                | abi::Q_CQ_BASE_HI
+                | abi::Q_SIZE
+        );
+        if geometry && r.enabled {
+            drop(r);
+            return self.bad_doorbell(format!(
+                "queue {qi}: ring register {reg:#x} written while enabled"
+            ));
+        }
+        let lo = |x: u64| (x & !0xffff_ffff) | u64::from(v);
+        let hi = |x: u64| (x & 0xffff_ffff) | (u64::from(v) << 32);
+        match reg {
+            abi::Q_SQ_BASE_LO => r.sq_base = lo(r.sq_base),
+            abi::Q_SQ_BASE_HI => r.sq_base = hi(r.sq_base),
+            abi::Q_CQ_BASE_LO => r.cq_base = lo(r.cq_base),
+            abi::Q_CQ_BASE_HI => r.cq_base = hi(r.cq_base),
+            abi::Q_SIZE => r.size = v,
+            abi::Q_SQ_TAIL | abi::Q_CQ_HEAD => {
+                if !r.enabled || v >= r.size {
+                    let size = r.size;
+                    drop(r);
+                    return self.bad_doorbell(format!(
+                        "queue {qi}: doorbell {reg:#x} = {v} refused (ring size {size}, enabled or not)"
+                    ));
+                }
+                if reg == abi::Q_SQ_TAIL {
+                    r.sq_tail = v;
+                } else {
+                    r.cq_head = v;
+                }
+                drop(r);
+                q.kick();
+            }
+            _ => debug!("queue {qi}: write to read-only register {reg:#x} ignored"),
+        }
+    }
+
+    /// Device reset: every queue is reset (DMA in flight finishes first, nothing after),
+    /// errors, coalescing and internal memory are cleared.
+    pub fn reset(&self) {
+        let s = &self.shared;
+        let mut discarded = 0;
+        for q in &s.queues {
+            discarded += q.reset();
+        }
+        s.error.store(0, Ordering::SeqCst);
+        s.coalesce.store(0, Ordering::SeqCst);
+        s.irq_cause.store(0, Ordering::SeqCst);
+        s.internal.clear();
+        s.status.store(
+            DevStatus::new().with_ready(true).into_bits(),
+            Ordering::SeqCst,
+        );
+        s.log.counters.resets.fetch_add(1, Ordering::Relaxed);
+        s.log.record(|| Event::Reset {
+            queue: None,
+            discarded,
+        });
+        s.log.flush();
+    }
+
+    /// Stops the workers (after the descriptor each is executing) and writes the final counters.
+    pub fn shutdown(&mut self) {
+        for q in &self.shared.queues {
+            q.stop();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.shared.log.finish();
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() {
+            self.shutdown();
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The event log: a JSON-lines record of what the device did (descriptors fetched, each DMA,
+//! completions, interrupts, resets, errors) plus counters that are always kept. With no
+//! destination the log costs one branch per event; the counters are a few relaxed atomics.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::memory::Dir;
+
+/// One thing the device did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A descriptor was read from a submission ring.
+    Fetch {
+        queue: u16,
+        index: u32,
+        opcode: u8,
+        flags: u8,
+        tag: u32,
+        len: u32,
+    },
+    /// Guest memory was read or written.
+    Dma {
+        queue: u16,
+        tag: u32,
+        addr: u64,
+        len: u64,
+        dir: Dir,
+    },
+    /// A completion was written.
+    Complete {
+        queue: u16,
+        index: u32,
+        tag: u32,
+        status: u16,
+        bytes: u32,
+        result: u32,
+    },
+    /// An interrupt was raised (`delivered: false`: no vector or line was configured).
+    Irq { vector: u16, delivered: bool },
+    /// A descriptor was refused or a ring could not be accessed.
+    Error {
+        queue: Option<u16>,
+        tag: Option<u32>,
+        status: Option<u16>,
+        what: String,
+    },
+    /// Device or queue reset.
+    Reset { queue: Option<u16>, discarded: u32 },
+    /// Client DMA map-table change.
+    Map { iova: u64, size: u64, mapped: bool },
+    /// The counters, written at shutdown.
+    Counters(CountersSnapshot),
+}
+
+/// Counters kept whether or not events are logged.
+#[derive(Default)]
+pub struct Counters {
+    pub descriptors: AtomicU64,
+    pub completions: AtomicU64,
+    pub completions_ok: AtomicU64,
+    pub completions_err: AtomicU64,
+    pub bytes_from_guest: AtomicU64,
+    pub bytes_to_guest: AtomicU64,
+    pub irqs: AtomicU64,
+    pub resets: AtomicU64,
+    pub ring_errors: AtomicU64,
+}
+
+/// A copy of [`Counters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CountersSnapshot {
+    pub descriptors: u64,
+    pub completions: u64,
+    pub completions_ok: u64,
+    pub completions_err: u64,
+    pub bytes_from_guest: u64,
+    pub bytes_to_guest: u64,
+    pub irqs: u64,
+    pub resets: u64,
+    pub ring_errors: u64,
+}
+
+impl Counters {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            descriptors: self.descriptors.load(Relaxed),
+            completions: self.completions.load(Relaxed),
+            completions_ok: self.completions_ok.load(Relaxed),
+            completions_err: self.completions_err.load(Relaxed),
+            bytes_from_guest: self.bytes_from_guest.load(Relaxed),
+            bytes_to_guest: self.bytes_to_guest.load(Relaxed),
+            irqs: self.irqs.load(Relaxed),
+            resets: self.resets.load(Relaxed),
+            ring_errors: self.ring_errors.load(Relaxed),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    t_us: u128,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// The log: counters plus an optional JSON-lines destination.
+pub struct EventLog {
+    out: Option<Mutex<std::io::BufWriter<Box<dyn Write + Send>>>>,
+    t0: Instant,
+    pub counters: Counters,
+}
+
+impl EventLog {
+    /// A log that keeps counters only.
+    pub fn disabled() -> Self {
+        Self {
+            out: None,
+            t0: Instant::now(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// A log that also writes JSON lines to `w`.
+    pub fn to_writer(w: Box<dyn Write + Send>) -> Self {
+        Self {
+            out: Some(Mutex::new(std::io::BufWriter::new(w))),
+            ..Self::disabled()
+        }
+    }
+
+    /// True when events are written somewhere (callers skip building costly events otherwise).
+    pub fn enabled(&self) -> bool {
+        self.out.is_some()
+    }
+
+    /// Records `event` (built only if the log is enabled).
+    pub fn record(&self, event: impl FnOnce() -> Event) {
+        if let Some(out) = &self.out {
+            let event = event();
+            let line = Line {
+                t_us: self.t0.elapsed().as_micros(),
+                event: &event,
+            };
+            let mut w = out.lock().unwrap();
+            // A full disk must not stop the device: the counters stay right, the log is best effort.
+            let _ = serde_json::to_writer(&mut *w, &line);
+            let _ = w.write_all(b"\n");
+        }
+    }
+
+    /// Pushes buffered lines out (when a queue goes idle and at shutdown).
+    pub fn flush(&self) {
+        if let Some(out) = &self.out {
+            let _ = out.lock().unwrap().flush();
+        }
+    }
+
+    /// Writes the counters as a final event and flushes.
+    pub fn finish(&self) {
+        let c = self.counters.snapshot();
+        self.record(|| Event::Counters(c));
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn events_are_json_lines() {
+        let buf = Shared::default();
+        let log = EventLog::to_writer(Box::new(buf.clone()));
+        log.record(|| Event::Irq {
+            vector: 3,
+            delivered: true,
+        });
+        log.counters.irqs.fetch_add(1, Relaxed);
+        log.finish();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["event"], "irq");
+        assert_eq!(lines[0]["vector"], 3);
+        assert_eq!(lines[1]["event"], "counters");
+        assert_eq!(lines[1]["irqs"], 1);
+    }
+
+    #[test]
+    fn disabled_log_builds_nothing() {
+        let log = EventLog::disabled();
+        log.record(|| unreachable!("events must not be built when the log is off"));
+    }
+}

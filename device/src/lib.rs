@@ -1,0 +1,20 @@
+//! dmalab device model: a DMA engine with descriptor rings, MSI-X interrupts and an event log.
+//!
+//! The model is independent of QEMU: guest memory comes through [`memory::DmaMemory`] and
+//! interrupts leave through [`interrupts::InterruptSink`], so unit tests drive it with
+//! anonymous memory and a recording sink. `vfio_server` serves it to QEMU over vfio-user.
+//! `docs/datasheet.md` is the programming model; [`dmalab_abi`] holds its constants.
+
+pub mod device;
+pub mod engine;
+pub mod eventlog;
+pub mod interrupts;
+pub mod memory;
+pub mod pci_config;
+pub mod queue;
+pub mod registers;
+pub mod testing;
+pub mod vfio_server;
+pub mod wire;
+
+pub use dmalab_abi as abi;

@@ -1,0 +1,378 @@
+//! Guest memory as the device may touch it: the DMA mappings the client has given.
+//!
+//! Every access goes through a [`MemView`], a snapshot of the mappings taken when a descriptor
+//! starts. A range is usable only if every byte of it lies in a mapping (and, for device
+//! writes, a writable one); anything else is refused before a single byte moves. Access is
+//! through `vm-memory`'s volatile slices: the memory is shared with a running guest, so no Rust
+//! reference into it is ever formed.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex, RwLock};
+
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MmapRegion, VolatileSlice,
+};
+
+/// The guest-memory seam of the model: production serves the vfio-user DMA map table, tests
+/// serve anonymous memory. Both hand out immutable snapshots, so a descriptor's DMA sees one
+/// consistent set of mappings and an unmap never pulls memory from under a running copy.
+pub trait DmaMemory: Send + Sync {
+    /// The mappings as they are now.
+    fn view(&self) -> Arc<MemView>;
+}
+
+/// Why a range cannot be accessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// `addr + len` does not fit in 64 bits.
+    #[error("address {addr:#x} + length {len:#x} overflows 64 bits")]
+    Overflow { addr: u64, len: u64 },
+    /// Some byte of the range is not mapped (or not writable, for a write).
+    #[error("range {addr:#x}+{len:#x} is not covered by the DMA mappings")]
+    Unmapped { addr: u64, len: u64 },
+}
+
+/// A snapshot of the DMA mappings.
+#[derive(Default)]
+pub struct MemView {
+    mem: GuestMemoryMmap<()>,
+    /// `[start, end)` of the mappings the client gave read-only.
+    readonly: Vec<(u64, u64)>,
+}
+
+/// Direction of a DMA, as the device sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dir {
+    /// The device reads guest memory.
+    FromGuest,
+    /// The device writes guest memory.
+    ToGuest,
+}
+
+impl MemView {
+    /// Checks `addr..addr+len` and returns it as volatile slices (one per mapping it spans).
+    pub fn slices(
+        &self,
+        addr: u64,
+        len: u64,
+        dir: Dir,
+    ) -> Result<Vec<VolatileSlice<'_>>, AccessError> {
+        let end = addr
+            .checked_add(len)
+            .ok_or(AccessError::Overflow { addr, len })?;
+        let unmapped = AccessError::Unmapped { addr, len };
+        let count = usize::try_from(len).map_err(|_| unmapped)?;
+        if len == 0 {
+            return Err(unmapped);
+        }
+        if dir == Dir::ToGuest && self.readonly.iter().any(|&(s, e)| addr < e && s < end) {
+            return Err(unmapped);
+        }
+        // get_slices() yields an error for the first hole, so a collected Ok covers every byte.
+        self.mem
+            .get_slices(GuestAddress(addr), count)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unmapped)
+    }
+
+    /// Reads `buf.len()` bytes at `addr` (all or nothing).
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        let mut off = 0;
+        for s in self.slices(addr, buf.len() as u64, Dir::FromGuest)? {
+            off += s.copy_to(&mut buf[off..]);
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `addr` (all or nothing).
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
+        let mut off = 0;
+        for s in self.slices(addr, data.len() as u64, Dir::ToGuest)? {
+            s.copy_from(&data[off..off + s.len()]);
+            off += s.len();
+        }
+        Ok(())
+    }
+
+    /// Stores `value` at the 4-byte aligned `addr` in one access, after all earlier writes
+    /// (the completion word that carries the phase bit).
+    pub fn store_u32_release(&self, addr: u64, value: u32) -> Result<(), AccessError> {
+        self.slices(addr, 4, Dir::ToGuest)?;
+        self.mem
+            .store(
+                value.to_le(),
+                GuestAddress(addr),
+                std::sync::atomic::Ordering::Release,
+            )
+            .map_err(|_| AccessError::Unmapped { addr, len: 4 })
+    }
+
+    /// Number of mappings.
+    pub fn num_mappings(&self) -> usize {
+        self.mem.num_regions()
+    }
+}
+
+/// Why a mapping was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("zero-sized DMA mapping at {0:#x}")]
+    Empty(u64),
+    #[error("DMA mapping {iova:#x}+{size:#x} overlaps an existing mapping")]
+    Overlap { iova: u64, size: u64 },
+    #[error("DMA mapping {iova:#x}+{size:#x} wraps the 64-bit address space")]
+    Wraps { iova: u64, size: u64 },
+    #[error("cannot mmap DMA mapping {iova:#x}+{size:#x}: {source}")]
+    Mmap {
+        iova: u64,
+        size: u64,
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("DMA mapping {iova:#x}+{size:#x} does not fit the guest address space")]
+    Region { iova: u64, size: u64 },
+}
+
+struct Mapping {
+    region: Arc<GuestRegionMmap<()>>,
+    writable: bool,
+}
+
+impl Mapping {
+    fn range(&self) -> (u128, u128) {
+        let s = self.region.start_addr().0 as u128;
+        (s, s + self.region.len() as u128)
+    }
+}
+
+/// The DMA map table: what DMA_MAP/DMA_UNMAP build, what [`DmaMemory::view`] snapshots.
+#[derive(Default)]
+pub struct MapTable {
+    maps: Mutex<Vec<Mapping>>,
+    current: RwLock<Arc<MemView>>,
+}
+
+impl MapTable {
+    /// An empty table: every DMA is refused until something is mapped.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps `size` bytes of `file` at `offset` to `iova` (DMA_MAP with an fd).
+    pub fn map_file(
+        &self,
+        iova: u64,
+        size: u64,
+        file: File,
+        offset: u64,
+        writable: bool,
+    ) -> Result<(), MapError> {
+        self.check_new(iova, size)?;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        let mmap = MmapRegion::build(
+            Some(FileOffset::new(file, offset)),
+            size as usize,
+            prot,
+            libc::MAP_SHARED,
+        )
+        .map_err(|source| MapError::Mmap { iova, size, source })?;
+        self.insert(iova, size, mmap, writable)
+    }
+
+    /// Maps fresh anonymous memory at `iova` (tests, benchmarks).
+    pub fn map_anonymous(&self, iova: u64, size: u64) -> Result<(), MapError> {
+        self.check_new(iova, size)?;
+        let mmap = MmapRegion::new(size as usize).map_err(|source| MapError::Mmap {
+            iova,
+            size,
+            source,
+        })?;
+        self.insert(iova, size, mmap, true)
+    }
+
+    fn check_new(&self, iova: u64, size: u64) -> Result<(), MapError> {
+        if size == 0 {
+            return Err(MapError::Empty(iova));
+        }
+        if iova.checked_add(size).is_none() || usize::try_from(size).is_err() {
+            return Err(MapError::Wraps { iova, size });
+        }
+        let (s, e) = (iova as u128, iova as u128 + size as u128);
+        if self.maps.lock().unwrap().iter().any(|m| {
+            let (ms, me) = m.range();
+            s < me && ms < e
+        }) {
+            return Err(MapError::Overlap { iova, size });
+        }
+        Ok(())
+    }
+
+    fn insert(
+        &self,
+        iova: u64,
+        size: u64,
+        mmap: MmapRegion<()>,
+        writable: bool,
+    ) -> Result<(), MapError> {
+        let region = GuestRegionMmap::new(mmap, GuestAddress(iova))
+            .ok_or(MapError::Region { iova, size })?;
+        let mut maps = self.maps.lock().unwrap();
+        maps.push(Mapping {
+            region: Arc::new(region),
+            writable,
+        });
+        self.publish(&maps);
+        Ok(())
+    }
+
+    /// Removes every mapping that lies inside `iova..iova+size` and returns how many it removed.
+    /// The arithmetic is done in u128: QEMU unmaps "everything" with `iova + size == 2^64`.
+    pub fn unmap(&self, iova: u64, size: u64) -> usize {
+        let (s, e) = (iova as u128, iova as u128 + size as u128);
+        let mut maps = self.maps.lock().unwrap();
+        let before = maps.len();
+        maps.retain(|m| {
+            let (ms, me) = m.range();
+            !(ms >= s && me <= e)
+        });
+        let removed = before - maps.len();
+        if removed > 0 {
+            self.publish(&maps);
+        }
+        removed
+    }
+
+    /// Removes every mapping (device reset by the client, disconnect).
+    pub fn clear(&self) {
+        let mut maps = self.maps.lock().unwrap();
+        maps.clear();
+        self.publish(&maps);
+    }
+
+    /// Number of mappings.
+    pub fn len(&self) -> usize {
+        self.maps.lock().unwrap().len()
+    }
+
+    /// True when nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn publish(&self, maps: &[Mapping]) {
+        let mem =
+            GuestMemoryMmap::from_arc_regions(maps.iter().map(|m| m.region.clone()).collect())
+                // Overlaps were refused at insert, so building the collection cannot fail; an empty
+                // collection is refused by vm-memory and means "nothing mapped".
+                .unwrap_or_default();
+        let readonly = maps
+            .iter()
+            .filter(|m| !m.writable)
+            .map(|m| {
+                (
+                    m.region.start_addr().0,
+                    m.region.start_addr().0 + m.region.len(),
+                )
+            })
+            .collect();
+        *self.current.write().unwrap() = Arc::new(MemView { mem, readonly });
+    }
+}
+
+impl DmaMemory for MapTable {
+    fn view(&self) -> Arc<MemView> {
+        self.current.read().unwrap().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmapped_and_partial_ranges_are_refused() {
+        let t = MapTable::new();
+        t.map_anonymous(0x1000, 0x1000).unwrap();
+        let v = t.view();
+        assert!(v.slices(0x1000, 0x1000, Dir::ToGuest).is_ok());
+        assert_eq!(
+            v.slices(0x1800, 0x1000, Dir::ToGuest).unwrap_err(),
+            AccessError::Unmapped {
+                addr: 0x1800,
+                len: 0x1000
+            }
+        );
+        assert!(v.slices(0, 1, Dir::FromGuest).is_err());
+        assert!(matches!(
+            v.slices(u64::MAX, 2, Dir::FromGuest),
+            Err(AccessError::Overflow { .. })
+        ));
+    }
+
+    #[test]
+    fn adjacent_mappings_form_one_range() {
+        let t = MapTable::new();
+        t.map_anonymous(0x1000, 0x1000).unwrap();
+        t.map_anonymous(0x2000, 0x1000).unwrap();
+        let v = t.view();
+        assert_eq!(v.slices(0x1800, 0x1000, Dir::ToGuest).unwrap().len(), 2);
+        v.write(0x1ffe, &[1, 2, 3, 4]).unwrap();
+        let mut b = [0; 4];
+        v.read(0x1ffe, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn unmap_of_whole_space_does_not_overflow() {
+        let t = MapTable::new();
+        t.map_anonymous(0xfef0_0000, 0x1000).unwrap();
+        t.map_anonymous(0x1000, 0x1000).unwrap();
+        assert_eq!(t.unmap(0xfef0_0000, 0xffff_ffff_0110_0000), 1);
+        assert_eq!(t.unmap(0x5000, 0x1000), 0);
+        assert_eq!(t.len(), 1);
+        assert!(t.view().slices(0xfef0_0000, 1, Dir::FromGuest).is_err());
+    }
+
+    #[test]
+    fn overlapping_and_empty_maps_are_refused() {
+        let t = MapTable::new();
+        t.map_anonymous(0x1000, 0x2000).unwrap();
+        assert!(matches!(
+            t.map_anonymous(0x2000, 0x1000),
+            Err(MapError::Overlap { .. })
+        ));
+        assert!(matches!(
+            t.map_anonymous(0x9000, 0),
+            Err(MapError::Empty(_))
+        ));
+        assert!(matches!(
+            t.map_anonymous(u64::MAX - 10, 0x1000),
+            Err(MapError::Wraps { .. })
+        ));
+    }
+
+    #[test]
+    fn read_only_mappings_refuse_device_writes() {
+        let t = MapTable::new();
+        let f = tempfile_with(0x1000);
+        t.map_file(0x4000, 0x1000, f, 0, false).unwrap();
+        let v = t.view();
+        assert!(v.slices(0x4000, 16, Dir::FromGuest).is_ok());
+        assert!(v.write(0x4000, &[1]).is_err());
+    }
+
+    fn tempfile_with(size: u64) -> File {
+        let path = std::env::temp_dir().join(format!("dmalab-mem-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(size).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+}

@@ -1,0 +1,182 @@
+//! A host-side driver for the model, without QEMU: anonymous "guest RAM", a counting interrupt
+//! sink, and ring helpers that write descriptors and read completions the way a driver would.
+//! Used by the unit tests and the engine benchmark.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dmalab_abi::{self as abi, Completion, Descriptor};
+
+use crate::device::{Device, DeviceConfig};
+use crate::eventlog::EventLog;
+use crate::interrupts::CountingSink;
+use crate::memory::{DmaMemory, MapTable};
+use crate::wire;
+
+/// Where the rig's guest RAM starts.
+pub const RAM_BASE: u64 = 0x1_0000_0000;
+/// Bytes of ring memory reserved per queue at the start of RAM.
+pub const RING_AREA: u64 = 0x10_0000;
+/// First byte of RAM free for data buffers.
+pub const DATA_BASE: u64 = RAM_BASE + RING_AREA * abi::MAX_QUEUES as u64;
+
+/// A device with anonymous guest RAM mapped at [`RAM_BASE`].
+pub struct Rig {
+    pub dev: Device,
+    pub maps: Arc<MapTable>,
+    pub irq: Arc<CountingSink>,
+    pub log: Arc<EventLog>,
+    pub ram_size: u64,
+}
+
+/// Driver-side state of one queue pair.
+pub struct Ring {
+    pub q: usize,
+    pub size: u32,
+    pub sq_base: u64,
+    pub cq_base: u64,
+    pub tail: u32,
+    pub cq_head: u32,
+    pub phase: bool,
+}
+
+impl Rig {
+    /// A rig with `queues` queues and `data_size` bytes of data RAM after the ring area.
+    pub fn new(queues: usize, data_size: u64) -> Self {
+        Self::with_log(queues, data_size, EventLog::disabled())
+    }
+
+    /// As [`Rig::new`], with the given event log.
+    pub fn with_log(queues: usize, data_size: u64, log: EventLog) -> Self {
+        let maps = Arc::new(MapTable::new());
+        let ram_size = DATA_BASE - RAM_BASE + data_size;
+        maps.map_anonymous(RAM_BASE, ram_size).expect("map rig RAM");
+        let irq = CountingSink::new();
+        let log = Arc::new(log);
+        let cfg = DeviceConfig {
+            queues,
+            internal_mem: 16 << 20,
+        };
+        let dev = Device::new(&cfg, maps.clone(), irq.clone(), log.clone()).expect("device");
+        Self {
+            dev,
+            maps,
+            irq,
+            log,
+            ram_size,
+        }
+    }
+
+    pub fn write32(&self, off: usize, v: u32) {
+        self.dev.mmio_write(off as u64, &v.to_le_bytes());
+    }
+
+    pub fn read32(&self, off: usize) -> u32 {
+        let mut b = [0; 4];
+        self.dev.mmio_read(off as u64, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Guest RAM write (as the CPU would).
+    pub fn poke(&self, addr: u64, data: &[u8]) {
+        self.maps.view().write(addr, data).expect("rig RAM write");
+    }
+
+    /// Guest RAM read.
+    pub fn peek(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0; len];
+        self.maps.view().read(addr, &mut b).expect("rig RAM read");
+        b
+    }
+
+    /// Programs and enables queue `q` with rings of `size` entries in its ring area.
+    pub fn setup_queue(&self, q: usize, size: u32) -> Ring {
+        let sq_base = RAM_BASE + RING_AREA * q as u64;
+        let cq_base = sq_base + u64::from(size) * abi::DESC_SIZE as u64;
+        assert!(
+            cq_base + u64::from(size) * 16 <= sq_base + RING_AREA,
+            "ring does not fit"
+        );
+        self.poke(
+            sq_base,
+            &vec![0; (cq_base + u64::from(size) * 16 - sq_base) as usize],
+        );
+        let r = |reg| abi::queue_reg(q, reg);
+        self.write32(r(abi::Q_SQ_BASE_LO), sq_base as u32);
+        self.write32(r(abi::Q_SQ_BASE_HI), (sq_base >> 32) as u32);
+        self.write32(r(abi::Q_CQ_BASE_LO), cq_base as u32);
+        self.write32(r(abi::Q_CQ_BASE_HI), (cq_base >> 32) as u32);
+        self.write32(r(abi::Q_SIZE), size);
+        self.write32(r(abi::Q_CTRL), abi::QCTRL_ENABLE);
+        Ring {
+            q,
+            size,
+            sq_base,
+            cq_base,
+            tail: 0,
+            cq_head: 0,
+            phase: true,
+        }
+    }
+
+    /// Writes `descs` at the ring's tail and rings the doorbell once.
+    pub fn submit(&self, ring: &mut Ring, descs: &[Descriptor]) {
+        for d in descs {
+            self.poke(
+                ring.sq_base + u64::from(ring.tail) * abi::DESC_SIZE as u64,
+                &wire::encode_descriptor(d),
+            );
+            ring.tail = (ring.tail + 1) % ring.size;
+        }
+        self.write32(abi::queue_reg(ring.q, abi::Q_SQ_TAIL), ring.tail);
+    }
+
+    /// Takes the next completion if the device has posted it.
+    pub fn poll(&self, ring: &mut Ring) -> Option<Completion> {
+        let addr = ring.cq_base + u64::from(ring.cq_head) * abi::COMPLETION_SIZE as u64;
+        let c = wire::decode_completion(&self.peek(addr, 16).try_into().unwrap());
+        if (c.phase & 1 != 0) != ring.phase {
+            return None;
+        }
+        ring.cq_head = (ring.cq_head + 1) % ring.size;
+        if ring.cq_head == 0 {
+            ring.phase = !ring.phase;
+        }
+        self.write32(abi::queue_reg(ring.q, abi::Q_CQ_HEAD), ring.cq_head);
+        Some(c)
+    }
+
+    /// Waits (up to 30 s, generous for loaded machines) for `n` completions.
+    pub fn wait(&self, ring: &mut Ring, n: usize) -> Vec<Completion> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.poll(ring) {
+                Some(c) => out.push(c),
+                None if Instant::now() > deadline => {
+                    panic!("only {} of {n} completions after 30 s", out.len())
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        out
+    }
+
+    /// Submits one descriptor and waits for its completion.
+    pub fn run_one(&self, ring: &mut Ring, d: Descriptor) -> Completion {
+        self.submit(ring, &[d]);
+        self.wait(ring, 1).remove(0)
+    }
+}
+
+/// A descriptor with the given opcode, length and addresses; other fields zero.
+pub fn desc(opcode: u8, tag: u32, len: u32, src: u64, dst: u64) -> Descriptor {
+    Descriptor {
+        opcode,
+        tag,
+        len,
+        src,
+        dst,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,600 @@
+//! The device model driven through its registers and rings, as a driver would, without QEMU.
+
+use std::time::{Duration, Instant};
+
+use dmalab_abi::{self as abi, Descriptor, SgEntry};
+use dmalab_device::testing::{desc, Rig, DATA_BASE, RAM_BASE};
+use dmalab_device::wire;
+
+const A: u64 = DATA_BASE;
+const B: u64 = DATA_BASE + 0x40_0000;
+const C: u64 = DATA_BASE + 0x80_0000;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect()
+}
+
+fn rig() -> Rig {
+    Rig::new(2, 16 << 20)
+}
+
+#[test]
+fn identification_and_capabilities() {
+    let r = rig();
+    assert_eq!(r.read32(abi::REG_ID), abi::DEVICE_MAGIC);
+    assert_eq!(r.read32(abi::REG_VERSION), abi::VERSION);
+    assert_eq!(r.read32(abi::REG_CAP_QUEUES), 2);
+    assert_eq!(r.read32(abi::REG_CAP_RING), abi::MAX_RING_ENTRIES);
+    assert_eq!(r.read32(abi::REG_CAP_SG), abi::MAX_SG_SEGMENTS);
+    assert_eq!(r.read32(abi::REG_CAP_OPCODES), abi::SUPPORTED_OPCODES);
+    assert_eq!(r.read32(abi::REG_MEM_SIZE_LO), 16 << 20);
+    assert_eq!(r.read32(abi::REG_DEV_STATUS), abi::STATUS_READY);
+    assert_eq!(r.read32(abi::REG_CAP_MAX_XFER), abi::MAX_TRANSFER);
+}
+
+#[test]
+fn copy_moves_every_byte_and_nothing_else() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 16);
+    for len in [1usize, 7, 4096, 65536, 1 << 20, 12345] {
+        let src = pattern(len, len as u8);
+        r.poke(A, &src);
+        r.poke(B, &vec![0xee; len + 2]);
+        let c = r.run_one(&mut q, desc(abi::OP_COPY, 7, len as u32, A, B + 1));
+        assert_eq!((c.status, c.bytes, c.tag), (abi::CS_OK, len as u32, 7));
+        let out = r.peek(B, len + 2);
+        assert_eq!(out[0], 0xee, "byte before the destination untouched");
+        assert_eq!(&out[1..=len], &src[..]);
+        assert_eq!(out[len + 1], 0xee, "byte after the destination untouched");
+    }
+}
+
+#[test]
+fn write_then_read_round_trips_through_internal_memory() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 8);
+    let data = pattern(100_000, 3);
+    r.poke(A, &data);
+    assert_eq!(
+        r.run_one(&mut q, desc(abi::OP_WRITE, 1, 100_000, A, 4096))
+            .status,
+        abi::CS_OK
+    );
+    let mut internal = vec![0; 100_000];
+    r.dev.shared().internal.read(4096, &mut internal).unwrap();
+    assert_eq!(internal, data);
+    assert_eq!(
+        r.run_one(&mut q, desc(abi::OP_READ, 2, 100_000, 4096, B))
+            .status,
+        abi::CS_OK
+    );
+    assert_eq!(r.peek(B, 100_000), data);
+}
+
+#[test]
+fn fill_repeats_the_pattern_from_the_first_byte() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 8);
+    let mut d = desc(abi::OP_FILL, 9, 70_001, 0, B + 3);
+    d.pattern = 0x4433_2211;
+    assert_eq!(r.run_one(&mut q, d).status, abi::CS_OK);
+    let out = r.peek(B + 3, 70_001);
+    assert!(out
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == [0x11, 0x22, 0x33, 0x44][i % 4]));
+}
+
+#[test]
+fn checksum_is_crc32c() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 8);
+    r.poke(A, b"123456789");
+    let c = r.run_one(&mut q, desc(abi::OP_CHECKSUM, 5, 9, A, 0));
+    assert_eq!(
+        (c.status, c.result),
+        (abi::CS_OK, 0xe306_9283),
+        "CRC32C check value"
+    );
+    let big = pattern(300_000, 9);
+    r.poke(A, &big);
+    let c = r.run_one(&mut q, desc(abi::OP_CHECKSUM, 6, big.len() as u32, A, 0));
+    assert_eq!(c.result, crc32c::crc32c(&big));
+}
+
+fn write_sg(r: &Rig, at: u64, segs: &[(u64, u32)]) {
+    let mut table = Vec::new();
+    for &(addr, len) in segs {
+        table.extend_from_slice(&wire::encode_sg(&SgEntry { addr, len, rsvd: 0 }));
+    }
+    r.poke(at, &table);
+}
+
+#[test]
+fn scatter_gather_on_both_sides() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 8);
+    // 256 source segments of varying size, gathered into 3 destination segments
+    let segs: Vec<(u64, u32)> = (0..256u64)
+        .map(|i| (A + i * 1024, 1 + (i as u32 * 7) % 1000))
+        .collect();
+    let total: u32 = segs.iter().map(|s| s.1).sum();
+    let mut expect = Vec::new();
+    for (i, &(a, l)) in segs.iter().enumerate() {
+        let p = pattern(l as usize, i as u8);
+        r.poke(a, &p);
+        expect.extend_from_slice(&p);
+    }
+    let d1 = total / 3;
+    let dsegs = [(B, d1), (B + 0x10000, d1), (B + 0x20000, total - 2 * d1)];
+    write_sg(&r, C, &segs);
+    write_sg(&r, C + 0x10000, &dsegs);
+    let mut d = desc(abi::OP_COPY, 1, total, C, C + 0x10000);
+    d.flags = abi::DESC_SRC_SG | abi::DESC_DST_SG;
+    d.src_nseg = 256;
+    d.dst_nseg = 3;
+    assert_eq!(r.run_one(&mut q, d).status, abi::CS_OK);
+    let mut got = Vec::new();
+    for (a, l) in dsegs {
+        got.extend(r.peek(a, l as usize));
+    }
+    assert_eq!(got, expect);
+
+    // checksum over the same SG list
+    let mut d = desc(abi::OP_CHECKSUM, 2, total, C, 0);
+    d.flags = abi::DESC_SRC_SG;
+    d.src_nseg = 256;
+    assert_eq!(r.run_one(&mut q, d).result, crc32c::crc32c(&expect));
+}
+
+#[test]
+fn ring_wraps_and_phase_flips() {
+    let r = rig();
+    let mut q = r.setup_queue(1, 4);
+    let mut tag = 0;
+    for round in 0..10 {
+        let n = 1 + round % 3; // at most size-1 outstanding
+        let descs: Vec<Descriptor> = (0..n)
+            .map(|_| {
+                tag += 1;
+                let mut d = desc(abi::OP_FILL, tag, 64, 0, B + 64 * u64::from(tag));
+                d.pattern = tag;
+                d
+            })
+            .collect();
+        r.submit(&mut q, &descs);
+        let cs = r.wait(&mut q, n as usize);
+        let tags: Vec<u32> = cs.iter().map(|c| c.tag).collect();
+        assert_eq!(
+            tags,
+            descs.iter().map(|d| d.tag).collect::<Vec<_>>(),
+            "completions in order"
+        );
+    }
+    assert_eq!(r.read32(abi::queue_reg(1, abi::Q_DONE)), tag);
+    assert_eq!(r.read32(abi::queue_reg(1, abi::Q_SQ_HEAD)), q.tail);
+}
+
+#[test]
+fn full_completion_ring_stalls_until_the_driver_frees_a_slot() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 4);
+    let fill = |tag| {
+        let mut d = desc(abi::OP_FILL, tag, 16, 0, B + 16 * u64::from(tag));
+        d.pattern = 1;
+        d
+    };
+    r.submit(&mut q, &[fill(1), fill(2), fill(3)]);
+    let done = abi::queue_reg(0, abi::Q_DONE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.read32(done) < 3 {
+        assert!(Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    // The completion ring holds 3 unread entries: it is full. One more descriptor must wait.
+    r.submit(&mut q, &[fill(4)]);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        r.read32(done),
+        3,
+        "no completion may overwrite an unread one"
+    );
+    assert_eq!(r.read32(abi::queue_reg(0, abi::Q_SQ_HEAD)), 3);
+    let cs = r.wait(&mut q, 4); // reading frees slots (CQ_HEAD doorbell) and the 4th runs
+    assert_eq!(cs.iter().map(|c| c.tag).collect::<Vec<_>>(), [1, 2, 3, 4]);
+}
+
+#[test]
+fn empty_doorbell_does_nothing() {
+    let r = rig();
+    let q = r.setup_queue(0, 8);
+    r.write32(abi::queue_reg(0, abi::Q_SQ_TAIL), q.tail);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(r.irq.total(), 0);
+    assert_eq!(r.read32(abi::queue_reg(0, abi::Q_DONE)), 0);
+}
+
+#[test]
+fn one_interrupt_per_completion_on_the_queue_vector() {
+    let r = rig();
+    let mut q = r.setup_queue(1, 16);
+    for i in 0..5 {
+        r.run_one(&mut q, desc(abi::OP_CHECKSUM, i, 8, A, 0));
+    }
+    wait_for(|| r.irq.count(1) == 5);
+    assert_eq!(r.irq.count(0), 0);
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "condition not reached in 30 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn coalescing_by_count_then_on_drain() {
+    let r = rig();
+    r.write32(abi::REG_IRQ_COALESCE, 3); // 3 completions, time 0 = when the ring drains
+    let mut q = r.setup_queue(0, 16);
+    let descs: Vec<_> = (0..8).map(|i| desc(abi::OP_CHECKSUM, i, 8, A, 0)).collect();
+    r.submit(&mut q, &descs);
+    r.wait(&mut q, 8);
+    wait_for(|| r.irq.count(0) == 3); // after 3, after 6, and the last 2 at drain
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(r.irq.count(0), 3);
+}
+
+#[test]
+fn coalescing_by_time() {
+    let r = rig();
+    r.write32(abi::REG_IRQ_COALESCE, 1000 | (200 << 16)); // count 1000, 200 us
+    let mut q = r.setup_queue(0, 16);
+    r.submit(
+        &mut q,
+        &[
+            desc(abi::OP_CHECKSUM, 1, 8, A, 0),
+            desc(abi::OP_CHECKSUM, 2, 8, A, 0),
+        ],
+    );
+    r.wait(&mut q, 2);
+    wait_for(|| r.irq.count(0) >= 1);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(r.irq.count(0), 1, "one timer-driven interrupt for both");
+}
+
+#[test]
+fn no_irq_flag_suppresses_the_interrupt() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 8);
+    let mut d = desc(abi::OP_CHECKSUM, 1, 8, A, 0);
+    d.flags = abi::DESC_NO_IRQ;
+    r.run_one(&mut q, d);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(r.irq.total(), 0);
+}
+
+#[test]
+fn queue_reset_with_work_in_flight_stops_all_dma() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 64);
+    let descs: Vec<_> = (0..40)
+        .map(|i| desc(abi::OP_COPY, i, 1 << 20, A, B + (i as u64 % 8) * (1 << 20)))
+        .collect();
+    r.submit(&mut q, &descs);
+    r.write32(abi::queue_reg(0, abi::Q_CTRL), abi::QCTRL_RESET);
+    // Reset is done when the write returns: registers at reset values, no DMA any more.
+    assert_eq!(r.read32(abi::queue_reg(0, abi::Q_STATUS)), 0);
+    assert_eq!(r.read32(abi::queue_reg(0, abi::Q_SQ_HEAD)), 0);
+    assert_eq!(r.read32(abi::queue_reg(0, abi::Q_SIZE)), 0);
+    r.poke(B, &vec![0x5a; 8 << 20]);
+    let cq = r.peek(q.cq_base, 64 * 16);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        r.peek(B, 8 << 20).iter().all(|&b| b == 0x5a),
+        "DMA after reset"
+    );
+    assert_eq!(
+        r.peek(q.cq_base, 64 * 16),
+        cq,
+        "completion written after reset"
+    );
+    // The queue works again once reprogrammed.
+    let mut q = r.setup_queue(0, 8);
+    r.poke(A, b"abc");
+    assert_eq!(
+        r.run_one(&mut q, desc(abi::OP_COPY, 99, 3, A, C)).status,
+        abi::CS_OK
+    );
+    assert_eq!(r.peek(C, 3), b"abc");
+}
+
+#[test]
+fn device_reset_clears_everything() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 8);
+    r.poke(A, b"xyz");
+    r.run_one(&mut q, desc(abi::OP_WRITE, 1, 3, A, 0));
+    r.write32(abi::queue_reg(0, abi::Q_SQ_TAIL), 99); // bad doorbell: sets an error bit
+    assert_ne!(r.read32(abi::REG_ERROR), 0);
+    r.write32(abi::REG_IRQ_COALESCE, 5);
+    r.write32(abi::REG_DEV_CTRL, abi::CTRL_RESET);
+    assert_eq!(r.read32(abi::REG_ERROR), 0);
+    assert_eq!(r.read32(abi::REG_IRQ_COALESCE), 0);
+    assert_eq!(r.read32(abi::REG_DEV_STATUS), abi::STATUS_READY);
+    assert_eq!(r.read32(abi::queue_reg(0, abi::Q_STATUS)), 0);
+    let mut b = [1u8; 3];
+    r.dev.shared().internal.read(0, &mut b).unwrap();
+    assert_eq!(b, [0, 0, 0], "internal memory cleared");
+}
+
+/// Each malformed descriptor completes with its status, writes nothing, and the queue goes on.
+#[test]
+fn malformed_descriptors_are_refused_without_side_effects() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 64);
+    let ram_end = RAM_BASE + r.ram_size;
+    let with = |f: &dyn Fn(&mut Descriptor), mut d: Descriptor| {
+        f(&mut d);
+        d
+    };
+    write_sg(&r, C, &[(A, 100), (A + 200, 100)]);
+    write_sg(&r, C + 0x100, &[(A, 100), (ram_end - 50, 100)]);
+    write_sg(&r, C + 0x200, &[(A, 0)]);
+    let copy = desc(abi::OP_COPY, 0, 200, A, B);
+    let cases: Vec<(&str, Descriptor, u16)> = vec![
+        ("opcode 0", desc(0, 0, 16, A, B), abi::CS_BAD_OPCODE),
+        ("opcode 99", desc(99, 0, 16, A, B), abi::CS_BAD_OPCODE),
+        (
+            "zero length",
+            desc(abi::OP_COPY, 0, 0, A, B),
+            abi::CS_BAD_LENGTH,
+        ),
+        (
+            "huge length",
+            desc(abi::OP_COPY, 0, abi::MAX_TRANSFER + 1, A, B),
+            abi::CS_BAD_LENGTH,
+        ),
+        (
+            "unknown flag",
+            with(&|d| d.flags = 0x80, copy),
+            abi::CS_BAD_DESCRIPTOR,
+        ),
+        (
+            "reserved field",
+            with(&|d| d.rsvd2[1] = 1, copy),
+            abi::CS_BAD_DESCRIPTOR,
+        ),
+        (
+            "pattern on COPY",
+            with(&|d| d.pattern = 1, copy),
+            abi::CS_BAD_DESCRIPTOR,
+        ),
+        (
+            "nseg without SG",
+            with(&|d| d.src_nseg = 2, copy),
+            abi::CS_BAD_DESCRIPTOR,
+        ),
+        (
+            "SG flag on FILL source",
+            with(
+                &|d| d.flags = abi::DESC_SRC_SG,
+                desc(abi::OP_FILL, 0, 16, 0, B),
+            ),
+            abi::CS_BAD_DESCRIPTOR,
+        ),
+        (
+            "source on FILL",
+            desc(abi::OP_FILL, 0, 16, A, B),
+            abi::CS_BAD_DESCRIPTOR,
+        ),
+        (
+            "SG with 0 segments",
+            with(&|d| d.flags = abi::DESC_SRC_SG, copy),
+            abi::CS_TOO_MANY_SEGMENTS,
+        ),
+        (
+            "SG with 257 segments",
+            with(
+                &|d| {
+                    d.flags = abi::DESC_SRC_SG;
+                    d.src_nseg = 257
+                },
+                copy,
+            ),
+            abi::CS_TOO_MANY_SEGMENTS,
+        ),
+        (
+            "unmapped source",
+            desc(abi::OP_COPY, 0, 16, 0x1000, B),
+            abi::CS_DMA_FAULT,
+        ),
+        (
+            "partially mapped destination",
+            desc(abi::OP_COPY, 0, 100, A, ram_end - 50),
+            abi::CS_DMA_FAULT,
+        ),
+        (
+            "address overflow",
+            desc(abi::OP_COPY, 0, 100, A, u64::MAX - 10),
+            abi::CS_ADDR_OVERFLOW,
+        ),
+        (
+            "overlapping copy",
+            desc(abi::OP_COPY, 0, 100, B, B + 50),
+            abi::CS_OVERLAP,
+        ),
+        (
+            "internal range",
+            desc(abi::OP_WRITE, 0, 100, A, (16 << 20) - 50),
+            abi::CS_INTERNAL_RANGE,
+        ),
+        (
+            "internal overflow",
+            desc(abi::OP_READ, 0, 100, u64::MAX - 10, B),
+            abi::CS_ADDR_OVERFLOW,
+        ),
+        (
+            "SG lengths do not sum",
+            with(
+                &|d| {
+                    d.flags = abi::DESC_SRC_SG;
+                    d.src = C;
+                    d.src_nseg = 2;
+                    d.len = 300
+                },
+                copy,
+            ),
+            abi::CS_BAD_LENGTH,
+        ),
+        (
+            "SG segment partially mapped",
+            with(
+                &|d| {
+                    d.flags = abi::DESC_SRC_SG;
+                    d.src = C + 0x100;
+                    d.src_nseg = 2
+                },
+                copy,
+            ),
+            abi::CS_DMA_FAULT,
+        ),
+        (
+            "SG zero-length segment",
+            with(
+                &|d| {
+                    d.flags = abi::DESC_SRC_SG;
+                    d.src = C + 0x200;
+                    d.src_nseg = 1
+                },
+                copy,
+            ),
+            abi::CS_BAD_LENGTH,
+        ),
+        (
+            "SG table unmapped",
+            with(
+                &|d| {
+                    d.flags = abi::DESC_DST_SG;
+                    d.dst = 0x2000;
+                    d.dst_nseg = 4
+                },
+                copy,
+            ),
+            abi::CS_DMA_FAULT,
+        ),
+        (
+            "SG destination overlaps source",
+            with(
+                &|d| {
+                    d.flags = abi::DESC_DST_SG;
+                    d.dst = C;
+                    d.dst_nseg = 2
+                },
+                desc(abi::OP_COPY, 0, 200, A + 150, 0),
+            ),
+            abi::CS_OVERLAP,
+        ),
+    ];
+    let sentinel = vec![0xc3; 4096];
+    for (i, (name, mut d, status)) in cases.into_iter().enumerate() {
+        r.poke(B, &sentinel);
+        r.poke(ram_end - 4096, &sentinel);
+        d.tag = 1000 + i as u32;
+        let c = r.run_one(&mut q, d);
+        assert_eq!((c.status, c.tag, c.bytes), (status, d.tag, 0), "{name}");
+        assert_eq!(r.peek(B, 4096), sentinel, "{name}: wrote memory");
+        assert_eq!(
+            r.peek(ram_end - 4096, 4096),
+            sentinel,
+            "{name}: wrote memory"
+        );
+    }
+    assert_ne!(r.read32(abi::REG_ERROR) & abi::ERR_DMA_VIOLATION, 0);
+    assert_eq!(
+        r.read32(abi::REG_DEV_STATUS),
+        abi::STATUS_READY,
+        "malformed descriptors are not fatal"
+    );
+    // and the queue still works
+    r.poke(A, b"ok");
+    assert_eq!(
+        r.run_one(&mut q, desc(abi::OP_COPY, 1, 2, A, B)).status,
+        abi::CS_OK
+    );
+    assert_eq!(r.peek(B, 2), b"ok");
+}
+
+#[test]
+fn unmapped_ring_halts_the_queue_and_raises_the_error_vector() {
+    let r = rig();
+    let sq = |reg| abi::queue_reg(0, reg);
+    r.write32(sq(abi::Q_SQ_BASE_LO), 0x10_0000); // below RAM: unmapped
+    r.write32(sq(abi::Q_CQ_BASE_LO), 0x20_0000);
+    r.write32(sq(abi::Q_SIZE), 8);
+    r.write32(sq(abi::Q_CTRL), abi::QCTRL_ENABLE);
+    r.write32(sq(abi::Q_SQ_TAIL), 1);
+    wait_for(|| r.read32(sq(abi::Q_STATUS)) & abi::QSTATUS_ERROR != 0);
+    assert_ne!(r.read32(abi::REG_ERROR) & abi::ERR_RING_FETCH, 0);
+    wait_for(|| r.irq.count(2) == 1); // 2 queues: the error vector is 2
+    assert_ne!(r.read32(abi::REG_IRQ_CAUSE) & (1 << 31), 0);
+    r.write32(abi::REG_ERROR, abi::ERR_RING_FETCH);
+    assert_eq!(r.read32(abi::REG_ERROR) & abi::ERR_RING_FETCH, 0, "RW1C");
+}
+
+#[test]
+fn invalid_ring_programming_is_refused() {
+    let r = rig();
+    let sq = |reg| abi::queue_reg(0, reg);
+    r.write32(sq(abi::Q_SIZE), 6); // not a power of two
+    r.write32(sq(abi::Q_CTRL), abi::QCTRL_ENABLE);
+    assert_eq!(r.read32(sq(abi::Q_STATUS)) & abi::QSTATUS_ENABLED, 0);
+    assert_ne!(r.read32(abi::REG_ERROR) & abi::ERR_BAD_DOORBELL, 0);
+    let q = r.setup_queue(0, 8);
+    r.write32(sq(abi::Q_SIZE), 16); // while enabled
+    assert_eq!(r.read32(sq(abi::Q_SIZE)), 8);
+    r.write32(sq(abi::Q_SQ_TAIL), 8); // out of range
+    assert_eq!(r.read32(sq(abi::Q_SQ_HEAD)), q.tail);
+    // unaligned and odd-sized accesses are ignored, not fatal
+    r.dev.mmio_write(abi::REG_IRQ_COALESCE as u64 + 1, &[1]);
+    let mut b = [0u8; 2];
+    r.dev.mmio_read(abi::REG_ID as u64, &mut b);
+    assert_eq!(b, [0xff, 0xff]);
+    // unassigned offsets read as 0
+    assert_eq!(r.read32(0xffc), 0);
+}
+
+#[test]
+fn several_queues_run_at_once() {
+    let r = Rig::new(4, 16 << 20);
+    let mut rings: Vec<_> = (0..4).map(|q| r.setup_queue(q, 32)).collect();
+    for (q, ring) in rings.iter_mut().enumerate() {
+        let src = A + q as u64 * 0x10_0000;
+        r.poke(src, &pattern(0x8000, q as u8));
+        let descs: Vec<_> = (0..16u64)
+            .map(|i| {
+                desc(
+                    abi::OP_COPY,
+                    i as u32,
+                    0x800,
+                    src + i * 0x800,
+                    B + q as u64 * 0x10_0000 + i * 0x800,
+                )
+            })
+            .collect();
+        r.submit(ring, &descs);
+    }
+    for (q, ring) in rings.iter_mut().enumerate() {
+        assert!(r.wait(ring, 16).iter().all(|c| c.status == abi::CS_OK));
+        assert_eq!(
+            r.peek(B + q as u64 * 0x10_0000, 0x8000),
+            pattern(0x8000, q as u8)
+        );
+    }
+    let c = r.log.counters.snapshot();
+    assert_eq!((c.descriptors, c.completions_ok), (64, 64));
+    assert_eq!(c.bytes_to_guest, 64 * 0x800);
+}
