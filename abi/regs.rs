@@ -254,3 +254,123 @@ pub const CS_DEVICE_ERROR: u16 = 9;
 pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
     (dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
 }
+
+/// ioctl type letter of `/dev/dmalabN`.
+pub const IOC_TYPE: u8 = b'D';
+/// Largest request the driver accepts, in bytes (1 MiB).
+pub const MAX_REQUEST: u32 = 1 << 20;
+
+/// Interrupt mode reported in [`DeviceInfo::irq_mode`]: legacy INTx.
+pub const IRQ_MODE_INTX: u32 = 0;
+/// Interrupt mode: one MSI vector for everything.
+pub const IRQ_MODE_MSI: u32 = 1;
+/// Interrupt mode: MSI-X, one vector per queue plus the error vector.
+pub const IRQ_MODE_MSIX: u32 = 2;
+
+/// Answer of [`IOC_INFO`]: what the driver found at probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// [`REG_ID`] as read by the driver.
+    pub magic: u32,
+    /// [`REG_VERSION`] as read by the driver.
+    pub version: u32,
+    /// Queue pairs in use.
+    pub queues: u32,
+    /// Interrupt vectors allocated.
+    pub vectors: u32,
+    /// One of the `IRQ_MODE_*` values.
+    pub irq_mode: u32,
+    /// Ring entries per queue.
+    pub ring_size: u32,
+    /// Largest request in bytes ([`MAX_REQUEST`]).
+    pub max_request: u32,
+    /// DMA mask width in bits (64, or 32 after fallback).
+    pub dma_mask_bits: u32,
+    /// Internal memory size in bytes.
+    pub mem_size: u64,
+    /// PCI bus/device/function (bus << 8 | devfn).
+    pub bdf: u32,
+    /// Bytes of bounce-buffer pool per queue.
+    pub pool_bytes: u32,
+}
+
+/// Request of [`IOC_SUBMIT`]: one descriptor, built by the driver from user buffers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    /// In: one of the `OP_*` opcodes.
+    pub opcode: u8,
+    /// In: queue to submit on.
+    pub queue: u8,
+    /// In: 0 or 1 = as few segments as the buffers allow; n > 1 = scatter-gather lists of at
+    /// least n segments per guest-memory side (at most [`MAX_SG_SEGMENTS`]).
+    pub nseg: u16,
+    /// In: transfer length in bytes (1..=[`MAX_REQUEST`]).
+    pub len: u32,
+    /// In: FILL pattern.
+    pub pattern: u32,
+    /// In: milliseconds to wait for the completion (0: 5000).
+    pub timeout_ms: u32,
+    /// In: user address of the data the device reads (COPY, WRITE, CHECKSUM), else 0.
+    pub src: u64,
+    /// In: user address receiving the data the device writes (COPY, READ, FILL), else 0.
+    pub dst: u64,
+    /// In: internal-memory offset (WRITE destination, READ source).
+    pub dev_offset: u64,
+    /// Out: the device's `CS_*` completion status.
+    pub status: u32,
+    /// Out: bytes the device reported done.
+    pub bytes: u32,
+    /// Out: the completion's result word (CRC32C for CHECKSUM).
+    pub result: u32,
+    /// Out: segments used on the guest side(s) (1 = no scatter-gather list).
+    pub segments: u32,
+    /// Out: nanoseconds from doorbell to the completion being seen.
+    pub latency_ns: u64,
+}
+
+/// Per-queue counters in [`Stats`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Descriptors submitted.
+    pub submitted: u64,
+    /// Completions received and matched to a request.
+    pub completed: u64,
+    /// Completions with a status other than [`CS_OK`].
+    pub errors: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Interrupts handled for this queue.
+    pub irqs: u64,
+    /// Completions that matched no request in flight (stale, duplicate or garbage tags).
+    pub stray_completions: u64,
+    /// Queue resets done by the driver.
+    pub resets: u64,
+    /// Bytes moved by successful requests.
+    pub bytes: u64,
+}
+
+/// Answer of [`IOC_STATS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Per queue (entries beyond [`DeviceInfo::queues`] are 0).
+    pub queue: [QueueStats; MAX_QUEUES],
+    /// Interrupts on the error vector.
+    pub error_irqs: u64,
+    /// Sticky error bits seen, OR-ed together.
+    pub error_bits: u64,
+    /// Device resets done by the driver.
+    pub device_resets: u64,
+}
+
+/// `_IOR('D', 1, DeviceInfo)`: what the driver found at probe.
+pub const IOC_INFO: u32 = ioc(2, IOC_TYPE, 1, core::mem::size_of::<DeviceInfo>());
+/// `_IOWR('D', 2, Request)`: run one request and wait for it.
+pub const IOC_SUBMIT: u32 = ioc(3, IOC_TYPE, 2, core::mem::size_of::<Request>());
+/// `_IOR('D', 3, Stats)`: driver counters.
+pub const IOC_STATS: u32 = ioc(2, IOC_TYPE, 3, core::mem::size_of::<Stats>());
+/// `_IO('D', 4)`: reset the device (fails requests in flight with ECANCELED).
+pub const IOC_RESET: u32 = ioc(0, IOC_TYPE, 4, 0);

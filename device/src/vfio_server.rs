@@ -213,12 +213,20 @@ impl ServerBackend for VfioDevice {
         fd: Option<File>,
     ) -> Result<(), std::io::Error> {
         let Some(fd) = fd else {
-            let msg = format!(
-                "DMA_MAP {address:#x}+{size:#x} came without a file descriptor: guest RAM must be shareable \
-                 (QEMU: -object memory-backend-memfd,share=on); this device cannot DMA into it"
-            );
-            error!("{msg}");
-            return Err(std::io::Error::other(msg));
+            // QEMU maps ROM and other non-RAM regions without a file descriptor. They stay out
+            // of the table: a DMA there is refused like one to unmapped memory. Large ones are
+            // most likely RAM that was not made shareable, which the user must hear about.
+            if size >= 1 << 20 {
+                warn!(
+                    "DMA_MAP {address:#x}+{size:#x} came without a file descriptor: the device cannot DMA \
+                     there (guest RAM must be shareable: -object memory-backend-memfd,share=on)"
+                );
+            } else {
+                debug!(
+                    "DMA_MAP {address:#x}+{size:#x} without a file descriptor (ROM?): not DMA-able"
+                );
+            }
+            return Ok(());
         };
         let writable = flags.contains(DmaMapFlags::WRITE);
         self.maps

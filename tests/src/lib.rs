@@ -1,1 +1,9 @@
+//! The host harness: starts the device server, boots the guest in QEMU (TCG), collects what the
+//! guest agent reports on the serial console and what the device logged, and tears everything
+//! down whatever happens. Every run keeps its logs in its own directory under `target/e2e/`.
 
+pub mod artifacts;
+pub mod kernel_log;
+pub mod vm;
+
+pub use vm::{run, Run, VmOptions};

@@ -1,1 +1,73 @@
-fn main() {}
+//! dmalab guest agent: PID 1's helper in the test VM.
+//!
+//! Loads the driver, runs the scenarios named on the kernel command line
+//! (`dmalab.run=firstlight,transfers,...`), and reports every result as one JSON object per line
+//! on the console, prefixed with `@@DMALAB ` so the host can pick them out of the kernel's own
+//! messages. Verdicts are the host's job; the agent reports facts (what it asked, what came
+//! back, whether the bytes matched). Finally it powers the VM off.
+
+mod dev;
+mod report;
+mod scenarios;
+
+use report::{report, Obj};
+
+fn cmdline_param(name: &str) -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline.split_whitespace().find_map(|kv| {
+        kv.strip_prefix(name)
+            .and_then(|v| v.strip_prefix('='))
+            .map(String::from)
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let run = if args.is_empty() {
+        cmdline_param("dmalab.run").unwrap_or_else(|| "firstlight".into())
+    } else {
+        args.join(",")
+    };
+    let module = cmdline_param("dmalab.module").unwrap_or_else(|| "/lib/modules/dmalab.ko".into());
+    report(
+        Obj::new("start")
+            .str("scenarios", &run)
+            .str("kernel", &kernel_release()),
+    );
+    let mut ok = true;
+    for name in run.split(',').filter(|s| !s.is_empty()) {
+        let result = std::panic::catch_unwind(|| scenarios::run(name, &module));
+        let passed = match result {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                report(Obj::new("error").str("scenario", name).str("error", &e));
+                false
+            }
+            Err(_) => {
+                report(
+                    Obj::new("error")
+                        .str("scenario", name)
+                        .str("error", "agent panicked"),
+                );
+                false
+            }
+        };
+        report(
+            Obj::new("scenario_end")
+                .str("scenario", name)
+                .bool("completed", passed),
+        );
+        ok &= passed;
+    }
+    report(Obj::new("done").bool("completed", ok));
+    if std::process::id() == 1 || cmdline_param("dmalab.poweroff").is_some() {
+        dev::power_off();
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}

@@ -1,0 +1,70 @@
+# dmalab: build everything that is missing, then run or test it.
+#   make run    boot the VM and show transfers end to end
+#   make test   unit tests, lints, end-to-end tests
+# Heavy outputs (QEMU, the guest kernel, tools) live in $(CACHE), keyed by version and a hash
+# of patches/config/flags. QEMU=/path/to/qemu-system-x86_64 (>= 10.1 with vfio-user-pci) or
+# KERNEL_SRC=/path/to/linux-7.3 skip those builds.
+
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/dmalab
+export DMALAB_CACHE := $(CACHE)
+export QEMU KERNEL_SRC
+P := target/paths
+AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
+CARGO_E2E := cargo test --release -p dmalab-tests --test e2e
+
+.PHONY: all deps qemu kernel device driver agent initramfs artifacts run test unit lint e2e bench clean
+
+all: artifacts
+
+deps:
+	@scripts/deps.sh
+
+$(P):
+	@mkdir -p $(P)
+
+qemu: deps | $(P)
+	@scripts/build-qemu.sh > $(P)/qemu.tmp && mv $(P)/qemu.tmp $(P)/qemu
+
+kernel: deps | $(P)
+	@scripts/build-kernel.sh > $(P)/kbuild.tmp && mv $(P)/kbuild.tmp $(P)/kbuild
+	@echo "$$(cat $(P)/kbuild)/arch/x86/boot/bzImage" > $(P)/kernel
+
+device: | $(P)
+	@cargo build --release -q -p dmalab-device
+	@echo "$(CURDIR)/target/release/dmalab-device" > $(P)/device
+
+driver: kernel
+	@scripts/build-driver.sh "$$(cat $(P)/kbuild)" > $(P)/module.tmp && mv $(P)/module.tmp $(P)/module
+
+agent: | $(P)
+	@cargo rustc --release -q -p dmalab-agent --target x86_64-unknown-linux-gnu -- -C target-feature=+crt-static
+	@echo "$(CURDIR)/$(AGENT)" > $(P)/agent
+
+initramfs: driver agent
+	@scripts/build-initramfs.sh "$$(cat $(P)/kbuild)" "$$(cat $(P)/agent)" "$$(cat $(P)/module)" > $(P)/initramfs.tmp \
+		&& mv $(P)/initramfs.tmp $(P)/initramfs
+
+artifacts: qemu kernel device initramfs
+
+run: artifacts
+	@cargo run --release -q -p dmalab-tests --bin dmalab-run
+
+unit:
+	cargo test --release -p dmalab-abi -p dmalab-device -p dmalab-agent
+	cargo test --release -p dmalab-tests --lib
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -q -- -D warnings
+
+e2e: artifacts
+	$(CARGO_E2E) -- --test-threads=1
+
+test: unit lint e2e
+
+bench:
+	cargo bench -p dmalab-device --bench engine
+
+clean:
+	cargo clean

@@ -1,0 +1,523 @@
+//! The scenarios the host can ask for. Each reports facts as JSON lines; an `Err` means the
+//! scenario could not run to its end (the host treats that as a failure).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dmalab_abi::{self as abi, Request};
+
+use crate::dev::{self, Dev};
+use crate::report::{report, Obj};
+
+pub fn run(name: &str, module: &str) -> Result<(), String> {
+    match name {
+        "load" => load(module),
+        "unload" => unload(),
+        "firstlight" => {
+            load(module)?;
+            info()?;
+            dma_api("loaded");
+            unload()
+        }
+        "info" => info(),
+        "transfers" => transfers(),
+        "sg" => scatter_gather(),
+        "concurrent" => concurrent(),
+        "reload" => reload(module),
+        "bench" => bench(),
+        "stats" => stats(),
+        "errors" => errors(),
+        "reset" => reset(),
+        other => Err(format!("unknown scenario '{other}'")),
+    }
+}
+
+fn loaded() -> bool {
+    std::fs::read_to_string("/proc/modules")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("dmalab "))
+}
+
+fn load(module: &str) -> Result<(), String> {
+    if loaded() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    let r = dev::insmod(module);
+    report(
+        Obj::new("insmod")
+            .bool("ok", r.is_ok())
+            .str("error", r.as_ref().err().map_or("", |e| e))
+            .u64("us", t.elapsed().as_micros() as u64),
+    );
+    r?;
+    // the misc device appears when probe finishes (synchronously for a present device)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::path::Path::new("/dev/dmalab0").exists() {
+        if Instant::now() > deadline {
+            return Err(
+                "driver loaded but /dev/dmalab0 did not appear (probe failed? see kernel log)"
+                    .into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn unload() -> Result<(), String> {
+    if !loaded() {
+        return Ok(());
+    }
+    let r = dev::rmmod("dmalab");
+    report(
+        Obj::new("rmmod")
+            .bool("ok", r.is_ok())
+            .str("error", r.as_ref().err().map_or("", |e| e))
+            .bool("still_loaded", loaded()),
+    );
+    dma_api("unloaded");
+    r
+}
+
+fn dma_api(when: &str) {
+    match dev::dma_api_errors() {
+        Some(n) => report(Obj::new("dma_api").str("when", when).u64("errors", n)),
+        None => report(
+            Obj::new("dma_api")
+                .str("when", when)
+                .bool("available", false),
+        ),
+    }
+}
+
+fn info() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let i = d.info()?;
+    report(
+        Obj::new("info")
+            .u64("magic", i.magic.into())
+            .u64("version", i.version.into())
+            .u64("queues", i.queues.into())
+            .u64("vectors", i.vectors.into())
+            .str(
+                "irq_mode",
+                match i.irq_mode {
+                    abi::IRQ_MODE_MSIX => "msix",
+                    abi::IRQ_MODE_MSI => "msi",
+                    _ => "intx",
+                },
+            )
+            .u64("ring_size", i.ring_size.into())
+            .u64("dma_mask_bits", i.dma_mask_bits.into())
+            .u64("mem_size", i.mem_size)
+            .u64("bdf", i.bdf.into()),
+    );
+    Ok(())
+}
+
+/// Deterministic test data: differs per byte, per size and per seed.
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn op_name(op: u8) -> &'static str {
+    match op {
+        abi::OP_COPY => "copy",
+        abi::OP_WRITE => "write",
+        abi::OP_READ => "read",
+        abi::OP_FILL => "fill",
+        abi::OP_CHECKSUM => "checksum",
+        _ => "?",
+    }
+}
+
+/// Outcome of one verified request.
+struct Outcome {
+    req: Request,
+    errno: i32,
+    verified: bool,
+    detail: String,
+}
+
+fn submit(d: &Dev, req: &mut Request) -> i32 {
+    match d.submit(req) {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// Runs one request of `op` and checks every byte it produced.
+fn verified(d: &Dev, op: u8, queue: u8, len: usize, nseg: u16, seed: u32) -> Outcome {
+    let src = data(len, seed);
+    let mut dst = vec![0u8; len];
+    let mut req = Request {
+        opcode: op,
+        queue,
+        nseg,
+        len: len as u32,
+        ..Default::default()
+    };
+    let (mut verified, mut detail) = (false, String::new());
+    let errno;
+    match op {
+        abi::OP_COPY => {
+            req.src = src.as_ptr() as u64;
+            req.dst = dst.as_mut_ptr() as u64;
+            errno = submit(d, &mut req);
+            verified = errno == 0 && req.status == 0 && dst == src;
+        }
+        abi::OP_FILL => {
+            req.pattern = 0xa55a_0000 | (seed & 0xffff);
+            req.dst = dst.as_mut_ptr() as u64;
+            errno = submit(d, &mut req);
+            let p = req.pattern.to_le_bytes();
+            verified = errno == 0
+                && req.status == 0
+                && dst.iter().enumerate().all(|(i, &b)| b == p[i % 4]);
+        }
+        abi::OP_CHECKSUM => {
+            req.src = src.as_ptr() as u64;
+            errno = submit(d, &mut req);
+            let crc = crc32c::crc32c(&src);
+            verified = errno == 0 && req.status == 0 && req.result == crc;
+            detail = format!("device {:#010x} guest {:#010x}", req.result, crc);
+        }
+        abi::OP_WRITE | abi::OP_READ => {
+            // WRITE into internal memory, READ it back: both directions verified together.
+            let off = u64::from(seed % 64) * 4096;
+            let mut w = Request {
+                opcode: abi::OP_WRITE,
+                queue,
+                nseg,
+                len: len as u32,
+                dev_offset: off,
+                ..Default::default()
+            };
+            w.src = src.as_ptr() as u64;
+            let e1 = submit(d, &mut w);
+            req.opcode = abi::OP_READ;
+            req.dev_offset = off;
+            req.dst = dst.as_mut_ptr() as u64;
+            errno = if e1 != 0 { e1 } else { submit(d, &mut req) };
+            verified = errno == 0 && w.status == 0 && req.status == 0 && dst == src;
+            if op == abi::OP_WRITE {
+                req = Request {
+                    segments: w.segments,
+                    latency_ns: w.latency_ns,
+                    ..w
+                };
+            }
+        }
+        _ => errno = libc::EINVAL,
+    }
+    if !verified && detail.is_empty() && errno == 0 {
+        let first_bad = dst.iter().zip(src.iter()).position(|(a, b)| a != b);
+        detail = format!("status {} first differing byte {:?}", req.status, first_bad);
+    }
+    Outcome {
+        req,
+        errno,
+        verified,
+        detail,
+    }
+}
+
+fn report_xfer(o: &Outcome, scenario: &str) {
+    report(
+        Obj::new("xfer")
+            .str("scenario", scenario)
+            .str("op", op_name(o.req.opcode))
+            .u64("queue", o.req.queue.into())
+            .u64("len", o.req.len.into())
+            .u64("segments", o.req.segments.into())
+            .u64("status", o.req.status.into())
+            .num("errno", o.errno)
+            .u64("result", o.req.result.into())
+            .bool("verified", o.verified)
+            .str("detail", &o.detail),
+    );
+}
+
+const OPS: [u8; 5] = [
+    abi::OP_COPY,
+    abi::OP_WRITE,
+    abi::OP_READ,
+    abi::OP_FILL,
+    abi::OP_CHECKSUM,
+];
+const SIZES: [usize; 5] = [1, 4096, 65536, 1 << 20, 12_347];
+
+fn transfers() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let nq = d.info()?.queues as usize;
+    let mut n = 0u32;
+    for &op in &OPS {
+        for &len in &SIZES {
+            let o = verified(&d, op, (n as usize % nq) as u8, len, 0, n);
+            report_xfer(&o, "transfers");
+            n += 1;
+        }
+    }
+    // a COPY checked a second way: the device's CRC of the destination equals the guest's
+    let src = data(65_537, 99);
+    let mut dst = vec![0u8; src.len()];
+    let mut c = Request {
+        opcode: abi::OP_COPY,
+        len: src.len() as u32,
+        src: src.as_ptr() as u64,
+        dst: dst.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    let e = submit(&d, &mut c);
+    let mut k = Request {
+        opcode: abi::OP_CHECKSUM,
+        len: dst.len() as u32,
+        src: dst.as_ptr() as u64,
+        ..Default::default()
+    };
+    let e2 = submit(&d, &mut k);
+    report(
+        Obj::new("crc_check")
+            .num("errno", if e != 0 { e } else { e2 })
+            .u64("device_crc", k.result.into())
+            .u64("guest_crc", crc32c::crc32c(&src).into())
+            .bool(
+                "match",
+                e == 0 && e2 == 0 && k.result == crc32c::crc32c(&src) && dst == src,
+            ),
+    );
+    Ok(())
+}
+
+fn scatter_gather() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let mut n = 1000;
+    for (len, nseg) in [
+        (1usize << 20, 256u16),
+        (65_536 + 13, 64),
+        (4096, 16),
+        (300, 256),
+    ] {
+        for op in [abi::OP_COPY, abi::OP_CHECKSUM, abi::OP_FILL, abi::OP_WRITE] {
+            let o = verified(&d, op, 1, len, nseg, n);
+            report_xfer(&o, "sg");
+            n += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Several threads on every queue at once, every byte checked.
+fn concurrent() -> Result<(), String> {
+    let nq = Dev::open(0)?.info()?.queues as usize;
+    let threads = 2 * nq;
+    let per_thread = 12;
+    let ok = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (ok, bad) = (ok.clone(), bad.clone());
+            std::thread::spawn(move || {
+                let d = Dev::open(0).expect("open");
+                for i in 0..per_thread {
+                    let op = OPS[(t + i) % OPS.len()];
+                    let len = 1 + ((t * 7919 + i * 104_729) % 70_000);
+                    let o = verified(&d, op, (t % nq) as u8, len, 0, (t * 1000 + i) as u32);
+                    if o.verified {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        report_xfer(&o, "concurrent");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| "worker thread panicked".to_string())?;
+    }
+    report(
+        Obj::new("concurrent")
+            .u64("threads", threads as u64)
+            .u64("queues", nq as u64)
+            .u64("verified", ok.load(Ordering::Relaxed))
+            .u64("failed", bad.load(Ordering::Relaxed)),
+    );
+    Ok(())
+}
+
+fn reload(module: &str) -> Result<(), String> {
+    for round in 0..3 {
+        unload()?;
+        load(module)?;
+        let d = Dev::open(0)?;
+        let o = verified(&d, abi::OP_COPY, 0, 8192, 0, round);
+        report_xfer(&o, "reload");
+    }
+    Ok(())
+}
+
+fn stats() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let s = d.stats()?;
+    let nq = d.info()?.queues as usize;
+    let mut qs = String::from("[");
+    for (i, q) in s.queue.iter().take(nq).enumerate() {
+        if i > 0 {
+            qs.push(',');
+        }
+        qs.push_str(&format!(
+            "{{\"submitted\":{},\"completed\":{},\"errors\":{},\"timeouts\":{},\"irqs\":{},\"stray\":{},\"resets\":{},\"bytes\":{}}}",
+            q.submitted, q.completed, q.errors, q.timeouts, q.irqs, q.stray_completions, q.resets, q.bytes
+        ));
+    }
+    qs.push(']');
+    let sum = |f: fn(&abi::QueueStats) -> u64| s.queue.iter().map(f).sum::<u64>();
+    report(
+        Obj::new("stats")
+            .u64("submitted", sum(|q| q.submitted))
+            .u64("completed", sum(|q| q.completed))
+            .u64("errors", sum(|q| q.errors))
+            .u64("timeouts", sum(|q| q.timeouts))
+            .u64("irqs", sum(|q| q.irqs))
+            .u64("bytes", sum(|q| q.bytes))
+            .u64("error_irqs", s.error_irqs)
+            .u64("error_bits", s.error_bits)
+            .raw("queues", &qs),
+    );
+    Ok(())
+}
+
+/// Requests the device must refuse: the driver must turn each into a status, not a hang.
+fn errors() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let mem = d.info()?.mem_size;
+    let src = data(4096, 1);
+    let mut w = Request {
+        opcode: abi::OP_WRITE,
+        len: 4096,
+        src: src.as_ptr() as u64,
+        dev_offset: mem - 100,
+        ..Default::default()
+    };
+    let e = submit(&d, &mut w);
+    report(
+        Obj::new("refused")
+            .str("case", "internal range")
+            .num("errno", e)
+            .u64("status", w.status.into()),
+    );
+    let mut bad = Request {
+        opcode: 77,
+        len: 16,
+        ..Default::default()
+    };
+    let e = submit(&d, &mut bad);
+    report(
+        Obj::new("refused")
+            .str("case", "bad opcode (driver)")
+            .num("errno", e)
+            .u64("status", bad.status.into()),
+    );
+    let mut big = Request {
+        opcode: abi::OP_FILL,
+        len: abi::MAX_REQUEST + 1,
+        ..Default::default()
+    };
+    let e = submit(&d, &mut big);
+    report(
+        Obj::new("refused")
+            .str("case", "too long (driver)")
+            .num("errno", e)
+            .u64("status", big.status.into()),
+    );
+    // the queue still works afterwards
+    let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 5);
+    report_xfer(&o, "errors");
+    Ok(())
+}
+
+/// A device reset from user space, then the device must work as before.
+fn reset() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let r = d.reset();
+    report(
+        Obj::new("reset")
+            .bool("ok", r.is_ok())
+            .str("error", &r.err().map(|e| e.to_string()).unwrap_or_default()),
+    );
+    let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 77);
+    report_xfer(&o, "reset");
+    Ok(())
+}
+
+/// Throughput: COPY of 4 KiB and 1 MiB at queue depth 1 and 32.
+fn bench() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let nq = d.info()?.queues as usize;
+    for len in [4096usize, 1 << 20] {
+        for depth in [1usize, 32] {
+            let budget = Duration::from_secs(3);
+            let count = Arc::new(AtomicU64::new(0));
+            let failed = Arc::new(AtomicU64::new(0));
+            let t0 = Instant::now();
+            let handles: Vec<_> = (0..depth)
+                .map(|t| {
+                    let (count, failed) = (count.clone(), failed.clone());
+                    std::thread::spawn(move || {
+                        let d = Dev::open(0).expect("open");
+                        let src = data(len, t as u32);
+                        let mut dst = vec![0u8; len];
+                        while t0.elapsed() < budget {
+                            let mut r = Request {
+                                opcode: abi::OP_COPY,
+                                queue: (t % nq) as u8,
+                                len: len as u32,
+                                src: src.as_ptr() as u64,
+                                dst: dst.as_mut_ptr() as u64,
+                                timeout_ms: 30_000,
+                                ..Default::default()
+                            };
+                            if submit(&d, &mut r) == 0 && r.status == 0 {
+                                count.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        if dst != src {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                let _ = h.join();
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            let n = count.load(Ordering::Relaxed);
+            report(
+                Obj::new("bench")
+                    .str("op", "copy")
+                    .u64("len", len as u64)
+                    .u64("depth", depth as u64)
+                    .u64("ops", n)
+                    .u64("failed", failed.load(Ordering::Relaxed))
+                    .num("seconds", secs)
+                    .num("mb_per_s", n as f64 * len as f64 / secs / 1e6)
+                    .num("ops_per_s", n as f64 / secs),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# make driver: the Rust kernel module, built out of tree against the guest kernel.
+# Usage: build-driver.sh <kernel build dir>; prints the path of dmalab.ko.
+source "$(dirname "$0")/lib.sh"
+kbuild=${1:?usage: build-driver.sh <kernel build dir>}
+[ -f "$kbuild/Module.symvers" ] || die "$kbuild is not a built kernel tree (run 'make kernel')"
+export PATH="$CACHE/tools/bin:$PATH"
+# Kbuild writes its objects next to the sources: build a copy under target/ that keeps the
+# relative path to abi/regs.rs, so the repository stays clean.
+work="$ROOT/target/kmod"
+mkdir -p "$work/guest-driver/module" "$work/abi"
+cp "$ROOT/guest-driver/module/Kbuild" "$ROOT/guest-driver/module/dmalab.rs" "$work/guest-driver/module/"
+cp "$ROOT/abi/regs.rs" "$work/abi/"
+say "building the dmalab kernel module"
+run_logged "kernel module build" "$work/build.log" \
+    make -C "$kbuild" M="$work/guest-driver/module" LLVM=-19 ARCH=x86_64 modules
+echo "$work/guest-driver/module/dmalab.ko"

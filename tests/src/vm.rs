@@ -1,0 +1,333 @@
+//! One test VM: the device server plus QEMU, run to completion under a timeout.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::artifacts;
+
+/// Marker of the agent's report lines on the console.
+pub const REPORT_PREFIX: &str = "@@DMALAB ";
+
+/// How to boot.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Name of the run (its log directory).
+    pub name: String,
+    /// Agent scenarios, in order.
+    pub scenarios: String,
+    /// Queue pairs the device server offers.
+    pub queues: u16,
+    /// Put the device behind an emulated Intel IOMMU (guest `intel_iommu=on`).
+    pub iommu: bool,
+    /// Guest RAM in MiB.
+    pub memory_mb: u32,
+    /// Kill the VM after this long. Generous: a slow shared machine must never fail a test.
+    pub timeout: Duration,
+    /// Extra kernel command line.
+    pub append: String,
+}
+
+impl VmOptions {
+    pub fn new(name: &str, scenarios: &str) -> Self {
+        Self {
+            name: name.into(),
+            scenarios: scenarios.into(),
+            queues: 4,
+            iommu: false,
+            memory_mb: 512,
+            timeout: Duration::from_secs(600),
+            append: String::new(),
+        }
+    }
+}
+
+/// Children that are killed whatever happens to the test.
+struct Reaper {
+    children: Vec<(String, Child)>,
+}
+
+impl Reaper {
+    fn stop(&mut self, name: &str, grace: Duration) -> Option<ExitStatus> {
+        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name)?;
+        let deadline = Instant::now() + grace;
+        let mut signalled = false;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                if signalled {
+                    let _ = child.kill();
+                    return child.wait().ok();
+                }
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                signalled = true;
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// What a run left behind.
+#[derive(Debug)]
+pub struct Run {
+    pub dir: PathBuf,
+    /// The agent's report lines, parsed.
+    pub reports: Vec<Value>,
+    /// The whole serial console.
+    pub console: String,
+    /// The device's event log, parsed.
+    pub events: Vec<Value>,
+    pub timed_out: bool,
+    pub qemu_status: Option<ExitStatus>,
+    pub device_status: Option<ExitStatus>,
+}
+
+fn log_file(dir: &Path, name: &str) -> File {
+    File::create(dir.join(name))
+        .unwrap_or_else(|e| panic!("cannot create {}/{name}: {e}", dir.display()))
+}
+
+/// Boots a VM as `opts` says and waits for it to power off (or for the timeout).
+pub fn run(opts: &VmOptions) -> Run {
+    let need = |n| artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
+    let (qemu, kernel, initramfs, device) = (
+        need("qemu"),
+        need("kernel"),
+        need("initramfs"),
+        need("device"),
+    );
+    let dir = artifacts::root().join("target/e2e").join(&opts.name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create run directory");
+    let sock = dir.join("dev.sock");
+    let mut reaper = Reaper {
+        children: Vec::new(),
+    };
+
+    let dev = Command::new(&device)
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--queues")
+        .arg(opts.queues.to_string())
+        .arg("--event-log")
+        .arg(dir.join("events.jsonl"))
+        .stdin(Stdio::null())
+        .stdout(log_file(&dir, "device.log"))
+        .stderr(log_file(&dir, "device.err"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", device.display()));
+    reaper.children.push(("device".into(), dev));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        if let Ok(Some(st)) = reaper.children[0].1.try_wait() {
+            panic!(
+                "device server exited ({st}) before listening; see {}",
+                dir.join("device.err").display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "device server did not create {} in 30 s",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut append = format!(
+        "console=ttyS0 panic=-1 dmalab.run={} {}",
+        opts.scenarios, opts.append
+    );
+    let mut cmd = Command::new(&qemu);
+    // -nodefaults: q35's default CD-ROM costs ~30 s of firmware probing under TCG.
+    cmd.args([
+        "-nodefaults",
+        "-M",
+        "q35,memory-backend=mem",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+    ])
+    .args(["-m", &format!("{}M", opts.memory_mb)])
+    .args([
+        "-object",
+        &format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            opts.memory_mb
+        ),
+    ])
+    .args(["-display", "none", "-no-reboot"])
+    .arg("-serial")
+    .arg(format!("file:{}", dir.join("console.log").display()))
+    .arg("-qmp")
+    .arg(format!(
+        "unix:{},server=on,wait=off",
+        dir.join("qmp.sock").display()
+    ))
+    .arg("-kernel")
+    .arg(&kernel)
+    .arg("-initrd")
+    .arg(&initramfs);
+    if opts.iommu {
+        cmd.args(["-device", "intel-iommu,caching-mode=on"]);
+        append.push_str(" intel_iommu=on");
+    }
+    cmd.args([
+        "-device",
+        "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
+    ])
+    .arg("-device")
+    .arg(
+        serde_json::json!({
+            "driver": "vfio-user-pci", "id": "dma0", "bus": "rp1",
+            "socket": {"type": "unix", "path": sock.to_str().unwrap()}
+        })
+        .to_string(),
+    );
+    cmd.arg("-append").arg(append.trim());
+    std::fs::write(dir.join("qemu.cmdline"), format!("{cmd:?}\n")).ok();
+    let q = cmd
+        .stdin(Stdio::null())
+        .stdout(log_file(&dir, "qemu.log"))
+        .stderr(log_file(&dir, "qemu.err"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", qemu.display()));
+    reaper.children.push(("qemu".into(), q));
+
+    // QEMU exits when the guest powers off (or panics: -no-reboot).
+    let t0 = Instant::now();
+    let mut timed_out = false;
+    let qemu_status = loop {
+        if let Ok(Some(st)) = reaper.children[1].1.try_wait() {
+            break Some(st);
+        }
+        if t0.elapsed() > opts.timeout {
+            timed_out = true;
+            break reaper.stop("qemu", Duration::ZERO);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The server leaves by itself when the client disconnects.
+    let device_status = reaper.stop("device", Duration::from_secs(20));
+    drop(reaper);
+
+    let console =
+        String::from_utf8_lossy(&std::fs::read(dir.join("console.log")).unwrap_or_default())
+            .into_owned();
+    let reports = console
+        .lines()
+        .filter_map(|l| l.find(REPORT_PREFIX).map(|i| &l[i + REPORT_PREFIX.len()..]))
+        .filter_map(|j| serde_json::from_str(j.trim()).ok())
+        .collect();
+    let events = std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    Run {
+        dir,
+        reports,
+        console,
+        events,
+        timed_out,
+        qemu_status,
+        device_status,
+    }
+}
+
+impl Run {
+    /// Panics with `msg`, where the logs are, and the end of the console.
+    pub fn fail(&self, msg: &str) -> ! {
+        let tail: Vec<&str> = self.console.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{msg}\n  logs kept in {} (console.log, device.log, device.err, events.jsonl, qemu.err)\n  console tail:\n    {}",
+            self.dir.display(),
+            tail.join("\n    ")
+        );
+    }
+
+    pub fn check(&self, cond: bool, msg: &str) {
+        if !cond {
+            self.fail(msg);
+        }
+    }
+
+    /// Reports of one kind.
+    pub fn all(&self, kind: &str) -> Vec<&Value> {
+        self.reports.iter().filter(|r| r["kind"] == kind).collect()
+    }
+
+    /// The single (or last) report of a kind.
+    pub fn one(&self, kind: &str) -> &Value {
+        self.all(kind)
+            .pop()
+            .unwrap_or_else(|| self.fail(&format!("the agent reported no '{kind}'")))
+    }
+
+    /// Device events of one kind.
+    pub fn events(&self, kind: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["event"] == kind).collect()
+    }
+
+    /// The device's final counters (written when the client disconnects).
+    pub fn device_counters(&self) -> &Value {
+        self.events("counters")
+            .pop()
+            .unwrap_or_else(|| self.fail("the device wrote no final counters"))
+    }
+
+    /// The run ended normally: the agent finished every scenario, the VM powered off in time,
+    /// the kernel log is clean, DMA-API debug saw no error and the device server exited 0.
+    pub fn assert_clean(&self) {
+        self.check(
+            !self.timed_out,
+            "the VM did not power off before the timeout",
+        );
+        let done = self.one("done");
+        for e in self.all("error") {
+            self.fail(&format!("agent error: {e}"));
+        }
+        self.check(
+            done["completed"] == true,
+            "the agent did not complete every scenario",
+        );
+        let problems = crate::kernel_log::problems(&self.console);
+        self.check(
+            problems.is_empty(),
+            &format!("kernel log problems:\n    {}", problems.join("\n    ")),
+        );
+        for d in self.all("dma_api") {
+            self.check(
+                d["available"] != false,
+                "DMA-API debug is not available in the guest",
+            );
+            self.check(d["errors"] == 0, &format!("DMA-API debug errors: {d}"));
+        }
+        self.check(
+            self.device_status.is_some_and(|s| s.success()),
+            &format!("device server exit: {:?}", self.device_status),
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! End-to-end: the real device server, the real QEMU, the real guest kernel and driver.
+//! Each test boots one VM; its logs stay in target/e2e/<test>/.
+
+use dmalab_abi as abi;
+use dmalab_tests::vm::{run, Run, VmOptions};
+use serde_json::Value;
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(u64::MAX)
+}
+
+/// Every transfer the agent reported was verified byte for byte and completed with CS_OK.
+fn assert_transfers_verified(r: &Run, min: usize) {
+    let xfers = r.all("xfer");
+    r.check(
+        xfers.len() >= min,
+        &format!(
+            "expected at least {min} transfers, the agent reported {}",
+            xfers.len()
+        ),
+    );
+    for x in &xfers {
+        r.check(
+            x["errno"] == 0 && x["status"] == 0 && x["verified"] == true,
+            &format!("transfer failed: {x}"),
+        );
+    }
+}
+
+/// The device's own counters equal what the driver says it submitted.
+fn assert_counters_agree(r: &Run) {
+    let stats = r.one("stats");
+    let dev = r.device_counters();
+    r.check(
+        u(&dev["descriptors"]) == u(&stats["submitted"])
+            && u(&dev["completions"]) == u(&stats["completed"]),
+        &format!("device counters {dev} disagree with the driver's {stats}"),
+    );
+    r.check(
+        u(&dev["completions_err"]) == u(&stats["errors"]),
+        "error completions disagree",
+    );
+}
+
+#[test]
+fn first_light() {
+    let r = run(&VmOptions::new("first_light", "firstlight"));
+    r.assert_clean();
+    let ins = r.one("insmod");
+    r.check(ins["ok"] == true, &format!("insmod failed: {ins}"));
+    let info = r.one("info");
+    r.check(
+        u(&info["magic"]) == u64::from(abi::DEVICE_MAGIC),
+        &format!("ID register: {info}"),
+    );
+    r.check(
+        u(&info["version"]) == u64::from(abi::VERSION),
+        "version register",
+    );
+    r.check(
+        u(&info["queues"]) == 4,
+        "the driver must see the 4 queues the server was started with",
+    );
+    r.check(
+        info["irq_mode"] == "msix" && u(&info["vectors"]) == 5,
+        &format!("MSI-X with 5 vectors expected: {info}"),
+    );
+    let rm = r.one("rmmod");
+    r.check(
+        rm["ok"] == true && rm["still_loaded"] == false,
+        &format!("rmmod: {rm}"),
+    );
+    r.check(
+        r.console.contains("dmalab unbound"),
+        "the driver's unbind message is missing",
+    );
+    r.check(
+        r.all("dma_api").len() == 2,
+        "DMA-API debug was read before and after rmmod",
+    );
+}
+
+fn transfer_suite(name: &str, iommu: bool) -> Run {
+    let mut o = VmOptions::new(
+        name,
+        "load,info,transfers,sg,concurrent,errors,reset,stats,unload",
+    );
+    o.iommu = iommu;
+    let r = run(&o);
+    r.assert_clean();
+    assert_transfers_verified(&r, 25 + 16);
+    r.check(
+        r.one("crc_check")["match"] == true,
+        "device CRC of the copied data differs from the guest's",
+    );
+    let c = r.one("concurrent");
+    r.check(
+        c["failed"] == 0 && u(&c["verified"]) == 12 * u(&c["threads"]),
+        &format!("concurrent: {c}"),
+    );
+    let refused = r.all("refused");
+    r.check(refused.len() == 3, "three refusals reported");
+    r.check(
+        u(&refused[0]["status"]) == u64::from(abi::CS_INTERNAL_RANGE),
+        &format!("device refusal: {}", refused[0]),
+    );
+    r.check(
+        refused[1]["errno"] == libc::EINVAL && refused[2]["errno"] == libc::EINVAL,
+        "driver refusals are EINVAL",
+    );
+    r.check(r.one("reset")["ok"] == true, "device reset ioctl");
+    assert_counters_agree(&r);
+    // all queues were used and interrupts arrived on them
+    let stats = r.one("stats");
+    for (i, q) in stats["queues"].as_array().unwrap().iter().enumerate() {
+        r.check(
+            u(&q["completed"]) > 0 && u(&q["irqs"]) > 0,
+            &format!("queue {i} saw no work or no interrupt: {q}"),
+        );
+    }
+    r
+}
+
+#[test]
+fn transfers_every_opcode_size_and_queue() {
+    let r = transfer_suite("transfers", false);
+    // scatter-gather really happened with many segments
+    let max_seg = r
+        .all("xfer")
+        .iter()
+        .map(|x| u(&x["segments"]))
+        .max()
+        .unwrap_or(0);
+    r.check(
+        max_seg >= 256,
+        &format!("largest SG list had {max_seg} segments"),
+    );
+}
+
+#[test]
+fn transfers_behind_an_iommu() {
+    let r = transfer_suite("transfers_iommu", true);
+    r.check(
+        r.console.contains("DMAR") || r.console.contains("IOMMU"),
+        "the guest did not bring up the IOMMU",
+    );
+}
+
+#[test]
+fn repeated_unload_and_reload() {
+    let r = run(&VmOptions::new("reload", "load,reload,unload"));
+    r.assert_clean();
+    assert_transfers_verified(&r, 3);
+    let rm = r.all("rmmod");
+    r.check(
+        rm.len() == 4 && rm.iter().all(|x| x["ok"] == true),
+        "every rmmod succeeds",
+    );
+}
