@@ -218,10 +218,15 @@ impl MapTable {
         let region = GuestRegionMmap::new(mmap, GuestAddress(iova))
             .ok_or(MapError::Region { iova, size })?;
         let mut maps = self.maps.lock().unwrap();
-        maps.push(Mapping {
-            region: Arc::new(region),
-            writable,
-        });
+        // vm-memory wants its regions sorted by address.
+        let at = maps.partition_point(|m| m.region.start_addr().0 < iova);
+        maps.insert(
+            at,
+            Mapping {
+                region: Arc::new(region),
+                writable,
+            },
+        );
         self.publish(&maps);
         Ok(())
     }
@@ -261,11 +266,14 @@ impl MapTable {
     }
 
     fn publish(&self, maps: &[Mapping]) {
-        let mem =
+        // `maps` is sorted and free of overlaps (both kept at insert), so building can only fail
+        // for an empty table, which means "nothing mapped".
+        let mem = if maps.is_empty() {
+            GuestMemoryMmap::default()
+        } else {
             GuestMemoryMmap::from_arc_regions(maps.iter().map(|m| m.region.clone()).collect())
-                // Overlaps were refused at insert, so building the collection cannot fail; an empty
-                // collection is refused by vm-memory and means "nothing mapped".
-                .unwrap_or_default();
+                .expect("DMA map table is sorted and free of overlaps")
+        };
         let readonly = maps
             .iter()
             .filter(|m| !m.writable)
@@ -321,6 +329,29 @@ mod tests {
         let mut b = [0; 4];
         v.read(0x1ffe, &mut b).unwrap();
         assert_eq!(b, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn mappings_arriving_out_of_order_are_all_usable() {
+        let t = MapTable::new();
+        t.map_anonymous(0x10_0000, 0x1000).unwrap();
+        t.map_anonymous(0x0, 0x1000).unwrap();
+        t.map_anonymous(0x8000, 0x1000).unwrap();
+        let v = t.view();
+        for a in [0x0, 0x8000, 0x10_0000] {
+            let r = v.slices(a, 0x1000, Dir::ToGuest).map(|s| s.len());
+            assert!(
+                r.is_ok(),
+                "{a:#x} {r:?} {:?}",
+                t.maps
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.range())
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(v.num_mappings(), 3);
     }
 
     #[test]

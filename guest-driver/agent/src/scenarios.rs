@@ -158,7 +158,8 @@ fn submit(d: &Dev, req: &mut Request) -> i32 {
 }
 
 /// Runs one request of `op` and checks every byte it produced.
-fn verified(d: &Dev, op: u8, queue: u8, len: usize, nseg: u16, seed: u32) -> Outcome {
+/// WRITE/READ use internal memory at `dev_off`: concurrent callers must pass disjoint ranges.
+fn verified(d: &Dev, op: u8, queue: u8, len: usize, nseg: u16, seed: u32, dev_off: u64) -> Outcome {
     let src = data(len, seed);
     let mut dst = vec![0u8; len];
     let mut req = Request {
@@ -195,7 +196,7 @@ fn verified(d: &Dev, op: u8, queue: u8, len: usize, nseg: u16, seed: u32) -> Out
         }
         abi::OP_WRITE | abi::OP_READ => {
             // WRITE into internal memory, READ it back: both directions verified together.
-            let off = u64::from(seed % 64) * 4096;
+            let off = dev_off;
             let mut w = Request {
                 opcode: abi::OP_WRITE,
                 queue,
@@ -264,7 +265,7 @@ fn transfers() -> Result<(), String> {
     let mut n = 0u32;
     for &op in &OPS {
         for &len in &SIZES {
-            let o = verified(&d, op, (n as usize % nq) as u8, len, 0, n);
+            let o = verified(&d, op, (n as usize % nq) as u8, len, 0, n, 0);
             report_xfer(&o, "transfers");
             n += 1;
         }
@@ -310,7 +311,7 @@ fn scatter_gather() -> Result<(), String> {
         (300, 256),
     ] {
         for op in [abi::OP_COPY, abi::OP_CHECKSUM, abi::OP_FILL, abi::OP_WRITE] {
-            let o = verified(&d, op, 1, len, nseg, n);
+            let o = verified(&d, op, 1, len, nseg, n, 0);
             report_xfer(&o, "sg");
             n += 1;
         }
@@ -333,7 +334,15 @@ fn concurrent() -> Result<(), String> {
                 for i in 0..per_thread {
                     let op = OPS[(t + i) % OPS.len()];
                     let len = 1 + ((t * 7919 + i * 104_729) % 70_000);
-                    let o = verified(&d, op, (t % nq) as u8, len, 0, (t * 1000 + i) as u32);
+                    let o = verified(
+                        &d,
+                        op,
+                        (t % nq) as u8,
+                        len,
+                        0,
+                        (t * 1000 + i) as u32,
+                        (t as u64) << 20,
+                    );
                     if o.verified {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -362,7 +371,7 @@ fn reload(module: &str) -> Result<(), String> {
         unload()?;
         load(module)?;
         let d = Dev::open(0)?;
-        let o = verified(&d, abi::OP_COPY, 0, 8192, 0, round);
+        let o = verified(&d, abi::OP_COPY, 0, 8192, 0, round, 0);
         report_xfer(&o, "reload");
     }
     Ok(())
@@ -443,7 +452,7 @@ fn errors() -> Result<(), String> {
             .u64("status", big.status.into()),
     );
     // the queue still works afterwards
-    let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 5);
+    let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 5, 0);
     report_xfer(&o, "errors");
     Ok(())
 }
@@ -457,7 +466,7 @@ fn reset() -> Result<(), String> {
             .bool("ok", r.is_ok())
             .str("error", &r.err().map(|e| e.to_string()).unwrap_or_default()),
     );
-    let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 77);
+    let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 77, 0);
     report_xfer(&o, "reset");
     Ok(())
 }
