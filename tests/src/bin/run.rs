@@ -1,1 +1,135 @@
-fn main() {}
+//! `make run`: boot the VM, drive the device through the driver, and print what happened.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use dmalab_tests::vm::{run, VmOptions};
+use serde_json::Value;
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn main() -> ExitCode {
+    let scenarios = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "load,info,transfers,sg,concurrent,bench,stats,unload".into());
+    println!("dmalab: booting the guest (QEMU TCG) with the dmalab device server; scenarios: {scenarios}");
+    let r = run(&VmOptions::new("run", &scenarios));
+
+    println!("\n== the driver binding to the device (guest kernel log)");
+    let binding =
+        |l: &&str| l.contains("dmalab") && !l.contains("@@DMALAB") && !l.contains("dmalab.run=");
+    for l in r.console.lines().filter(binding) {
+        println!("  {}", l.trim_end());
+    }
+    if let Some(i) = r.all("info").pop() {
+        println!(
+            "\n== device: id {:#x} v{}.{}, {} queues, {} {} vectors, {}-bit DMA, {} MiB internal memory",
+            u(&i["magic"]),
+            u(&i["version"]) >> 16,
+            u(&i["version"]) & 0xffff,
+            u(&i["queues"]),
+            u(&i["vectors"]),
+            i["irq_mode"].as_str().unwrap_or("?"),
+            u(&i["dma_mask_bits"]),
+            u(&i["mem_size"]) >> 20
+        );
+    }
+
+    let xfers = r.all("xfer");
+    if !xfers.is_empty() {
+        println!(
+            "\n== transfers (every byte checked in the guest; CHECKSUM against the guest's CRC32C)"
+        );
+        println!(
+            "  {:<9} {:>6} {:>12} {:>9} {:>9}",
+            "opcode", "count", "bytes", "max segs", "verified"
+        );
+        let mut by_op: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
+        for x in &xfers {
+            let e = by_op.entry(x["op"].as_str().unwrap_or("?")).or_default();
+            e.0 += 1;
+            e.1 += u(&x["len"]);
+            e.2 = e.2.max(u(&x["segments"]));
+            e.3 += u64::from(x["verified"] == true);
+        }
+        for (op, (n, bytes, segs, ok)) in &by_op {
+            println!(
+                "  {op:<9} {n:>6} {bytes:>12} {segs:>9} {:>9}",
+                format!("{ok}/{n}")
+            );
+        }
+    }
+    if let Some(c) = r.all("concurrent").pop() {
+        println!(
+            "  concurrent: {} threads on {} queues, {} requests verified, {} failed",
+            u(&c["threads"]),
+            u(&c["queues"]),
+            u(&c["verified"]),
+            u(&c["failed"])
+        );
+    }
+    let bench = r.all("bench");
+    if !bench.is_empty() {
+        println!("\n== throughput (COPY, guest user buffer -> device -> guest user buffer, TCG)");
+        for b in &bench {
+            println!(
+                "  {:>8} B at queue depth {:>2}: {:>8.2} MB/s {:>8.0} ops/s ({} ops, {} failed)",
+                u(&b["len"]),
+                u(&b["depth"]),
+                b["mb_per_s"].as_f64().unwrap_or(0.0),
+                b["ops_per_s"].as_f64().unwrap_or(0.0),
+                u(&b["ops"]),
+                u(&b["failed"])
+            );
+        }
+    }
+    if let Some(s) = r.all("stats").pop() {
+        let dev = r.events("counters").pop().cloned().unwrap_or_default();
+        println!("\n== counters");
+        println!(
+            "  driver: {} submitted, {} completed, {} error completions, {} timeouts, {} interrupts, {} bytes",
+            u(&s["submitted"]),
+            u(&s["completed"]),
+            u(&s["errors"]),
+            u(&s["timeouts"]),
+            u(&s["irqs"]),
+            u(&s["bytes"])
+        );
+        println!(
+            "  device: {} descriptors, {} completions ({} with errors), {} interrupts raised, {} resets",
+            u(&dev["descriptors"]),
+            u(&dev["completions"]),
+            u(&dev["completions_err"]),
+            u(&dev["irqs"]),
+            u(&dev["resets"])
+        );
+    }
+    let dma_errors: u64 = r
+        .all("dma_api")
+        .iter()
+        .map(|d| u(&d["errors"]))
+        .max()
+        .unwrap_or(0);
+    let problems = dmalab_tests::kernel_log::problems(&r.console);
+    let all_verified = xfers.iter().all(|x| x["verified"] == true);
+    let completed = r.all("done").pop().is_some_and(|d| d["completed"] == true);
+    println!("\n== verdict");
+    println!(
+        "  every byte checked out: {}",
+        if all_verified { "yes" } else { "NO" }
+    );
+    println!("  DMA-API debug errors:   {dma_errors}");
+    println!("  kernel log problems:    {}", problems.len());
+    for p in &problems {
+        println!("    {p}");
+    }
+    println!("  logs:                   {}", r.dir.display());
+    if all_verified && dma_errors == 0 && problems.is_empty() && completed && !r.timed_out {
+        ExitCode::SUCCESS
+    } else {
+        println!("  the run did not finish cleanly");
+        ExitCode::FAILURE
+    }
+}
