@@ -143,7 +143,7 @@ impl Device {
 
     /// A BAR0 read. Registers are 32 bits wide; 64-bit reads return two registers.
     pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
-        if offset % 4 != 0 || !(data.len() == 4 || data.len() == 8) {
+        if !offset.is_multiple_of(4) || !(data.len() == 4 || data.len() == 8) {
             warn!(
                 "BAR0 read of {} bytes at {offset:#x} is not a 32/64-bit aligned access",
                 data.len()
@@ -158,7 +158,7 @@ impl Device {
 
     /// A BAR0 write. Registers are 32 bits wide; 64-bit writes set two registers.
     pub fn mmio_write(&self, offset: u64, data: &[u8]) {
-        if offset % 4 != 0 || !(data.len() == 4 || data.len() == 8) {
+        if !offset.is_multiple_of(4) || !(data.len() == 4 || data.len() == 8) {
             warn!(
                 "BAR0 write of {} bytes at {offset:#x} ignored: not a 32/64-bit aligned access",
                 data.len()

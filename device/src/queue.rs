@@ -55,8 +55,8 @@ impl QueueRegs {
     pub fn valid_geometry(&self) -> bool {
         self.size.is_power_of_two()
             && (2..=abi::MAX_RING_ENTRIES).contains(&self.size)
-            && self.sq_base % abi::DESC_SIZE as u64 == 0
-            && self.cq_base % abi::COMPLETION_SIZE as u64 == 0
+            && self.sq_base.is_multiple_of(abi::DESC_SIZE as u64)
+            && self.cq_base.is_multiple_of(abi::COMPLETION_SIZE as u64)
             && self
                 .sq_base
                 .checked_add(u64::from(self.size) * abi::DESC_SIZE as u64)

@@ -156,10 +156,67 @@ impl Rig {
                 None if Instant::now() > deadline => {
                     panic!("only {} of {n} completions after 30 s", out.len())
                 }
-                None => std::thread::yield_now(),
+                // Back off instead of spinning: a poller hammering the shared lines would slow
+                // the worker it is waiting for.
+                None => std::thread::sleep(Duration::from_micros(20)),
             }
         }
         out
+    }
+
+    /// Writes `d` into every slot of the ring (for benchmarks that only ring doorbells).
+    pub fn prefill(&self, ring: &Ring, d: &Descriptor) {
+        for i in 0..u64::from(ring.size) {
+            self.poke(
+                ring.sq_base + i * abi::DESC_SIZE as u64,
+                &wire::encode_descriptor(d),
+            );
+        }
+    }
+
+    /// Hands the next `n` (prefilled) slots to the device with one doorbell.
+    pub fn doorbell(&self, ring: &mut Ring, n: u32) {
+        ring.tail = (ring.tail + n) % ring.size;
+        self.write32(abi::queue_reg(ring.q, abi::Q_SQ_TAIL), ring.tail);
+    }
+
+    /// Waits for the next `n` completions the cheap way a real driver would: watch the last
+    /// one's phase, then read the statuses and return the slots with one CQ_HEAD write. Returns
+    /// how many completed with `CS_OK`.
+    pub fn wait_batch(&self, ring: &mut Ring, n: u32) -> u32 {
+        let last = (ring.cq_head + n - 1) % ring.size;
+        let phase = if ring.cq_head + n - 1 >= ring.size {
+            !ring.phase
+        } else {
+            ring.phase
+        };
+        let at = |i: u32| ring.cq_base + u64::from(i) * abi::COMPLETION_SIZE as u64;
+        let view = self.maps.view();
+        let mut b = [0u8; 16];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            view.read(at(last), &mut b).expect("rig RAM read");
+            if (wire::decode_completion(&b).phase & 1 != 0) == phase {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "batch of {n} did not complete in 30 s"
+            );
+            std::hint::spin_loop();
+        }
+        let mut ok = 0;
+        for k in 0..n {
+            view.read(at((ring.cq_head + k) % ring.size), &mut b)
+                .expect("rig RAM read");
+            ok += u32::from(wire::decode_completion(&b).status == abi::CS_OK);
+        }
+        if ring.cq_head + n >= ring.size {
+            ring.phase = !ring.phase;
+        }
+        ring.cq_head = (ring.cq_head + n) % ring.size;
+        self.write32(abi::queue_reg(ring.q, abi::Q_CQ_HEAD), ring.cq_head);
+        ok
     }
 
     /// Submits one descriptor and waits for its completion.
