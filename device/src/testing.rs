@@ -185,7 +185,7 @@ impl Rig {
     /// how many completed with `CS_OK`.
     pub fn wait_batch(&self, ring: &mut Ring, n: u32) -> u32 {
         let last = (ring.cq_head + n - 1) % ring.size;
-        let phase = if ring.cq_head + n - 1 >= ring.size {
+        let phase = if ring.cq_head + n > ring.size {
             !ring.phase
         } else {
             ring.phase

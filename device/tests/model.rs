@@ -598,3 +598,97 @@ fn several_queues_run_at_once() {
     assert_eq!((c.descriptors, c.completions_ok), (64, 64));
     assert_eq!(c.bytes_to_guest, 64 * 0x800);
 }
+
+mod reference_model {
+    //! Random valid descriptor streams against a reference model of guest and internal memory.
+    use super::*;
+    use proptest::prelude::*;
+
+    const WIN: u64 = 1 << 16; // the window of guest RAM the stream works in
+    const IMEM: u64 = 1 << 16; // the part of internal memory it uses
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Copy { src: u64, dst: u64, len: u32 },
+        Write { src: u64, off: u64, len: u32 },
+        Read { off: u64, dst: u64, len: u32 },
+        Fill { dst: u64, len: u32, pattern: u32 },
+        Checksum { src: u64, len: u32 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let len = 1u32..4096;
+        prop_oneof![
+            (0..WIN, 0..WIN, len.clone()).prop_map(|(s, d, l)| Op::Copy { src: s, dst: d, len: l }),
+            (0..WIN, 0..IMEM, len.clone()).prop_map(|(s, o, l)| Op::Write { src: s, off: o, len: l }),
+            (0..IMEM, 0..WIN, len.clone()).prop_map(|(o, d, l)| Op::Read { off: o, dst: d, len: l }),
+            (0..WIN, len.clone(), any::<u32>()).prop_map(|(d, l, p)| Op::Fill { dst: d, len: l, pattern: p }),
+            (0..WIN, len).prop_map(|(s, l)| Op::Checksum { src: s, len: l }),
+        ]
+    }
+
+    fn clamp(a: u64, len: u32, limit: u64) -> (u64, usize) {
+        let len = u64::from(len).min(limit);
+        (a.min(limit - len), len as usize)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn memory_matches_the_model(ops in proptest::collection::vec(op(), 1..40), seed in any::<u8>()) {
+            let r = Rig::new(1, 1 << 20);
+            let mut q = r.setup_queue(0, 64);
+            let mut guest = pattern(WIN as usize, seed);
+            let mut internal = vec![0u8; IMEM as usize];
+            r.poke(A, &guest);
+            for (i, o) in ops.iter().enumerate() {
+                let tag = i as u32;
+                let (d, expect_status, expect_result) = match *o {
+                    Op::Copy { src, dst, len } => {
+                        let (s, n) = clamp(src, len, WIN);
+                        let (t, _) = clamp(dst, n as u32, WIN);
+                        let overlap = s < t + n as u64 && t < s + n as u64;
+                        if !overlap {
+                            let tmp = guest[s as usize..s as usize + n].to_vec();
+                            guest[t as usize..t as usize + n].copy_from_slice(&tmp);
+                        }
+                        (desc(abi::OP_COPY, tag, n as u32, A + s, A + t), if overlap { abi::CS_OVERLAP } else { abi::CS_OK }, 0)
+                    }
+                    Op::Write { src, off, len } => {
+                        let (s, n) = clamp(src, len, WIN);
+                        let (o, _) = clamp(off, n as u32, IMEM);
+                        internal[o as usize..o as usize + n].copy_from_slice(&guest[s as usize..s as usize + n]);
+                        (desc(abi::OP_WRITE, tag, n as u32, A + s, o), abi::CS_OK, 0)
+                    }
+                    Op::Read { off, dst, len } => {
+                        let (o, n) = clamp(off, len, IMEM);
+                        let (t, _) = clamp(dst, n as u32, WIN);
+                        guest[t as usize..t as usize + n].copy_from_slice(&internal[o as usize..o as usize + n]);
+                        (desc(abi::OP_READ, tag, n as u32, o, A + t), abi::CS_OK, 0)
+                    }
+                    Op::Fill { dst, len, pattern: p } => {
+                        let (t, n) = clamp(dst, len, WIN);
+                        for k in 0..n {
+                            guest[t as usize + k] = p.to_le_bytes()[k % 4];
+                        }
+                        let mut d = desc(abi::OP_FILL, tag, n as u32, 0, A + t);
+                        d.pattern = p;
+                        (d, abi::CS_OK, 0)
+                    }
+                    Op::Checksum { src, len } => {
+                        let (s, n) = clamp(src, len, WIN);
+                        let crc = crc32c::crc32c(&guest[s as usize..s as usize + n]);
+                        (desc(abi::OP_CHECKSUM, tag, n as u32, A + s, 0), abi::CS_OK, crc)
+                    }
+                };
+                let c = r.run_one(&mut q, d);
+                prop_assert_eq!((c.status, c.tag), (expect_status, tag), "{:?}", o);
+                prop_assert_eq!(c.result, expect_result, "{:?}", o);
+            }
+            prop_assert!(r.peek(A, WIN as usize) == guest, "guest memory differs from the model");
+            let mut got = vec![0u8; IMEM as usize];
+            r.dev.shared().internal.read(0, &mut got).unwrap();
+            prop_assert!(got == internal, "internal memory differs from the model");
+        }
+    }
+}
