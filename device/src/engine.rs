@@ -166,15 +166,21 @@ fn check_fields(d: &Descriptor) -> Result<Shape, u16> {
     Ok(sh)
 }
 
-/// The guest ranges named by `addr` (direct) or by the SG list at `addr`.
-fn guest_ranges(
-    ctx: &Ctx,
+/// One guest-memory side of a transfer: its ranges and, resolved once, their slices.
+struct Side<'m> {
+    ranges: Ranges,
+    slices: Vec<VolatileSlice<'m>>,
+}
+
+/// The guest ranges named by `addr` (direct) or by the SG list at `addr`, checked and resolved.
+fn guest_side<'m>(
+    ctx: &Ctx<'m>,
     d: &Descriptor,
     addr: u64,
     sg: bool,
     nseg: u16,
     dir: Dir,
-) -> Result<Ranges, u16> {
+) -> Result<Side<'m>, u16> {
     let len = u64::from(d.len);
     let ranges = if sg {
         let mut table = vec![0u8; nseg as usize * abi::SG_ENTRY_SIZE];
@@ -205,10 +211,11 @@ fn guest_ranges(
     } else {
         vec![(addr, len)]
     };
+    let mut slices = Vec::with_capacity(ranges.len());
     for &(a, l) in &ranges {
-        ctx.view.slices(a, l, dir).map_err(access_status)?;
+        slices.extend(ctx.view.slices(a, l, dir).map_err(access_status)?);
     }
-    Ok(ranges)
+    Ok(Side { ranges, slices })
 }
 
 fn overlaps(a: &Ranges, b: &Ranges) -> bool {
@@ -219,24 +226,18 @@ fn overlaps(a: &Ranges, b: &Ranges) -> bool {
     })
 }
 
-/// Everything the descriptor names, validated.
-struct Plan {
-    src: Option<Ranges>,
-    dst: Option<Ranges>,
+/// Everything the descriptor names, validated and resolved.
+struct Plan<'m> {
+    src: Option<Side<'m>>,
+    dst: Option<Side<'m>>,
 }
 
-fn plan(ctx: &Ctx, d: &Descriptor) -> Result<Plan, u16> {
+fn plan<'m>(ctx: &Ctx<'m>, d: &Descriptor) -> Result<Plan<'m>, u16> {
     let sh = check_fields(d)?;
     let len = u64::from(d.len);
     let src = if sh.src_guest {
-        Some(guest_ranges(
-            ctx,
-            d,
-            d.src,
-            d.flags & abi::DESC_SRC_SG != 0,
-            d.src_nseg,
-            Dir::FromGuest,
-        )?)
+        let sg = d.flags & abi::DESC_SRC_SG != 0;
+        Some(guest_side(ctx, d, d.src, sg, d.src_nseg, Dir::FromGuest)?)
     } else {
         if sh.has_src {
             ctx.internal.slice(d.src, len)?;
@@ -244,14 +245,8 @@ fn plan(ctx: &Ctx, d: &Descriptor) -> Result<Plan, u16> {
         None
     };
     let dst = if sh.dst_guest {
-        Some(guest_ranges(
-            ctx,
-            d,
-            d.dst,
-            d.flags & abi::DESC_DST_SG != 0,
-            d.dst_nseg,
-            Dir::ToGuest,
-        )?)
+        let sg = d.flags & abi::DESC_DST_SG != 0;
+        Some(guest_side(ctx, d, d.dst, sg, d.dst_nseg, Dir::ToGuest)?)
     } else {
         if sh.has_dst {
             ctx.internal.slice(d.dst, len)?;
@@ -259,32 +254,26 @@ fn plan(ctx: &Ctx, d: &Descriptor) -> Result<Plan, u16> {
         None
     };
     if let (Some(s), Some(t)) = (&src, &dst) {
-        if overlaps(s, t) {
+        if overlaps(&s.ranges, &t.ranges) {
             return Err(abi::CS_OVERLAP);
         }
     }
     Ok(Plan { src, dst })
 }
 
-/// Volatile slices for validated ranges (logging each DMA).
-fn slices<'m>(ctx: &Ctx<'m>, tag: u32, ranges: &Ranges, dir: Dir) -> Vec<VolatileSlice<'m>> {
-    let mut out = Vec::with_capacity(ranges.len());
-    for &(addr, len) in ranges {
-        ctx.log.record(|| Event::Dma {
-            queue: ctx.queue,
-            tag,
-            addr,
-            len,
-            dir,
-        });
-        // Validated by `plan` against this very view.
-        out.extend(
-            ctx.view
-                .slices(addr, len, dir)
-                .expect("range validated against this view"),
-        );
+/// Records the DMA events of one side.
+fn log_side(ctx: &Ctx, tag: u32, side: &Option<Side>, dir: Dir) {
+    if let Some(side) = side {
+        for &(addr, len) in &side.ranges {
+            ctx.log.record(|| Event::Dma {
+                queue: ctx.queue,
+                tag,
+                addr,
+                len,
+                dir,
+            });
+        }
     }
-    out
 }
 
 /// Copies between two slice lists of equal total length.
@@ -352,22 +341,18 @@ pub fn execute(ctx: &Ctx, d: &Descriptor) -> Outcome {
     };
     let len = u64::from(d.len);
     let counters = &ctx.log.counters;
-    let src = plan
-        .src
-        .as_ref()
-        .map(|r| slices(ctx, d.tag, r, Dir::FromGuest));
-    let dst = plan
-        .dst
-        .as_ref()
-        .map(|r| slices(ctx, d.tag, r, Dir::ToGuest));
-    let internal = |off| vec![ctx.internal.slice(off, len).expect("validated by plan")];
+    log_side(ctx, d.tag, &plan.src, Dir::FromGuest);
+    log_side(ctx, d.tag, &plan.dst, Dir::ToGuest);
+    let src = plan.src.as_ref().map(|s| &s.slices[..]);
+    let dst = plan.dst.as_ref().map(|s| &s.slices[..]);
+    let internal = |off| [ctx.internal.slice(off, len).expect("validated by plan")];
     let mut result = 0;
     match d.opcode {
-        abi::OP_COPY => copy_lists(src.as_ref().unwrap(), dst.as_ref().unwrap()),
-        abi::OP_WRITE => copy_lists(src.as_ref().unwrap(), &internal(d.dst)),
-        abi::OP_READ => copy_lists(&internal(d.src), dst.as_ref().unwrap()),
-        abi::OP_FILL => fill(dst.as_ref().unwrap(), d.pattern),
-        abi::OP_CHECKSUM => result = checksum(src.as_ref().unwrap()),
+        abi::OP_COPY => copy_lists(src.unwrap(), dst.unwrap()),
+        abi::OP_WRITE => copy_lists(src.unwrap(), &internal(d.dst)),
+        abi::OP_READ => copy_lists(&internal(d.src), dst.unwrap()),
+        abi::OP_FILL => fill(dst.unwrap(), d.pattern),
+        abi::OP_CHECKSUM => result = checksum(src.unwrap()),
         _ => unreachable!("opcode validated by plan"),
     }
     use std::sync::atomic::Ordering::Relaxed;

@@ -7,6 +7,7 @@
 //! reference into it is ever formed.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use vm_memory::{
@@ -20,6 +21,9 @@ use vm_memory::{
 pub trait DmaMemory: Send + Sync {
     /// The mappings as they are now.
     fn view(&self) -> Arc<MemView>;
+
+    /// Changes whenever the mappings change, so a caller can keep a view until then.
+    fn generation(&self) -> u64;
 }
 
 /// Why a range cannot be accessed.
@@ -52,6 +56,26 @@ pub enum Dir {
 }
 
 impl MemView {
+    /// Checks bounds and write permission; returns the length as usize.
+    fn check(&self, addr: u64, len: u64, dir: Dir) -> Result<usize, AccessError> {
+        let end = addr
+            .checked_add(len)
+            .ok_or(AccessError::Overflow { addr, len })?;
+        let unmapped = AccessError::Unmapped { addr, len };
+        let count = usize::try_from(len).map_err(|_| unmapped)?;
+        if len == 0
+            || (dir == Dir::ToGuest && self.readonly.iter().any(|&(s, e)| addr < e && s < end))
+        {
+            return Err(unmapped);
+        }
+        Ok(count)
+    }
+
+    /// The range as one slice when it lies in a single mapping (the common case, no allocation).
+    fn single(&self, addr: u64, count: usize) -> Option<VolatileSlice<'_>> {
+        self.mem.get_slice(GuestAddress(addr), count).ok()
+    }
+
     /// Checks `addr..addr+len` and returns it as volatile slices (one per mapping it spans).
     pub fn slices(
         &self,
@@ -59,26 +83,24 @@ impl MemView {
         len: u64,
         dir: Dir,
     ) -> Result<Vec<VolatileSlice<'_>>, AccessError> {
-        let end = addr
-            .checked_add(len)
-            .ok_or(AccessError::Overflow { addr, len })?;
-        let unmapped = AccessError::Unmapped { addr, len };
-        let count = usize::try_from(len).map_err(|_| unmapped)?;
-        if len == 0 {
-            return Err(unmapped);
-        }
-        if dir == Dir::ToGuest && self.readonly.iter().any(|&(s, e)| addr < e && s < end) {
-            return Err(unmapped);
+        let count = self.check(addr, len, dir)?;
+        if let Some(s) = self.single(addr, count) {
+            return Ok(vec![s]);
         }
         // get_slices() yields an error for the first hole, so a collected Ok covers every byte.
         self.mem
             .get_slices(GuestAddress(addr), count)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| unmapped)
+            .map_err(|_| AccessError::Unmapped { addr, len })
     }
 
     /// Reads `buf.len()` bytes at `addr` (all or nothing).
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        let count = self.check(addr, buf.len() as u64, Dir::FromGuest)?;
+        if let Some(s) = self.single(addr, count) {
+            s.copy_to(buf);
+            return Ok(());
+        }
         let mut off = 0;
         for s in self.slices(addr, buf.len() as u64, Dir::FromGuest)? {
             off += s.copy_to(&mut buf[off..]);
@@ -88,6 +110,11 @@ impl MemView {
 
     /// Writes `data` at `addr` (all or nothing).
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
+        let count = self.check(addr, data.len() as u64, Dir::ToGuest)?;
+        if let Some(s) = self.single(addr, count) {
+            s.copy_from(data);
+            return Ok(());
+        }
         let mut off = 0;
         for s in self.slices(addr, data.len() as u64, Dir::ToGuest)? {
             s.copy_from(&data[off..off + s.len()]);
@@ -99,7 +126,7 @@ impl MemView {
     /// Stores `value` at the 4-byte aligned `addr` in one access, after all earlier writes
     /// (the completion word that carries the phase bit).
     pub fn store_u32_release(&self, addr: u64, value: u32) -> Result<(), AccessError> {
-        self.slices(addr, 4, Dir::ToGuest)?;
+        self.check(addr, 4, Dir::ToGuest)?;
         self.mem
             .store(
                 value.to_le(),
@@ -151,6 +178,7 @@ impl Mapping {
 pub struct MapTable {
     maps: Mutex<Vec<Mapping>>,
     current: RwLock<Arc<MemView>>,
+    generation: AtomicU64,
 }
 
 impl MapTable {
@@ -285,12 +313,17 @@ impl MapTable {
             })
             .collect();
         *self.current.write().unwrap() = Arc::new(MemView { mem, readonly });
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 
 impl DmaMemory for MapTable {
     fn view(&self) -> Arc<MemView> {
         self.current.read().unwrap().clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 

@@ -16,6 +16,7 @@ use crate::device::Shared;
 use crate::engine::{self, Ctx};
 use crate::eventlog::Event;
 use crate::interrupts::Coalescer;
+use crate::memory::MemView;
 use crate::registers::{ErrorBits, IrqCoalesce, QueueStatus};
 use crate::wire;
 
@@ -132,6 +133,7 @@ pub(crate) struct Worker {
     pub dev: Arc<Shared>,
     pub rx: Receiver<Msg>,
     coalescer: Coalescer,
+    view: Option<(u64, Arc<MemView>)>,
 }
 
 impl Worker {
@@ -141,6 +143,20 @@ impl Worker {
             dev,
             rx,
             coalescer: Coalescer::default(),
+            view: None,
+        }
+    }
+
+    /// The current DMA mappings; refetched only when the map table changed.
+    fn view(&mut self) -> Arc<MemView> {
+        let generation = self.dev.mem.generation();
+        match &self.view {
+            Some((g, v)) if *g == generation => v.clone(),
+            _ => {
+                let v = self.dev.mem.view();
+                self.view = Some((generation, v.clone()));
+                v
+            }
         }
     }
 
@@ -198,7 +214,7 @@ impl Worker {
             {
                 break;
             }
-            let view = self.dev.mem.view();
+            let view = self.view();
             let mut raw = [0u8; abi::DESC_SIZE];
             let slot = r.sq_base + u64::from(r.sq_head) * abi::DESC_SIZE as u64;
             if let Err(e) = view.read(slot, &mut raw) {

@@ -619,10 +619,26 @@ mod reference_model {
     fn op() -> impl Strategy<Value = Op> {
         let len = 1u32..4096;
         prop_oneof![
-            (0..WIN, 0..WIN, len.clone()).prop_map(|(s, d, l)| Op::Copy { src: s, dst: d, len: l }),
-            (0..WIN, 0..IMEM, len.clone()).prop_map(|(s, o, l)| Op::Write { src: s, off: o, len: l }),
-            (0..IMEM, 0..WIN, len.clone()).prop_map(|(o, d, l)| Op::Read { off: o, dst: d, len: l }),
-            (0..WIN, len.clone(), any::<u32>()).prop_map(|(d, l, p)| Op::Fill { dst: d, len: l, pattern: p }),
+            (0..WIN, 0..WIN, len.clone()).prop_map(|(s, d, l)| Op::Copy {
+                src: s,
+                dst: d,
+                len: l
+            }),
+            (0..WIN, 0..IMEM, len.clone()).prop_map(|(s, o, l)| Op::Write {
+                src: s,
+                off: o,
+                len: l
+            }),
+            (0..IMEM, 0..WIN, len.clone()).prop_map(|(o, d, l)| Op::Read {
+                off: o,
+                dst: d,
+                len: l
+            }),
+            (0..WIN, len.clone(), any::<u32>()).prop_map(|(d, l, p)| Op::Fill {
+                dst: d,
+                len: l,
+                pattern: p
+            }),
             (0..WIN, len).prop_map(|(s, l)| Op::Checksum { src: s, len: l }),
         ]
     }
