@@ -726,7 +726,10 @@ impl MiscDevice for DmalabFile {
                 let mut req: Request = r.read()?;
                 let q = dev.queues.get(req.queue as usize).ok_or(EINVAL)?;
                 q.submit(dev, &mut req)?;
+                // The request goes back to the caller in every case that reached the device,
+                // so the status is visible next to the errno derived from it.
                 w.write(&req)?;
+                status_to_result(req.status)?;
             }
             abi::IOC_STATS => {
                 let w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Stats>());
@@ -736,6 +739,21 @@ impl MiscDevice for DmalabFile {
             _ => return Err(ENOTTY),
         }
         Ok(0)
+    }
+}
+
+/// The errno a device completion status becomes (0 for success).
+fn status_to_result(status: u32) -> Result {
+    match u16::try_from(status).unwrap_or(u16::MAX) {
+        abi::CS_OK => Ok(()),
+        abi::CS_INTERNAL_RANGE | abi::CS_ADDR_OVERFLOW => Err(ERANGE),
+        abi::CS_BAD_OPCODE
+        | abi::CS_BAD_LENGTH
+        | abi::CS_TOO_MANY_SEGMENTS
+        | abi::CS_OVERLAP
+        | abi::CS_BAD_DESCRIPTOR => Err(EINVAL),
+        // DMA_FAULT, DEVICE_ERROR and anything the device should not have said
+        _ => Err(EIO),
     }
 }
 

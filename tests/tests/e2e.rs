@@ -101,8 +101,12 @@ fn transfer_suite(name: &str, iommu: bool) -> Run {
     let refused = r.all("refused");
     r.check(refused.len() == 3, "three refusals reported");
     r.check(
-        u(&refused[0]["status"]) == u64::from(abi::CS_INTERNAL_RANGE),
-        &format!("device refusal: {}", refused[0]),
+        u(&refused[0]["status"]) == u64::from(abi::CS_INTERNAL_RANGE)
+            && refused[0]["errno"] == libc::ERANGE,
+        &format!(
+            "a device refusal is its status plus an errno: {}",
+            refused[0]
+        ),
     );
     r.check(
         refused[1]["errno"] == libc::EINVAL && refused[2]["errno"] == libc::EINVAL,
@@ -156,4 +160,20 @@ fn repeated_unload_and_reload() {
         rm.len() == 4 && rm.iter().all(|x| x["ok"] == true),
         "every rmmod succeeds",
     );
+}
+
+#[test]
+fn unbind_with_requests_in_flight() {
+    let r = run(&VmOptions::new("unbind_busy", "load,unbind_busy,unload"));
+    r.assert_clean();
+    let b = r.one("unbind_busy");
+    r.check(
+        b["other_errors"] == 0 && b["enodev"] == b["threads"],
+        &format!("every waiter must get ENODEV: {b}"),
+    );
+    r.check(
+        u(&b["completed_before"]) > 0,
+        "requests were flowing before the unbind",
+    );
+    assert_transfers_verified(&r, 1);
 }

@@ -29,6 +29,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "stats" => stats(),
         "errors" => errors(),
         "reset" => reset(),
+        "unbind_busy" => unbind_busy(),
         other => Err(format!("unknown scenario '{other}'")),
     }
 }
@@ -454,6 +455,86 @@ fn errors() -> Result<(), String> {
     // the queue still works afterwards
     let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 5, 0);
     report_xfer(&o, "errors");
+    Ok(())
+}
+
+/// The PCI address of the device bound to dmalab.
+fn bound_device() -> Result<String, String> {
+    std::fs::read_dir("/sys/bus/pci/drivers/dmalab")
+        .map_err(|e| format!("dmalab driver not registered: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("0000:"))
+        .ok_or_else(|| "no device bound to dmalab".to_string())
+}
+
+/// Unbind the device while threads keep requests in flight on every queue: every thread must
+/// get ENODEV (none may hang), then a rebind must give a working device again.
+fn unbind_busy() -> Result<(), String> {
+    let bdf = bound_device()?;
+    let nq = Dev::open(0)?.info()?.queues as usize;
+    let threads = 2 * nq;
+    let started = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let started = started.clone();
+            std::thread::spawn(move || -> (u64, i32) {
+                let d = Dev::open(0).expect("open");
+                let src = data(65536, t as u32);
+                let mut dst = vec![0u8; 65536];
+                let mut ok = 0;
+                loop {
+                    let mut r = Request {
+                        opcode: abi::OP_COPY,
+                        queue: (t % nq) as u8,
+                        len: 65536,
+                        src: src.as_ptr() as u64,
+                        dst: dst.as_mut_ptr() as u64,
+                        ..Default::default()
+                    };
+                    let e = submit(&d, &mut r);
+                    started.fetch_add(1, Ordering::Relaxed);
+                    if e != 0 {
+                        return (ok, e);
+                    }
+                    ok += 1;
+                }
+            })
+        })
+        .collect();
+    while started.load(Ordering::Relaxed) < 4 * threads as u64 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    std::fs::write("/sys/bus/pci/drivers/dmalab/unbind", &bdf)
+        .map_err(|e| format!("unbind {bdf}: {e}"))?;
+    let unbind_us = t.elapsed().as_micros() as u64;
+    let mut enodev = 0;
+    let mut other = 0;
+    let mut completed = 0;
+    for h in handles {
+        let (ok, e) = h.join().map_err(|_| "worker thread panicked".to_string())?;
+        completed += ok;
+        if e == libc::ENODEV {
+            enodev += 1;
+        } else {
+            other += 1;
+            report(Obj::new("unbind_error").num("errno", e));
+        }
+    }
+    dma_api("after_busy_unbind");
+    std::fs::write("/sys/bus/pci/drivers/dmalab/bind", &bdf)
+        .map_err(|e| format!("bind {bdf}: {e}"))?;
+    let d = Dev::open(0)?;
+    let o = verified(&d, abi::OP_COPY, 0, 65536, 0, 3, 0);
+    report(
+        Obj::new("unbind_busy")
+            .u64("threads", threads as u64)
+            .u64("completed_before", completed)
+            .u64("enodev", enodev)
+            .u64("other_errors", other)
+            .u64("unbind_us", unbind_us),
+    );
+    report_xfer(&o, "unbind_busy");
     Ok(())
 }
 
