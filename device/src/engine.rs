@@ -9,7 +9,7 @@ use dmalab_abi::{self as abi, Descriptor};
 use vm_memory::{MmapRegion, VolatileMemory, VolatileSlice};
 
 use crate::eventlog::{Event, EventLog};
-use crate::memory::{AccessError, Dir, MemView};
+use crate::memory::{AccessError, Dir, MemView, Slices};
 use crate::wire;
 
 /// The device's own memory, the target of WRITE and the source of READ.
@@ -98,8 +98,8 @@ pub struct Ctx<'a> {
     pub queue: u16,
 }
 
-/// The guest ranges of one side of a transfer.
-type Ranges = Vec<(u64, u64)>;
+/// The guest ranges of one side of a transfer (inline for the common single range).
+type Ranges = smallvec::SmallVec<[(u64, u64); 2]>;
 
 fn access_status(e: AccessError) -> u16 {
     match e {
@@ -169,7 +169,7 @@ fn check_fields(d: &Descriptor) -> Result<Shape, u16> {
 /// One guest-memory side of a transfer: its ranges and, resolved once, their slices.
 struct Side<'m> {
     ranges: Ranges,
-    slices: Vec<VolatileSlice<'m>>,
+    slices: Slices<'m>,
 }
 
 /// The guest ranges named by `addr` (direct) or by the SG list at `addr`, checked and resolved.
@@ -192,7 +192,7 @@ fn guest_side<'m>(
             len: table.len() as u64,
             dir: Dir::FromGuest,
         });
-        let mut ranges = Vec::with_capacity(nseg as usize);
+        let mut ranges = Ranges::with_capacity(nseg as usize);
         let mut total = 0u64;
         for e in table.chunks_exact(abi::SG_ENTRY_SIZE).map(wire::decode_sg) {
             if e.rsvd != 0 {
@@ -209,9 +209,9 @@ fn guest_side<'m>(
         }
         ranges
     } else {
-        vec![(addr, len)]
+        smallvec::smallvec![(addr, len)]
     };
-    let mut slices = Vec::with_capacity(ranges.len());
+    let mut slices = Slices::new();
     for &(a, l) in &ranges {
         slices.extend(ctx.view.slices(a, l, dir).map_err(access_status)?);
     }

@@ -2,7 +2,7 @@
 //! the INTx eventfd, or a counter in a test).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::registers::IrqCoalesce;
@@ -19,6 +19,7 @@ pub trait InterruptSink: Send + Sync {
 pub struct CountingSink {
     counts: Mutex<Vec<u64>>,
     total: AtomicU64,
+    raised: Condvar,
 }
 
 impl CountingSink {
@@ -37,6 +38,18 @@ impl CountingSink {
             .unwrap_or(0)
     }
 
+    /// Blocks until `vector` has been raised at least `n` times (false after `timeout`).
+    pub fn wait_for(&self, vector: u16, n: u64, timeout: Duration) -> bool {
+        let c = self.counts.lock().unwrap();
+        let (_c, t) = self
+            .raised
+            .wait_timeout_while(c, timeout, |c| {
+                c.get(vector as usize).copied().unwrap_or(0) < n
+            })
+            .unwrap();
+        !t.timed_out()
+    }
+
     /// Interrupts raised on all vectors so far.
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::SeqCst)
@@ -51,6 +64,7 @@ impl InterruptSink for CountingSink {
         }
         c[vector as usize] += 1;
         self.total.fetch_add(1, Ordering::SeqCst);
+        self.raised.notify_all();
         true
     }
 }

@@ -37,6 +37,9 @@ pub enum AccessError {
     Unmapped { addr: u64, len: u64 },
 }
 
+/// The slices of one guest range: almost always one, kept inline.
+pub type Slices<'m> = smallvec::SmallVec<[VolatileSlice<'m>; 2]>;
+
 /// A snapshot of the DMA mappings.
 #[derive(Default)]
 pub struct MemView {
@@ -77,20 +80,15 @@ impl MemView {
     }
 
     /// Checks `addr..addr+len` and returns it as volatile slices (one per mapping it spans).
-    pub fn slices(
-        &self,
-        addr: u64,
-        len: u64,
-        dir: Dir,
-    ) -> Result<Vec<VolatileSlice<'_>>, AccessError> {
+    pub fn slices(&self, addr: u64, len: u64, dir: Dir) -> Result<Slices<'_>, AccessError> {
         let count = self.check(addr, len, dir)?;
         if let Some(s) = self.single(addr, count) {
-            return Ok(vec![s]);
+            return Ok(smallvec::smallvec![s]);
         }
         // get_slices() yields an error for the first hole, so a collected Ok covers every byte.
         self.mem
             .get_slices(GuestAddress(addr), count)
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Slices<'_>, _>>()
             .map_err(|_| AccessError::Unmapped { addr, len })
     }
 

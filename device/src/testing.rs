@@ -180,9 +180,21 @@ impl Rig {
         self.write32(abi::queue_reg(ring.q, abi::Q_SQ_TAIL), ring.tail);
     }
 
-    /// Waits for the next `n` completions the cheap way a real driver would: watch the last
-    /// one's phase, then read the statuses and return the slots with one CQ_HEAD write. Returns
-    /// how many completed with `CS_OK`.
+    /// Waits for the next `n` completions the way an interrupt-driven driver would: sleep until
+    /// the queue's vector has been raised `irqs` times in all (no polling that would steal the
+    /// worker's CPU), then check the last completion's phase, read the statuses and return the
+    /// slots with one CQ_HEAD write. Returns how many completed with `CS_OK`.
+    pub fn wait_batch_irq(&self, ring: &mut Ring, n: u32, irqs: u64) -> u32 {
+        assert!(
+            self.irq
+                .wait_for(ring.q as u16, irqs, Duration::from_secs(30)),
+            "no interrupt in 30 s"
+        );
+        self.wait_batch(ring, n)
+    }
+
+    /// Waits for the next `n` completions by watching the last one's phase, then reads the
+    /// statuses and returns the slots with one CQ_HEAD write. Returns how many were `CS_OK`.
     pub fn wait_batch(&self, ring: &mut Ring, n: u32) -> u32 {
         let last = (ring.cq_head + n - 1) % ring.size;
         let phase = if ring.cq_head + n > ring.size {

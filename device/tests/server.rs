@@ -21,16 +21,31 @@ fn refuses_an_existing_file_and_leaves_it_alone() {
     let d = scratch("file");
     let p = d.join("not-a-socket");
     std::fs::write(&p, "precious").unwrap();
-    let out = Command::new(bin()).arg("--socket").arg(&p).output().unwrap();
+    let out = Command::new(bin())
+        .arg("--socket")
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a socket"),
+        "{out:?}"
+    );
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "precious");
 }
 
 #[test]
 fn rejects_bad_options_with_a_clear_message() {
-    for args in [&["--queues", "9"][..], &["--mem-size", "12Q"], &["--mem-size", "0"]] {
-        let out = Command::new(bin()).args(["--socket", "/tmp/x.sock"]).args(args).output().unwrap();
+    for args in [
+        &["--queues", "9"][..],
+        &["--mem-size", "12Q"],
+        &["--mem-size", "0"],
+    ] {
+        let out = Command::new(bin())
+            .args(["--socket", "/tmp/x.sock"])
+            .args(args)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
     }
@@ -60,7 +75,10 @@ fn sigterm_exits_cleanly_and_removes_the_socket() {
     assert!(status.success(), "{status:?}");
     assert!(!sock.exists(), "socket left behind");
     let log = std::fs::read_to_string(&events).unwrap();
-    assert!(log.lines().last().unwrap().contains("\"counters\""), "final counters missing: {log}");
+    assert!(
+        log.lines().last().unwrap().contains("\"counters\""),
+        "final counters missing: {log}"
+    );
 }
 
 #[test]
@@ -68,10 +86,18 @@ fn a_stale_socket_is_replaced() {
     let d = scratch("stale");
     let sock = d.join("dev.sock");
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap()); // leaves the inode behind
-    let mut child = Command::new(bin()).arg("--socket").arg(&sock).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(bin())
+        .arg("--socket")
+        .arg(&sock)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "server did not take over the stale socket");
+        assert!(
+            Instant::now() < deadline,
+            "server did not take over the stale socket"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // SAFETY: kill(2) on our own child.
