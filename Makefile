@@ -54,9 +54,10 @@ unit:
 	cargo test --release -p dmalab-abi -p dmalab-device -p dmalab-agent
 	cargo test --release -p dmalab-tests --lib
 
-lint:
+lint: kernel
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
+	@scripts/lint-driver.sh "$$(cat $(P)/kbuild)"
 
 e2e: artifacts
 	$(CARGO_E2E) -- --test-threads=1

@@ -48,9 +48,9 @@ pub mod abi {
 }
 use abi::{Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats};
 
-// SAFETY (all six impls below): the types are `#[repr(C)]`, made only of integers (every bit
-// pattern is valid) and have no padding (sizes are asserted in `abi/src/lib.rs`: 64, 16, 16,
-// 48, 64 and 64 * MAX_QUEUES + 24 bytes, each the sum of its fields).
+// SAFETY: the ABI types below are `#[repr(C)]`, made only of integers (every bit pattern is
+// valid) and have no padding (sizes are asserted in `abi/src/lib.rs`: 64, 16, 16, 48, 64 and
+// 64 * MAX_QUEUES + 24 bytes, each the sum of its fields).
 unsafe impl kernel::transmute::FromBytes for Descriptor {}
 // SAFETY: see above.
 unsafe impl kernel::transmute::AsBytes for Descriptor {}
@@ -88,8 +88,9 @@ const POOL_PAGES: usize = BLOCKS * PAGES_PER_BLOCK;
 const SG_MAX: usize = abi::MAX_SG_SEGMENTS as usize;
 const DEFAULT_TIMEOUT_MS: u32 = 5000;
 /// Names of the misc devices; the index is the device's number.
-const MISC_NAMES: [&CStr; 8] =
-    [c"dmalab0", c"dmalab1", c"dmalab2", c"dmalab3", c"dmalab4", c"dmalab5", c"dmalab6", c"dmalab7"];
+const MISC_NAMES: [&CStr; 8] = [
+    c"dmalab0", c"dmalab1", c"dmalab2", c"dmalab3", c"dmalab4", c"dmalab5", c"dmalab6", c"dmalab7",
+];
 static MISC_USED: Atomic<u32> = Atomic::new(0);
 
 /// Per-request slot state.
@@ -222,7 +223,9 @@ impl DevState {
         let mut moved = false;
         {
             let st = &mut *st;
-            let Some(rings) = st.rings.as_ref() else { return };
+            let Some(rings) = st.rings.as_ref() else {
+                return;
+            };
             loop {
                 let i = st.cq_head as usize;
                 let phase = io_read!(rings.cq, [panic: i].phase);
@@ -245,7 +248,10 @@ impl DevState {
                 moved = true;
                 let (s, generation) = slot_of(c.tag);
                 match st.slots.get_mut(s) {
-                    Some(slot) if matches!(slot.state, SlotState::InFlight) && slot.generation == generation => {
+                    Some(slot)
+                        if matches!(slot.state, SlotState::InFlight)
+                            && slot.generation == generation =>
+                    {
                         slot.state = SlotState::Done(c);
                         st.outstanding = st.outstanding.saturating_sub(1);
                         st.stats.completed += 1;
@@ -259,7 +265,8 @@ impl DevState {
         }
         if moved {
             if let Some(bar) = self.bar.try_access() {
-                let _ = bar.try_write32(st.cq_head, abi::queue_reg(q.index as usize, abi::Q_CQ_HEAD));
+                let _ =
+                    bar.try_write32(st.cq_head, abi::queue_reg(q.index as usize, abi::Q_CQ_HEAD));
             }
             drop(st);
             q.ring_cv.notify_all();
@@ -346,6 +353,9 @@ fn program_queue(bar: &Bar0<'_>, qi: usize, rings: &Rings) -> Result {
     Ok(())
 }
 
+/// DMA segments (address, length) of one side of a request.
+type Segments = KVec<(u64, u32)>;
+
 /// Where a request's guest-memory side lives in the bounce pool.
 struct Side {
     pages: KVec<u16>,
@@ -353,8 +363,13 @@ struct Side {
 
 /// Segments (DMA address, length) covering `len` bytes of `pages`, adjacent pages merged, then
 /// split until there are at least `want` segments.
-fn segments(blocks: &KVec<Coherent<[u8]>>, pages: &[u16], len: usize, want: usize) -> Result<KVec<(u64, u32)>> {
-    let mut segs: KVec<(u64, u32)> = KVec::new();
+fn segments(
+    blocks: &KVec<Coherent<[u8]>>,
+    pages: &[u16],
+    len: usize,
+    want: usize,
+) -> Result<Segments> {
+    let mut segs: Segments = KVec::new();
     let mut left = len;
     for &p in pages {
         let n = left.min(PAGE);
@@ -367,17 +382,23 @@ fn segments(blocks: &KVec<Coherent<[u8]>>, pages: &[u16], len: usize, want: usiz
     }
     while segs.len() < want {
         // split the largest segment in two
-        let (i, _) = segs.iter().enumerate().max_by_key(|(_, s)| s.1).ok_or(EINVAL)?;
+        let (i, _) = segs
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, s)| s.1)
+            .ok_or(EINVAL)?;
         let (a, l) = segs[i];
         if l < 2 {
             break;
         }
         let h = l / 2;
         segs[i] = (a, h);
-        segs.insert_within_capacity(i + 1, (a + u64::from(h), l - h)).or_else(|_| {
-            segs.reserve(1, GFP_KERNEL)?;
-            segs.insert_within_capacity(i + 1, (a + u64::from(h), l - h)).map_err(|_| ENOMEM)
-        })?;
+        segs.insert_within_capacity(i + 1, (a + u64::from(h), l - h))
+            .or_else(|_| {
+                segs.reserve(1, GFP_KERNEL)?;
+                segs.insert_within_capacity(i + 1, (a + u64::from(h), l - h))
+                    .map_err(|_| ENOMEM)
+            })?;
     }
     Ok(segs)
 }
@@ -387,7 +408,8 @@ fn copy_in(blocks: &KVec<Coherent<[u8]>>, pages: &[u16], data: &[u8]) -> Result 
     for (i, chunk) in data.chunks(PAGE).enumerate() {
         let p = pages[i] as usize;
         let off = (p % PAGES_PER_BLOCK) * PAGE;
-        io_project!(blocks[p / PAGES_PER_BLOCK], [try: off..off + chunk.len()]).copy_from_slice(chunk);
+        io_project!(blocks[p / PAGES_PER_BLOCK], [try: off..off + chunk.len()])
+            .copy_from_slice(chunk);
     }
     Ok(())
 }
@@ -405,7 +427,11 @@ impl Queue {
         if len == 0 || req.len > abi::MAX_REQUEST || u32::from(req.nseg) > abi::MAX_SG_SEGMENTS {
             return Err(EINVAL);
         }
-        let timeout_ms = if req.timeout_ms == 0 { DEFAULT_TIMEOUT_MS } else { req.timeout_ms };
+        let timeout_ms = if req.timeout_ms == 0 {
+            DEFAULT_TIMEOUT_MS
+        } else {
+            req.timeout_ms
+        };
         if dev.is_dead() {
             return Err(ENODEV);
         }
@@ -413,7 +439,9 @@ impl Queue {
         let mut staged = KVVec::new();
         if src_guest {
             staged.resize(len, 0, GFP_KERNEL)?;
-            UserSlice::new(UserPtr::from_addr(req.src as usize), len).reader().read_slice(&mut staged)?;
+            UserSlice::new(UserPtr::from_addr(req.src as usize), len)
+                .reader()
+                .read_slice(&mut staged)?;
         }
         let npages = len.div_ceil(PAGE);
         let need = npages * (usize::from(src_guest) + usize::from(dst_guest));
@@ -422,8 +450,9 @@ impl Queue {
         let (src_segs, dst_segs) = {
             let mut guard = self.pool.lock();
             while guard.blocks.is_some() && guard.free.count() < need {
-                if let CondVarTimeoutResult::Timeout =
-                    self.pool_cv.wait_interruptible_timeout(&mut guard, msecs_to_jiffies(timeout_ms))
+                if let CondVarTimeoutResult::Timeout = self
+                    .pool_cv
+                    .wait_interruptible_timeout(&mut guard, msecs_to_jiffies(timeout_ms))
                 {
                     return Err(EBUSY);
                 }
@@ -433,7 +462,7 @@ impl Queue {
             }
             let Pool { blocks, free } = &mut *guard;
             let blocks = blocks.as_ref().ok_or(ENODEV)?;
-            let mut build = || -> Result<(KVec<(u64, u32)>, KVec<(u64, u32)>)> {
+            let mut build = || -> Result<(Segments, Segments)> {
                 if src_guest {
                     free.take(npages, &mut src.pages)?;
                     copy_in(blocks, &src.pages, &staged)?;
@@ -441,8 +470,16 @@ impl Queue {
                 if dst_guest {
                     free.take(npages, &mut dst.pages)?;
                 }
-                let s = if src_guest { segments(blocks, &src.pages, len, want)? } else { KVec::new() };
-                let d = if dst_guest { segments(blocks, &dst.pages, len, want)? } else { KVec::new() };
+                let s = if src_guest {
+                    segments(blocks, &src.pages, len, want)?
+                } else {
+                    KVec::new()
+                };
+                let d = if dst_guest {
+                    segments(blocks, &dst.pages, len, want)?
+                } else {
+                    KVec::new()
+                };
                 Ok((s, d))
             };
             match build() {
@@ -487,7 +524,11 @@ impl Queue {
         for &p in dst.pages.iter() {
             let n = left.min(PAGE);
             let p = p as usize;
-            w.write_dma(&blocks[p / PAGES_PER_BLOCK], (p % PAGES_PER_BLOCK) * PAGE, n)?;
+            w.write_dma(
+                &blocks[p / PAGES_PER_BLOCK],
+                (p % PAGES_PER_BLOCK) * PAGE,
+                n,
+            )?;
             left -= n;
         }
         Ok(())
@@ -518,12 +559,17 @@ impl Queue {
                 return Err(ENODEV);
             }
             if st.outstanding < SLOTS as u32 {
-                if let Some(i) = st.slots.iter().position(|s| matches!(s.state, SlotState::Free)) {
+                if let Some(i) = st
+                    .slots
+                    .iter()
+                    .position(|s| matches!(s.state, SlotState::Free))
+                {
                     break i;
                 }
             }
-            if let CondVarTimeoutResult::Timeout =
-                self.ring_cv.wait_interruptible_timeout(&mut st, msecs_to_jiffies(timeout_ms))
+            if let CondVarTimeoutResult::Timeout = self
+                .ring_cv
+                .wait_interruptible_timeout(&mut st, msecs_to_jiffies(timeout_ms))
             {
                 return Err(EBUSY);
             }
@@ -536,8 +582,18 @@ impl Queue {
         {
             let st = &mut *st;
             let rings = st.rings.as_ref().ok_or(ENODEV)?;
-            let mut d = Descriptor { opcode: req.opcode, tag, len: req.len, ..Default::default() };
-            let mut sg_side = |segs: &[(u64, u32)], side: usize, flag: u8, nseg: &mut u16, addr: &mut u64| -> Result {
+            let mut d = Descriptor {
+                opcode: req.opcode,
+                tag,
+                len: req.len,
+                ..Default::default()
+            };
+            let mut sg_side = |segs: &[(u64, u32)],
+                               side: usize,
+                               flag: u8,
+                               nseg: &mut u16,
+                               addr: &mut u64|
+             -> Result {
                 if segs.len() == 1 {
                     *addr = segs[0].0;
                     return Ok(());
@@ -587,7 +643,11 @@ impl Queue {
             }
             st.sq_tail = (st.sq_tail + 1) % RING as u32;
             st.outstanding += 1;
-            st.slots[slot] = Slot { state: SlotState::InFlight, generation, start: Some(Instant::now()) };
+            st.slots[slot] = Slot {
+                state: SlotState::InFlight,
+                generation,
+                start: Some(Instant::now()),
+            };
             st.stats.submitted += 1;
             // Descriptor and SG tables must be visible to the device before the doorbell.
             dma_mb(Write);
@@ -607,7 +667,9 @@ impl Queue {
                     dev.reset_queue_locked(self, &mut st, ETIMEDOUT);
                 }
                 SlotState::InFlight => {
-                    let res = self.ring_cv.wait_interruptible_timeout(&mut st, msecs_to_jiffies(timeout_ms));
+                    let res = self
+                        .ring_cv
+                        .wait_interruptible_timeout(&mut st, msecs_to_jiffies(timeout_ms));
                     match res {
                         CondVarTimeoutResult::Timeout => timed_out = true,
                         // The device may still be writing our pages: only a queue reset makes
@@ -658,7 +720,9 @@ struct SharedIrq {
 
 impl irq::Handler for SharedIrq {
     fn handle(&self) -> IrqReturn {
-        let Some(bar) = self.dev.bar.try_access() else { return IrqReturn::None };
+        let Some(bar) = self.dev.bar.try_access() else {
+            return IrqReturn::None;
+        };
         let cause = if self.all {
             let c = bar.try_read32(abi::REG_IRQ_CAUSE).unwrap_or(0);
             if c == 0 || c == u32::MAX {
@@ -710,8 +774,15 @@ impl MiscDevice for DmalabFile {
         // SAFETY: every `MiscDeviceRegistration<DmalabFile>` is the `reg` field of a pinned
         // `MiscHolder` (built only in `probe`); misc_open() holds misc_mtx, so the registration
         // cannot be deregistered and freed during this call.
-        let holder = unsafe { &*kernel::container_of!(core::ptr::from_ref(misc).cast_mut(), MiscHolder, reg) };
-        Ok(KBox::pin(DmalabFile { dev: holder.dev.clone() }, GFP_KERNEL)?)
+        let holder = unsafe {
+            &*kernel::container_of!(core::ptr::from_ref(misc).cast_mut(), MiscHolder, reg)
+        };
+        Ok(KBox::pin(
+            DmalabFile {
+                dev: holder.dev.clone(),
+            },
+            GFP_KERNEL,
+        )?)
     }
 
     fn ioctl(me: Pin<&DmalabFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
@@ -722,7 +793,9 @@ impl MiscDevice for DmalabFile {
                 w.writer().write(&dev.info)?;
             }
             abi::IOC_SUBMIT => {
-                let (mut r, mut w) = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Request>()).reader_writer();
+                let (mut r, mut w) =
+                    UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Request>())
+                        .reader_writer();
                 let mut req: Request = r.read()?;
                 let q = dev.queues.get(req.queue as usize).ok_or(EINVAL)?;
                 q.submit(dev, &mut req)?;
@@ -810,7 +883,10 @@ impl irq::Handler for IrqHandler {
 kernel::pci_device_table!(
     PCI_TABLE,
     <DmalabDriver as pci::Driver>::IdInfo,
-    [(pci::DeviceId::from_id(pci::Vendor::REDHAT, abi::PCI_DEVICE_ID as u32), ())]
+    [(
+        pci::DeviceId::from_id(pci::Vendor::REDHAT, abi::PCI_DEVICE_ID as u32),
+        ()
+    )]
 );
 
 fn alloc_queue(pdev: &pci::Device<Core<'_>>, index: u16) -> Result<Pin<KBox<Queue>>> {
@@ -822,7 +898,10 @@ fn alloc_queue(pdev: &pci::Device<Core<'_>>, index: u16) -> Result<Pin<KBox<Queu
     };
     let mut blocks = KVec::with_capacity(BLOCKS, GFP_KERNEL)?;
     for _ in 0..BLOCKS {
-        blocks.push(Coherent::<u8>::zeroed_slice(dev, BLOCK, GFP_KERNEL)?, GFP_KERNEL)?;
+        blocks.push(
+            Coherent::<u8>::zeroed_slice(dev, BLOCK, GFP_KERNEL)?,
+            GFP_KERNEL,
+        )?;
     }
     let ring = RingState {
         rings: Some(rings),
@@ -830,10 +909,17 @@ fn alloc_queue(pdev: &pci::Device<Core<'_>>, index: u16) -> Result<Pin<KBox<Queu
         cq_head: 0,
         phase: true,
         outstanding: 0,
-        slots: [Slot { state: SlotState::Free, generation: 0, start: None }; SLOTS],
+        slots: [Slot {
+            state: SlotState::Free,
+            generation: 0,
+            start: None,
+        }; SLOTS],
         stats: QueueStats::default(),
     };
-    let pool = Pool { blocks: Some(blocks), free: FreeMap([u64::MAX; POOL_PAGES / 64]) };
+    let pool = Pool {
+        blocks: Some(blocks),
+        free: FreeMap([u64::MAX; POOL_PAGES / 64]),
+    };
     KBox::pin_init(
         pin_init!(Queue {
             index,
@@ -866,33 +952,53 @@ impl DmalabDriver {
         let magic = bar.read32(abi::REG_ID);
         let version = bar.read32(abi::REG_VERSION);
         if magic != abi::DEVICE_MAGIC {
-            dev_err!(pdev, "not a dmalab device: ID register reads {:#x}\n", magic);
+            dev_err!(
+                pdev,
+                "not a dmalab device: ID register reads {:#x}\n",
+                magic
+            );
             return Err(ENODEV);
         }
         if (version >> 16) as u16 != abi::VERSION_MAJOR {
-            dev_err!(pdev, "device interface v{}.{} is not supported (driver: v{}.x)\n",
-                     version >> 16, version & 0xffff, abi::VERSION_MAJOR);
+            dev_err!(
+                pdev,
+                "device interface v{}.{} is not supported (driver: v{}.x)\n",
+                version >> 16,
+                version & 0xffff,
+                abi::VERSION_MAJOR
+            );
             return Err(ENODEV);
         }
         // Start from a known state (an earlier driver may have left queues running).
         bar.write32(abi::CTRL_RESET, abi::REG_DEV_CTRL);
         let status = bar.read32(abi::REG_DEV_STATUS);
         if status & abi::STATUS_READY == 0 {
-            dev_err!(pdev, "device not ready after reset (status {:#x})\n", status);
+            dev_err!(
+                pdev,
+                "device not ready after reset (status {:#x})\n",
+                status
+            );
             return Err(EIO);
         }
         let nq = (bar.read32(abi::REG_CAP_QUEUES) as usize).min(abi::MAX_QUEUES);
-        if nq == 0 || bar.read32(abi::REG_CAP_RING) < RING as u32 || bar.read32(abi::REG_CAP_SG) < SG_MAX as u32 {
+        if nq == 0
+            || bar.read32(abi::REG_CAP_RING) < RING as u32
+            || bar.read32(abi::REG_CAP_SG) < SG_MAX as u32
+        {
             dev_err!(pdev, "device capabilities too small for this driver\n");
             return Err(ENODEV);
         }
-        let mem_size = u64::from(bar.read32(abi::REG_MEM_SIZE_LO)) | (u64::from(bar.read32(abi::REG_MEM_SIZE_HI)) << 32);
+        let mem_size = u64::from(bar.read32(abi::REG_MEM_SIZE_LO))
+            | (u64::from(bar.read32(abi::REG_MEM_SIZE_HI)) << 32);
 
         let vectors = KBox::new(
             pdev.alloc_irq_vectors(
                 1,
                 (nq + 1) as u32,
-                pci::IrqTypes::default().with(pci::IrqType::MsiX).with(pci::IrqType::Msi).with(pci::IrqType::Intx),
+                pci::IrqTypes::default()
+                    .with(pci::IrqType::MsiX)
+                    .with(pci::IrqType::Msi)
+                    .with(pci::IrqType::Intx),
             )?,
             GFP_KERNEL,
         )?;
@@ -961,12 +1067,22 @@ impl DmalabDriver {
         let mut irqs = KVec::with_capacity(nvec, GFP_KERNEL)?;
         for k in 0..nvec {
             let handler = if per_queue && k < nq {
-                IrqHandler::Queue(QueueIrq { dev: dev.clone(), queue: k })
+                IrqHandler::Queue(QueueIrq {
+                    dev: dev.clone(),
+                    queue: k,
+                })
             } else {
-                IrqHandler::Shared(SharedIrq { dev: dev.clone(), all: !per_queue })
+                IrqHandler::Shared(SharedIrq {
+                    dev: dev.clone(),
+                    all: !per_queue,
+                })
             };
             let req: irq::IrqRequest<'bound> = vref.index(k)?.into();
-            let flags = if per_queue { irq::Flags::TRIGGER_NONE } else { irq::Flags::SHARED };
+            let flags = if per_queue {
+                irq::Flags::TRIGGER_NONE
+            } else {
+                irq::Flags::SHARED
+            };
             // SAFETY: the registration is stored in `DmalabData` and dropped, never forgotten.
             let reg = KBox::pin_init(
                 unsafe { irq::Registration::new(req, flags, c"dmalab", Ok::<_, Error>(handler)) },
@@ -1019,7 +1135,13 @@ impl DmalabDriver {
             mem_size / 1024,
             MISC_NAMES[misc_index].to_str().unwrap_or("?")
         );
-        Ok(DmalabData { _misc: misc, _irqs: irqs, _vectors: vectors, dev, pdev })
+        Ok(DmalabData {
+            _misc: misc,
+            _irqs: irqs,
+            _vectors: vectors,
+            dev,
+            pdev,
+        })
     }
 }
 
@@ -1052,7 +1174,9 @@ impl Drop for DmalabData<'_> {
         halt_and_release(&self.dev);
         atomic_update(&MISC_USED, |v| v & !(1 << self._misc.index));
         let s = self.dev.stats();
-        let (sub, done, to) = s.queue.iter().fold((0, 0, 0), |a, q| (a.0 + q.submitted, a.1 + q.completed, a.2 + q.timeouts));
+        let (sub, done, to) = s.queue.iter().fold((0, 0, 0), |a, q| {
+            (a.0 + q.submitted, a.1 + q.completed, a.2 + q.timeouts)
+        });
         dev_info!(self.pdev, "dmalab unbound: {} submitted, {} completed, {} timed out; device halted, DMA memory freed\n",
                   sub, done, to);
     }
