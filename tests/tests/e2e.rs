@@ -177,3 +177,16 @@ fn unbind_with_requests_in_flight() {
     );
     assert_transfers_verified(&r, 1);
 }
+
+#[test]
+fn transfers_with_legacy_interrupts() {
+    // pci=nomsi: no MSI or MSI-X, so the driver falls back to INTx and reads IRQ_CAUSE.
+    let mut o = VmOptions::new("intx", "load,info,transfers,concurrent,stats,unload");
+    o.append = "pci=nomsi".into();
+    let r = run(&o);
+    r.assert_clean();
+    let info = r.one("info");
+    r.check(info["irq_mode"] == "intx" && u(&info["vectors"]) == 1, &format!("expected one INTx vector: {info}"));
+    assert_transfers_verified(&r, 25);
+    assert_counters_agree(&r);
+}
