@@ -13,7 +13,7 @@ APT_PKGS=(
     # kernel build
     clang-19 libclang-19-dev lld-19 llvm-19 libelf-dev bc cpio xz-utils
     # source download
-    dpkg-dev
+    dpkg-dev patch
 )
 
 EXTRA_SOURCES=/etc/apt/sources.list.d/dmalab-extra.sources
