@@ -8,6 +8,7 @@
 pub mod device;
 pub mod engine;
 pub mod eventlog;
+pub mod faults;
 pub mod interrupts;
 pub mod memory;
 pub mod pci_config;

@@ -186,7 +186,10 @@ fn transfers_with_legacy_interrupts() {
     let r = run(&o);
     r.assert_clean();
     let info = r.one("info");
-    r.check(info["irq_mode"] == "intx" && u(&info["vectors"]) == 1, &format!("expected one INTx vector: {info}"));
+    r.check(
+        info["irq_mode"] == "intx" && u(&info["vectors"]) == 1,
+        &format!("expected one INTx vector: {info}"),
+    );
     assert_transfers_verified(&r, 25);
     assert_counters_agree(&r);
 }

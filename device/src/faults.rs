@@ -1,0 +1,868 @@
+//! Fault injection: rules that make the device misbehave on command, precisely and
+//! reproducibly. docs/faults.md describes every kind and what a correct driver does about it.
+//!
+//! A rule has a kind (what goes wrong), filters (which descriptors it applies to), a trigger
+//! (which of the matching occurrences fire) and an optional predecessor (`after_rule`): a rule
+//! with a predecessor is armed only once that rule has fired, and counts its occurrences afresh
+//! every time the predecessor fires again, so "the second WRITE after each reset" can be said.
+//! Probabilities draw from one seeded generator, so a seed reproduces the injected sequence.
+
+use std::sync::Mutex;
+
+use dmalab_abi as abi;
+use serde::{Deserialize, Serialize};
+
+/// What goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Reading the source fails: the descriptor completes with `DMA_FAULT`, nothing is written.
+    DmaReadError,
+    /// Writing the destination fails: the descriptor completes with `DMA_FAULT`.
+    DmaWriteError,
+    /// The descriptor completes with this status (default `DEVICE_ERROR`) and moves nothing.
+    ErrorStatus {
+        #[serde(default = "default_status")]
+        status: u16,
+    },
+    /// `bits` bits of the written data (or of a CHECKSUM result) are flipped; status OK.
+    Corrupt {
+        #[serde(default = "one")]
+        bits: u32,
+    },
+    /// Only `bytes` bytes move; the completion says so (`reported`) or claims the full length.
+    ShortTransfer {
+        bytes: u32,
+        #[serde(default = "yes")]
+        reported: bool,
+    },
+    /// The work is done but no completion is written and no interrupt raised.
+    DropCompletion,
+    /// The completion is written `ms` milliseconds late.
+    DelayCompletion { ms: u32 },
+    /// The completion is written twice.
+    DuplicateCompletion,
+    /// The completion is held back and written after the next descriptor's.
+    OutOfOrder,
+    /// An interrupt is raised with no completion behind it (before the descriptor runs).
+    SpuriousIrq,
+    /// The completion is written but its interrupt is not raised.
+    LostIrq,
+    /// The queue's vector is raised `count` times.
+    IrqStorm {
+        #[serde(default = "storm")]
+        count: u32,
+    },
+    /// The queue stops (this descriptor never completes) until it or the device is reset.
+    Stall,
+    /// Fatal device error: `FATAL` is set, every queue halts until a device reset.
+    Fatal,
+    /// The device tries to write `len` bytes `offset` bytes past the descriptor's destination
+    /// (or source): refused, recorded as a DMA violation (`ERR_DMA_VIOLATION`, error vector);
+    /// the descriptor itself completes normally.
+    DmaOutside {
+        #[serde(default = "page")]
+        offset: u64,
+        #[serde(default = "page")]
+        len: u64,
+    },
+    /// Does nothing but fire: a marker other rules can follow with `after_rule`.
+    Mark,
+}
+
+fn default_status() -> u16 {
+    abi::CS_DEVICE_ERROR
+}
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn storm() -> u32 {
+    100
+}
+fn page() -> u64 {
+    4096
+}
+
+/// What a rule listens to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum On {
+    /// Each descriptor fetched.
+    #[default]
+    Descriptor,
+    /// Each queue or device reset.
+    Reset,
+}
+
+/// One rule as written in a rules file or sent over the control socket.
+// No `deny_unknown_fields` here: serde cannot combine it with `flatten`; `check_fields` does
+// that job (and names the rule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Unique name (default `rule<N>`), used by `after_rule` and in the event log.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub kind: FaultKind,
+    #[serde(default)]
+    pub on: On,
+    // filters
+    /// Only this queue.
+    #[serde(default)]
+    pub queue: Option<u16>,
+    /// Only this opcode: copy, write, read, fill, checksum.
+    #[serde(default)]
+    pub opcode: Option<String>,
+    /// Only transfer lengths in `[min, max]`.
+    #[serde(default)]
+    pub size: Option<[u32; 2]>,
+    /// Only this submission-ring index.
+    #[serde(default)]
+    pub index: Option<u32>,
+    // triggers
+    /// Fire on the nth matching occurrence (1-based).
+    #[serde(default)]
+    pub nth: Option<u64>,
+    /// Fire on every nth matching occurrence.
+    #[serde(default)]
+    pub every: Option<u64>,
+    /// Fire only after this many matching occurrences.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// Fire at most this many times.
+    #[serde(default)]
+    pub times: Option<u64>,
+    /// Fire with this probability (0..=1), drawn from the seeded generator.
+    #[serde(default)]
+    pub probability: Option<f64>,
+    /// Armed only once the named rule has fired; counts afresh each time it fires.
+    #[serde(default)]
+    pub after_rule: Option<String>,
+}
+
+/// A rules file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSet {
+    /// Seed of the probability generator (default 0).
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
+}
+
+/// Why a rule was refused: which rule, which field, which value, why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("rules file: {0}")]
+    Syntax(String),
+    #[error("rule {index} ({name}): field `{field}` = {value}: {why}")]
+    Field {
+        index: usize,
+        name: String,
+        field: String,
+        value: String,
+        why: String,
+    },
+}
+
+fn opcode_of(name: &str) -> Option<u8> {
+    Some(match name {
+        "copy" => abi::OP_COPY,
+        "write" => abi::OP_WRITE,
+        "read" => abi::OP_READ,
+        "fill" => abi::OP_FILL,
+        "checksum" => abi::OP_CHECKSUM,
+        _ => return None,
+    })
+}
+
+/// Fields every rule may have.
+const COMMON_FIELDS: &[&str] = &[
+    "name",
+    "kind",
+    "on",
+    "queue",
+    "opcode",
+    "size",
+    "index",
+    "nth",
+    "every",
+    "after",
+    "times",
+    "probability",
+    "after_rule",
+];
+
+/// Fields a kind adds.
+fn kind_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "error_status" => &["status"],
+        "corrupt" => &["bits"],
+        "short_transfer" => &["bytes", "reported"],
+        "delay_completion" => &["ms"],
+        "irq_storm" => &["count"],
+        "dma_outside" => &["offset", "len"],
+        _ => &[],
+    }
+}
+
+fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Rule {
+    /// Parses one rule from a TOML table (`index` is 1-based, for messages).
+    pub fn from_toml_value(index: usize, v: &toml::Value) -> Result<Self, RuleError> {
+        let name = v
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map_or_else(|| format!("rule{index}"), String::from);
+        let bad = |field: &str, value: String, why: String| RuleError::Field {
+            index,
+            name: name.clone(),
+            field: field.to_string(),
+            value,
+            why,
+        };
+        let table = v
+            .as_table()
+            .ok_or_else(|| bad("rule", one_line(v), "must be a table".into()))?;
+        let kind = table.get("kind").and_then(|k| k.as_str()).ok_or_else(|| {
+            bad(
+                "kind",
+                table.get("kind").map_or("(missing)".into(), one_line),
+                "every rule needs a kind".into(),
+            )
+        })?;
+        for (k, val) in table {
+            if !COMMON_FIELDS.contains(&k.as_str()) && !kind_fields(kind).contains(&k.as_str()) {
+                let mut allowed: Vec<&str> = COMMON_FIELDS.to_vec();
+                allowed.extend(kind_fields(kind));
+                return Err(bad(
+                    k,
+                    one_line(val),
+                    format!(
+                        "unknown field for kind {kind:?} (known: {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Rule::deserialize(v.clone()).map_err(|e| bad("kind", format!("{kind:?}"), one_line(e)))
+    }
+}
+
+impl RuleSet {
+    /// Parses and validates a TOML rules file.
+    pub fn from_toml(text: &str) -> Result<Self, RuleError> {
+        let doc: toml::Table = text.parse().map_err(|e| RuleError::Syntax(one_line(e)))?;
+        let mut set = RuleSet::default();
+        for (k, v) in &doc {
+            match k.as_str() {
+                "seed" => {
+                    set.seed = v
+                        .as_integer()
+                        .and_then(|i| u64::try_from(i).ok())
+                        .ok_or_else(|| {
+                            RuleError::Syntax(format!(
+                                "`seed` = {}: must be a non-negative integer",
+                                one_line(v)
+                            ))
+                        })?;
+                }
+                "rule" => {
+                    let rules = v.as_array().ok_or_else(|| {
+                        RuleError::Syntax("`rule` must be written [[rule]]".into())
+                    })?;
+                    for (i, r) in rules.iter().enumerate() {
+                        set.rules.push(Rule::from_toml_value(i + 1, r)?);
+                    }
+                }
+                other => {
+                    return Err(RuleError::Syntax(format!(
+                        "unknown top-level key `{other}` (known: seed, rule)"
+                    )))
+                }
+            }
+        }
+        set.validate()?;
+        Ok(set)
+    }
+
+    /// Checks every rule; the first problem is returned.
+    pub fn validate(&self) -> Result<(), RuleError> {
+        let names: Vec<String> = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule_name(i, r))
+            .collect();
+        for (i, r) in self.rules.iter().enumerate() {
+            let bad = |field: &str, value: String, why: &str| RuleError::Field {
+                index: i + 1,
+                name: names[i].clone(),
+                field: field.to_string(),
+                value,
+                why: why.into(),
+            };
+            if names[..i].contains(&names[i]) {
+                return Err(bad(
+                    "name",
+                    format!("{:?}", names[i]),
+                    "another rule has this name",
+                ));
+            }
+            if let Some(op) = &r.opcode {
+                if opcode_of(op).is_none() {
+                    return Err(bad(
+                        "opcode",
+                        format!("{op:?}"),
+                        "not one of copy, write, read, fill, checksum",
+                    ));
+                }
+            }
+            if let Some(q) = r.queue {
+                if usize::from(q) >= abi::MAX_QUEUES {
+                    return Err(bad(
+                        "queue",
+                        q.to_string(),
+                        "beyond the largest queue index (7)",
+                    ));
+                }
+            }
+            if let Some([lo, hi]) = r.size {
+                if lo > hi {
+                    return Err(bad(
+                        "size",
+                        format!("[{lo}, {hi}]"),
+                        "minimum above maximum",
+                    ));
+                }
+            }
+            for (field, v) in [("nth", r.nth), ("every", r.every), ("times", r.times)] {
+                if v == Some(0) {
+                    return Err(bad(field, "0".into(), "must be at least 1"));
+                }
+            }
+            if let (Some(_), Some(every)) = (r.nth, r.every) {
+                return Err(bad(
+                    "every",
+                    every.to_string(),
+                    "`nth` and `every` exclude each other",
+                ));
+            }
+            if let Some(p) = r.probability {
+                if !(0.0..=1.0).contains(&p) || p.is_nan() {
+                    return Err(bad("probability", p.to_string(), "must be within 0..=1"));
+                }
+            }
+            if let Some(a) = &r.after_rule {
+                if !names.contains(a) {
+                    return Err(bad("after_rule", format!("{a:?}"), "no rule has this name"));
+                }
+                if *a == names[i] {
+                    return Err(bad(
+                        "after_rule",
+                        format!("{a:?}"),
+                        "a rule cannot follow itself",
+                    ));
+                }
+            }
+            if r.on == On::Reset && (r.opcode.is_some() || r.size.is_some() || r.index.is_some()) {
+                return Err(bad(
+                    "on",
+                    "\"reset\"".into(),
+                    "reset rules take no opcode/size/index filter",
+                ));
+            }
+            if r.on == On::Reset && r.kind != FaultKind::Mark {
+                return Err(bad(
+                    "kind",
+                    format!("{:?}", r.kind),
+                    "a rule on resets can only be a mark",
+                ));
+            }
+            match r.kind {
+                FaultKind::ErrorStatus { status } if status == abi::CS_OK || status > 0x7fff => {
+                    return Err(bad(
+                        "status",
+                        status.to_string(),
+                        "an error status must be non-zero",
+                    ));
+                }
+                FaultKind::Corrupt { bits: 0 } => {
+                    return Err(bad("bits", "0".into(), "must be at least 1"))
+                }
+                FaultKind::ShortTransfer { bytes: 0, .. } => {
+                    return Err(bad(
+                        "bytes",
+                        "0".into(),
+                        "a short transfer moves at least 1 byte",
+                    ))
+                }
+                FaultKind::DmaOutside { len: 0, .. } => {
+                    return Err(bad("len", "0".into(), "must be at least 1"))
+                }
+                FaultKind::IrqStorm { count: 0 } => {
+                    return Err(bad("count", "0".into(), "must be at least 1"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rule_name(i: usize, r: &Rule) -> String {
+    r.name.clone().unwrap_or_else(|| format!("rule{}", i + 1))
+}
+
+/// What the injector decided for one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Injection {
+    /// The rule that fired.
+    pub rule: String,
+    pub kind: FaultKind,
+}
+
+/// What a descriptor looks like to the filters.
+#[derive(Debug, Clone, Copy)]
+pub struct Occurrence {
+    pub queue: u16,
+    pub index: u32,
+    pub opcode: u8,
+    pub len: u32,
+}
+
+struct RuleState {
+    rule: Rule,
+    name: String,
+    opcode: Option<u8>,
+    /// Matching occurrences counted since arming.
+    seen: u64,
+    fired: u64,
+    /// Armed: no predecessor, or the predecessor has fired.
+    armed: bool,
+}
+
+struct State {
+    rules: Vec<RuleState>,
+    rng: u64,
+}
+
+/// The rules in force and their counters. Cheap when empty: one uncontended lock per event.
+pub struct Injector {
+    state: Mutex<State>,
+}
+
+/// splitmix64: small, seedable, the same sequence everywhere.
+fn next_random(s: &mut u64) -> u64 {
+    *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *s;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Injector {
+    /// An injector with `set`'s rules (already validated).
+    pub fn new(set: &RuleSet) -> Self {
+        let inj = Self {
+            state: Mutex::new(State {
+                rules: Vec::new(),
+                rng: set.seed,
+            }),
+        };
+        for r in &set.rules {
+            inj.add(r.clone());
+        }
+        inj
+    }
+
+    /// Adds a rule at runtime; it must be valid together with the rules in force.
+    pub fn try_add(&self, rule: Rule) -> Result<String, RuleError> {
+        let mut set = RuleSet {
+            seed: 0,
+            rules: self.rules(),
+        };
+        set.rules.push(rule.clone());
+        set.validate()?;
+        Ok(self.add(rule))
+    }
+
+    fn add(&self, rule: Rule) -> String {
+        let mut st = self.state.lock().unwrap();
+        let name = rule_name(st.rules.len(), &rule);
+        let opcode = rule.opcode.as_deref().and_then(opcode_of);
+        let armed = rule.after_rule.is_none();
+        st.rules.push(RuleState {
+            rule,
+            name: name.clone(),
+            opcode,
+            seen: 0,
+            fired: 0,
+            armed,
+        });
+        name
+    }
+
+    /// Removes the named rule; false if there is none.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut st = self.state.lock().unwrap();
+        let before = st.rules.len();
+        st.rules.retain(|r| r.name != name);
+        st.rules.len() != before
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Vec<Rule> {
+        let st = self.state.lock().unwrap();
+        st.rules
+            .iter()
+            .map(|r| Rule {
+                name: Some(r.name.clone()),
+                ..r.rule.clone()
+            })
+            .collect()
+    }
+
+    /// How often each rule has fired.
+    pub fn fired(&self) -> Vec<(String, u64)> {
+        let st = self.state.lock().unwrap();
+        st.rules.iter().map(|r| (r.name.clone(), r.fired)).collect()
+    }
+
+    /// True when no rule is in force.
+    pub fn is_empty(&self) -> bool {
+        self.state.lock().unwrap().rules.is_empty()
+    }
+
+    /// A descriptor was fetched: the faults to apply to it, in rule order.
+    pub fn on_descriptor(&self, o: Occurrence) -> Vec<Injection> {
+        self.event(On::Descriptor, Some(o))
+    }
+
+    /// A queue or device reset happened (fires `on = "reset"` marks).
+    pub fn on_reset(&self) -> Vec<Injection> {
+        self.event(On::Reset, None)
+    }
+
+    fn event(&self, on: On, o: Option<Occurrence>) -> Vec<Injection> {
+        let mut st = self.state.lock().unwrap();
+        if st.rules.is_empty() {
+            return Vec::new();
+        }
+        let State { rules, rng } = &mut *st;
+        let mut out = Vec::new();
+        let mut fired_names = Vec::new();
+        for r in rules.iter_mut() {
+            if r.rule.on != on || !r.armed || !matches(r, o) {
+                continue;
+            }
+            r.seen += 1;
+            let n = r.seen;
+            let rule = &r.rule;
+            let mut fire = match (rule.nth, rule.every) {
+                (Some(k), _) => n == k,
+                (_, Some(k)) => n % k == 0,
+                _ => true,
+            };
+            fire &= rule.after.is_none_or(|a| n > a);
+            fire &= rule.times.is_none_or(|t| r.fired < t);
+            if fire {
+                if let Some(p) = rule.probability {
+                    // 53 random bits as a uniform float in [0, 1)
+                    fire = ((next_random(rng) >> 11) as f64 / (1u64 << 53) as f64) < p;
+                }
+            }
+            if fire {
+                r.fired += 1;
+                fired_names.push(r.name.clone());
+                if r.rule.kind != FaultKind::Mark {
+                    out.push(Injection {
+                        rule: r.name.clone(),
+                        kind: r.rule.kind,
+                    });
+                }
+            }
+        }
+        // followers are armed (afresh) by their predecessor's firing
+        for r in rules.iter_mut() {
+            if let Some(a) = &r.rule.after_rule {
+                if fired_names.contains(a) {
+                    r.armed = true;
+                    r.seen = 0;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn matches(r: &RuleState, o: Option<Occurrence>) -> bool {
+    let Some(o) = o else { return true };
+    r.rule.queue.is_none_or(|q| q == o.queue)
+        && r.opcode.is_none_or(|op| op == o.opcode)
+        && r.rule
+            .size
+            .is_none_or(|[lo, hi]| (lo..=hi).contains(&o.len))
+        && r.rule.index.is_none_or(|i| i == o.index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn occ(queue: u16, opcode: u8, len: u32) -> Occurrence {
+        Occurrence {
+            queue,
+            index: 0,
+            opcode,
+            len,
+        }
+    }
+
+    fn fire_pattern(inj: &Injector, n: usize, o: Occurrence) -> Vec<bool> {
+        (0..n).map(|_| !inj.on_descriptor(o).is_empty()).collect()
+    }
+
+    #[test]
+    fn parses_a_rules_file() {
+        let set = RuleSet::from_toml(
+            r#"
+            seed = 7
+            [[rule]]
+            name = "slow"
+            kind = "delay_completion"
+            ms = 50
+            queue = 1
+            [[rule]]
+            kind = "error_status"
+            opcode = "write"
+            size = [4096, 65536]
+            nth = 2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(set.seed, 7);
+        assert_eq!(set.rules[0].kind, FaultKind::DelayCompletion { ms: 50 });
+        assert_eq!(
+            set.rules[1].kind,
+            FaultKind::ErrorStatus {
+                status: abi::CS_DEVICE_ERROR
+            }
+        );
+    }
+
+    #[test]
+    fn bad_rules_say_which_rule_field_value_and_why() {
+        let cases = [
+            (
+                "[[rule]]\nkind = \"melt\"",
+                "rule 1 (rule1): field `kind` = \"melt\": unknown variant",
+            ),
+            ("[[rule]]\nqueue = 1", "every rule needs a kind"),
+            (
+                "[[rule]]\nkind = \"stall\"\nms = 5",
+                "field `ms` = 5: unknown field for kind \"stall\"",
+            ),
+            (
+                "[[rule]]\nkind = \"stall\"\nqueue = \"one\"",
+                "rule 1 (rule1): field `kind`",
+            ),
+            ("seed = -1", "`seed` = -1"),
+            ("sead = 1", "unknown top-level key `sead`"),
+            ("[[rule]\nkind = 1", "rules file"),
+            (
+                "[[rule]]\nkind = \"stall\"\nqueue = 1\ncolour = 3",
+                "field `colour` = 3: unknown field",
+            ),
+            (
+                "[[rule]]\nname = \"x\"\nkind = \"stall\"\nprobability = 1.5",
+                "rule 1 (x): field `probability` = 1.5: must be within 0..=1",
+            ),
+            (
+                "[[rule]]\nkind = \"stall\"\nopcode = \"erase\"",
+                "field `opcode` = \"erase\"",
+            ),
+            (
+                "[[rule]]\nkind = \"stall\"\nafter_rule = \"nope\"",
+                "field `after_rule` = \"nope\": no rule has this name",
+            ),
+            ("[[rule]]\nkind = \"stall\"\nnth = 0", "field `nth` = 0"),
+            (
+                "[[rule]]\nkind = \"stall\"\nsize = [10, 1]",
+                "minimum above maximum",
+            ),
+            (
+                "[[rule]]\nkind = \"error_status\"\nstatus = 0",
+                "field `status` = 0",
+            ),
+            ("[[rule]]\nkind = \"short_transfer\"", "bytes"),
+            (
+                "[[rule]]\nname = \"a\"\nkind = \"mark\"\n[[rule]]\nname = \"a\"\nkind = \"stall\"",
+                "rule 2 (a): field `name`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = RuleSet::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn nth_every_after_times() {
+        let mk = |f: &dyn Fn(&mut Rule)| {
+            let mut r = Rule {
+                name: None,
+                kind: FaultKind::Stall,
+                on: On::Descriptor,
+                queue: None,
+                opcode: None,
+                size: None,
+                index: None,
+                nth: None,
+                every: None,
+                after: None,
+                times: None,
+                probability: None,
+                after_rule: None,
+            };
+            f(&mut r);
+            Injector::new(&RuleSet {
+                seed: 0,
+                rules: vec![r],
+            })
+        };
+        let o = occ(0, abi::OP_COPY, 64);
+        let t = true;
+        let f = false;
+        assert_eq!(
+            fire_pattern(&mk(&|r| r.nth = Some(3)), 5, o),
+            [f, f, t, f, f]
+        );
+        assert_eq!(
+            fire_pattern(&mk(&|r| r.every = Some(2)), 5, o),
+            [f, t, f, t, f]
+        );
+        assert_eq!(
+            fire_pattern(&mk(&|r| r.after = Some(3)), 5, o),
+            [f, f, f, t, t]
+        );
+        assert_eq!(
+            fire_pattern(&mk(&|r| r.times = Some(2)), 4, o),
+            [t, t, f, f]
+        );
+        assert_eq!(
+            fire_pattern(
+                &mk(&|r| {
+                    r.every = Some(2);
+                    r.times = Some(1)
+                }),
+                6,
+                o
+            ),
+            [f, t, f, f, f, f]
+        );
+    }
+
+    #[test]
+    fn filters_by_queue_opcode_size_and_index() {
+        let set = RuleSet::from_toml("[[rule]]\nkind = \"lost_irq\"\nqueue = 2\nopcode = \"read\"\nsize = [100, 200]\nindex = 5").unwrap();
+        let inj = Injector::new(&set);
+        let o = Occurrence {
+            queue: 2,
+            index: 5,
+            opcode: abi::OP_READ,
+            len: 150,
+        };
+        assert!(inj.on_descriptor(Occurrence { queue: 1, ..o }).is_empty());
+        assert!(inj
+            .on_descriptor(Occurrence {
+                opcode: abi::OP_WRITE,
+                ..o
+            })
+            .is_empty());
+        assert!(inj.on_descriptor(Occurrence { len: 201, ..o }).is_empty());
+        assert!(inj.on_descriptor(Occurrence { index: 4, ..o }).is_empty());
+        assert_eq!(
+            inj.on_descriptor(o),
+            [Injection {
+                rule: "rule1".into(),
+                kind: FaultKind::LostIrq
+            }]
+        );
+    }
+
+    #[test]
+    fn the_second_write_after_each_reset() {
+        let set = RuleSet::from_toml(
+            "[[rule]]\nname = \"reset\"\nkind = \"mark\"\non = \"reset\"\n\
+             [[rule]]\nname = \"w2\"\nkind = \"error_status\"\nopcode = \"write\"\nnth = 2\nafter_rule = \"reset\"",
+        )
+        .unwrap();
+        let inj = Injector::new(&set);
+        let w = occ(0, abi::OP_WRITE, 8);
+        assert_eq!(
+            fire_pattern(&inj, 3, w),
+            [false; 3],
+            "not armed before a reset"
+        );
+        inj.on_reset();
+        assert!(
+            inj.on_descriptor(occ(0, abi::OP_COPY, 8)).is_empty(),
+            "other opcodes do not count"
+        );
+        assert_eq!(fire_pattern(&inj, 3, w), [false, true, false]);
+        inj.on_reset();
+        assert_eq!(
+            fire_pattern(&inj, 2, w),
+            [false, true],
+            "counting starts afresh at each reset"
+        );
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_sequence() {
+        let text =
+            |seed: u64| format!("seed = {seed}\n[[rule]]\nkind = \"corrupt\"\nprobability = 0.3");
+        let run = |seed| {
+            let inj = Injector::new(&RuleSet::from_toml(&text(seed)).unwrap());
+            fire_pattern(&inj, 200, occ(0, abi::OP_COPY, 8))
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+        let hits = run(1).iter().filter(|&&b| b).count();
+        assert!((30..90).contains(&hits), "{hits} of 200 at p=0.3");
+    }
+
+    #[test]
+    fn runtime_add_and_remove() {
+        let inj = Injector::new(&RuleSet::default());
+        assert!(inj.is_empty());
+        let name = inj
+            .try_add(
+                RuleSet::from_toml("[[rule]]\nkind = \"fatal\"")
+                    .unwrap()
+                    .rules[0]
+                    .clone(),
+            )
+            .unwrap();
+        assert_eq!(name, "rule1");
+        let dup = Rule {
+            name: Some("rule1".into()),
+            ..inj.rules()[0].clone()
+        };
+        assert!(inj.try_add(dup).is_err());
+        assert!(inj.remove("rule1"));
+        assert!(!inj.remove("rule1"));
+        assert!(inj.on_descriptor(occ(0, 1, 1)).is_empty());
+    }
+}
