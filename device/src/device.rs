@@ -9,6 +9,7 @@ use log::{debug, warn};
 
 use crate::engine::InternalMemory;
 use crate::eventlog::{Event, EventLog};
+use crate::faults::{Injector, RuleSet};
 use crate::interrupts::InterruptSink;
 use crate::memory::DmaMemory;
 use crate::queue::{QueueShared, Worker};
@@ -21,6 +22,8 @@ pub struct DeviceConfig {
     pub queues: usize,
     /// Internal memory in bytes.
     pub internal_mem: usize,
+    /// Fault rules in force from the start.
+    pub faults: RuleSet,
 }
 
 impl Default for DeviceConfig {
@@ -28,6 +31,7 @@ impl Default for DeviceConfig {
         Self {
             queues: 4,
             internal_mem: 64 << 20,
+            faults: RuleSet::default(),
         }
     }
 }
@@ -38,6 +42,8 @@ pub struct Shared {
     irq: Arc<dyn InterruptSink>,
     pub log: Arc<EventLog>,
     pub internal: InternalMemory,
+    /// Fault rules and their counters.
+    pub faults: Injector,
     pub(crate) queues: Vec<QueueShared>,
     error: AtomicU32,
     status: AtomicU32,
@@ -107,6 +113,7 @@ impl Device {
             irq,
             log,
             internal,
+            faults: Injector::new(&cfg.faults),
             queues,
             error: AtomicU32::new(0),
             status: AtomicU32::new(DevStatus::new().with_ready(true).into_bits()),
@@ -263,6 +270,7 @@ impl Device {
             let ctrl = QueueCtrl::from_bits(v);
             if ctrl.reset() {
                 let discarded = q.reset();
+                self.shared.faults.on_reset();
                 self.shared
                     .log
                     .counters
@@ -351,6 +359,7 @@ impl Device {
             DevStatus::new().with_ready(true).into_bits(),
             Ordering::SeqCst,
         );
+        s.faults.on_reset();
         s.log.counters.resets.fetch_add(1, Ordering::Relaxed);
         s.log.record(|| Event::Reset {
             queue: None,

@@ -334,26 +334,97 @@ fn checksum(src: &[VolatileSlice]) -> u32 {
 }
 
 /// Validates and executes one descriptor against `ctx.view`.
+/// Faults applied while executing (see `faults`): both off by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tweak {
+    /// Move only this many bytes.
+    pub short: Option<u32>,
+    /// Flip this many bits of the output.
+    pub corrupt_bits: u32,
+}
+
+/// The first `n` bytes of a slice list.
+fn truncate<'m>(list: &[VolatileSlice<'m>], mut n: usize) -> Slices<'m> {
+    let mut out = Slices::new();
+    for s in list {
+        if n == 0 {
+            break;
+        }
+        let k = n.min(s.len());
+        out.push(s.subslice(0, k).unwrap());
+        n -= k;
+    }
+    out
+}
+
+/// Flips `bits` bits spread over the first `n` bytes of `list`.
+fn flip_bits(list: &[VolatileSlice], n: usize, bits: u32) {
+    for k in 0..bits as usize {
+        let mut at = (k.wrapping_mul(0x9e37_79b1) + 7) % n.max(1);
+        for s in list {
+            if at < s.len() {
+                let b = s.subslice(at, 1).unwrap();
+                let mut v = [0u8];
+                b.copy_to(&mut v);
+                v[0] ^= 1 << (k % 8);
+                b.copy_from(&v);
+                break;
+            }
+            at -= s.len();
+        }
+    }
+}
+
+/// Validates and executes one descriptor against `ctx.view`.
 pub fn execute(ctx: &Ctx, d: &Descriptor) -> Outcome {
+    execute_with(ctx, d, Tweak::default())
+}
+
+/// [`execute`] with injected faults.
+pub fn execute_with(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
     let plan = match plan(ctx, d) {
         Ok(p) => p,
         Err(status) => return Outcome::err(status),
     };
-    let len = u64::from(d.len);
+    let n = tweak.short.map_or(d.len, |s| s.min(d.len));
+    let len = u64::from(n);
     let counters = &ctx.log.counters;
     log_side(ctx, d.tag, &plan.src, Dir::FromGuest);
     log_side(ctx, d.tag, &plan.dst, Dir::ToGuest);
-    let src = plan.src.as_ref().map(|s| &s.slices[..]);
-    let dst = plan.dst.as_ref().map(|s| &s.slices[..]);
-    let internal = |off| [ctx.internal.slice(off, len).expect("validated by plan")];
+    let src = plan.src.as_ref().map(|s| truncate(&s.slices, n as usize));
+    let dst = plan.dst.as_ref().map(|s| truncate(&s.slices, n as usize));
+    let internal =
+        |off| smallvec::smallvec![ctx.internal.slice(off, len).expect("validated by plan")];
     let mut result = 0;
-    match d.opcode {
-        abi::OP_COPY => copy_lists(src.unwrap(), dst.unwrap()),
-        abi::OP_WRITE => copy_lists(src.unwrap(), &internal(d.dst)),
-        abi::OP_READ => copy_lists(&internal(d.src), dst.unwrap()),
-        abi::OP_FILL => fill(dst.unwrap(), d.pattern),
-        abi::OP_CHECKSUM => result = checksum(src.unwrap()),
+    let out: Option<Slices> = match d.opcode {
+        abi::OP_COPY => {
+            copy_lists(src.as_ref().unwrap(), dst.as_ref().unwrap());
+            dst.clone()
+        }
+        abi::OP_WRITE => {
+            let to: Slices = internal(d.dst);
+            copy_lists(src.as_ref().unwrap(), &to);
+            Some(to)
+        }
+        abi::OP_READ => {
+            copy_lists(&internal(d.src), dst.as_ref().unwrap());
+            dst.clone()
+        }
+        abi::OP_FILL => {
+            fill(dst.as_ref().unwrap(), d.pattern);
+            dst.clone()
+        }
+        abi::OP_CHECKSUM => {
+            result = checksum(src.as_ref().unwrap());
+            None
+        }
         _ => unreachable!("opcode validated by plan"),
+    };
+    if tweak.corrupt_bits > 0 {
+        match out {
+            Some(list) => flip_bits(&list, n as usize, tweak.corrupt_bits),
+            None => result ^= (1u64 << tweak.corrupt_bits.min(32)).wrapping_sub(1) as u32,
+        }
     }
     use std::sync::atomic::Ordering::Relaxed;
     if src.is_some() {
@@ -362,5 +433,5 @@ pub fn execute(ctx: &Ctx, d: &Descriptor) -> Outcome {
     if dst.is_some() {
         counters.bytes_to_guest.fetch_add(len, Relaxed);
     }
-    Outcome::ok(d.len, result)
+    Outcome::ok(n, result)
 }

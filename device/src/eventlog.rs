@@ -52,6 +52,14 @@ pub enum Event {
     },
     /// Device or queue reset.
     Reset { queue: Option<u16>, discarded: u32 },
+    /// A fault was injected into a descriptor.
+    Fault {
+        queue: u16,
+        index: u32,
+        tag: u32,
+        rule: String,
+        fault: crate::faults::FaultKind,
+    },
     /// Client DMA map-table change.
     Map { iova: u64, size: u64, mapped: bool },
     /// The counters, written at shutdown.
@@ -70,6 +78,7 @@ pub struct Counters {
     pub irqs: AtomicU64,
     pub resets: AtomicU64,
     pub ring_errors: AtomicU64,
+    pub faults: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -84,6 +93,7 @@ pub struct CountersSnapshot {
     pub irqs: u64,
     pub resets: u64,
     pub ring_errors: u64,
+    pub faults: u64,
 }
 
 impl Counters {
@@ -99,6 +109,7 @@ impl Counters {
             irqs: self.irqs.load(Relaxed),
             resets: self.resets.load(Relaxed),
             ring_errors: self.ring_errors.load(Relaxed),
+            faults: self.faults.load(Relaxed),
         }
     }
 }

@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use dmalab_abi::{self as abi, Completion};
+use dmalab_abi::{self as abi, Completion, Descriptor};
 
 use crate::device::Shared;
-use crate::engine::{self, Ctx};
+use crate::engine::{self, Ctx, Outcome, Tweak};
 use crate::eventlog::Event;
+use crate::faults::{FaultKind, Occurrence};
 use crate::interrupts::Coalescer;
-use crate::memory::MemView;
+use crate::memory::{Dir, MemView};
 use crate::registers::{ErrorBits, IrqCoalesce, QueueStatus};
 use crate::wire;
 
@@ -34,6 +35,8 @@ pub struct QueueRegs {
     pub cq_tail: u32,
     /// Phase the device writes on this pass over the completion ring.
     pub phase: bool,
+    /// Stopped by an injected stall until a reset.
+    pub stalled: bool,
 }
 
 impl QueueRegs {
@@ -134,6 +137,26 @@ pub(crate) struct Worker {
     pub rx: Receiver<Msg>,
     coalescer: Coalescer,
     view: Option<(u64, Arc<MemView>)>,
+    /// An injected out-of-order completion waiting for the next one.
+    held: Option<(Completion, bool)>,
+}
+
+/// The injected faults for one descriptor, folded together.
+#[derive(Debug, Default)]
+struct FaultPlan {
+    status: Option<u16>,
+    tweak: Tweak,
+    unreported_short: bool,
+    drop_completion: bool,
+    delay_ms: u32,
+    duplicate: bool,
+    out_of_order: bool,
+    spurious_irq: bool,
+    lost_irq: bool,
+    storm: u32,
+    stall: bool,
+    fatal: bool,
+    outside: Option<(u64, u64)>,
 }
 
 impl Worker {
@@ -144,6 +167,7 @@ impl Worker {
             rx,
             coalescer: Coalescer::default(),
             view: None,
+            held: None,
         }
     }
 
@@ -175,6 +199,7 @@ impl Worker {
                 Ok(Msg::Reset(reply)) => {
                     let discarded = self.discard();
                     self.coalescer.clear();
+                    self.held = None;
                     let _ = reply.send(discarded);
                 }
                 Err(RecvTimeoutError::Timeout) => self.raise(),
@@ -202,13 +227,14 @@ impl Worker {
     }
 
     /// Runs descriptors until the submission ring is empty, the completion ring is full, the
-    /// queue halts, or a reset is requested.
+    /// queue halts or stalls, or a reset is requested.
     fn drain(&mut self) {
         let q = self.index;
         while !self.queue().reset_requested.load(Ordering::SeqCst) && !self.dev.is_fatal() {
             let r = *self.queue().regs.lock().unwrap();
             if !r.enabled
                 || r.error
+                || r.stalled
                 || r.sq_head == r.sq_tail
                 || (r.cq_tail + 1) % r.size == r.cq_head
             {
@@ -238,13 +264,34 @@ impl Worker {
                 tag: d.tag,
                 len: d.len,
             });
+            let plan = self.fault_plan(&d, r.sq_head);
+            if plan.spurious_irq {
+                self.dev.raise_queue_irq(q);
+            }
+            if plan.fatal {
+                self.dev.set_error(ErrorBits::new().with_fatal(true));
+                break;
+            }
+            if plan.stall {
+                // The descriptor stays fetched-but-unfinished: only a reset gets the queue going.
+                self.queue().regs.lock().unwrap().stalled = true;
+                break;
+            }
             let ctx = Ctx {
                 view: &view,
                 internal: &self.dev.internal,
                 log: &self.dev.log,
                 queue: q,
             };
-            let out = engine::execute(&ctx, &d);
+            let mut out = match plan.status {
+                Some(status) => Outcome {
+                    status,
+                    bytes: 0,
+                    result: 0,
+                    violation: false,
+                },
+                None => engine::execute_with(&ctx, &d, plan.tweak),
+            };
             if out.status != abi::CS_OK {
                 self.dev.log.record(|| Event::Error {
                     queue: Some(q),
@@ -257,62 +304,187 @@ impl Worker {
                 self.dev
                     .set_error(ErrorBits::new().with_dma_violation(true));
             }
+            if let Some((offset, len)) = plan.outside {
+                self.dma_outside(&view, &d, offset, len);
+            }
+            if plan.unreported_short {
+                out.bytes = d.len;
+            }
+            {
+                let mut regs = self.queue().regs.lock().unwrap();
+                regs.sq_head = (regs.sq_head + 1) % regs.size;
+            }
+            self.queue().done.fetch_add(1, Ordering::Relaxed);
             let c = Completion {
                 result: out.result,
                 bytes: out.bytes,
                 tag: d.tag,
                 status: out.status,
-                phase: r.phase as u16,
+                phase: 0,
             };
-            let cslot = r.cq_base + u64::from(r.cq_tail) * abi::COMPLETION_SIZE as u64;
-            let (head, last) = wire::encode_completion(&c);
-            if let Err(e) = view
-                .write(cslot, &head)
-                .and_then(|_| view.store_u32_release(cslot + 12, last))
-            {
-                self.halt(
-                    ErrorBits::new().with_cq_write(true),
-                    format!("queue {q}: completion write: {e}"),
-                );
+            if plan.drop_completion {
+                continue;
+            }
+            if plan.delay_ms > 0 {
+                std::thread::sleep(Duration::from_millis(u64::from(plan.delay_ms)));
+            }
+            let irq = d.flags & abi::DESC_NO_IRQ == 0 && !plan.lost_irq;
+            let posted = if plan.out_of_order && self.held.is_none() {
+                self.held = Some((c, irq));
+                true
+            } else {
+                let ok = self.post(&view, c, irq);
+                match self.held.take() {
+                    Some((h, hirq)) if ok => self.post(&view, h, hirq),
+                    _ => ok,
+                }
+            };
+            if !posted {
                 break;
             }
-            {
-                let mut regs = self.queue().regs.lock().unwrap();
-                regs.sq_head = (regs.sq_head + 1) % regs.size;
-                regs.cq_tail = (regs.cq_tail + 1) % regs.size;
-                if regs.cq_tail == 0 {
-                    regs.phase = !regs.phase;
-                }
+            if plan.duplicate && self.has_cq_space() {
+                self.post(&view, c, irq);
             }
-            self.queue().done.fetch_add(1, Ordering::Relaxed);
-            let counters = &self.dev.log.counters;
-            counters.completions.fetch_add(1, Ordering::Relaxed);
-            if out.status == abi::CS_OK {
-                &counters.completions_ok
-            } else {
-                &counters.completions_err
+            for _ in 0..plan.storm {
+                self.dev.raise_queue_irq(q);
             }
-            .fetch_add(1, Ordering::Relaxed);
-            self.dev.log.record(|| Event::Complete {
-                queue: q,
-                index: r.sq_head,
-                tag: d.tag,
-                status: c.status,
-                bytes: c.bytes,
-                result: c.result,
-            });
-            if d.flags & abi::DESC_NO_IRQ == 0
-                && self
-                    .coalescer
-                    .completion(self.coalesce_cfg(), Instant::now())
-            {
-                self.raise();
+        }
+        if let Some((h, hirq)) = self.held.take() {
+            // Nothing came after it: out of order degenerates to late.
+            let view = self.view();
+            if !self.has_cq_space() || !self.post(&view, h, hirq) {
+                self.held = Some((h, hirq));
             }
         }
         if self.coalescer.idle(self.coalesce_cfg()) {
             self.raise();
         }
         self.dev.log.flush();
+    }
+
+    fn has_cq_space(&self) -> bool {
+        let r = self.queue().regs.lock().unwrap();
+        r.size != 0 && (r.cq_tail + 1) % r.size != r.cq_head
+    }
+
+    /// Writes one completion at the completion tail and accounts for its interrupt.
+    fn post(&mut self, view: &MemView, mut c: Completion, irq: bool) -> bool {
+        let q = self.index;
+        let (cq_base, cq_tail, phase) = {
+            let r = self.queue().regs.lock().unwrap();
+            (r.cq_base, r.cq_tail, r.phase)
+        };
+        c.phase = u16::from(phase);
+        let cslot = cq_base + u64::from(cq_tail) * abi::COMPLETION_SIZE as u64;
+        let (head, last) = wire::encode_completion(&c);
+        if let Err(e) = view
+            .write(cslot, &head)
+            .and_then(|_| view.store_u32_release(cslot + 12, last))
+        {
+            self.halt(
+                ErrorBits::new().with_cq_write(true),
+                format!("queue {q}: completion write: {e}"),
+            );
+            return false;
+        }
+        {
+            let mut regs = self.queue().regs.lock().unwrap();
+            regs.cq_tail = (regs.cq_tail + 1) % regs.size;
+            if regs.cq_tail == 0 {
+                regs.phase = !regs.phase;
+            }
+        }
+        let counters = &self.dev.log.counters;
+        counters.completions.fetch_add(1, Ordering::Relaxed);
+        if c.status == abi::CS_OK {
+            &counters.completions_ok
+        } else {
+            &counters.completions_err
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        self.dev.log.record(|| Event::Complete {
+            queue: q,
+            index: cq_tail,
+            tag: c.tag,
+            status: c.status,
+            bytes: c.bytes,
+            result: c.result,
+        });
+        if irq
+            && self
+                .coalescer
+                .completion(self.coalesce_cfg(), Instant::now())
+        {
+            self.raise();
+        }
+        true
+    }
+
+    /// Asks the injector about a fetched descriptor and folds its answer into one plan.
+    fn fault_plan(&self, d: &Descriptor, index: u32) -> FaultPlan {
+        let mut plan = FaultPlan::default();
+        let q = self.index;
+        let occ = Occurrence {
+            queue: q,
+            index,
+            opcode: d.opcode,
+            len: d.len,
+        };
+        for inj in self.dev.faults.on_descriptor(occ) {
+            self.dev.log.counters.faults.fetch_add(1, Ordering::Relaxed);
+            self.dev.log.record(|| Event::Fault {
+                queue: q,
+                index,
+                tag: d.tag,
+                rule: inj.rule.clone(),
+                fault: inj.kind,
+            });
+            match inj.kind {
+                FaultKind::DmaReadError | FaultKind::DmaWriteError => {
+                    plan.status = Some(abi::CS_DMA_FAULT)
+                }
+                FaultKind::ErrorStatus { status } => plan.status = Some(status),
+                FaultKind::Corrupt { bits } => plan.tweak.corrupt_bits += bits,
+                FaultKind::ShortTransfer { bytes, reported } => {
+                    plan.tweak.short = Some(bytes);
+                    plan.unreported_short = !reported;
+                }
+                FaultKind::DropCompletion => plan.drop_completion = true,
+                FaultKind::DelayCompletion { ms } => plan.delay_ms += ms,
+                FaultKind::DuplicateCompletion => plan.duplicate = true,
+                FaultKind::OutOfOrder => plan.out_of_order = true,
+                FaultKind::SpuriousIrq => plan.spurious_irq = true,
+                FaultKind::LostIrq => plan.lost_irq = true,
+                FaultKind::IrqStorm { count } => plan.storm += count,
+                FaultKind::Stall => plan.stall = true,
+                FaultKind::Fatal => plan.fatal = true,
+                FaultKind::DmaOutside { offset, len } => plan.outside = Some((offset, len)),
+                FaultKind::Mark => {}
+            }
+        }
+        plan
+    }
+
+    /// A faulty device reaching past its descriptor: the model refuses the access (nothing is
+    /// written) and reports it as a DMA violation.
+    fn dma_outside(&self, view: &MemView, d: &Descriptor, offset: u64, len: u64) {
+        let base = if d.dst != 0 { d.dst } else { d.src };
+        let addr = base.wrapping_add(u64::from(d.len)).wrapping_add(offset);
+        let mapped = view.slices(addr, len, Dir::ToGuest).is_ok();
+        let what = format!(
+            "queue {}: refused a device DMA of {len} bytes at {addr:#x}, outside descriptor {} ({})",
+            self.index,
+            d.tag,
+            if mapped { "mapped guest memory" } else { "unmapped IOVA" }
+        );
+        self.dev.log.record(|| Event::Error {
+            queue: Some(self.index),
+            tag: Some(d.tag),
+            status: None,
+            what,
+        });
+        self.dev
+            .set_error(ErrorBits::new().with_dma_violation(true));
     }
 
     fn halt(&mut self, bits: ErrorBits, what: String) {

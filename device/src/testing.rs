@@ -9,6 +9,7 @@ use dmalab_abi::{self as abi, Completion, Descriptor};
 
 use crate::device::{Device, DeviceConfig};
 use crate::eventlog::EventLog;
+use crate::faults::RuleSet;
 use crate::interrupts::CountingSink;
 use crate::memory::{DmaMemory, MapTable};
 use crate::wire;
@@ -48,6 +49,20 @@ impl Rig {
 
     /// As [`Rig::new`], with the given event log.
     pub fn with_log(queues: usize, data_size: u64, log: EventLog) -> Self {
+        Self::build(queues, data_size, log, RuleSet::default())
+    }
+
+    /// As [`Rig::new`], with fault rules (TOML) in force from the start.
+    pub fn with_faults(queues: usize, data_size: u64, rules: &str) -> Self {
+        Self::build(
+            queues,
+            data_size,
+            EventLog::disabled(),
+            RuleSet::from_toml(rules).expect("valid rules"),
+        )
+    }
+
+    fn build(queues: usize, data_size: u64, log: EventLog, faults: RuleSet) -> Self {
         let maps = Arc::new(MapTable::new());
         let ram_size = DATA_BASE - RAM_BASE + data_size;
         maps.map_anonymous(RAM_BASE, ram_size).expect("map rig RAM");
@@ -56,6 +71,7 @@ impl Rig {
         let cfg = DeviceConfig {
             queues,
             internal_mem: 16 << 20,
+            faults,
         };
         let dev = Device::new(&cfg, maps.clone(), irq.clone(), log.clone()).expect("device");
         Self {

@@ -11,6 +11,7 @@ use clap::Parser;
 use dmalab_device::abi;
 use dmalab_device::device::{Device, DeviceConfig};
 use dmalab_device::eventlog::EventLog;
+use dmalab_device::faults::RuleSet;
 use dmalab_device::memory::MapTable;
 use dmalab_device::vfio_server::{EventfdSink, VfioDevice};
 use log::{error, info};
@@ -33,6 +34,9 @@ struct Args {
     /// Log level: error, warn, info, debug, trace
     #[arg(long, default_value = "info")]
     log_level: log::LevelFilter,
+    /// Fault rules (TOML, see docs/faults.md) in force from the start
+    #[arg(long)]
+    faults: Option<PathBuf>,
     /// Write the event log (JSON lines) here; '-' is standard output
     #[arg(long)]
     event_log: Option<PathBuf>,
@@ -94,9 +98,18 @@ fn run(args: Args) -> Result<(), String> {
     let log = Arc::new(open_event_log(&args.event_log)?);
     let maps = Arc::new(MapTable::new());
     let irqs = Arc::new(EventfdSink::default());
+    let faults = match &args.faults {
+        None => RuleSet::default(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read fault rules {}: {e}", p.display()))?;
+            RuleSet::from_toml(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+    };
     let cfg = DeviceConfig {
         queues: args.queues as usize,
         internal_mem: args.mem_size,
+        faults,
     };
     let device = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone())
         .map_err(|e| format!("device: {e}"))?;
