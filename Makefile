@@ -11,7 +11,7 @@ export DMALAB_CACHE := $(CACHE)
 export QEMU KERNEL_SRC
 P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
-CARGO_E2E := cargo test --release -p dmalab-tests --test e2e
+CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
 
 .PHONY: all deps qemu kernel device driver agent initramfs artifacts run test unit lint e2e bench clean
 

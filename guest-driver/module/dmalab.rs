@@ -191,6 +191,8 @@ struct DevState {
     info: DeviceInfo,
     /// Set at unbind or when the device stops answering: everything fails fast with ENODEV.
     dead: Atomic<bool>,
+    /// The device reported a fatal error: the next waiter to leave resets it.
+    needs_reset: Atomic<bool>,
     error_irqs: Atomic<u64>,
     error_bits: Atomic<u32>,
     device_resets: Atomic<u64>,
@@ -280,9 +282,12 @@ impl DevState {
         if let Some(bar) = self.bar.try_access() {
             let _ = bar.try_write32(abi::QCTRL_RESET, abi::queue_reg(qi, abi::Q_CTRL));
             // A read is not posted: when it returns, the reset write has been handled.
-            match bar.try_read32(abi::REG_ID) {
-                Ok(abi::DEVICE_MAGIC) => {}
-                _ => self.dead.store(true, Relaxed),
+            match bar.try_read32(abi::REG_DEV_STATUS) {
+                // all ones: the device is gone
+                Ok(u32::MAX) | Err(_) => self.dead.store(true, Relaxed),
+                // halted by a fatal error: only a device reset helps (done without this lock)
+                Ok(st) if st & abi::STATUS_FATAL != 0 => self.needs_reset.store(true, Relaxed),
+                Ok(_) => {}
             }
         }
         for slot in st.slots.iter_mut() {
@@ -499,7 +504,8 @@ impl Queue {
 
         let result = self.post_and_wait(dev, req, &src_segs, &dst_segs, timeout_ms);
         let out = match result {
-            Ok(c) => {
+            Ok((c, ns)) => {
+                req.latency_ns = ns;
                 req.status = u32::from(c.status);
                 req.bytes = c.bytes;
                 req.result = c.result;
@@ -550,7 +556,7 @@ impl Queue {
         src: &[(u64, u32)],
         dst: &[(u64, u32)],
         timeout_ms: u32,
-    ) -> Result<Completion> {
+    ) -> Result<(Completion, u64)> {
         let qi = self.index as usize;
         let mut st = self.ring.lock();
         // wait for a free slot and ring space
@@ -684,15 +690,19 @@ impl Queue {
         };
         let start = st.slots[slot].start.take();
         st.slots[slot].state = SlotState::Free;
-        if let (Ok(c), Some(t)) = (&result, start) {
+        if let Ok(c) = &result {
             if c.status == abi::CS_OK {
                 st.stats.bytes += u64::from(c.bytes);
             }
-            let _ = t;
         }
         drop(st);
         self.ring_cv.notify_all();
-        result
+        if dev.needs_reset.cmpxchg(true, false, Relaxed).is_ok() {
+            // A fatal error halted every queue: reset the device and reprogram the queues.
+            let _ = reset_device(dev);
+        }
+        let ns = start.map_or(0, |t| t.elapsed().as_nanos());
+        result.map(|c| (c, u64::try_from(ns).unwrap_or(0)))
     }
 }
 
@@ -1050,6 +1060,7 @@ impl DmalabDriver {
                 queues,
                 info,
                 dead: Atomic::new(false),
+                needs_reset: Atomic::new(false),
                 error_irqs: Atomic::new(0),
                 error_bits: Atomic::new(0u32),
                 device_resets: Atomic::new(0),

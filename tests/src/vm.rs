@@ -29,6 +29,8 @@ pub struct VmOptions {
     pub timeout: Duration,
     /// Extra kernel command line.
     pub append: String,
+    /// Fault rules (TOML) the device server starts with.
+    pub faults: Option<String>,
 }
 
 impl VmOptions {
@@ -41,6 +43,7 @@ impl VmOptions {
             memory_mb: 512,
             timeout: Duration::from_secs(600),
             append: String::new(),
+            faults: None,
         }
     }
 }
@@ -123,7 +126,13 @@ pub fn run(opts: &VmOptions) -> Run {
         children: Vec::new(),
     };
 
-    let dev = Command::new(&device)
+    let mut dev = Command::new(&device);
+    if let Some(rules) = &opts.faults {
+        let p = dir.join("faults.toml");
+        std::fs::write(&p, rules).expect("write faults.toml");
+        dev.arg("--faults").arg(p);
+    }
+    let dev = dev
         .arg("--socket")
         .arg(&sock)
         .arg("--queues")

@@ -30,6 +30,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "errors" => errors(),
         "reset" => reset(),
         "unbind_busy" => unbind_busy(),
+        "probe" => probe(),
         other => Err(format!("unknown scenario '{other}'")),
     }
 }
@@ -246,6 +247,7 @@ fn report_xfer(o: &Outcome, scenario: &str) {
             .u64("status", o.req.status.into())
             .num("errno", o.errno)
             .u64("result", o.req.result.into())
+            .u64("bytes", o.req.bytes.into())
             .bool("verified", o.verified)
             .str("detail", &o.detail),
     );
@@ -403,6 +405,9 @@ fn stats() -> Result<(), String> {
             .u64("irqs", sum(|q| q.irqs))
             .u64("bytes", sum(|q| q.bytes))
             .u64("error_irqs", s.error_irqs)
+            .u64("device_resets", s.device_resets)
+            .u64("stray", sum(|q| q.stray_completions))
+            .u64("resets", sum(|q| q.resets))
             .u64("error_bits", s.error_bits)
             .raw("queues", &qs),
     );
@@ -455,6 +460,38 @@ fn errors() -> Result<(), String> {
     // the queue still works afterwards
     let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 5, 0);
     report_xfer(&o, "errors");
+    Ok(())
+}
+
+/// For fault tests: six COPYs on queue 0 with a short timeout, each reported with what the
+/// driver said, then one verified COPY on every queue to show the device is usable again.
+fn probe() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let nq = d.info()?.queues as usize;
+    for i in 0..6u32 {
+        let src = data(4096, i);
+        let mut dst = vec![0u8; 4096];
+        let mut r = Request {
+            opcode: abi::OP_COPY,
+            len: 4096,
+            src: src.as_ptr() as u64,
+            dst: dst.as_mut_ptr() as u64,
+            timeout_ms: 2000,
+            ..Default::default()
+        };
+        let errno = submit(&d, &mut r);
+        let o = Outcome {
+            req: r,
+            errno,
+            verified: errno == 0 && r.status == 0 && dst == src,
+            detail: String::new(),
+        };
+        report_xfer(&o, "probe");
+    }
+    for q in 0..nq {
+        let o = verified(&d, abi::OP_COPY, q as u8, 8192, 0, 500 + q as u32, 0);
+        report_xfer(&o, "probe_after");
+    }
     Ok(())
 }
 

@@ -1,0 +1,182 @@
+//! End-to-end: faults injected by the device, the real driver's reaction, and the device usable
+//! afterwards. Each test boots one VM whose device server starts with one rule; the guest runs
+//! six COPYs on queue 0 (the second one is hit) and then one verified COPY per queue.
+
+use dmalab_abi as abi;
+use dmalab_tests::vm::{run, Run, VmOptions};
+use serde_json::Value;
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(u64::MAX)
+}
+
+/// Boots with `rule` (applied to the second COPY) and checks what all faults have in common.
+fn probe(name: &str, rule: &str) -> Run {
+    let mut o = VmOptions::new(name, "load,probe,stats,unload");
+    o.faults = Some(format!(
+        "[[rule]]\nname = \"{name}\"\n{rule}\nopcode = \"copy\"\nqueue = 0\nnth = 2\n"
+    ));
+    let r = run(&o);
+    r.assert_clean();
+    let fired = r.events("fault");
+    r.check(
+        fired.len() == 1 && fired[0]["rule"] == name,
+        &format!("the rule fired once: {fired:?}"),
+    );
+    let probes = r
+        .all("xfer")
+        .into_iter()
+        .filter(|x| x["scenario"] == "probe")
+        .collect::<Vec<_>>();
+    r.check(probes.len() == 6, "six probes");
+    for (i, x) in probes.iter().enumerate() {
+        if i != 1 {
+            r.check(
+                x["verified"] == true,
+                &format!("probe {i} (not hit) must succeed: {x}"),
+            );
+        }
+    }
+    for x in r
+        .all("xfer")
+        .into_iter()
+        .filter(|x| x["scenario"] == "probe_after")
+    {
+        r.check(
+            x["verified"] == true,
+            &format!("the device must be usable after the fault: {x}"),
+        );
+    }
+    r
+}
+
+fn hit(r: &Run) -> Value {
+    r.all("xfer")
+        .into_iter()
+        .filter(|x| x["scenario"] == "probe")
+        .nth(1)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn error_status_becomes_an_errno() {
+    let r = probe("error_status", "kind = \"error_status\"");
+    let x = hit(&r);
+    r.check(
+        x["errno"] == libc::EIO && u(&x["status"]) == u64::from(abi::CS_DEVICE_ERROR),
+        &format!("{x}"),
+    );
+}
+
+#[test]
+fn dma_read_error_becomes_an_errno() {
+    let r = probe("dma_read_error", "kind = \"dma_read_error\"");
+    let x = hit(&r);
+    r.check(
+        x["errno"] == libc::EIO && u(&x["status"]) == u64::from(abi::CS_DMA_FAULT),
+        &format!("{x}"),
+    );
+}
+
+#[test]
+fn dropped_completion_times_out_and_the_queue_recovers() {
+    let r = probe("drop_completion", "kind = \"drop_completion\"");
+    let x = hit(&r);
+    r.check(x["errno"] == libc::ETIMEDOUT, &format!("{x}"));
+    let s = r.one("stats");
+    r.check(
+        u(&s["timeouts"]) == 1 && u(&s["resets"]) >= 1,
+        &format!("{s}"),
+    );
+}
+
+#[test]
+fn stalled_queue_times_out_and_recovers() {
+    let r = probe("stall", "kind = \"stall\"");
+    r.check(hit(&r)["errno"] == libc::ETIMEDOUT, &format!("{}", hit(&r)));
+}
+
+#[test]
+fn fatal_error_is_recovered_by_a_device_reset() {
+    let r = probe("fatal", "kind = \"fatal\"");
+    r.check(hit(&r)["errno"] == libc::ETIMEDOUT, &format!("{}", hit(&r)));
+    let s = r.one("stats");
+    r.check(
+        u(&s["device_resets"]) >= 1,
+        &format!("the driver must reset the device: {s}"),
+    );
+    r.check(
+        u(&s["error_bits"]) & u64::from(abi::ERR_FATAL) != 0,
+        &format!("{s}"),
+    );
+}
+
+#[test]
+fn duplicate_completion_is_counted_as_stray() {
+    let r = probe("duplicate", "kind = \"duplicate_completion\"");
+    r.check(hit(&r)["verified"] == true, "the request itself succeeds");
+    r.check(u(&r.one("stats")["stray"]) >= 1, "the duplicate is noticed");
+}
+
+#[test]
+fn delayed_and_reordered_completions_are_harmless() {
+    for (name, rule) in [
+        ("delay", "kind = \"delay_completion\"\nms = 500"),
+        ("out_of_order", "kind = \"out_of_order\""),
+    ] {
+        let r = probe(name, rule);
+        r.check(hit(&r)["verified"] == true, &format!("{name}: {}", hit(&r)));
+    }
+}
+
+#[test]
+fn interrupt_faults_are_survived() {
+    for (name, rule) in [
+        ("spurious", "kind = \"spurious_irq\""),
+        ("storm", "kind = \"irq_storm\"\ncount = 200"),
+    ] {
+        let r = probe(name, rule);
+        r.check(hit(&r)["verified"] == true, &format!("{name}: {}", hit(&r)));
+    }
+    let r = probe("lost_irq", "kind = \"lost_irq\"");
+    let x = hit(&r);
+    r.check(
+        x["verified"] == true || x["errno"] == libc::ETIMEDOUT,
+        &format!("lost interrupt: {x}"),
+    );
+}
+
+#[test]
+fn corruption_is_caught_by_the_guest_check() {
+    let r = probe("corrupt", "kind = \"corrupt\"\nbits = 4");
+    let x = hit(&r);
+    r.check(
+        x["errno"] == 0 && x["status"] == 0 && x["verified"] == false,
+        &format!("silent corruption: {x}"),
+    );
+}
+
+#[test]
+fn short_transfer_is_reported() {
+    let r = probe("short", "kind = \"short_transfer\"\nbytes = 100");
+    let x = hit(&r);
+    r.check(
+        x["errno"] == 0 && u(&x["bytes"]) == 100 && x["verified"] == false,
+        &format!("{x}"),
+    );
+}
+
+#[test]
+fn dma_outside_the_descriptor_is_refused_and_reported() {
+    let r = probe("outside", "kind = \"dma_outside\"");
+    r.check(
+        hit(&r)["verified"] == true,
+        "the descriptor itself completes",
+    );
+    let s = r.one("stats");
+    r.check(
+        u(&s["error_bits"]) & u64::from(abi::ERR_DMA_VIOLATION) != 0 && u(&s["error_irqs"]) >= 1,
+        &format!("the violation reaches the driver's error vector: {s}"),
+    );
+}
