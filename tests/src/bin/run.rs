@@ -10,12 +10,17 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+const DEMO_FAULT: &str = "[[rule]]\nname = \"demo\"\nkind = \"drop_completion\"\nqueue = 0\nopcode = \"copy\"\nsize = [4000, 4000]\nnth = 2\n";
+
 fn main() -> ExitCode {
     let scenarios = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "load,info,transfers,sg,concurrent,bench,stats,unload".into());
+        .unwrap_or_else(|| "load,info,transfers,sg,concurrent,bench,probe,stats,unload".into());
     println!("dmalab: booting the guest (QEMU TCG) with the dmalab device server; scenarios: {scenarios}");
-    let r = run(&VmOptions::new("run", &scenarios));
+    let mut opts = VmOptions::new("run", &scenarios);
+    // One fault, to show an error path: the second 4000-byte probe COPY loses its completion.
+    opts.faults = Some(DEMO_FAULT.into());
+    let r = run(&opts);
 
     println!("\n== the driver binding to the device (guest kernel log)");
     let binding =
@@ -37,7 +42,10 @@ fn main() -> ExitCode {
         );
     }
 
-    let xfers = r.all("xfer");
+    let (probes, xfers): (Vec<&Value>, Vec<&Value>) = r
+        .all("xfer")
+        .into_iter()
+        .partition(|x| x["scenario"] == "probe");
     if !xfers.is_empty() {
         println!(
             "\n== transfers (every byte checked in the guest; CHECKSUM against the guest's CRC32C)"
@@ -106,6 +114,40 @@ fn main() -> ExitCode {
             u(&dev["resets"])
         );
     }
+    let mut fault_handled = true;
+    if !probes.is_empty() {
+        println!("\n== a fault, injected and handled");
+        for f in r.events("fault") {
+            println!(
+                "  device: rule '{}' injected {} into queue {} slot {} (tag {:#x})",
+                f["rule"].as_str().unwrap_or("?"),
+                f["fault"]["kind"].as_str().unwrap_or("?"),
+                u(&f["queue"]),
+                u(&f["index"]),
+                u(&f["tag"])
+            );
+        }
+        for (i, p) in probes.iter().enumerate() {
+            let what = match (u(&p["errno"]), p["verified"] == true) {
+                (0, true) => "completed, every byte checked".to_string(),
+                (110, _) => {
+                    "ETIMEDOUT: no completion within 2 s; the driver reset the queue".to_string()
+                }
+                (e, _) => format!("errno {e}, status {}", u(&p["status"])),
+            };
+            println!("  request {}: {what}", i + 1);
+        }
+        let after_ok = probes.iter().skip(2).all(|p| p["verified"] == true);
+        fault_handled = probes.len() == 6 && u(&probes[1]["errno"]) == 110 && after_ok;
+        println!(
+            "  verdict: {}",
+            if fault_handled {
+                "handled (timed out, queue reset, later requests fine)"
+            } else {
+                "NOT handled as expected"
+            }
+        );
+    }
     let dma_errors: u64 = r
         .all("dma_api")
         .iter()
@@ -126,7 +168,13 @@ fn main() -> ExitCode {
         println!("    {p}");
     }
     println!("  logs:                   {}", r.dir.display());
-    if all_verified && dma_errors == 0 && problems.is_empty() && completed && !r.timed_out {
+    if all_verified
+        && fault_handled
+        && dma_errors == 0
+        && problems.is_empty()
+        && completed
+        && !r.timed_out
+    {
         ExitCode::SUCCESS
     } else {
         println!("  the run did not finish cleanly");
