@@ -31,6 +31,8 @@ pub struct VmOptions {
     pub append: String,
     /// Fault rules (TOML) the device server starts with.
     pub faults: Option<String>,
+    /// Kill the device server (surprise removal) once the console shows this text.
+    pub kill_device_on: Option<String>,
 }
 
 impl VmOptions {
@@ -44,6 +46,7 @@ impl VmOptions {
             timeout: Duration::from_secs(600),
             append: String::new(),
             faults: None,
+            kill_device_on: None,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct Run {
     /// The device's event log, parsed.
     pub events: Vec<Value>,
     pub timed_out: bool,
+    /// The harness killed the device server (surprise removal).
+    pub device_killed: bool,
     pub qemu_status: Option<ExitStatus>,
     pub device_status: Option<ExitStatus>,
 }
@@ -235,6 +240,17 @@ pub fn run(opts: &VmOptions) -> Run {
             timed_out = true;
             break reaper.stop("qemu", Duration::ZERO);
         }
+        if let Some(marker) = &opts.kill_device_on {
+            let console = std::fs::read(dir.join("console.log")).unwrap_or_default();
+            if String::from_utf8_lossy(&console).contains(marker.as_str()) {
+                // Surprise removal: the device vanishes under the running guest.
+                if let Some((_, dev)) = reaper.children.iter_mut().find(|(n, _)| n == "device") {
+                    if let Ok(None) = dev.try_wait() {
+                        let _ = dev.kill();
+                    }
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     };
     // The server leaves by itself when the client disconnects.
@@ -254,12 +270,17 @@ pub fn run(opts: &VmOptions) -> Run {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    let device_killed = opts
+        .kill_device_on
+        .as_ref()
+        .is_some_and(|m| console.contains(m.as_str()));
     Run {
         dir,
         reports,
         console,
         events,
         timed_out,
+        device_killed,
         qemu_status,
         device_status,
     }
@@ -335,7 +356,7 @@ impl Run {
             self.check(d["errors"] == 0, &format!("DMA-API debug errors: {d}"));
         }
         self.check(
-            self.device_status.is_some_and(|s| s.success()),
+            self.device_status.is_some_and(|s| s.success()) || self.device_killed,
             &format!("device server exit: {:?}", self.device_status),
         );
     }

@@ -180,3 +180,28 @@ fn dma_outside_the_descriptor_is_refused_and_reported() {
         &format!("the violation reaches the driver's error vector: {s}"),
     );
 }
+
+#[test]
+fn surprise_removal_fails_fast_and_never_hangs() {
+    let mut o = VmOptions::new("removal", "load,removal,unload");
+    o.kill_device_on = Some("\"kind\":\"remove_me\"".into());
+    let r = run(&o);
+    r.assert_clean();
+    r.check(r.device_killed, "the harness removed the device");
+    let after = r.all("after_removal");
+    r.check(after.len() == 4, "four requests after the removal");
+    r.check(
+        after
+            .iter()
+            .all(|a| a["errno"] == libc::ENODEV || a["errno"] == libc::ETIMEDOUT),
+        &format!("requests fail: {after:?}"),
+    );
+    r.check(
+        after[1..].iter().all(|a| a["errno"] == libc::ENODEV),
+        &format!("then fail fast with ENODEV: {after:?}"),
+    );
+    r.check(
+        r.one("rmmod")["ok"] == true,
+        "the driver unloads from a vanished device",
+    );
+}

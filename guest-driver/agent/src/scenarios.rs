@@ -31,6 +31,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "reset" => reset(),
         "unbind_busy" => unbind_busy(),
         "probe" => probe(),
+        "removal" => removal(),
         other => Err(format!("unknown scenario '{other}'")),
     }
 }
@@ -492,6 +493,38 @@ fn probe() -> Result<(), String> {
     for q in 0..nq {
         let o = verified(&d, abi::OP_COPY, q as u8, 8192, 0, 500 + q as u32, 0);
         report_xfer(&o, "probe_after");
+    }
+    Ok(())
+}
+
+/// Surprise removal: ask the host to make the device vanish, then keep using it. The first
+/// request may wait for its timeout; after that every request must fail fast with ENODEV.
+fn removal() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let src = data(4096, 1);
+    let mut dst = vec![0u8; 4096];
+    let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 1, 0);
+    report_xfer(&o, "before_removal");
+    report(Obj::new("remove_me"));
+    // the host kills the device server when it sees the line above
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..4 {
+        let mut r = Request {
+            opcode: abi::OP_COPY,
+            queue: (i % 2) as u8,
+            len: 4096,
+            src: src.as_ptr() as u64,
+            dst: dst.as_mut_ptr() as u64,
+            timeout_ms: 2000,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let errno = submit(&d, &mut r);
+        report(
+            Obj::new("after_removal")
+                .num("errno", errno)
+                .u64("ms", t.elapsed().as_millis() as u64),
+        );
     }
     Ok(())
 }
