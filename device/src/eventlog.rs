@@ -126,6 +126,17 @@ pub struct EventLog {
     out: Option<Mutex<std::io::BufWriter<Box<dyn Write + Send>>>>,
     t0: Instant,
     pub counters: Counters,
+    /// The last events, for the control socket.
+    recent: Mutex<Recent>,
+}
+
+/// How many events the control socket can look back at.
+pub const RECENT: usize = 10_000;
+
+#[derive(Default)]
+struct Recent {
+    next_seq: u64,
+    lines: std::collections::VecDeque<(u64, String)>,
 }
 
 impl EventLog {
@@ -135,6 +146,7 @@ impl EventLog {
             out: None,
             t0: Instant::now(),
             counters: Counters::default(),
+            recent: Mutex::default(),
         }
     }
 
@@ -159,11 +171,32 @@ impl EventLog {
                 t_us: self.t0.elapsed().as_micros(),
                 event: &event,
             };
+            let text = serde_json::to_string(&line).unwrap_or_default();
             let mut w = out.lock().unwrap();
             // A full disk must not stop the device: the counters stay right, the log is best effort.
-            let _ = serde_json::to_writer(&mut *w, &line);
+            let _ = w.write_all(text.as_bytes());
             let _ = w.write_all(b"\n");
+            drop(w);
+            let mut recent = self.recent.lock().unwrap();
+            recent.next_seq += 1;
+            let seq = recent.next_seq;
+            if recent.lines.len() == RECENT {
+                recent.lines.pop_front();
+            }
+            recent.lines.push_back((seq, text));
         }
+    }
+
+    /// Logged events with a sequence number above `since` (the last `RECENT` are kept), as
+    /// (sequence, JSON line).
+    pub fn since(&self, since: u64) -> Vec<(u64, String)> {
+        let recent = self.recent.lock().unwrap();
+        recent
+            .lines
+            .iter()
+            .filter(|(s, _)| *s > since)
+            .cloned()
+            .collect()
     }
 
     /// Pushes buffered lines out (when a queue goes idle and at shutdown).

@@ -5,6 +5,7 @@
 //! anonymous memory and a recording sink. `vfio_server` serves it to QEMU over vfio-user.
 //! `docs/datasheet.md` is the programming model; [`dmalab_abi`] holds its constants.
 
+pub mod control;
 pub mod device;
 pub mod engine;
 pub mod eventlog;

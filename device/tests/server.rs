@@ -104,3 +104,105 @@ fn a_stale_socket_is_replaced() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
 }
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dmalab"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn the_cli_drives_the_control_socket() {
+    let d = scratch("cli");
+    let (sock, ctl) = (d.join("dev.sock"), d.join("ctl.sock"));
+    let rules = d.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "seed = 3\n[[rule]]\nname = \"boot\"\nkind = \"lost_irq\"\nqueue = 1\n",
+    )
+    .unwrap();
+    let mut child = Command::new(bin())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--control")
+        .arg(&ctl)
+        .arg("--faults")
+        .arg(&rules)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&ctl).is_err() {
+        assert!(Instant::now() < deadline, "no control socket after 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let c = ctl.to_str().unwrap();
+    let (ok, out, err) = cli(&[
+        "fault",
+        "add",
+        "--control",
+        c,
+        "kind=drop_completion",
+        "queue=0",
+        "nth=2",
+        "name=d",
+    ]);
+    assert!(ok && out.contains("added rule d"), "{out}{err}");
+    let (ok, out, _) = cli(&["fault", "list", "--control", c]);
+    assert!(
+        ok && out.contains("boot") && out.contains("drop_completion") && out.contains("nth=2"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&[
+        "fault",
+        "add",
+        "--control",
+        c,
+        "kind=stall",
+        "probability=7",
+    ]);
+    assert!(!ok && err.contains("probability"), "{err}");
+    let (ok, _, err) = cli(&["fault", "remove", "--control", c, "nope"]);
+    assert!(!ok && err.contains("no rule named"), "{err}");
+    assert!(cli(&["fault", "remove", "--control", c, "d"]).0);
+    let (ok, out, _) = cli(&["counters", "--control", c]);
+    assert!(ok && out.contains("descriptors"), "{out}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(!ctl.exists(), "control socket left behind");
+}
+
+#[test]
+fn rules_files_are_checked_offline_with_precise_errors() {
+    let d = scratch("check");
+    let good = d.join("good.toml");
+    std::fs::write(&good, "[[rule]]\nkind = \"stall\"\n").unwrap();
+    let (ok, out, _) = cli(&["fault", "check", good.to_str().unwrap()]);
+    assert!(ok && out.contains("1 rule(s)"), "{out}");
+    let bad = d.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nkind = \"stall\"\n[[rule]]\nname = \"z\"\nkind = \"corrupt\"\nbits = 0\n",
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&["fault", "check", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("rule 2 (z): field `bits` = 0"), "{err}");
+    // the server refuses to start with it
+    let out = Command::new(bin())
+        .args([
+            "--socket",
+            d.join("s").to_str().unwrap(),
+            "--faults",
+            bad.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("field `bits`"));
+}

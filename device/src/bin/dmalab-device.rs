@@ -2,13 +2,13 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use dmalab_device::abi;
+use dmalab_device::control;
 use dmalab_device::device::{Device, DeviceConfig};
 use dmalab_device::eventlog::EventLog;
 use dmalab_device::faults::RuleSet;
@@ -34,6 +34,9 @@ struct Args {
     /// Log level: error, warn, info, debug, trace
     #[arg(long, default_value = "info")]
     log_level: log::LevelFilter,
+    /// Runtime control socket (JSON lines; the `dmalab` CLI speaks it)
+    #[arg(long)]
+    control: Option<PathBuf>,
     /// Fault rules (TOML, see docs/faults.md) in force from the start
     #[arg(long)]
     faults: Option<PathBuf>,
@@ -63,24 +66,6 @@ fn parse_size(s: &str) -> Result<usize, String> {
     Ok(size)
 }
 
-/// Refuses anything at `path` but a stale socket (which it removes).
-fn claim_socket_path(path: &Path) -> Result<(), String> {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !meta.file_type().is_socket() {
-        return Err(format!(
-            "{} exists and is not a socket; refusing to replace it",
-            path.display()
-        ));
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(format!("{} is in use by a running server", path.display()));
-    }
-    std::fs::remove_file(path)
-        .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
-}
-
 fn open_event_log(path: &Option<PathBuf>) -> Result<EventLog, String> {
     Ok(match path {
         None => EventLog::disabled(),
@@ -94,7 +79,7 @@ fn open_event_log(path: &Option<PathBuf>) -> Result<EventLog, String> {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    claim_socket_path(&args.socket)?;
+    control::claim_socket_path(&args.socket)?;
     let log = Arc::new(open_event_log(&args.event_log)?);
     let maps = Arc::new(MapTable::new());
     let irqs = Arc::new(EventfdSink::default());
@@ -114,6 +99,9 @@ fn run(args: Args) -> Result<(), String> {
     let device = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone())
         .map_err(|e| format!("device: {e}"))?;
     let vectors = device.vectors();
+    if let Some(path) = &args.control {
+        control::serve(path, device.shared().clone())?;
+    }
     let server = vfio_user::Server::new(
         &args.socket,
         true,
@@ -128,12 +116,15 @@ fn run(args: Args) -> Result<(), String> {
         signal_hook::consts::SIGINT,
     ])
     .map_err(|e| format!("signals: {e}"))?;
-    let (sig_log, sig_path) = (log.clone(), args.socket.clone());
+    let (sig_log, sig_path, sig_control) = (log.clone(), args.socket.clone(), args.control.clone());
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             info!("signal {sig}: shutting down");
             sig_log.finish();
             let _ = std::fs::remove_file(&sig_path);
+            if let Some(c) = &sig_control {
+                let _ = std::fs::remove_file(c);
+            }
             std::process::exit(0);
         }
     });
@@ -157,6 +148,9 @@ fn run(args: Args) -> Result<(), String> {
         "client gone: {} descriptors, {} completions ({} ok, {} failed), {} interrupts, {} resets",
         c.descriptors, c.completions, c.completions_ok, c.completions_err, c.irqs, c.resets
     );
+    if let Some(c) = &args.control {
+        let _ = std::fs::remove_file(c);
+    }
     result.map_err(|e| format!("vfio-user: {e}"))
 }
 

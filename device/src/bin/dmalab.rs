@@ -1,0 +1,197 @@
+//! dmalab: the command line for a running device server's control socket, and offline checks.
+//!
+//! ```text
+//! dmalab fault add    --control SOCK kind=drop_completion queue=0 nth=2
+//! dmalab fault list   --control SOCK
+//! dmalab fault remove --control SOCK NAME
+//! dmalab fault check  rules.toml
+//! dmalab counters     --control SOCK
+//! dmalab events       --control SOCK [--since N]
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dmalab_device::faults::RuleSet;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(version, about = "Control a running dmalab device server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fault rules
+    Fault {
+        #[command(subcommand)]
+        cmd: FaultCmd,
+    },
+    /// The device's counters
+    Counters {
+        #[arg(long)]
+        control: PathBuf,
+    },
+    /// Recent events (JSON lines), after sequence number --since
+    Events {
+        #[arg(long)]
+        control: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum FaultCmd {
+    /// Add a rule: key=value pairs as in a rules file (kind=stall queue=1 nth=3)
+    Add {
+        #[arg(long)]
+        control: PathBuf,
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+    /// List the rules in force and how often each fired
+    List {
+        #[arg(long)]
+        control: PathBuf,
+    },
+    /// Remove a rule by name
+    Remove {
+        #[arg(long)]
+        control: PathBuf,
+        name: String,
+    },
+    /// Check a rules file without a device
+    Check { file: PathBuf },
+}
+
+/// `key=value` pairs as TOML: values that parse as TOML (numbers, booleans, arrays, quoted
+/// strings) stay as they are, anything else becomes a string.
+fn pairs_to_toml(fields: &[String]) -> Result<String, String> {
+    let mut out = String::new();
+    for f in fields {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| format!("'{f}' is not key=value"))?;
+        let v = v.trim();
+        let literal = format!("x = {v}").parse::<toml::Table>().is_ok();
+        let v = if literal {
+            v.to_string()
+        } else {
+            toml::Value::String(v.to_string()).to_string()
+        };
+        out.push_str(&format!("{} = {v}\n", k.trim()));
+    }
+    Ok(out)
+}
+
+fn ask(control: &PathBuf, req: Value) -> Result<Value, String> {
+    let mut s = UnixStream::connect(control)
+        .map_err(|e| format!("cannot connect to {}: {e}", control.display()))?;
+    writeln!(s, "{req}").map_err(|e| format!("send: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("receive: {e}"))?;
+    let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer {line:?}: {e}"))?;
+    if v["ok"] == true {
+        Ok(v)
+    } else {
+        Err(v["error"].as_str().unwrap_or("request failed").to_string())
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Fault {
+            cmd: FaultCmd::Add { control, fields },
+        } => {
+            let v = ask(
+                &control,
+                json!({"cmd": "add", "rule": pairs_to_toml(&fields)?}),
+            )?;
+            println!("added rule {}", v["name"].as_str().unwrap_or("?"));
+        }
+        Cmd::Fault {
+            cmd: FaultCmd::List { control },
+        } => {
+            let v = ask(&control, json!({"cmd": "list"}))?;
+            let rules = v["rules"].as_array().cloned().unwrap_or_default();
+            if rules.is_empty() {
+                println!("no rules");
+            }
+            for r in rules {
+                let name = r["name"].as_str().unwrap_or("?").to_string();
+                let fired = v["fired"][&name].as_u64().unwrap_or(0);
+                let mut fields: Vec<String> = r
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| {
+                        !v.is_null()
+                            && *k != "name"
+                            && *k != "kind"
+                            && !(*k == "on" && *v == "descriptor")
+                    })
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                fields.sort();
+                println!(
+                    "{name:<16} {:<22} fired {fired:>5}  {}",
+                    r["kind"].as_str().unwrap_or("?"),
+                    fields.join(" ")
+                );
+            }
+        }
+        Cmd::Fault {
+            cmd: FaultCmd::Remove { control, name },
+        } => {
+            ask(&control, json!({"cmd": "remove", "name": name}))?;
+            println!("removed rule {name}");
+        }
+        Cmd::Fault {
+            cmd: FaultCmd::Check { file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let set = RuleSet::from_toml(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            println!(
+                "{}: {} rule(s), seed {}: ok",
+                file.display(),
+                set.rules.len(),
+                set.seed
+            );
+        }
+        Cmd::Counters { control } => {
+            let v = ask(&control, json!({"cmd": "counters"}))?;
+            for (k, n) in v["counters"].as_object().into_iter().flatten() {
+                println!("{k:<18} {n}");
+            }
+        }
+        Cmd::Events { control, since } => {
+            let v = ask(&control, json!({"cmd": "events", "since": since}))?;
+            if v["logging"] == false {
+                eprintln!("note: the server runs without --event-log, so it keeps no events");
+            }
+            for e in v["events"].as_array().into_iter().flatten() {
+                println!("{e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dmalab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
