@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
 
-.PHONY: all deps qemu kernel device driver agent initramfs artifacts run test unit lint e2e bench clean
+.PHONY: all deps qemu kernel device driver agent initramfs artifacts run test unit lint e2e bench campaign clean
 
 all: artifacts
 
@@ -63,6 +63,10 @@ e2e: artifacts
 	$(CARGO_E2E) -- --test-threads=1
 
 test: unit lint e2e
+
+campaign: artifacts
+	@cargo run --release -q -p dmalab-tests --bin dmalab-campaign -- --seed $(or $(SEED),1) --ops $(or $(OPS),300) \
+		$(if $(RULES),--rules $(RULES))
 
 bench:
 	cargo bench -p dmalab-device --bench engine

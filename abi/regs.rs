@@ -328,6 +328,10 @@ pub struct Request {
     pub segments: u32,
     /// Out: nanoseconds from doorbell to the completion being seen.
     pub latency_ns: u64,
+    /// Out: the descriptor tag the driver used (the device's event log names it too).
+    pub tag: u32,
+    /// Reserved, 0.
+    pub rsvd: u32,
 }
 
 /// Per-queue counters in [`Stats`].

@@ -12,5 +12,5 @@ const _: () =
     assert!((MSIX_VECTORS as usize) * 16 <= (MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) as usize);
 const _: () = assert!((MSIX_PBA_OFFSET as usize) + 8 <= BAR0_SIZE);
 const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 48);
-const _: () = assert!(core::mem::size_of::<Request>() == 64);
+const _: () = assert!(core::mem::size_of::<Request>() == 72);
 const _: () = assert!(core::mem::size_of::<Stats>() == 64 * MAX_QUEUES + 24);

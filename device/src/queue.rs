@@ -440,10 +440,13 @@ impl Worker {
                 fault: inj.kind,
             });
             match inj.kind {
+                // When several rules set a status, the first (in rule order) wins.
                 FaultKind::DmaReadError | FaultKind::DmaWriteError => {
-                    plan.status = Some(abi::CS_DMA_FAULT)
+                    plan.status.get_or_insert(abi::CS_DMA_FAULT);
                 }
-                FaultKind::ErrorStatus { status } => plan.status = Some(status),
+                FaultKind::ErrorStatus { status } => {
+                    plan.status.get_or_insert(status);
+                }
                 FaultKind::Corrupt { bits } => plan.tweak.corrupt_bits += bits,
                 FaultKind::ShortTransfer { bytes, reported } => {
                     plan.tweak.short = Some(bytes);

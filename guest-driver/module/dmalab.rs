@@ -49,7 +49,7 @@ pub mod abi {
 use abi::{Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats};
 
 // SAFETY: the ABI types below are `#[repr(C)]`, made only of integers (every bit pattern is
-// valid) and have no padding (sizes are asserted in `abi/src/lib.rs`: 64, 16, 16, 48, 64 and
+// valid) and have no padding (sizes are asserted in `abi/src/lib.rs`: 64, 16, 16, 48, 72 and
 // 64 * MAX_QUEUES + 24 bytes, each the sum of its fields).
 unsafe impl kernel::transmute::FromBytes for Descriptor {}
 // SAFETY: see above.
@@ -552,7 +552,7 @@ impl Queue {
     fn post_and_wait(
         &self,
         dev: &DevState,
-        req: &Request,
+        req: &mut Request,
         src: &[(u64, u32)],
         dst: &[(u64, u32)],
         timeout_ms: u32,
@@ -585,6 +585,7 @@ impl Queue {
         };
         let generation = st.slots[slot].generation.wrapping_add(1);
         let tag = tag_for(slot, generation);
+        req.tag = tag;
         {
             let st = &mut *st;
             let rings = st.rings.as_ref().ok_or(ENODEV)?;
@@ -808,10 +809,11 @@ impl MiscDevice for DmalabFile {
                         .reader_writer();
                 let mut req: Request = r.read()?;
                 let q = dev.queues.get(req.queue as usize).ok_or(EINVAL)?;
-                q.submit(dev, &mut req)?;
-                // The request goes back to the caller in every case that reached the device,
-                // so the status is visible next to the errno derived from it.
+                let result = q.submit(dev, &mut req);
+                // The request goes back to the caller in every case, so the tag (0 if nothing
+                // was submitted) and the status are visible next to the errno.
                 w.write(&req)?;
+                result?;
                 status_to_result(req.status)?;
             }
             abi::IOC_STATS => {

@@ -3,7 +3,10 @@
 //! down whatever happens. Every run keeps its logs in its own directory under `target/e2e/`.
 
 pub mod artifacts;
+pub mod campaign;
+pub mod html;
 pub mod kernel_log;
+pub mod verdict;
 pub mod vm;
 
 pub use vm::{run, Run, VmOptions};

@@ -33,6 +33,8 @@ pub struct VmOptions {
     pub faults: Option<String>,
     /// Kill the device server (surprise removal) once the console shows this text.
     pub kill_device_on: Option<String>,
+    /// Report kinds printed (to stderr) as they arrive, e.g. "progress".
+    pub echo: Vec<&'static str>,
 }
 
 impl VmOptions {
@@ -47,6 +49,7 @@ impl VmOptions {
             append: String::new(),
             faults: None,
             kill_device_on: None,
+            echo: Vec::new(),
         }
     }
 }
@@ -232,6 +235,7 @@ pub fn run(opts: &VmOptions) -> Run {
     // QEMU exits when the guest powers off (or panics: -no-reboot).
     let t0 = Instant::now();
     let mut timed_out = false;
+    let mut echoed = 0;
     let qemu_status = loop {
         if let Ok(Some(st)) = reaper.children[1].1.try_wait() {
             break Some(st);
@@ -239,6 +243,26 @@ pub fn run(opts: &VmOptions) -> Run {
         if t0.elapsed() > opts.timeout {
             timed_out = true;
             break reaper.stop("qemu", Duration::ZERO);
+        }
+        if !opts.echo.is_empty() {
+            // Show chosen reports (progress) while the guest runs.
+            let console = std::fs::read(dir.join("console.log")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&console);
+            let mut seen = 0;
+            for line in text.lines() {
+                if let Some(i) = line.find(REPORT_PREFIX) {
+                    seen += 1;
+                    if seen > echoed {
+                        echoed = seen;
+                        let j = &line[i + REPORT_PREFIX.len()..];
+                        if let Ok(v) = serde_json::from_str::<Value>(j.trim()) {
+                            if opts.echo.iter().any(|k| v["kind"] == *k) {
+                                eprintln!("  [{:>4}s] {v}", t0.elapsed().as_secs());
+                            }
+                        }
+                    }
+                }
+            }
         }
         if let Some(marker) = &opts.kill_device_on {
             let console = std::fs::read(dir.join("console.log")).unwrap_or_default();

@@ -205,3 +205,36 @@ fn surprise_removal_fails_fast_and_never_hangs() {
         "the driver unloads from a vanished device",
     );
 }
+
+#[test]
+fn a_campaign_is_reproducible_from_its_seed() {
+    use dmalab_tests::campaign::campaign;
+    let rules = std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
+        .unwrap();
+    let a = campaign("campaign_a", 11, 120, &rules, false);
+    let b = campaign("campaign_b", 11, 120, &rules, false);
+    let c = campaign("campaign_c", 12, 120, &rules, false);
+    for x in [&a, &b, &c] {
+        let failed: Vec<_> = x.verdicts.iter().filter(|v| !v.pass).collect();
+        x.run.check(
+            x.passed(),
+            &format!(
+                "campaign failed: {failed:?} unexplained: {:?}",
+                x.unexplained
+            ),
+        );
+    }
+    a.run
+        .check(!a.sequence.is_empty(), "the mix injected nothing");
+    a.run.check(
+        a.sequence == b.sequence,
+        &format!(
+            "same seed, different faults:\n{:?}\n{:?}",
+            a.sequence, b.sequence
+        ),
+    );
+    a.run.check(
+        a.sequence != c.sequence,
+        "another seed should inject another sequence",
+    );
+}

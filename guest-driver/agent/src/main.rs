@@ -12,7 +12,7 @@ mod scenarios;
 
 use report::{report, Obj};
 
-fn cmdline_param(name: &str) -> Option<String> {
+pub fn cmdline_param(name: &str) -> Option<String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     cmdline.split_whitespace().find_map(|kv| {
         kv.strip_prefix(name)

@@ -32,6 +32,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "unbind_busy" => unbind_busy(),
         "probe" => probe(),
         "removal" => removal(),
+        "campaign" => campaign(),
         other => Err(format!("unknown scenario '{other}'")),
     }
 }
@@ -249,6 +250,7 @@ fn report_xfer(o: &Outcome, scenario: &str) {
             .num("errno", o.errno)
             .u64("result", o.req.result.into())
             .u64("bytes", o.req.bytes.into())
+            .u64("tag", o.req.tag.into())
             .bool("verified", o.verified)
             .str("detail", &o.detail),
     );
@@ -495,6 +497,90 @@ fn probe() -> Result<(), String> {
         report_xfer(&o, "probe_after");
     }
     Ok(())
+}
+
+/// A fault campaign: `dmalab.ops` requests (default 200) from one thread, round-robin over the
+/// queues, opcodes and sizes drawn from `dmalab.seed`, each checked byte for byte and reported
+/// with its tag. One thread at queue depth 1 makes the descriptor sequence, and therefore the
+/// injected faults, the same for the same seed.
+fn campaign() -> Result<(), String> {
+    let ops: u32 = crate::cmdline_param("dmalab.ops")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let seed: u32 = crate::cmdline_param("dmalab.seed")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let d = Dev::open(0)?;
+    let nq = d.info()?.queues as usize;
+    let mut x = u64::from(seed) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..ops {
+        let op = OPS[(next() % OPS.len() as u64) as usize];
+        let len = [64usize, 512, 4096, 12_347, 65_536][(next() % 5) as usize];
+        let mut o = match op {
+            // one request per op (verified() runs WRITE and READ as a pair)
+            abi::OP_WRITE | abi::OP_READ => {
+                verified_timeout(&d, abi::OP_COPY, (i as usize % nq) as u8, len, i)
+            }
+            _ => verified_timeout(&d, op, (i as usize % nq) as u8, len, i),
+        };
+        o.detail = format!("op {i}");
+        report_xfer(&o, "campaign");
+        if (i + 1) % (ops / 10).max(1) == 0 {
+            report(
+                Obj::new("progress")
+                    .u64("done", u64::from(i + 1))
+                    .u64("total", u64::from(ops)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One verified request with a 2 s timeout (fault campaigns must not wait 5 s per lost request).
+fn verified_timeout(d: &Dev, op: u8, queue: u8, len: usize, seed: u32) -> Outcome {
+    let src = data(len, seed);
+    let mut dst = vec![0u8; len];
+    let mut req = Request {
+        opcode: op,
+        queue,
+        len: len as u32,
+        timeout_ms: 2000,
+        ..Default::default()
+    };
+    match op {
+        abi::OP_CHECKSUM => req.src = src.as_ptr() as u64,
+        abi::OP_FILL => {
+            req.pattern = 0x5a5a_0000 | (seed & 0xffff);
+            req.dst = dst.as_mut_ptr() as u64;
+        }
+        _ => {
+            req.src = src.as_ptr() as u64;
+            req.dst = dst.as_mut_ptr() as u64;
+        }
+    }
+    let errno = submit(d, &mut req);
+    let ok = errno == 0 && req.status == 0;
+    let verified = ok
+        && match op {
+            abi::OP_CHECKSUM => req.result == crc32c::crc32c(&src),
+            abi::OP_FILL => {
+                let p = req.pattern.to_le_bytes();
+                dst.iter().enumerate().all(|(i, &b)| b == p[i % 4])
+            }
+            _ => dst == src,
+        };
+    Outcome {
+        req,
+        errno,
+        verified,
+        detail: String::new(),
+    }
 }
 
 /// Surprise removal: ask the host to make the device vanish, then keep using it. The first

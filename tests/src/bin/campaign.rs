@@ -1,0 +1,147 @@
+//! `dmalab-campaign --seed S --ops N --rules mix.toml`: many requests under random faults; a
+//! summary on the terminal and a self-contained HTML report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use dmalab_tests::campaign::campaign;
+use dmalab_tests::html;
+use serde_json::Value;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: dmalab-campaign [--seed S] [--ops N] [--rules FILE] [--out FILE.html]";
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{usage}");
+        return ExitCode::SUCCESS;
+    }
+    let root = dmalab_tests::artifacts::root();
+    let seed: u64 = match arg(&args, "--seed").map(|s| s.parse()) {
+        None => 1,
+        Some(Ok(s)) => s,
+        Some(Err(_)) => {
+            eprintln!("dmalab-campaign: --seed wants a number\n{usage}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ops: u32 = match arg(&args, "--ops").map(|s| s.parse()) {
+        None => 300,
+        Some(Ok(n)) if n > 0 => n,
+        _ => {
+            eprintln!("dmalab-campaign: --ops wants a positive number\n{usage}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rules_path =
+        arg(&args, "--rules").map_or_else(|| root.join("campaigns/mix.toml"), PathBuf::from);
+    let rules = match std::fs::read_to_string(&rules_path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dmalab-campaign: cannot read {}: {e}", rules_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = arg(&args, "--out").map_or_else(
+        || root.join(format!("target/campaign-{seed}.html")),
+        PathBuf::from,
+    );
+    eprintln!(
+        "dmalab-campaign: seed {seed}, {ops} requests, rules {}",
+        rules_path.display()
+    );
+    let c = campaign(&format!("campaign-{seed}"), seed, ops, &rules, true);
+
+    let xfers: Vec<&Value> = c
+        .run
+        .all("xfer")
+        .into_iter()
+        .filter(|x| x["scenario"] == "campaign")
+        .collect();
+    let mut by_kind: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for v in &c.verdicts {
+        let e = by_kind.entry(v.kind.as_str()).or_default();
+        e.0 += 1;
+        e.1 += u32::from(v.pass);
+    }
+    println!(
+        "\n== campaign seed {seed}: {} requests, {} faults injected",
+        xfers.len(),
+        c.verdicts.len()
+    );
+    println!("  {:<22} {:>8} {:>8}", "fault", "injected", "handled");
+    for (k, (n, ok)) in &by_kind {
+        println!("  {k:<22} {n:>8} {ok:>8}");
+    }
+    let problems = dmalab_tests::kernel_log::problems(&c.run.console);
+    let dma: u64 = c
+        .run
+        .all("dma_api")
+        .iter()
+        .filter_map(|d| d["errors"].as_u64())
+        .max()
+        .unwrap_or(0);
+    println!("  requests failed without a fault: {}", c.unexplained.len());
+    println!(
+        "  kernel log problems: {}   DMA-API debug errors: {dma}",
+        problems.len()
+    );
+    for v in c.verdicts.iter().filter(|v| !v.pass) {
+        println!(
+            "  FAIL {} ({}) queue {} tag {:#x}: expected {}, observed {}",
+            v.rule, v.kind, v.queue, v.tag, v.expected, v.observed
+        );
+    }
+    let summary = vec![
+        ("seed".to_string(), seed.to_string()),
+        ("requests".to_string(), xfers.len().to_string()),
+        ("faults injected".to_string(), c.verdicts.len().to_string()),
+        (
+            "verdicts passed".to_string(),
+            format!(
+                "{}/{}",
+                c.verdicts.iter().filter(|v| v.pass).count(),
+                c.verdicts.len()
+            ),
+        ),
+        (
+            "requests failed without a fault".to_string(),
+            c.unexplained.len().to_string(),
+        ),
+        (
+            "kernel log problems".to_string(),
+            problems.len().to_string(),
+        ),
+        ("DMA-API debug errors".to_string(), dma.to_string()),
+        ("logs".to_string(), c.run.dir.display().to_string()),
+    ];
+    let queues = xfers
+        .iter()
+        .filter_map(|x| x["queue"].as_u64())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let page = html::report(
+        &format!("dmalab campaign, seed {seed}"),
+        &summary,
+        &xfers,
+        &c.verdicts,
+        queues,
+    );
+    match std::fs::write(&out, page) {
+        Ok(()) => println!("  report: {}", out.display()),
+        Err(e) => eprintln!("dmalab-campaign: cannot write {}: {e}", out.display()),
+    }
+    println!("  verdict: {}", if c.passed() { "PASS" } else { "FAIL" });
+    if c.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

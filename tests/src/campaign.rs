@@ -1,0 +1,81 @@
+//! Fault campaigns: many requests under seeded random faults, judged fault by fault.
+
+use serde_json::Value;
+
+use crate::verdict::{judge, unexplained_failures, Verdict};
+use crate::vm::{run, Run, VmOptions};
+
+/// What a campaign came to.
+pub struct Campaign {
+    pub run: Run,
+    pub verdicts: Vec<Verdict>,
+    /// Requests that failed although no fault touched them.
+    pub unexplained: Vec<Value>,
+    /// The injected sequence: (rule, fault kind, queue, ring index), in order.
+    pub sequence: Vec<(String, String, u64, u64)>,
+}
+
+impl Campaign {
+    /// Passed: every verdict passes, nothing failed unexplained, the kernel log is clean and
+    /// DMA-API debug saw no error.
+    pub fn passed(&self) -> bool {
+        self.verdicts.iter().all(|v| v.pass)
+            && self.unexplained.is_empty()
+            && crate::kernel_log::problems(&self.run.console).is_empty()
+            && self.run.all("dma_api").iter().all(|d| d["errors"] == 0)
+            && self
+                .run
+                .all("done")
+                .first()
+                .is_some_and(|d| d["completed"] == true)
+    }
+}
+
+/// `rules` with its seed replaced by `seed`.
+pub fn with_seed(rules: &str, seed: u64) -> String {
+    let body: Vec<&str> = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("seed"))
+        .collect();
+    format!("seed = {seed}\n{}\n", body.join("\n"))
+}
+
+/// Boots a VM whose device starts with `rules` (seeded with `seed`) and whose agent runs `ops`
+/// requests drawn from the same seed.
+pub fn campaign(name: &str, seed: u64, ops: u32, rules: &str, progress: bool) -> Campaign {
+    let mut o = VmOptions::new(name, "load,campaign,stats,unload");
+    o.faults = Some(with_seed(rules, seed));
+    o.append = format!("dmalab.seed={seed} dmalab.ops={ops}");
+    if progress {
+        o.echo = vec!["progress"];
+    }
+    let run = run(&o);
+    let faults = run.events("fault");
+    let xfers: Vec<&Value> = run
+        .all("xfer")
+        .into_iter()
+        .filter(|x| x["scenario"] == "campaign")
+        .collect();
+    let verdicts = judge(&faults, &xfers);
+    let unexplained = unexplained_failures(&faults, &xfers)
+        .into_iter()
+        .cloned()
+        .collect();
+    let sequence = faults
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap_or("?").to_string(),
+                f["fault"]["kind"].as_str().unwrap_or("?").to_string(),
+                f["queue"].as_u64().unwrap_or(0),
+                f["index"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    Campaign {
+        run,
+        verdicts,
+        unexplained,
+        sequence,
+    }
+}

@@ -1,0 +1,129 @@
+//! The campaign report: one self-contained HTML page (inline CSS and SVG, no scripts).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::verdict::Verdict;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Renders the timeline (one row per queue: each request a mark, faults and failures coloured)
+/// and the verdict table.
+pub fn report(
+    title: &str,
+    summary: &[(String, String)],
+    xfers: &[&Value],
+    verdicts: &[Verdict],
+    queues: u64,
+) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=utf-8><title>{t}</title><style>\
+         body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eee}}\
+         .pass{{color:#070}}.fail{{color:#b00;font-weight:bold}}.legend span{{margin-right:1.5em}}\
+         </style></head><body><h1>{t}</h1><table>",
+        t = esc(title)
+    );
+    for (k, v) in summary {
+        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+    }
+    h.push_str("</table><h2>Timeline</h2><p class=legend><span style=color:#3a3>&#9632; verified</span>\
+        <span style=color:#e80>&#9632; fault injected</span><span style=color:#c00>&#9632; failed</span></p>");
+    let hit: std::collections::HashSet<(u64, u64)> =
+        verdicts.iter().map(|v| (v.queue, v.tag)).collect();
+    let n = xfers.len().max(1);
+    let (w, row) = (1000.0, 28.0);
+    let _ = write!(
+        h,
+        "<svg width={} height={} xmlns='http://www.w3.org/2000/svg'>",
+        w + 80.0,
+        row * queues as f64 + 20.0
+    );
+    for q in 0..queues {
+        let _ = write!(
+            h,
+            "<text x=0 y={} font-size=12>queue {q}</text>",
+            row * q as f64 + 18.0
+        );
+    }
+    for (i, x) in xfers.iter().enumerate() {
+        let q = x["queue"].as_u64().unwrap_or(0);
+        let key = (q, x["tag"].as_u64().unwrap_or(0));
+        let colour = if hit.contains(&key) {
+            "#e80"
+        } else if x["verified"] == true {
+            "#3a3"
+        } else {
+            "#c00"
+        };
+        let xpos = 70.0 + w * i as f64 / n as f64;
+        let _ = write!(
+            h,
+            "<rect x={xpos:.1} y={} width={:.1} height=18 fill='{colour}'><title>{}</title></rect>",
+            row * q as f64 + 4.0,
+            (w / n as f64).max(1.5),
+            esc(&format!(
+                "{} {} len {} errno {} status {}",
+                x["detail"], x["op"], x["len"], x["errno"], x["status"]
+            ))
+        );
+    }
+    h.push_str(
+        "</svg><h2>Verdicts</h2><table><tr><th>#</th><th>rule</th><th>fault</th><th>queue</th>\
+        <th>tag</th><th>expected reaction</th><th>observed</th><th>verdict</th></tr>",
+    );
+    for (i, v) in verdicts.iter().enumerate() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:#x}</td><td>{}</td><td>{}</td><td class={}>{}</td></tr>",
+            i + 1,
+            esc(&v.rule),
+            esc(&v.kind),
+            v.queue,
+            v.tag,
+            esc(v.expected),
+            esc(&v.observed),
+            if v.pass { "pass" } else { "fail" },
+            if v.pass { "pass" } else { "FAIL" }
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_escaped_self_contained_html() {
+        let x = json!({"queue": 1, "tag": 2, "verified": false, "op": "copy", "len": 8, "errno": 110, "status": 0, "detail": "op 0"});
+        let v = Verdict {
+            rule: "<r>".into(),
+            kind: "stall".into(),
+            queue: 1,
+            tag: 2,
+            expected: "ETIMEDOUT",
+            observed: "errno 110".into(),
+            pass: true,
+        };
+        let h = report("t & t", &[("seed".into(), "1".into())], &[&x], &[v], 2);
+        assert!(
+            h.starts_with("<!doctype html>") && h.contains("&lt;r&gt;") && h.contains("t &amp; t")
+        );
+        assert!(h.contains("#e80"), "the hit request is marked as a fault");
+        assert!(
+            !h.contains("<script") && !h.contains("http://")
+                || h.contains("xmlns='http://www.w3.org/2000/svg'")
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Verdicts: what the device injected (its event log) joined with what the guest saw (the
+//! agent's reports), judged against the reaction docs/faults.md expects of a correct driver.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+const EIO: i64 = 5;
+const ETIMEDOUT: i64 = 110;
+
+/// One injected fault and how the driver took it.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub rule: String,
+    pub kind: String,
+    pub queue: u64,
+    pub tag: u64,
+    pub expected: &'static str,
+    pub observed: String,
+    pub pass: bool,
+}
+
+/// The reaction docs/faults.md expects, and whether `x` (the guest's report) shows it.
+fn expect(kind: &str, fault: &Value, x: &Value) -> (&'static str, bool) {
+    let errno = x["errno"].as_i64().unwrap_or(-1);
+    let status = x["status"].as_u64().unwrap_or(u64::MAX);
+    let verified = x["verified"] == true;
+    let bytes = x["bytes"].as_u64().unwrap_or(0);
+    let len = x["len"].as_u64().unwrap_or(0);
+    match kind {
+        "error_status" => (
+            "the status, as an errno",
+            errno != 0 && Some(status) == fault["status"].as_u64(),
+        ),
+        "dma_read_error" | "dma_write_error" => ("DMA_FAULT, as EIO", errno == EIO && status == 4),
+        "drop_completion" | "stall" | "fatal" => ("ETIMEDOUT, then recovery", errno == ETIMEDOUT),
+        "lost_irq" => (
+            "completion or ETIMEDOUT, then recovery",
+            verified || errno == ETIMEDOUT,
+        ),
+        "corrupt" => ("caught by the end-to-end check", errno == 0 && !verified),
+        "short_transfer" if fault["reported"] == false => {
+            ("caught by the end-to-end check", !verified)
+        }
+        "short_transfer" => ("the short count reported", errno == 0 && bytes < len),
+        _ => ("success, every byte right", verified),
+    }
+}
+
+fn observed(x: &Value) -> String {
+    format!(
+        "errno {} status {} bytes {}/{} {}",
+        x["errno"],
+        x["status"],
+        x["bytes"],
+        x["len"],
+        if x["verified"] == true {
+            "verified"
+        } else {
+            "not verified"
+        }
+    )
+}
+
+/// When several faults hit one descriptor, the one whose effect the guest sees.
+fn severity(kind: &str) -> u8 {
+    match kind {
+        "fatal" => 9,
+        "stall" => 8,
+        "drop_completion" => 7,
+        "dma_read_error" | "dma_write_error" | "error_status" => 6,
+        "lost_irq" => 5,
+        "short_transfer" => 4,
+        "corrupt" => 3,
+        _ => 0,
+    }
+}
+
+/// Judges every fault event against the guest request with the same queue and tag; faults that
+/// share a descriptor are judged by the most severe of them.
+pub fn judge(faults: &[&Value], xfers: &[&Value]) -> Vec<Verdict> {
+    let mut dominant: HashMap<(u64, u64), &Value> = HashMap::new();
+    for f in faults {
+        let key = (
+            f["queue"].as_u64().unwrap_or(0),
+            f["tag"].as_u64().unwrap_or(0),
+        );
+        let k = |v: &Value| severity(v["fault"]["kind"].as_str().unwrap_or(""));
+        let e = dominant.entry(key).or_insert(f);
+        if k(f) > k(e) {
+            *e = f;
+        }
+    }
+    let mut by_tag: HashMap<(u64, u64), &Value> = HashMap::new();
+    for x in xfers {
+        by_tag
+            .entry((
+                x["queue"].as_u64().unwrap_or(0),
+                x["tag"].as_u64().unwrap_or(0),
+            ))
+            .or_insert(x);
+    }
+    faults
+        .iter()
+        .map(|f| {
+            let (queue, tag) = (
+                f["queue"].as_u64().unwrap_or(0),
+                f["tag"].as_u64().unwrap_or(0),
+            );
+            let kind = f["fault"]["kind"].as_str().unwrap_or("?").to_string();
+            let rule = f["rule"].as_str().unwrap_or("?").to_string();
+            match by_tag.get(&(queue, tag)) {
+                Some(x) => {
+                    let d = dominant[&(queue, tag)];
+                    let dkind = d["fault"]["kind"].as_str().unwrap_or("?");
+                    let (expected, pass) = expect(dkind, &d["fault"], x);
+                    Verdict {
+                        rule,
+                        kind,
+                        queue,
+                        tag,
+                        expected,
+                        observed: observed(x),
+                        pass,
+                    }
+                }
+                None => Verdict {
+                    rule,
+                    kind,
+                    queue,
+                    tag,
+                    expected: "a guest request to judge",
+                    observed: "no guest request has this tag".into(),
+                    pass: false,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Guest requests no fault touched that still failed.
+pub fn unexplained_failures<'a>(faults: &[&Value], xfers: &[&'a Value]) -> Vec<&'a Value> {
+    let hit: std::collections::HashSet<(u64, u64)> = faults
+        .iter()
+        .map(|f| {
+            (
+                f["queue"].as_u64().unwrap_or(0),
+                f["tag"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    xfers
+        .iter()
+        .filter(|x| x["verified"] != true)
+        .filter(|x| {
+            !hit.contains(&(
+                x["queue"].as_u64().unwrap_or(0),
+                x["tag"].as_u64().unwrap_or(0),
+            ))
+        })
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn joins_by_queue_and_tag_and_judges() {
+        let faults = [
+            json!({"queue": 0, "tag": 7, "rule": "a", "fault": {"kind": "drop_completion"}}),
+            json!({"queue": 1, "tag": 7, "rule": "b", "fault": {"kind": "corrupt", "bits": 1}}),
+            json!({"queue": 2, "tag": 9, "rule": "c", "fault": {"kind": "error_status", "status": 9}}),
+            json!({"queue": 3, "tag": 1, "rule": "d", "fault": {"kind": "stall"}}),
+        ];
+        let xfers = [
+            json!({"queue": 0, "tag": 7, "errno": 110, "status": 0, "verified": false, "len": 64, "bytes": 0}),
+            json!({"queue": 1, "tag": 7, "errno": 0, "status": 0, "verified": true, "len": 64, "bytes": 64}),
+            json!({"queue": 2, "tag": 9, "errno": 5, "status": 9, "verified": false, "len": 64, "bytes": 0}),
+            json!({"queue": 2, "tag": 10, "errno": 5, "status": 9, "verified": false, "len": 64, "bytes": 0}),
+        ];
+        let f: Vec<&Value> = faults.iter().collect();
+        let x: Vec<&Value> = xfers.iter().collect();
+        let v = judge(&f, &x);
+        assert!(v[0].pass, "drop -> ETIMEDOUT");
+        assert!(!v[1].pass, "corruption that went unnoticed is a failure");
+        assert!(v[2].pass, "error status -> errno");
+        assert!(!v[3].pass && v[3].observed.contains("no guest request"));
+        let u = unexplained_failures(&f, &x);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0]["tag"], 10);
+    }
+}
