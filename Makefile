@@ -31,7 +31,7 @@ kernel: deps | $(P)
 	@echo "$$(cat $(P)/kbuild)/arch/x86/boot/bzImage" > $(P)/kernel
 
 device: | $(P)
-	@cargo build --release -q -p dmalab-device
+	@cargo build --release -q -p dmalab-device -p dmalab-tests --bins
 	@echo "$(CURDIR)/target/release/dmalab-device" > $(P)/device
 
 driver: kernel

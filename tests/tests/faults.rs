@@ -12,7 +12,12 @@ fn u(v: &Value) -> u64 {
 
 /// Boots with `rule` (applied to the second COPY) and checks what all faults have in common.
 fn probe(name: &str, rule: &str) -> Run {
+    probe_with(name, rule, false)
+}
+
+fn probe_with(name: &str, rule: &str, iommu: bool) -> Run {
     let mut o = VmOptions::new(name, "load,probe,stats,unload");
+    o.iommu = iommu;
     o.faults = Some(format!(
         "[[rule]]\nname = \"{name}\"\n{rule}\nopcode = \"copy\"\nqueue = 0\nnth = 2\n"
     ));
@@ -70,13 +75,15 @@ fn error_status_becomes_an_errno() {
 }
 
 #[test]
-fn dma_read_error_becomes_an_errno() {
-    let r = probe("dma_read_error", "kind = \"dma_read_error\"");
-    let x = hit(&r);
-    r.check(
-        x["errno"] == libc::EIO && u(&x["status"]) == u64::from(abi::CS_DMA_FAULT),
-        &format!("{x}"),
-    );
+fn dma_read_and_write_errors_become_an_errno() {
+    for kind in ["dma_read_error", "dma_write_error"] {
+        let r = probe(kind, &format!("kind = \"{kind}\""));
+        let x = hit(&r);
+        r.check(
+            x["errno"] == libc::EIO && u(&x["status"]) == u64::from(abi::CS_DMA_FAULT),
+            &format!("{kind}: {x}"),
+        );
+    }
 }
 
 #[test]
@@ -164,6 +171,41 @@ fn short_transfer_is_reported() {
     r.check(
         x["errno"] == 0 && u(&x["bytes"]) == 100 && x["verified"] == false,
         &format!("{x}"),
+    );
+}
+
+#[test]
+fn silent_short_transfer_is_caught_by_the_guest_check() {
+    let r = probe(
+        "short_silent",
+        "kind = \"short_transfer\"\nbytes = 100\nreported = false",
+    );
+    let x = hit(&r);
+    r.check(
+        x["errno"] == 0 && u(&x["bytes"]) == 4000 && x["verified"] == false,
+        &format!("{x}"),
+    );
+}
+
+#[test]
+fn dma_outside_under_an_iommu_hits_an_unmapped_iova() {
+    // Far past the buffer: under a vIOMMU nothing is mapped there.
+    let r = probe_with(
+        "outside_iommu",
+        "kind = \"dma_outside\"\noffset = 0x40000000",
+        true,
+    );
+    r.check(
+        hit(&r)["verified"] == true,
+        "the descriptor itself completes",
+    );
+    let refused = r
+        .events("error")
+        .into_iter()
+        .any(|e| e["what"].as_str().unwrap_or("").contains("unmapped IOVA"));
+    r.check(
+        refused,
+        "the device reports the refused access as a DMA to an unmapped IOVA",
     );
 }
 

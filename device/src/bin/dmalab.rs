@@ -37,6 +37,11 @@ enum Cmd {
         #[arg(long)]
         control: PathBuf,
     },
+    /// Run a fault campaign (boots the VM): dmalab campaign --seed S --ops N --rules mix.toml
+    Campaign {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Recent events (JSON lines), after sequence number --since
     Events {
         #[arg(long)]
@@ -171,6 +176,24 @@ fn run(cli: Cli) -> Result<(), String> {
             let v = ask(&control, json!({"cmd": "counters"}))?;
             for (k, n) in v["counters"].as_object().into_iter().flatten() {
                 println!("{k:<18} {n}");
+            }
+        }
+        Cmd::Campaign { args } => {
+            // The campaign needs the VM harness, which lives in the dmalab-tests crate; its
+            // binary is built next to this one (`make artifacts` builds both).
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let campaign = exe.with_file_name("dmalab-campaign");
+            let status = std::process::Command::new(&campaign)
+                .args(&args)
+                .status()
+                .map_err(|e| {
+                    format!(
+                        "cannot run {}: {e} (build it with 'make artifacts')",
+                        campaign.display()
+                    )
+                })?;
+            if !status.success() {
+                return Err(format!("campaign failed ({status})"));
             }
         }
         Cmd::Events { control, since } => {
