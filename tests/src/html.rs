@@ -36,7 +36,7 @@ pub fn report(
         let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
     }
     h.push_str("</table><h2>Timeline</h2><p class=legend><span style=color:#3a3>&#9632; verified</span>\
-        <span style=color:#e80>&#9632; fault injected</span><span style=color:#c00>&#9632; failed</span></p>");
+        <span style=color:#e80>&#9632; fault injected</span><span style=color:#83c>&#9632; fault, timed out: queue reset (recovery)</span><span style=color:#c00>&#9632; failed</span></p>");
     let hit: std::collections::HashSet<(u64, u64)> =
         verdicts.iter().map(|v| (v.queue, v.tag)).collect();
     let n = xfers.len().max(1);
@@ -57,7 +57,9 @@ pub fn report(
     for (i, x) in xfers.iter().enumerate() {
         let q = x["queue"].as_u64().unwrap_or(0);
         let key = (q, x["tag"].as_u64().unwrap_or(0));
-        let colour = if hit.contains(&key) {
+        let colour = if hit.contains(&key) && x["errno"] == 110 {
+            "#83c"
+        } else if hit.contains(&key) {
             "#e80"
         } else if x["verified"] == true {
             "#3a3"
