@@ -164,6 +164,21 @@ fn submit(d: &Dev, req: &mut Request) -> i32 {
 /// Runs one request of `op` and checks every byte it produced.
 /// WRITE/READ use internal memory at `dev_off`: concurrent callers must pass disjoint ranges.
 fn verified(d: &Dev, op: u8, queue: u8, len: usize, nseg: u16, seed: u32, dev_off: u64) -> Outcome {
+    verified_with(d, op, queue, len, nseg, seed, dev_off, 0)
+}
+
+/// [`verified`] with a request timeout (0: the driver's default).
+#[allow(clippy::too_many_arguments)]
+fn verified_with(
+    d: &Dev,
+    op: u8,
+    queue: u8,
+    len: usize,
+    nseg: u16,
+    seed: u32,
+    dev_off: u64,
+    timeout_ms: u32,
+) -> Outcome {
     let src = data(len, seed);
     let mut dst = vec![0u8; len];
     let mut req = Request {
@@ -171,6 +186,7 @@ fn verified(d: &Dev, op: u8, queue: u8, len: usize, nseg: u16, seed: u32, dev_of
         queue,
         nseg,
         len: len as u32,
+        timeout_ms,
         ..Default::default()
     };
     let (mut verified, mut detail) = (false, String::new());
@@ -524,10 +540,17 @@ fn campaign() -> Result<(), String> {
         let len = [64usize, 512, 4096, 12_347, 65_536][(next() % 5) as usize];
         let mut o = match op {
             // one request per op (verified() runs WRITE and READ as a pair)
-            abi::OP_WRITE | abi::OP_READ => {
-                verified_timeout(&d, abi::OP_COPY, (i as usize % nq) as u8, len, i)
-            }
-            _ => verified_timeout(&d, op, (i as usize % nq) as u8, len, i),
+            abi::OP_WRITE | abi::OP_READ => verified_with(
+                &d,
+                abi::OP_COPY,
+                (i as usize % nq) as u8,
+                len,
+                0,
+                i,
+                0,
+                2000,
+            ),
+            _ => verified_with(&d, op, (i as usize % nq) as u8, len, 0, i, 0, 2000),
         };
         o.detail = format!("op {i}");
         report_xfer(&o, "campaign");
@@ -540,47 +563,6 @@ fn campaign() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// One verified request with a 2 s timeout (fault campaigns must not wait 5 s per lost request).
-fn verified_timeout(d: &Dev, op: u8, queue: u8, len: usize, seed: u32) -> Outcome {
-    let src = data(len, seed);
-    let mut dst = vec![0u8; len];
-    let mut req = Request {
-        opcode: op,
-        queue,
-        len: len as u32,
-        timeout_ms: 2000,
-        ..Default::default()
-    };
-    match op {
-        abi::OP_CHECKSUM => req.src = src.as_ptr() as u64,
-        abi::OP_FILL => {
-            req.pattern = 0x5a5a_0000 | (seed & 0xffff);
-            req.dst = dst.as_mut_ptr() as u64;
-        }
-        _ => {
-            req.src = src.as_ptr() as u64;
-            req.dst = dst.as_mut_ptr() as u64;
-        }
-    }
-    let errno = submit(d, &mut req);
-    let ok = errno == 0 && req.status == 0;
-    let verified = ok
-        && match op {
-            abi::OP_CHECKSUM => req.result == crc32c::crc32c(&src),
-            abi::OP_FILL => {
-                let p = req.pattern.to_le_bytes();
-                dst.iter().enumerate().all(|(i, &b)| b == p[i % 4])
-            }
-            _ => dst == src,
-        };
-    Outcome {
-        req,
-        errno,
-        verified,
-        detail: String::new(),
-    }
 }
 
 /// Surprise removal: ask the host to make the device vanish, then keep using it. The first
