@@ -280,3 +280,22 @@ fn a_campaign_is_reproducible_from_its_seed() {
         "another seed should inject another sequence",
     );
 }
+
+#[test]
+fn unbind_releases_a_stalled_waiter_at_once() {
+    let mut o = VmOptions::new("unbind_stalled", "load,unbind_stalled,unload");
+    o.faults = Some("[[rule]]\nkind = \"stall\"\nnth = 1\n".into());
+    let r = run(&o);
+    r.assert_clean();
+    let s = r.one("unbind_stalled");
+    r.check(
+        s["errno"] == libc::ENODEV,
+        &format!("the waiter gets ENODEV: {s}"),
+    );
+    // (ENODEV, not ETIMEDOUT, is what shows the unbind released it: no timing assertion needed)
+    let x = r.all("xfer");
+    r.check(
+        x.len() == 1 && x[0]["verified"] == true,
+        "the rebound device works",
+    );
+}

@@ -33,6 +33,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "probe" => probe(),
         "removal" => removal(),
         "campaign" => campaign(),
+        "unbind_stalled" => unbind_stalled(),
         other => Err(format!("unknown scenario '{other}'")),
     }
 }
@@ -674,6 +675,43 @@ fn unbind_busy() -> Result<(), String> {
             .u64("unbind_us", unbind_us),
     );
     report_xfer(&o, "unbind_busy");
+    Ok(())
+}
+
+/// Unbind while a request is certainly in flight (the host makes the queue stall): the
+/// waiter must be released with ENODEV at once, not when its 30 s timeout runs out.
+fn unbind_stalled() -> Result<(), String> {
+    let bdf = bound_device()?;
+    let waiter = std::thread::spawn(|| -> (i32, u64) {
+        let d = Dev::open(0).expect("open");
+        let src = data(4096, 9);
+        let mut dst = vec![0u8; 4096];
+        let mut r = Request {
+            opcode: abi::OP_COPY,
+            len: 4096,
+            src: src.as_ptr() as u64,
+            dst: dst.as_mut_ptr() as u64,
+            timeout_ms: 30_000,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let e = submit(&d, &mut r);
+        (e, t.elapsed().as_millis() as u64)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write("/sys/bus/pci/drivers/dmalab/unbind", &bdf)
+        .map_err(|e| format!("unbind {bdf}: {e}"))?;
+    let (errno, ms) = waiter.join().map_err(|_| "waiter panicked".to_string())?;
+    dma_api("after_stalled_unbind");
+    report(
+        Obj::new("unbind_stalled")
+            .num("errno", errno)
+            .u64("waited_ms", ms),
+    );
+    std::fs::write("/sys/bus/pci/drivers/dmalab/bind", &bdf)
+        .map_err(|e| format!("bind {bdf}: {e}"))?;
+    let o = verified(&Dev::open(0)?, abi::OP_COPY, 0, 4096, 0, 4, 0);
+    report_xfer(&o, "unbind_stalled");
     Ok(())
 }
 
