@@ -10,6 +10,10 @@ use dmalab_abi::{self as abi, Request};
 use crate::dev::{self, Dev};
 use crate::report::{report, Obj};
 
+/// Request timeout where faults may swallow completions: long enough that a slow, shared host
+/// never turns into a false timeout, short enough to keep fault tests quick.
+const FAULT_TIMEOUT_MS: u32 = 5000;
+
 pub fn run(name: &str, module: &str) -> Result<(), String> {
     match name {
         "load" => load(module),
@@ -483,7 +487,7 @@ fn errors() -> Result<(), String> {
     Ok(())
 }
 
-/// For fault tests: six 4000-byte COPYs on queue 0 with a short timeout, each reported with what the
+/// For fault tests: six 4000-byte COPYs on queue 0 with a 5 s timeout, each reported with what the
 /// driver said, then one verified COPY on every queue to show the device is usable again.
 fn probe() -> Result<(), String> {
     let d = Dev::open(0)?;
@@ -497,7 +501,7 @@ fn probe() -> Result<(), String> {
             len: 4000,
             src: src.as_ptr() as u64,
             dst: dst.as_mut_ptr() as u64,
-            timeout_ms: 2000,
+            timeout_ms: FAULT_TIMEOUT_MS,
             ..Default::default()
         };
         let errno = submit(&d, &mut r);
@@ -549,9 +553,18 @@ fn campaign() -> Result<(), String> {
                 0,
                 i,
                 0,
-                2000,
+                FAULT_TIMEOUT_MS,
             ),
-            _ => verified_with(&d, op, (i as usize % nq) as u8, len, 0, i, 0, 2000),
+            _ => verified_with(
+                &d,
+                op,
+                (i as usize % nq) as u8,
+                len,
+                0,
+                i,
+                0,
+                FAULT_TIMEOUT_MS,
+            ),
         };
         o.detail = format!("op {i}");
         report_xfer(&o, "campaign");
@@ -584,7 +597,7 @@ fn removal() -> Result<(), String> {
             len: 4096,
             src: src.as_ptr() as u64,
             dst: dst.as_mut_ptr() as u64,
-            timeout_ms: 2000,
+            timeout_ms: FAULT_TIMEOUT_MS,
             ..Default::default()
         };
         let t = Instant::now();

@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             let what = match (u(&p["errno"]), p["verified"] == true) {
                 (0, true) => "completed, every byte checked".to_string(),
                 (110, _) => {
-                    "ETIMEDOUT: no completion within 2 s; the driver reset the queue".to_string()
+                    "ETIMEDOUT: no completion within 5 s; the driver reset the queue".to_string()
                 }
                 (e, _) => format!("errno {e}, status {}", u(&p["status"])),
             };
