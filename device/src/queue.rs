@@ -471,7 +471,11 @@ impl Worker {
     /// A faulty device reaching past its descriptor: the model refuses the access (nothing is
     /// written) and reports it as a DMA violation.
     fn dma_outside(&self, view: &MemView, d: &Descriptor, offset: u64, len: u64) {
-        let base = if d.dst != 0 { d.dst } else { d.src };
+        // just past the descriptor's guest-memory side (its destination if it writes the guest)
+        let base = match d.opcode {
+            abi::OP_COPY | abi::OP_READ | abi::OP_FILL => d.dst,
+            _ => d.src,
+        };
         let addr = base.wrapping_add(u64::from(d.len)).wrapping_add(offset);
         let mapped = view.slices(addr, len, Dir::ToGuest).is_ok();
         let what = format!(
