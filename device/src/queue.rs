@@ -312,7 +312,12 @@ impl Worker {
             }
             {
                 let mut regs = self.queue().regs.lock().unwrap();
-                regs.sq_head = (regs.sq_head + 1) % regs.size;
+                // The driver may have disabled the queue and rewritten SIZE (even to 0) while
+                // this descriptor ran: never divide by a guest-written value unchecked.
+                match (regs.sq_head + 1).checked_rem(regs.size) {
+                    Some(h) => regs.sq_head = h,
+                    None => break,
+                }
             }
             self.queue().done.fetch_add(1, Ordering::Relaxed);
             let c = Completion {
@@ -389,7 +394,10 @@ impl Worker {
         }
         {
             let mut regs = self.queue().regs.lock().unwrap();
-            regs.cq_tail = (regs.cq_tail + 1) % regs.size;
+            let Some(t) = (regs.cq_tail + 1).checked_rem(regs.size) else {
+                return false;
+            };
+            regs.cq_tail = t;
             if regs.cq_tail == 0 {
                 regs.phase = !regs.phase;
             }

@@ -708,3 +708,28 @@ mod reference_model {
         }
     }
 }
+
+/// The driver disables the queue and zeroes SIZE while a descriptor is in the device: the
+/// device must not divide by it (a guest-triggered panic would take the whole device down).
+#[test]
+fn ring_size_rewritten_under_running_work_is_survived() {
+    // the delay holds the first descriptor inside the device while the registers change
+    let r = Rig::with_faults(
+        2,
+        16 << 20,
+        "[[rule]]\nkind = \"delay_completion\"\nms = 300\nnth = 1",
+    );
+    let mut q = r.setup_queue(0, 64);
+    r.submit(&mut q, &[desc(abi::OP_COPY, 1, 4096, A, B)]);
+    std::thread::sleep(Duration::from_millis(50));
+    r.write32(abi::queue_reg(0, abi::Q_CTRL), 0);
+    r.write32(abi::queue_reg(0, abi::Q_SIZE), 0);
+    std::thread::sleep(Duration::from_millis(400));
+    r.write32(abi::queue_reg(0, abi::Q_CTRL), abi::QCTRL_RESET);
+    let mut q = r.setup_queue(0, 8);
+    r.poke(A, b"alive");
+    assert_eq!(
+        r.run_one(&mut q, desc(abi::OP_COPY, 2, 5, A, C)).status,
+        abi::CS_OK
+    );
+}
