@@ -380,11 +380,13 @@ impl Worker {
             (r.cq_base, r.cq_tail, r.phase)
         };
         c.phase = u16::from(phase);
-        let cslot = cq_base + u64::from(cq_tail) * abi::COMPLETION_SIZE as u64;
+        // wrapping: a base rewritten while the queue was disabled may be anything; the view
+        // refuses an address that wrapped, like any unmapped one
+        let cslot = cq_base.wrapping_add(u64::from(cq_tail) * abi::COMPLETION_SIZE as u64);
         let (head, last) = wire::encode_completion(&c);
         if let Err(e) = view
             .write(cslot, &head)
-            .and_then(|_| view.store_u32_release(cslot + 12, last))
+            .and_then(|_| view.store_u32_release(cslot.wrapping_add(12), last))
         {
             self.halt(
                 ErrorBits::new().with_cq_write(true),
