@@ -408,6 +408,19 @@ fn segments(
     Ok(segs)
 }
 
+/// Sleeps on `cv` until woken: `EBUSY` once `timeout_ms` has passed, `EINTR` on a signal.
+fn wait_for_resources<T: ?Sized, B: kernel::sync::lock::Backend>(
+    cv: &CondVar,
+    guard: &mut kernel::sync::lock::Guard<'_, T, B>,
+    timeout_ms: u32,
+) -> Result {
+    match cv.wait_interruptible_timeout(guard, msecs_to_jiffies(timeout_ms)) {
+        CondVarTimeoutResult::Timeout => Err(EBUSY),
+        CondVarTimeoutResult::Signal { .. } => Err(EINTR),
+        CondVarTimeoutResult::Woken { .. } => Ok(()),
+    }
+}
+
 /// Copies `data` into the pool pages of a side.
 fn copy_in(blocks: &KVec<Coherent<[u8]>>, pages: &[u16], data: &[u8]) -> Result {
     for (i, chunk) in data.chunks(PAGE).enumerate() {
@@ -455,15 +468,7 @@ impl Queue {
         let (src_segs, dst_segs) = {
             let mut guard = self.pool.lock();
             while guard.blocks.is_some() && guard.free.count() < need {
-                if let CondVarTimeoutResult::Timeout = self
-                    .pool_cv
-                    .wait_interruptible_timeout(&mut guard, msecs_to_jiffies(timeout_ms))
-                {
-                    return Err(EBUSY);
-                }
-                if kernel::current!().signal_pending() {
-                    return Err(EINTR);
-                }
+                wait_for_resources(&self.pool_cv, &mut guard, timeout_ms)?;
             }
             let Pool { blocks, free } = &mut *guard;
             let blocks = blocks.as_ref().ok_or(ENODEV)?;
@@ -573,15 +578,7 @@ impl Queue {
                     break i;
                 }
             }
-            if let CondVarTimeoutResult::Timeout = self
-                .ring_cv
-                .wait_interruptible_timeout(&mut st, msecs_to_jiffies(timeout_ms))
-            {
-                return Err(EBUSY);
-            }
-            if kernel::current!().signal_pending() {
-                return Err(EINTR);
-            }
+            wait_for_resources(&self.ring_cv, &mut st, timeout_ms)?;
         };
         let generation = st.slots[slot].generation.wrapping_add(1);
         let tag = tag_for(slot, generation);
