@@ -9,9 +9,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use dmalab_abi as abi;
+use dmalab_device::memory::{Dir, DmaMemory};
 use dmalab_device::testing::{desc, Rig, DATA_BASE};
 
 const RING: u32 = 256;
+const SRC: u64 = DATA_BASE;
+const DST: u64 = DATA_BASE + (64 << 20);
 const BATCH: u32 = 128;
 
 /// Runs COPY descriptors of `len` bytes for about `budget`; returns (bytes/s, descriptors/s).
@@ -21,8 +24,7 @@ fn engine(
     len: u32,
     budget: Duration,
 ) -> (f64, f64) {
-    let src = DATA_BASE;
-    let dst = DATA_BASE + (64 << 20);
+    let (src, dst) = (SRC, DST);
     rig.prefill(ring, &desc(abi::OP_COPY, 0, len, src, dst));
     // One interrupt per batch (moderation by count), and the "driver" sleeps until it arrives.
     rig.write32(abi::REG_IRQ_COALESCE, BATCH);
@@ -43,29 +45,22 @@ fn engine(
     (n as f64 * f64::from(len) / s, n as f64 / s)
 }
 
-/// memcpy between two buffers of `len` bytes (both touched first); best of three rounds.
-fn memcpy(len: usize, budget: Duration) -> f64 {
-    // Page-aligned buffers like the engine's guest memory (malloc'd ones can sit a few bytes
-    // apart modulo 4 KiB, which makes glibc's rep-movsb path several times slower).
-    let src = vm_memory::MmapRegion::<()>::new(len).unwrap();
-    let dst = vm_memory::MmapRegion::<()>::new(len).unwrap();
-    // SAFETY: fresh private mappings of `len` bytes each, touched once so no page faults remain.
-    unsafe {
-        std::ptr::write_bytes(src.as_ptr(), 0x5a, len);
-        std::ptr::write_bytes(dst.as_ptr(), 1, len);
-    }
+/// memcpy of `len` bytes between the very buffers the engine copies (same guest memory, same
+/// addresses, so page size, alignment and cache behaviour are the same); best of three rounds.
+fn memcpy(rig: &Rig, len: usize, budget: Duration) -> f64 {
+    let view = rig.maps.view();
+    let src = view.slices(SRC, len as u64, Dir::FromGuest).unwrap()[0];
+    let dst = view.slices(DST, len as u64, Dir::ToGuest).unwrap()[0];
     let mut best = 0.0f64;
     for _ in 0..3 {
         let t = Instant::now();
         let mut n = 0u64;
         while t.elapsed() < budget / 3 {
-            for _ in 0..BATCH as usize {
-                // The same primitive the engine's volatile-slice copy ends in (glibc picks its
-                // memcpy/memmove variant by size; both are the "plain memcpy" baseline here).
-                // SAFETY: distinct, live buffers of `len` bytes each.
-                unsafe { std::ptr::copy(black_box(src.as_ptr()), black_box(dst.as_ptr()), len) };
+            for _ in 0..BATCH {
+                // the same primitive the engine's copy ends in (a memmove)
+                black_box(&src).copy_to_volatile_slice(black_box(dst));
             }
-            n += BATCH as u64;
+            n += u64::from(BATCH);
         }
         best = best.max(n as f64 * len as f64 / t.elapsed().as_secs_f64());
     }
@@ -86,7 +81,7 @@ fn main() {
         let (bps, _) = (0..3)
             .map(|_| engine(&rig, &mut ring, len, budget / 3))
             .fold((0.0, 0.0), |a: (f64, f64), b| (a.0.max(b.0), a.1.max(b.1)));
-        let m = memcpy(len as usize, budget);
+        let m = memcpy(&rig, len as usize, budget);
         println!(
             "{:>9} {:>14.0} {:>14.0} {:>7.0}%",
             len,
