@@ -139,6 +139,8 @@ pub(crate) struct Worker {
     view: Option<(u64, Arc<MemView>)>,
     /// An injected out-of-order completion waiting for the next one.
     held: Option<(Completion, bool)>,
+    /// Completion-ring base and size in force when the current descriptor was fetched.
+    geometry: Option<(u64, u32)>,
 }
 
 /// The injected faults for one descriptor, folded together.
@@ -168,6 +170,7 @@ impl Worker {
             coalescer: Coalescer::default(),
             view: None,
             held: None,
+            geometry: None,
         }
     }
 
@@ -232,6 +235,7 @@ impl Worker {
         let q = self.index;
         while !self.queue().reset_requested.load(Ordering::SeqCst) && !self.dev.is_fatal() {
             let r = *self.queue().regs.lock().unwrap();
+            self.geometry = Some((r.cq_base, r.size));
             if !r.enabled
                 || r.error
                 || r.stalled
@@ -377,6 +381,18 @@ impl Worker {
         let q = self.index;
         let (cq_base, cq_tail, phase) = {
             let r = self.queue().regs.lock().unwrap();
+            if Some((r.cq_base, r.size)) != self.geometry {
+                // The driver reprogrammed the completion ring (queue disabled) while this
+                // descriptor ran: its completion has no valid slot any more; drop it.
+                drop(r);
+                self.dev.log.record(|| Event::Error {
+                    queue: Some(q),
+                    tag: Some(c.tag),
+                    status: Some(c.status),
+                    what: "completion dropped: the completion ring was reprogrammed".into(),
+                });
+                return true;
+            }
             (r.cq_base, r.cq_tail, r.phase)
         };
         c.phase = u16::from(phase);

@@ -725,6 +725,11 @@ fn ring_size_rewritten_under_running_work_is_survived() {
     r.write32(abi::queue_reg(0, abi::Q_CTRL), 0);
     r.write32(abi::queue_reg(0, abi::Q_SIZE), 0);
     std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        r.peek(q.cq_base, 16),
+        [0; 16],
+        "no completion into a ring that was reprogrammed"
+    );
     r.write32(abi::queue_reg(0, abi::Q_CTRL), abi::QCTRL_RESET);
     let mut q = r.setup_queue(0, 8);
     r.poke(A, b"alive");
