@@ -375,13 +375,8 @@ fn flip_bits(list: &[VolatileSlice], n: usize, bits: u32) {
     }
 }
 
-/// Validates and executes one descriptor against `ctx.view`.
-pub fn execute(ctx: &Ctx, d: &Descriptor) -> Outcome {
-    execute_with(ctx, d, Tweak::default())
-}
-
-/// [`execute`] with injected faults.
-pub fn execute_with(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
+/// Validates and executes one descriptor against `ctx.view`, with injected faults (`tweak`).
+pub fn execute(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
     let plan = match plan(ctx, d) {
         Ok(p) => p,
         Err(status) => return Outcome::err(status),

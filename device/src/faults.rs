@@ -7,6 +7,7 @@
 //! every time the predecessor fires again, so "the second WRITE after each reset" can be said.
 //! Probabilities draw from one seeded generator, so a seed reproduces the injected sequence.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use dmalab_abi as abi;
@@ -460,6 +461,8 @@ struct State {
 /// The rules in force and their counters. Cheap when empty: one uncontended lock per event.
 pub struct Injector {
     state: Mutex<State>,
+    /// Rules in force; lets the per-descriptor path skip the lock when there are none.
+    count: AtomicUsize,
 }
 
 /// splitmix64: small, seedable, the same sequence everywhere.
@@ -479,6 +482,7 @@ impl Injector {
                 rules: Vec::new(),
                 rng: set.seed,
             }),
+            count: AtomicUsize::new(0),
         };
         for r in &set.rules {
             inj.add(r.clone());
@@ -510,6 +514,7 @@ impl Injector {
             fired: 0,
             armed,
         });
+        self.count.store(st.rules.len(), Ordering::Release);
         name
     }
 
@@ -518,6 +523,7 @@ impl Injector {
         let mut st = self.state.lock().unwrap();
         let before = st.rules.len();
         st.rules.retain(|r| r.name != name);
+        self.count.store(st.rules.len(), Ordering::Release);
         st.rules.len() != before
     }
 
@@ -555,6 +561,9 @@ impl Injector {
     }
 
     fn event(&self, on: On, o: Option<Occurrence>) -> Vec<Injection> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
         let mut st = self.state.lock().unwrap();
         if st.rules.is_empty() {
             return Vec::new();

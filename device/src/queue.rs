@@ -294,7 +294,7 @@ impl Worker {
                     result: 0,
                     violation: false,
                 },
-                None => engine::execute_with(&ctx, &d, plan.tweak),
+                None => engine::execute(&ctx, &d, plan.tweak),
             };
             if out.status != abi::CS_OK {
                 self.dev.log.record(|| Event::Error {

@@ -219,9 +219,10 @@ impl DevState {
         self.dead.load(Relaxed)
     }
 
-    /// Reads completions of queue `q` (interrupt context or process context).
+    /// Counts an interrupt for queue `q` and reads its completions, under one lock.
     fn reap(&self, q: &Queue) {
         let mut st = q.ring.lock();
+        st.stats.irqs += 1;
         let mut moved = false;
         {
             let st = &mut *st;
@@ -713,7 +714,6 @@ struct QueueIrq {
 impl irq::Handler for QueueIrq {
     fn handle(&self) -> IrqReturn {
         let q = &self.dev.queues[self.queue];
-        q.ring.lock().stats.irqs += 1;
         self.dev.reap(q);
         IrqReturn::Handled
     }
@@ -752,7 +752,6 @@ impl irq::Handler for SharedIrq {
         drop(bar);
         for (i, q) in self.dev.queues.iter().enumerate() {
             if cause & (1 << i) != 0 {
-                q.ring.lock().stats.irqs += 1;
                 self.dev.reap(q);
             }
         }

@@ -122,10 +122,17 @@ mod tests {
         assert!(
             h.starts_with("<!doctype html>") && h.contains("&lt;r&gt;") && h.contains("t &amp; t")
         );
-        assert!(h.contains("#e80"), "the hit request is marked as a fault");
         assert!(
-            !h.contains("<script") && !h.contains("http://")
-                || h.contains("xmlns='http://www.w3.org/2000/svg'")
+            h.contains("fill='#83c'"),
+            "the hit, timed-out request is marked as a recovery"
+        );
+        assert!(
+            !h.contains("fill='#c00'"),
+            "a hit request is not an unexplained failure"
+        );
+        assert!(
+            !h.contains("<script") && !h.contains("src=") && !h.contains("href="),
+            "self-contained"
         );
     }
 }
