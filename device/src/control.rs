@@ -3,11 +3,19 @@
 //! Requests: `{"cmd":"list"}`, `{"cmd":"add","rule":{...}}` (the rule as in a rules file, as a
 //! JSON object or a TOML string), `{"cmd":"remove","name":"..."}`, `{"cmd":"counters"}`,
 //! `{"cmd":"events","since":N}`. Answers carry `"ok": true` or `"ok": false, "error": "..."`.
+//!
+//! Any local process that can open the socket can inject faults, so the socket is created with
+//! the owner-only mode the server was given (`--socket-mode`, default 0600), each peer's uid is
+//! checked (this user or root), and everything a client can make the server hold is bounded:
+//! [`MAX_CONNECTIONS`] connections (one thread each), [`MAX_LINE`] bytes per request line, and
+//! the rule count and parameter ranges enforced by the fault rules themselves.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::FileTypeExt;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -102,36 +110,126 @@ pub fn claim_socket_path(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
 }
 
-/// Listens on `path` and answers each connection on its own thread.
-pub fn serve(path: &Path, dev: Arc<Shared>) -> Result<(), String> {
+/// Most control connections served at once; more are told so and closed.
+pub const MAX_CONNECTIONS: usize = 8;
+/// Longest request line, in bytes; a longer one is answered with an error and the connection
+/// closed (its end cannot be found without reading it all).
+pub const MAX_LINE: usize = 64 << 10;
+
+/// Claims `path`, listens on it, and gives the socket `mode` (created owner-only, so no other
+/// user can connect between bind and chmod).
+pub fn listen(path: &Path, mode: u32) -> Result<UnixListener, String> {
     claim_socket_path(path)?;
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    // SAFETY: umask only changes this process's file-creation mask; restored right after.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+/// The connecting process's uid (SO_PEERCRED).
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+/// Listens on `path` (mode `mode`) and answers each connection on its own thread.
+pub fn serve(path: &Path, dev: Arc<Shared>, mode: u32) -> Result<(), String> {
+    let listener = listen(path, mode)?;
+    let active = Arc::new(AtomicUsize::new(0));
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
     std::thread::Builder::new()
         .name("dmalab-control".into())
         .spawn(move || {
-            for conn in listener.incoming().flatten() {
+            for mut conn in listener.incoming().flatten() {
+                if !matches!(peer_uid(&conn), Some(uid) if uid == me || uid == 0) {
+                    let _ = writeln!(conn, "{}", err("permission denied: not this server's user"));
+                    continue;
+                }
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = writeln!(
+                        conn,
+                        "{}",
+                        err(format!(
+                            "too many control connections (at most {MAX_CONNECTIONS})"
+                        ))
+                    );
+                    continue;
+                }
                 let dev = dev.clone();
-                let _ = std::thread::Builder::new()
+                let active2 = active.clone();
+                let spawned = std::thread::Builder::new()
                     .name("dmalab-control-conn".into())
                     .spawn(move || {
-                        let Ok(mut out) = conn.try_clone() else {
-                            return;
-                        };
-                        for line in BufReader::new(conn).lines().map_while(Result::ok) {
-                            if line.trim().is_empty() {
-                                continue;
-                            }
-                            let answer = handle(&dev, &line);
-                            if writeln!(out, "{answer}").is_err() {
-                                break;
-                            }
-                        }
+                        answer_lines(conn, &dev);
+                        active2.fetch_sub(1, Ordering::SeqCst);
                     });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                }
             }
         })
         .map_err(|e| format!("control thread: {e}"))?;
     Ok(())
+}
+
+/// Answers request lines until the client leaves or sends a line over [`MAX_LINE`].
+fn answer_lines(conn: UnixStream, dev: &Shared) {
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let mut input = BufReader::new(conn);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // One byte past the limit tells an over-long line from one of exactly MAX_LINE bytes.
+        match (&mut input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
+            let _ = writeln!(
+                out,
+                "{}",
+                err(format!(
+                    "request line longer than {MAX_LINE} bytes; closing"
+                ))
+            );
+            return;
+        }
+        let answer = match std::str::from_utf8(&line) {
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => handle(dev, text),
+            Err(_) => err("request line is not UTF-8"),
+        };
+        if writeln!(out, "{answer}").is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use crate::engine::InternalMemory;
 use crate::eventlog::{Event, EventLog};
 use crate::faults::{Injector, RuleSet};
 use crate::interrupts::InterruptSink;
-use crate::memory::DmaMemory;
-use crate::queue::{QueueShared, Worker};
+use crate::memory::{Dir, DmaMemory};
+use crate::queue::{QueueRegs, QueueShared, Worker};
 use crate::registers::{DevCtrl, DevStatus, ErrorBits, QueueCtrl};
 
 /// How an instance is built.
@@ -84,6 +84,14 @@ impl Shared {
     }
 }
 
+/// The offset of a BAR0 access as usize, if it is 32- or 64-bit wide, 4-byte aligned and lies
+/// inside BAR0 (so no arithmetic on it can overflow).
+fn bar_offset(offset: u64, len: usize) -> Option<usize> {
+    let end = offset.checked_add(len as u64)?;
+    (offset.is_multiple_of(4) && (len == 4 || len == 8) && end <= abi::BAR0_SIZE as u64)
+        .then_some(offset as usize)
+}
+
 /// A dmalab device instance with its worker threads.
 pub struct Device {
     shared: Arc<Shared>,
@@ -150,33 +158,30 @@ impl Device {
 
     /// A BAR0 read. Registers are 32 bits wide; 64-bit reads return two registers.
     pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
-        if !offset.is_multiple_of(4) || !(data.len() == 4 || data.len() == 8) {
+        let Some(off) = bar_offset(offset, data.len()) else {
             warn!(
-                "BAR0 read of {} bytes at {offset:#x} is not a 32/64-bit aligned access",
+                "BAR0 read of {} bytes at {offset:#x} is not a 32/64-bit aligned access inside BAR0",
                 data.len()
             );
             data.fill(0xff);
             return;
-        }
+        };
         for (i, chunk) in data.chunks_exact_mut(4).enumerate() {
-            chunk.copy_from_slice(&self.read32(offset as usize + 4 * i).to_le_bytes());
+            chunk.copy_from_slice(&self.read32(off + 4 * i).to_le_bytes());
         }
     }
 
     /// A BAR0 write. Registers are 32 bits wide; 64-bit writes set two registers.
     pub fn mmio_write(&self, offset: u64, data: &[u8]) {
-        if !offset.is_multiple_of(4) || !(data.len() == 4 || data.len() == 8) {
+        let Some(off) = bar_offset(offset, data.len()) else {
             warn!(
-                "BAR0 write of {} bytes at {offset:#x} ignored: not a 32/64-bit aligned access",
+                "BAR0 write of {} bytes at {offset:#x} ignored: not a 32/64-bit aligned access inside BAR0",
                 data.len()
             );
             return;
-        }
+        };
         for (i, chunk) in data.chunks_exact(4).enumerate() {
-            self.write32(
-                offset as usize + 4 * i,
-                u32::from_le_bytes(chunk.try_into().unwrap()),
-            );
+            self.write32(off + 4 * i, u32::from_le_bytes(chunk.try_into().unwrap()));
         }
     }
 
@@ -291,6 +296,10 @@ impl Device {
                         r.size, r.sq_base, r.cq_base
                     ));
                 }
+                if let Err(e) = self.rings_mapped(&r) {
+                    drop(r);
+                    return self.bad_doorbell(format!("queue {qi}: enable refused: {e}"));
+                }
                 r.enabled = true;
             } else if !ctrl.enable() {
                 // Disabling stops fetching after the descriptor in flight; the ring indices stay.
@@ -314,6 +323,12 @@ impl Device {
             return self.bad_doorbell(format!(
                 "queue {qi}: ring register {reg:#x} written while enabled"
             ));
+        }
+        if geometry {
+            // New geometry, new rings: indices from a previous geometry could point past the
+            // end of the new rings, so they start over (as after a queue reset).
+            (r.sq_head, r.sq_tail, r.cq_head, r.cq_tail) = (0, 0, 0, 0);
+            r.phase = true;
         }
         let lo = |x: u64| (x & !0xffff_ffff) | u64::from(v);
         let hi = |x: u64| (x & 0xffff_ffff) | (u64::from(v) << 32);
@@ -341,6 +356,15 @@ impl Device {
             }
             _ => debug!("queue {qi}: write to read-only register {reg:#x} ignored"),
         }
+    }
+
+    /// Both rings of `r` lie in DMA-mapped memory (the completion ring in writable memory).
+    fn rings_mapped(&self, r: &QueueRegs) -> Result<(), crate::memory::AccessError> {
+        let view = self.shared.mem.view();
+        let n = u64::from(r.size);
+        view.slices(r.sq_base, n * abi::DESC_SIZE as u64, Dir::FromGuest)?;
+        view.slices(r.cq_base, n * abi::COMPLETION_SIZE as u64, Dir::ToGuest)?;
+        Ok(())
     }
 
     /// Device reset: every queue is reset (DMA in flight finishes first, nothing after),

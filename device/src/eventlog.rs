@@ -130,13 +130,16 @@ pub struct EventLog {
     recent: Mutex<Recent>,
 }
 
-/// How many events the control socket can look back at.
+/// How many events the control socket can look back at...
 pub const RECENT: usize = 10_000;
+/// ...and how many bytes of them at most (event texts carry client-chosen rule names).
+pub const RECENT_BYTES: usize = 4 << 20;
 
 #[derive(Default)]
 struct Recent {
     next_seq: u64,
     lines: std::collections::VecDeque<(u64, String)>,
+    bytes: usize,
 }
 
 impl EventLog {
@@ -180,10 +183,14 @@ impl EventLog {
             let mut recent = self.recent.lock().unwrap();
             recent.next_seq += 1;
             let seq = recent.next_seq;
-            if recent.lines.len() == RECENT {
-                recent.lines.pop_front();
-            }
+            recent.bytes += text.len();
             recent.lines.push_back((seq, text));
+            while recent.lines.len() > RECENT || recent.bytes > RECENT_BYTES {
+                let Some((_, old)) = recent.lines.pop_front() else {
+                    break;
+                };
+                recent.bytes -= old.len();
+            }
         }
     }
 

@@ -168,7 +168,23 @@ pub enum RuleError {
         value: String,
         why: String,
     },
+    #[error("{0} rules: at most {MAX_RULES} can be in force")]
+    TooMany(usize),
 }
+
+/// Most rules in force at once.
+pub const MAX_RULES: usize = 256;
+/// Longest rule name, in bytes.
+pub const MAX_NAME: usize = 64;
+/// `corrupt.bits`.
+pub const LIMIT_BITS: std::ops::RangeInclusive<u32> = 1..=64;
+/// `irq_storm.count`: bounded so that a reset waits for at most this many interrupts.
+pub const LIMIT_STORM: std::ops::RangeInclusive<u32> = 1..=10_000;
+/// `delay_completion.ms` (one minute; a reset cuts a delay short).
+pub const LIMIT_DELAY_MS: u32 = 60_000;
+/// `dma_outside.len` and `.offset`.
+pub const LIMIT_OUTSIDE_LEN: std::ops::RangeInclusive<u64> = 1..=1 << 20;
+pub const LIMIT_OUTSIDE_OFFSET: u64 = 1 << 30;
 
 fn opcode_of(name: &str) -> Option<u8> {
     Some(match name {
@@ -299,6 +315,9 @@ impl RuleSet {
 
     /// Checks every rule; the first problem is returned.
     pub fn validate(&self) -> Result<(), RuleError> {
+        if self.rules.len() > MAX_RULES {
+            return Err(RuleError::TooMany(self.rules.len()));
+        }
         let names: Vec<String> = self
             .rules
             .iter()
@@ -313,6 +332,13 @@ impl RuleSet {
                 value,
                 why: why.into(),
             };
+            if names[i].is_empty() || names[i].len() > MAX_NAME {
+                return Err(bad(
+                    "name",
+                    format!("{:?}", names[i]),
+                    "a name has 1..=64 bytes",
+                ));
+            }
             if names[..i].contains(&names[i]) {
                 return Err(bad(
                     "name",
@@ -398,21 +424,35 @@ impl RuleSet {
                         "an error status must be non-zero",
                     ));
                 }
-                FaultKind::Corrupt { bits: 0 } => {
-                    return Err(bad("bits", "0".into(), "must be at least 1"))
+                FaultKind::Corrupt { bits } if !LIMIT_BITS.contains(&bits) => {
+                    return Err(bad("bits", bits.to_string(), "must be within 1..=64"))
                 }
-                FaultKind::ShortTransfer { bytes: 0, .. } => {
+                FaultKind::ShortTransfer { bytes, .. }
+                    if !(1..abi::MAX_TRANSFER).contains(&bytes) =>
+                {
                     return Err(bad(
                         "bytes",
-                        "0".into(),
-                        "a short transfer moves at least 1 byte",
+                        bytes.to_string(),
+                        "a short transfer moves 1..CAP_MAX_XFER-1 bytes",
                     ))
                 }
-                FaultKind::DmaOutside { len: 0, .. } => {
-                    return Err(bad("len", "0".into(), "must be at least 1"))
+                FaultKind::DmaOutside { offset, len } => {
+                    if !LIMIT_OUTSIDE_LEN.contains(&len) {
+                        return Err(bad("len", len.to_string(), "must be within 1..=1048576"));
+                    }
+                    if offset > LIMIT_OUTSIDE_OFFSET {
+                        return Err(bad(
+                            "offset",
+                            offset.to_string(),
+                            "must be within 0..=1073741824",
+                        ));
+                    }
                 }
-                FaultKind::IrqStorm { count: 0 } => {
-                    return Err(bad("count", "0".into(), "must be at least 1"))
+                FaultKind::IrqStorm { count } if !LIMIT_STORM.contains(&count) => {
+                    return Err(bad("count", count.to_string(), "must be within 1..=10000"))
+                }
+                FaultKind::DelayCompletion { ms } if ms > LIMIT_DELAY_MS => {
+                    return Err(bad("ms", ms.to_string(), "must be within 0..=60000"))
                 }
                 _ => {}
             }

@@ -2,7 +2,8 @@
 //!
 //! The model is independent of QEMU: guest memory comes through [`memory::DmaMemory`] and
 //! interrupts leave through [`interrupts::InterruptSink`], so unit tests drive it with
-//! anonymous memory and a recording sink. `vfio_server` serves it to QEMU over vfio-user.
+//! anonymous memory and a recording sink. `vfio_server` serves it to QEMU over vfio-user,
+//! through our own protocol layer in `vfio_user`.
 //! `docs/datasheet.md` is the programming model; [`dmalab_abi`] holds its constants.
 
 pub mod control;
@@ -17,6 +18,7 @@ pub mod queue;
 pub mod registers;
 pub mod testing;
 pub mod vfio_server;
+pub mod vfio_user;
 pub mod wire;
 
 pub use dmalab_abi as abi;

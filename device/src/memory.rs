@@ -7,12 +7,14 @@
 //! reference into it is ever formed.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap, MmapRegion, VolatileSlice,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
+    MmapRegion, VolatileSlice,
 };
 
 /// The guest-memory seam of the model: production serves the vfio-user DMA map table, tests
@@ -157,17 +159,54 @@ pub enum MapError {
     },
     #[error("DMA mapping {iova:#x}+{size:#x} does not fit the guest address space")]
     Region { iova: u64, size: u64 },
+    #[error("DMA mapping {iova:#x}+{size:#x}: the file cannot back it ({why})")]
+    Unbacked { iova: u64, size: u64, why: String },
+    #[error("DMA mapping {iova:#x}+{size:#x}: the file can shrink under the mapping (it needs F_SEAL_SHRINK, as QEMU's memory-backend-memfd sets by default)")]
+    Shrinkable { iova: u64, size: u64 },
+    #[error("DMA mapping {iova:#x}+{size:#x}: already {MAX_MAPPINGS} mappings")]
+    TooMany { iova: u64, size: u64 },
 }
 
+impl MapError {
+    /// The errno the vfio-user spec names for this refusal.
+    pub fn errno(&self) -> i32 {
+        match self {
+            MapError::Overlap { .. } => libc::EEXIST,
+            MapError::TooMany { .. } => libc::ENOSPC,
+            MapError::Mmap { .. } => libc::ENOMEM,
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// Why an unmap was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UnmapError {
+    #[error("DMA unmap {iova:#x}+{size:#x} would split the mapping {start:#x}+{len:#x}")]
+    Split {
+        iova: u64,
+        size: u64,
+        start: u64,
+        len: u64,
+    },
+}
+
+/// Most mappings the table holds at once (the vfio-user default `max_dma_maps`).
+pub const MAX_MAPPINGS: usize = 65535;
+
 struct Mapping {
-    region: Arc<GuestRegionMmap<()>>,
+    start: u64,
+    len: u64,
+    /// `None`: a window the client mapped without a file (ROM): it counts for overlap and
+    /// unmap bookkeeping, but the device cannot DMA there.
+    region: Option<Arc<GuestRegionMmap<()>>>,
     writable: bool,
 }
 
 impl Mapping {
     fn range(&self) -> (u128, u128) {
-        let s = self.region.start_addr().0 as u128;
-        (s, s + self.region.len() as u128)
+        let s = self.start as u128;
+        (s, s + self.len as u128)
     }
 }
 
@@ -177,6 +216,8 @@ pub struct MapTable {
     maps: Mutex<Vec<Mapping>>,
     current: RwLock<Arc<MemView>>,
     generation: AtomicU64,
+    /// Views replaced by a later one that someone may still hold (see [`MapTable::quiesce`]).
+    retired: Mutex<Vec<Weak<MemView>>>,
 }
 
 impl MapTable {
@@ -195,6 +236,7 @@ impl MapTable {
         writable: bool,
     ) -> Result<(), MapError> {
         self.check_new(iova, size)?;
+        check_backing(&file, iova, size, offset)?;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         let mmap = MmapRegion::build(
             Some(FileOffset::new(file, offset)),
@@ -217,6 +259,24 @@ impl MapTable {
         self.insert(iova, size, mmap, true)
     }
 
+    /// Records a window the client mapped without a file: no DMA can reach it, but it takes
+    /// part in overlap checks and unmaps like any mapping.
+    pub fn map_window(&self, iova: u64, size: u64) -> Result<(), MapError> {
+        self.check_new(iova, size)?;
+        let mut maps = self.maps.lock().unwrap();
+        let at = maps.partition_point(|m| m.start < iova);
+        maps.insert(
+            at,
+            Mapping {
+                start: iova,
+                len: size,
+                region: None,
+                writable: false,
+            },
+        );
+        Ok(())
+    }
+
     fn check_new(&self, iova: u64, size: u64) -> Result<(), MapError> {
         if size == 0 {
             return Err(MapError::Empty(iova));
@@ -225,11 +285,15 @@ impl MapTable {
             return Err(MapError::Wraps { iova, size });
         }
         let (s, e) = (iova as u128, iova as u128 + size as u128);
-        if self.maps.lock().unwrap().iter().any(|m| {
+        let maps = self.maps.lock().unwrap();
+        if maps.iter().any(|m| {
             let (ms, me) = m.range();
             s < me && ms < e
         }) {
             return Err(MapError::Overlap { iova, size });
+        }
+        if maps.len() >= MAX_MAPPINGS {
+            return Err(MapError::TooMany { iova, size });
         }
         Ok(())
     }
@@ -245,11 +309,13 @@ impl MapTable {
             .ok_or(MapError::Region { iova, size })?;
         let mut maps = self.maps.lock().unwrap();
         // vm-memory wants its regions sorted by address.
-        let at = maps.partition_point(|m| m.region.start_addr().0 < iova);
+        let at = maps.partition_point(|m| m.start < iova);
         maps.insert(
             at,
             Mapping {
-                region: Arc::new(region),
+                start: iova,
+                len: size,
+                region: Some(Arc::new(region)),
                 writable,
             },
         );
@@ -257,11 +323,24 @@ impl MapTable {
         Ok(())
     }
 
-    /// Removes every mapping that lies inside `iova..iova+size` and returns how many it removed.
-    /// The arithmetic is done in u128: QEMU unmaps "everything" with `iova + size == 2^64`.
-    pub fn unmap(&self, iova: u64, size: u64) -> usize {
+    /// Removes every mapping that lies inside `iova..iova+size` and returns how many it removed;
+    /// a range that would split a mapping removes nothing and fails. The arithmetic is done in
+    /// u128: QEMU unmaps "everything" with `iova + size == 2^64`. Returns once no DMA can reach
+    /// the removed memory any more ([`MapTable::quiesce`]).
+    pub fn unmap(&self, iova: u64, size: u64) -> Result<usize, UnmapError> {
         let (s, e) = (iova as u128, iova as u128 + size as u128);
         let mut maps = self.maps.lock().unwrap();
+        if let Some(m) = maps.iter().find(|m| {
+            let (ms, me) = m.range();
+            ms < e && s < me && !(ms >= s && me <= e)
+        }) {
+            return Err(UnmapError::Split {
+                iova,
+                size,
+                start: m.start,
+                len: m.len,
+            });
+        }
         let before = maps.len();
         maps.retain(|m| {
             let (ms, me) = m.range();
@@ -271,14 +350,41 @@ impl MapTable {
         if removed > 0 {
             self.publish(&maps);
         }
-        removed
+        drop(maps);
+        self.quiesce();
+        Ok(removed)
     }
 
-    /// Removes every mapping (device reset by the client, disconnect).
+    /// Removes every mapping (unmap-all, device reset by the client, disconnect), returning
+    /// once no DMA can reach them.
     pub fn clear(&self) {
         let mut maps = self.maps.lock().unwrap();
         maps.clear();
         self.publish(&maps);
+        drop(maps);
+        self.quiesce();
+    }
+
+    /// Waits until every view replaced by a later one has been dropped: DMA runs only through
+    /// views, a worker holds one for the length of one descriptor (and never while idle or
+    /// sleeping), so after this no access through an unmapped region can start or be running.
+    pub fn quiesce(&self) {
+        let started = Instant::now();
+        let mut warned = false;
+        loop {
+            {
+                let mut retired = self.retired.lock().unwrap();
+                retired.retain(|w| w.strong_count() > 0);
+                if retired.is_empty() {
+                    return;
+                }
+            }
+            if !warned && started.elapsed() > Duration::from_secs(1) {
+                log::warn!("DMA unmap: still waiting for a descriptor in flight to finish");
+                warned = true;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     /// Number of mappings.
@@ -294,25 +400,53 @@ impl MapTable {
     fn publish(&self, maps: &[Mapping]) {
         // `maps` is sorted and free of overlaps (both kept at insert), so building can only fail
         // for an empty table, which means "nothing mapped".
-        let mem = if maps.is_empty() {
+        let regions: Vec<_> = maps.iter().filter_map(|m| m.region.clone()).collect();
+        let mem = if regions.is_empty() {
             GuestMemoryMmap::default()
         } else {
-            GuestMemoryMmap::from_arc_regions(maps.iter().map(|m| m.region.clone()).collect())
+            GuestMemoryMmap::from_arc_regions(regions)
                 .expect("DMA map table is sorted and free of overlaps")
         };
         let readonly = maps
             .iter()
-            .filter(|m| !m.writable)
-            .map(|m| {
-                (
-                    m.region.start_addr().0,
-                    m.region.start_addr().0 + m.region.len(),
-                )
-            })
+            .filter(|m| m.region.is_some() && !m.writable)
+            .map(|m| (m.start, m.start + m.len))
             .collect();
-        *self.current.write().unwrap() = Arc::new(MemView { mem, readonly });
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap(),
+            Arc::new(MemView { mem, readonly }),
+        );
+        self.retired.lock().unwrap().push(Arc::downgrade(&old));
+        drop(old);
         self.generation.fetch_add(1, Ordering::Release);
     }
+}
+
+/// Refuses a file that cannot back `offset..offset+size` for as long as the mapping lives: too
+/// short now, or able to shrink later (a DMA past a file's end is a SIGBUS, not an error).
+fn check_backing(file: &File, iova: u64, size: u64, offset: u64) -> Result<(), MapError> {
+    let unbacked = |why: String| MapError::Unbacked { iova, size, why };
+    let meta = file
+        .metadata()
+        .map_err(|e| unbacked(format!("fstat: {e}")))?;
+    if !meta.is_file() {
+        return Err(unbacked("not a regular file or memfd".into()));
+    }
+    let end = offset
+        .checked_add(size)
+        .ok_or_else(|| unbacked("offset + size overflows".into()))?;
+    if end > meta.len() {
+        return Err(unbacked(format!(
+            "offset {offset:#x} + size {size:#x} is past the file's end {:#x}",
+            meta.len()
+        )));
+    }
+    // SAFETY: F_GET_SEALS only reads the descriptor's seals.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        return Err(MapError::Shrinkable { iova, size });
+    }
+    Ok(())
 }
 
 impl DmaMemory for MapTable {
@@ -390,8 +524,8 @@ mod tests {
         let t = MapTable::new();
         t.map_anonymous(0xfef0_0000, 0x1000).unwrap();
         t.map_anonymous(0x1000, 0x1000).unwrap();
-        assert_eq!(t.unmap(0xfef0_0000, 0xffff_ffff_0110_0000), 1);
-        assert_eq!(t.unmap(0x5000, 0x1000), 0);
+        assert_eq!(t.unmap(0xfef0_0000, 0xffff_ffff_0110_0000).unwrap(), 1);
+        assert_eq!(t.unmap(0x5000, 0x1000).unwrap(), 0);
         assert_eq!(t.len(), 1);
         assert!(t.view().slices(0xfef0_0000, 1, Dir::FromGuest).is_err());
     }
@@ -424,17 +558,85 @@ mod tests {
         assert!(v.write(0x4000, &[1]).is_err());
     }
 
-    fn tempfile_with(size: u64) -> File {
-        let path = std::env::temp_dir().join(format!("dmalab-mem-{}", std::process::id()));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
+    #[test]
+    fn files_that_cannot_back_the_mapping_are_refused() {
+        let t = MapTable::new();
+        // shorter than the mapping
+        assert!(matches!(
+            t.map_file(0x4000, 0x2000, tempfile_with(0x1000), 0, true),
+            Err(MapError::Unbacked { .. })
+        ));
+        // the offset pushes the end past the file's
+        assert!(matches!(
+            t.map_file(0x4000, 0x1000, tempfile_with(0x1000), 0x1000, true),
+            Err(MapError::Unbacked { .. })
+        ));
+        // a file that can still shrink
+        assert!(matches!(
+            t.map_file(0x4000, 0x1000, memfd(0x1000, false), 0, true),
+            Err(MapError::Shrinkable { .. })
+        ));
+        assert!(t.is_empty());
+        t.map_file(0x4000, 0x1000, tempfile_with(0x1000), 0, true)
             .unwrap();
+    }
+
+    #[test]
+    fn a_partial_unmap_is_refused_and_removes_nothing() {
+        let t = MapTable::new();
+        t.map_anonymous(0x10000, 0x4000).unwrap();
+        t.map_window(0x20000, 0x1000).unwrap();
+        assert!(t.unmap(0x11000, 0x1000).is_err());
+        assert!(t.unmap(0x8000, 0x9000).is_err());
+        assert_eq!(t.len(), 2);
+        assert!(matches!(
+            t.map_anonymous(0x20000, 0x1000),
+            Err(MapError::Overlap { .. })
+        ));
+        assert_eq!(t.unmap(0x10000, 0x11000).unwrap(), 2);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn unmap_waits_for_a_view_in_use() {
+        let t = Arc::new(MapTable::new());
+        t.map_anonymous(0x10000, 0x1000).unwrap();
+        let held = t.view();
+        let t2 = t.clone();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d2 = done.clone();
+        let h = std::thread::spawn(move || {
+            t2.unmap(0x10000, 0x1000).unwrap();
+            d2.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "unmap returned while a view was held"
+        );
+        drop(held);
+        h.join().unwrap();
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    /// A sealed memfd of `size` bytes (what QEMU's memory-backend-memfd hands over).
+    fn tempfile_with(size: u64) -> File {
+        memfd(size, true)
+    }
+
+    fn memfd(size: u64, seal: bool) -> File {
+        use std::os::fd::FromRawFd;
+        // SAFETY: memfd_create with a static name; the File below owns the descriptor.
+        let fd = unsafe { libc::memfd_create(c"dmalab-test".as_ptr(), libc::MFD_ALLOW_SEALING) };
+        assert!(fd >= 0);
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let f = unsafe { File::from_raw_fd(fd) };
         f.set_len(size).unwrap();
-        std::fs::remove_file(&path).unwrap();
+        if seal {
+            // SAFETY: F_ADD_SEALS on our own memfd.
+            let r = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+            assert_eq!(r, 0);
+        }
         f
     }
 }

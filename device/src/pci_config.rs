@@ -80,7 +80,8 @@ impl ConfigSpace {
         for (i, b) in data.iter_mut().enumerate() {
             *b = usize::try_from(offset)
                 .ok()
-                .and_then(|o| self.bytes.get(o + i))
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.bytes.get(o))
                 .copied()
                 .unwrap_or(0);
         }
@@ -92,7 +93,9 @@ impl ConfigSpace {
             return;
         };
         for (i, &v) in data.iter().enumerate() {
-            let o = base + i;
+            let Some(o) = base.checked_add(i) else {
+                return;
+            };
             if o < CONFIG_SIZE {
                 let m = self.wmask[o];
                 self.bytes[o] = (self.bytes[o] & !m) | (v & m);

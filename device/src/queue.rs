@@ -15,7 +15,7 @@ use dmalab_abi::{self as abi, Completion, Descriptor};
 use crate::device::Shared;
 use crate::engine::{self, Ctx, Outcome, Tweak};
 use crate::eventlog::Event;
-use crate::faults::{FaultKind, Occurrence};
+use crate::faults::{self, FaultKind, Occurrence};
 use crate::interrupts::Coalescer;
 use crate::memory::{Dir, MemView};
 use crate::registers::{ErrorBits, IrqCoalesce, QueueStatus};
@@ -53,6 +53,13 @@ impl QueueRegs {
             .with_enabled(self.enabled)
             .with_error(self.error)
             .into_bits()
+    }
+
+    /// Every index lies inside a ring of `size` entries (and `size` is not 0).
+    pub fn indices_valid(&self) -> bool {
+        [self.sq_head, self.sq_tail, self.cq_head, self.cq_tail]
+            .iter()
+            .all(|&i| i < self.size)
     }
 
     /// Ring geometry is valid for enabling.
@@ -236,17 +243,29 @@ impl Worker {
         while !self.queue().reset_requested.load(Ordering::SeqCst) && !self.dev.is_fatal() {
             let r = *self.queue().regs.lock().unwrap();
             self.geometry = Some((r.cq_base, r.size));
-            if !r.enabled
-                || r.error
-                || r.stalled
-                || r.sq_head == r.sq_tail
-                || (r.cq_tail + 1) % r.size == r.cq_head
-            {
+            if !r.enabled || r.error || r.stalled {
                 break;
             }
-            let view = self.view();
+            // Every index is checked against the size in force at every use: whatever the
+            // registers say, no slot outside [base, base + size × entry) is ever touched.
+            if !r.indices_valid() {
+                self.halt(
+                    ErrorBits::new().with_bad_doorbell(true),
+                    format!(
+                        "queue {q}: ring indices outside a ring of {} entries",
+                        r.size
+                    ),
+                );
+                break;
+            }
+            if r.sq_head == r.sq_tail || (r.cq_tail + 1) % r.size == r.cq_head {
+                break;
+            }
+            let mut view = self.view();
             let mut raw = [0u8; abi::DESC_SIZE];
-            let slot = r.sq_base + u64::from(r.sq_head) * abi::DESC_SIZE as u64;
+            let slot = r
+                .sq_base
+                .wrapping_add(u64::from(r.sq_head) * abi::DESC_SIZE as u64);
             if let Err(e) = view.read(slot, &mut raw) {
                 self.halt(
                     ErrorBits::new().with_ring_fetch(true),
@@ -335,7 +354,14 @@ impl Worker {
                 continue;
             }
             if plan.delay_ms > 0 {
-                std::thread::sleep(Duration::from_millis(u64::from(plan.delay_ms)));
+                // No view is held while waiting (an unmap must not wait for a fault's delay),
+                // and a reset cuts the wait short: the completion is then discarded with the
+                // rest of the queue.
+                drop(view);
+                if !self.sleep_unless_reset(Duration::from_millis(u64::from(plan.delay_ms))) {
+                    break;
+                }
+                view = self.view();
             }
             let irq = d.flags & abi::DESC_NO_IRQ == 0 && !plan.lost_irq;
             let posted = if plan.out_of_order && self.held.is_none() {
@@ -355,6 +381,9 @@ impl Worker {
                 self.post(&view, c, irq);
             }
             for _ in 0..plan.storm {
+                if self.queue().reset_requested.load(Ordering::SeqCst) {
+                    break;
+                }
                 self.dev.raise_queue_irq(q);
             }
         }
@@ -368,7 +397,24 @@ impl Worker {
         if self.coalescer.idle(self.coalesce_cfg()) {
             self.raise();
         }
+        // An idle worker holds no view, so an unmap never waits for it.
+        self.view = None;
         self.dev.log.flush();
+    }
+
+    /// Sleeps for `d` unless a reset of the queue is requested first; true if it slept it all.
+    fn sleep_unless_reset(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            if self.queue().reset_requested.load(Ordering::SeqCst) {
+                return false;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(5)));
+        }
     }
 
     fn has_cq_space(&self) -> bool {
@@ -473,18 +519,24 @@ impl Worker {
                 FaultKind::ErrorStatus { status } => {
                     plan.status.get_or_insert(status);
                 }
-                FaultKind::Corrupt { bits } => plan.tweak.corrupt_bits += bits,
+                FaultKind::Corrupt { bits } => {
+                    plan.tweak.corrupt_bits = plan.tweak.corrupt_bits.saturating_add(bits)
+                }
                 FaultKind::ShortTransfer { bytes, reported } => {
                     plan.tweak.short = Some(bytes);
                     plan.unreported_short = !reported;
                 }
                 FaultKind::DropCompletion => plan.drop_completion = true,
-                FaultKind::DelayCompletion { ms } => plan.delay_ms += ms,
+                FaultKind::DelayCompletion { ms } => {
+                    plan.delay_ms = (plan.delay_ms + ms).min(faults::LIMIT_DELAY_MS)
+                }
                 FaultKind::DuplicateCompletion => plan.duplicate = true,
                 FaultKind::OutOfOrder => plan.out_of_order = true,
                 FaultKind::SpuriousIrq => plan.spurious_irq = true,
                 FaultKind::LostIrq => plan.lost_irq = true,
-                FaultKind::IrqStorm { count } => plan.storm += count,
+                FaultKind::IrqStorm { count } => {
+                    plan.storm = (plan.storm + count).min(*faults::LIMIT_STORM.end())
+                }
                 FaultKind::Stall => plan.stall = true,
                 FaultKind::Fatal => plan.fatal = true,
                 FaultKind::DmaOutside { offset, len } => plan.outside = Some((offset, len)),

@@ -1,4 +1,4 @@
-//! Serving the device to QEMU over vfio-user (the crates.io `vfio_user` server loop).
+//! Serving the device to QEMU over vfio-user (our own message layer, [`crate::vfio_user`]).
 //!
 //! The server loop is single-threaded and owns config space and the DMA map table; BAR0 writes
 //! reach the device model, which hands work to its queue workers. Workers touch guest memory
@@ -7,24 +7,22 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::mem::size_of;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, RwLock};
 
 use log::{debug, error, info, warn};
 use vfio_bindings::bindings::vfio::{
-    vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_BAR0_REGION_INDEX,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
 };
-use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
 
 use crate::device::Device;
 use crate::eventlog::{Event, EventLog};
 use crate::interrupts::InterruptSink;
 use crate::memory::MapTable;
 use crate::pci_config::{ConfigSpace, CONFIG_SIZE};
+use crate::vfio_user::server::{IRQ_INFO_EVENTFD, REGION_FLAG_READ, REGION_FLAG_WRITE};
+use crate::vfio_user::{Backend, Errno, IrqAction, IrqInfo, RegionInfo};
 use dmalab_abi as abi;
 
 /// Interrupt eventfds handed over by SET_IRQS.
@@ -52,39 +50,43 @@ impl InterruptSink for EventfdSink {
             .or(fds.msi.as_ref())
             .or(fds.intx.as_ref());
         match target {
-            // An eventfd write only fails if the counter would overflow, which merges with the
-            // pending interrupt anyway.
-            Some(mut f) => f.write_all(&1u64.to_le_bytes()).is_ok(),
+            // The descriptors are non-blocking eventfds (checked at SET_IRQS), so a write never
+            // stalls a worker; it fails only if the counter would overflow, which merges with
+            // the interrupt already pending. Any failure is reported as undelivered.
+            Some(mut f) => f.write(&1u64.to_le_bytes()).is_ok_and(|n| n == 8),
             None => false,
         }
     }
 }
 
 impl EventfdSink {
-    fn set(&self, index: u32, flags: u32, start: u32, count: u32, fds: Vec<File>) {
-        if flags & VFIO_IRQ_SET_ACTION_TRIGGER == 0 {
-            // MASK/UNMASK: the client emulates masking (MSI-X table, INTx EOI) itself.
-            return;
-        }
+    fn set(&self, action: IrqAction) {
         let mut all = self.fds.write().unwrap();
-        let disable = flags & VFIO_IRQ_SET_DATA_NONE != 0 && count == 0;
-        let eventfds = flags & VFIO_IRQ_SET_DATA_EVENTFD != 0;
-        match index {
-            VFIO_PCI_MSIX_IRQ_INDEX if disable => all.msix.iter_mut().for_each(|s| *s = None),
-            VFIO_PCI_MSIX_IRQ_INDEX if eventfds => {
+        match action {
+            IrqAction::DisableAll { index } => match index {
+                VFIO_PCI_MSIX_IRQ_INDEX => all.msix.iter_mut().for_each(|s| *s = None),
+                VFIO_PCI_MSI_IRQ_INDEX => all.msi = None,
+                VFIO_PCI_INTX_IRQ_INDEX => all.intx = None,
+                _ => {}
+            },
+            IrqAction::Eventfds { index, start, fds } => {
+                for f in fds.iter().flatten() {
+                    set_nonblocking(f);
+                }
                 // QEMU sends one vector at a time as the guest unmasks them, or all at once.
-                let mut it = fds.into_iter();
-                for k in start..start.saturating_add(count) {
-                    if let Some(slot) = all.msix.get_mut(k as usize) {
-                        *slot = it.next();
+                for (k, fd) in (start..).zip(fds) {
+                    let slot = match index {
+                        VFIO_PCI_MSIX_IRQ_INDEX => all.msix.get_mut(k as usize),
+                        VFIO_PCI_MSI_IRQ_INDEX => Some(&mut all.msi),
+                        VFIO_PCI_INTX_IRQ_INDEX => Some(&mut all.intx),
+                        _ => None,
+                    };
+                    if let Some(slot) = slot {
+                        *slot = fd;
                     }
                 }
             }
-            VFIO_PCI_MSI_IRQ_INDEX if disable => all.msi = None,
-            VFIO_PCI_MSI_IRQ_INDEX if eventfds => all.msi = fds.into_iter().next(),
-            VFIO_PCI_INTX_IRQ_INDEX if disable => all.intx = None,
-            VFIO_PCI_INTX_IRQ_INDEX if eventfds => all.intx = fds.into_iter().next(),
-            _ => {}
+            IrqAction::Trigger { .. } | IrqAction::Mask => {}
         }
         debug!(
             "interrupts: msix {:?} msi {} intx {}",
@@ -92,6 +94,25 @@ impl EventfdSink {
             all.msi.is_some(),
             all.intx.is_some()
         );
+    }
+
+    /// Forgets every descriptor (the client is gone).
+    fn clear(&self) {
+        let mut all = self.fds.write().unwrap();
+        all.msix.iter_mut().for_each(|s| *s = None);
+        all.msi = None;
+        all.intx = None;
+    }
+}
+
+fn set_nonblocking(f: &File) {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own. (The flag is shared with the client's
+    // copy; QEMU's interrupt eventfds are non-blocking already.)
+    unsafe {
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
     }
 }
 
@@ -123,8 +144,8 @@ impl VfioDevice {
         }
     }
 
-    /// Regions as announced to the client.
-    pub fn regions() -> Vec<ServerRegion> {
+    /// Regions as announced to the client, by index.
+    pub fn regions() -> Vec<RegionInfo> {
         (0..VFIO_PCI_NUM_REGIONS)
             .map(|index| {
                 let size = match index {
@@ -132,28 +153,19 @@ impl VfioDevice {
                     VFIO_PCI_BAR0_REGION_INDEX => abi::BAR0_SIZE as u64,
                     _ => 0,
                 };
-                let flags = if size != 0 {
-                    VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
-                } else {
-                    0
-                };
-                let region_info = vfio_region_info {
-                    argsz: size_of::<vfio_region_info>() as u32,
-                    index,
+                RegionInfo {
                     size,
-                    flags,
-                    ..Default::default()
-                };
-                ServerRegion {
-                    region_info,
-                    sparse_areas: Vec::new(),
-                    mmap_fd: None,
+                    flags: if size != 0 {
+                        REGION_FLAG_READ | REGION_FLAG_WRITE
+                    } else {
+                        0
+                    },
                 }
             })
             .collect()
     }
 
-    /// Interrupt indexes as announced to the client.
+    /// Interrupt indexes as announced to the client, by index.
     pub fn irq_infos(vectors: u16) -> Vec<IrqInfo> {
         (0..VFIO_PCI_NUM_IRQS)
             .map(|index| {
@@ -163,78 +175,65 @@ impl VfioDevice {
                     _ => 0,
                 };
                 IrqInfo {
-                    index,
                     count,
-                    flags: if count != 0 { VFIO_IRQ_INFO_EVENTFD } else { 0 },
+                    flags: if count != 0 { IRQ_INFO_EVENTFD } else { 0 },
                 }
             })
             .collect()
     }
 }
 
-impl ServerBackend for VfioDevice {
-    fn region_read(
-        &mut self,
-        region: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<(), std::io::Error> {
+impl Backend for VfioDevice {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) {
         match region {
             VFIO_PCI_CONFIG_REGION_INDEX => self.config.read(offset, data),
             VFIO_PCI_BAR0_REGION_INDEX => self.device.mmio_read(offset, data),
-            _ => {
-                warn!("read of region {region} which does not exist");
-                data.fill(0xff);
-            }
+            _ => data.fill(0xff),
         }
-        Ok(())
     }
 
-    fn region_write(
-        &mut self,
-        region: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), std::io::Error> {
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) {
         match region {
             VFIO_PCI_CONFIG_REGION_INDEX => self.config.write(offset, data),
             VFIO_PCI_BAR0_REGION_INDEX => self.device.mmio_write(offset, data),
-            _ => warn!("write to region {region} which does not exist"),
+            _ => {}
         }
-        Ok(())
     }
 
     fn dma_map(
         &mut self,
-        flags: DmaMapFlags,
-        offset: u64,
         address: u64,
         size: u64,
+        offset: u64,
+        writable: bool,
         fd: Option<File>,
-    ) -> Result<(), std::io::Error> {
-        let Some(fd) = fd else {
-            // QEMU maps ROM and other non-RAM regions without a file descriptor. They stay out
-            // of the table: a DMA there is refused like one to unmapped memory. Large ones are
-            // most likely RAM that was not made shareable, which the user must hear about.
-            if size >= 1 << 20 {
-                warn!(
-                    "DMA_MAP {address:#x}+{size:#x} came without a file descriptor: the device cannot DMA \
-                     there (guest RAM must be shareable: -object memory-backend-memfd,share=on)"
-                );
-            } else {
-                debug!(
-                    "DMA_MAP {address:#x}+{size:#x} without a file descriptor (ROM?): not DMA-able"
-                );
+    ) -> Result<(), Errno> {
+        let result = match fd {
+            // QEMU maps ROM and other non-RAM regions without a file descriptor. They are
+            // recorded but not DMA-able: a DMA there is refused like one to unmapped memory.
+            // Large ones are most likely RAM that was not made shareable, which the user must
+            // hear about.
+            None => {
+                if size >= 1 << 20 {
+                    warn!(
+                        "DMA_MAP {address:#x}+{size:#x} came without a file descriptor: the device cannot DMA \
+                         there (guest RAM must be shareable: -object memory-backend-memfd,share=on)"
+                    );
+                }
+                self.maps.map_window(address, size)
             }
-            return Ok(());
+            Some(fd) => self.maps.map_file(address, size, fd, offset, writable),
         };
-        let writable = flags.contains(DmaMapFlags::WRITE);
-        self.maps
-            .map_file(address, size, fd, offset, writable)
-            .map_err(|e| {
-                error!("{e}");
-                std::io::Error::other(e.to_string())
-            })?;
+        if let Err(e) = result {
+            error!("{e}");
+            self.log.record(|| Event::Error {
+                queue: None,
+                tag: None,
+                status: None,
+                what: format!("vfio-user DMA_MAP refused: {e}"),
+            });
+            return Err(e.errno());
+        }
         debug!(
             "DMA_MAP {address:#x}+{size:#x} offset {offset:#x} {}",
             if writable { "rw" } else { "ro" }
@@ -247,17 +246,23 @@ impl ServerBackend for VfioDevice {
         Ok(())
     }
 
-    fn dma_unmap(
-        &mut self,
-        flags: DmaUnmapFlags,
-        address: u64,
-        size: u64,
-    ) -> Result<(), std::io::Error> {
-        if flags.contains(DmaUnmapFlags::UNMAP_ALL) {
+    fn dma_unmap(&mut self, address: u64, size: u64, all: bool) -> Result<(), Errno> {
+        if all {
             self.maps.clear();
         } else {
-            let n = self.maps.unmap(address, size);
-            debug!("DMA_UNMAP {address:#x}+{size:#x}: {n} mapping(s) removed");
+            match self.maps.unmap(address, size) {
+                Ok(n) => debug!("DMA_UNMAP {address:#x}+{size:#x}: {n} mapping(s) removed"),
+                Err(e) => {
+                    warn!("{e}");
+                    self.log.record(|| Event::Error {
+                        queue: None,
+                        tag: None,
+                        status: None,
+                        what: format!("vfio-user DMA_UNMAP refused: {e}"),
+                    });
+                    return Err(libc::EINVAL);
+                }
+            }
         }
         self.log.record(|| Event::Map {
             iova: address,
@@ -267,26 +272,25 @@ impl ServerBackend for VfioDevice {
         Ok(())
     }
 
-    fn reset(&mut self) -> Result<(), std::io::Error> {
+    fn reset(&mut self) {
         info!("device reset requested by the client");
         self.device.reset();
         self.config.reset();
+    }
+
+    fn set_irqs(&mut self, action: IrqAction) -> Result<(), Errno> {
+        debug!("SET_IRQS {action:?}");
+        if let IrqAction::Trigger { subindexes, .. } = &action {
+            for &v in subindexes {
+                self.irqs.raise(v as u16);
+            }
+        }
+        self.irqs.set(action);
         Ok(())
     }
 
-    fn set_irqs(
-        &mut self,
-        index: u32,
-        flags: u32,
-        start: u32,
-        count: u32,
-        fds: Vec<File>,
-    ) -> Result<(), std::io::Error> {
-        debug!(
-            "SET_IRQS index {index} flags {flags:#x} start {start} count {count} fds {}",
-            fds.len()
-        );
-        self.irqs.set(index, flags, start, count, fds);
-        Ok(())
+    fn disconnected(&mut self) {
+        self.maps.clear();
+        self.irqs.clear();
     }
 }

@@ -529,14 +529,25 @@ fn malformed_descriptors_are_refused_without_side_effects() {
 }
 
 #[test]
-fn unmapped_ring_halts_the_queue_and_raises_the_error_vector() {
+fn unmapped_rings_are_refused_at_enable() {
     let r = rig();
     let sq = |reg| abi::queue_reg(0, reg);
     r.write32(sq(abi::Q_SQ_BASE_LO), 0x10_0000); // below RAM: unmapped
     r.write32(sq(abi::Q_CQ_BASE_LO), 0x20_0000);
     r.write32(sq(abi::Q_SIZE), 8);
     r.write32(sq(abi::Q_CTRL), abi::QCTRL_ENABLE);
-    r.write32(sq(abi::Q_SQ_TAIL), 1);
+    assert_eq!(r.read32(sq(abi::Q_STATUS)) & abi::QSTATUS_ENABLED, 0);
+    assert_ne!(r.read32(abi::REG_ERROR) & abi::ERR_BAD_DOORBELL, 0);
+    wait_for(|| r.irq.count(2) == 1); // 2 queues: the error vector is 2
+}
+
+#[test]
+fn ring_unmapped_under_a_running_queue_halts_it_and_raises_the_error_vector() {
+    let r = rig();
+    let sq = |reg| abi::queue_reg(0, reg);
+    let q = r.setup_queue(0, 8);
+    r.maps.unmap(RAM_BASE, r.ram_size).unwrap();
+    r.write32(sq(abi::Q_SQ_TAIL), q.tail + 1);
     wait_for(|| r.read32(sq(abi::Q_STATUS)) & abi::QSTATUS_ERROR != 0);
     assert_ne!(r.read32(abi::REG_ERROR) & abi::ERR_RING_FETCH, 0);
     wait_for(|| r.irq.count(2) == 1); // 2 queues: the error vector is 2

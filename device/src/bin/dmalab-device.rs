@@ -14,6 +14,7 @@ use dmalab_device::eventlog::EventLog;
 use dmalab_device::faults::RuleSet;
 use dmalab_device::memory::MapTable;
 use dmalab_device::vfio_server::{EventfdSink, VfioDevice};
+use dmalab_device::vfio_user::Server;
 use log::{error, info};
 
 #[derive(Parser, Debug)]
@@ -43,6 +44,17 @@ struct Args {
     /// Write the event log (JSON lines) here; '-' is standard output
     #[arg(long)]
     event_log: Option<PathBuf>,
+    /// Permissions of the vfio-user and control sockets (octal; the default lets only this
+    /// user connect, e.g. 660 admits the group)
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not an octal permission mode like 600"))
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -100,15 +112,10 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("device: {e}"))?;
     let vectors = device.vectors();
     if let Some(path) = &args.control {
-        control::serve(path, device.shared().clone())?;
+        control::serve(path, device.shared().clone(), args.socket_mode)?;
     }
-    let server = vfio_user::Server::new(
-        &args.socket,
-        true,
-        VfioDevice::irq_infos(vectors),
-        VfioDevice::regions(),
-    )
-    .map_err(|e| format!("cannot listen on {}: {e}", args.socket.display()))?;
+    let listener = control::listen(&args.socket, args.socket_mode)?;
+    let server = Server::new(VfioDevice::regions(), VfioDevice::irq_infos(vectors));
 
     // SIGTERM/SIGINT: write the counters, remove the socket, leave with status 0.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -141,7 +148,8 @@ fn run(args: Args) -> Result<(), String> {
         args.socket.display()
     );
     let mut backend = VfioDevice::new(device, maps, irqs, log.clone());
-    let result = server.run(&mut backend);
+    let result = server.serve_one(&listener, &mut backend);
+    let _ = std::fs::remove_file(&args.socket);
     backend.device.shutdown();
     let c = log.counters.snapshot();
     info!(
