@@ -749,3 +749,81 @@ fn ring_size_rewritten_under_running_work_is_survived() {
         abi::CS_OK
     );
 }
+
+#[test]
+fn a_smaller_ring_after_reenable_keeps_every_write_inside_it() {
+    // Indices from the old geometry must not survive into the new one: a completion at the
+    // old CQ tail would land past the end of the smaller ring.
+    let r = rig();
+    let mut q = r.setup_queue(0, 64);
+    for i in 0..40 {
+        r.run_one(&mut q, desc(abi::OP_CHECKSUM, i, 8, A, 0));
+    }
+    let reg = |x| abi::queue_reg(0, x);
+    r.write32(reg(abi::Q_CTRL), 0);
+    r.write32(reg(abi::Q_SIZE), 4);
+    // Canaries everywhere the new rings do not name.
+    let canary = vec![0xa5u8; 60 * 64];
+    r.poke(q.sq_base + 4 * 64, &canary);
+    r.poke(q.cq_base + 4 * 16, &canary[..60 * 16]);
+    r.poke(q.cq_base, &[0; 64]);
+    r.write32(reg(abi::Q_CTRL), abi::QCTRL_ENABLE);
+    assert_eq!(r.read32(reg(abi::Q_SQ_HEAD)), 0, "indices start over");
+    q.size = 4;
+    q.tail = 0;
+    q.cq_head = 0;
+    q.phase = true;
+    let c = r.run_one(&mut q, desc(abi::OP_CHECKSUM, 99, 8, A, 0));
+    assert_eq!((c.tag, c.status), (99, abi::CS_OK));
+    assert_eq!(r.peek(q.sq_base + 4 * 64, canary.len()), canary);
+    assert_eq!(r.peek(q.cq_base + 4 * 16, 60 * 16), canary[..60 * 16]);
+}
+
+#[test]
+fn rings_that_wrap_or_lie_outside_memory_are_refused() {
+    let r = rig();
+    let reg = |x| abi::queue_reg(0, x);
+    for (sq, cq) in [
+        (u64::MAX - 0x3f, RAM_BASE),
+        (RAM_BASE, u64::MAX - 0xf),
+        (RAM_BASE, 0x1000),
+    ] {
+        r.write32(abi::REG_ERROR, u32::MAX);
+        r.write32(reg(abi::Q_SQ_BASE_LO), sq as u32);
+        r.write32(reg(abi::Q_SQ_BASE_HI), (sq >> 32) as u32);
+        r.write32(reg(abi::Q_CQ_BASE_LO), cq as u32);
+        r.write32(reg(abi::Q_CQ_BASE_HI), (cq >> 32) as u32);
+        r.write32(reg(abi::Q_SIZE), 4);
+        r.write32(reg(abi::Q_CTRL), abi::QCTRL_ENABLE);
+        assert_eq!(
+            r.read32(reg(abi::Q_STATUS)) & abi::QSTATUS_ENABLED,
+            0,
+            "{sq:#x} {cq:#x}"
+        );
+        assert_ne!(r.read32(abi::REG_ERROR) & abi::ERR_BAD_DOORBELL, 0);
+    }
+}
+
+#[test]
+fn register_and_config_accesses_at_any_offset_never_overflow() {
+    // Debug builds check arithmetic: these offsets used to overflow `offset + i`.
+    let r = rig();
+    let mut b = [0u8; 8];
+    for off in [
+        u64::MAX - 3,
+        u64::MAX - 7,
+        u64::MAX,
+        1 << 63,
+        abi::BAR0_SIZE as u64,
+    ] {
+        r.dev.mmio_read(off, &mut b);
+        r.dev.mmio_write(off, &b);
+        r.dev.mmio_read(off, &mut b[..4]);
+    }
+    let mut cfg = dmalab_device::pci_config::ConfigSpace::new(3);
+    for off in [u64::MAX - 3, u64::MAX, usize::MAX as u64 - 1] {
+        cfg.read(off, &mut b);
+        cfg.write(off, &b);
+    }
+    assert_eq!(r.read32(abi::REG_ID), abi::DEVICE_MAGIC);
+}

@@ -220,6 +220,14 @@ impl Client {
         self.call(REGION_WRITE, &p, &[]).0
     }
 
+    fn reg_read(&mut self, off: usize) -> u32 {
+        let mut p = (off as u64).to_le_bytes().to_vec();
+        p.extend_from_slice(&le32s(&[BAR0, 4]));
+        let (r, data) = self.call(REGION_READ, &p, &[]);
+        assert_eq!(r.errno(), None);
+        u32::from_le_bytes(data[16..20].try_into().unwrap())
+    }
+
     fn reg_write(&mut self, off: usize, v: u32) {
         let r = self.region_write(BAR0, off as u64, &v.to_le_bytes());
         assert_eq!(r.errno(), None);
@@ -697,13 +705,18 @@ fn only_eventfds_are_accepted_for_interrupts() {
 fn a_full_interrupt_eventfd_never_blocks_the_server() {
     let (srv, mut c) = Server::start("i-full");
     c.negotiate();
-    let mut e = eventfd();
-    let p = le32s(&[20, (1 << 2) | (1 << 5), MSIX, 0, 1]);
-    let (r, _) = c.call(SET_IRQS, &p, &[e.as_raw_fd()]);
+    let (mut e0, mut e1) = (eventfd(), eventfd());
+    let p = le32s(&[20, (1 << 2) | (1 << 5), MSIX, 0, 2]);
+    let (r, _) = c.call(SET_IRQS, &p, &[e0.as_raw_fd(), e1.as_raw_fd()]);
     assert_eq!(r.errno(), None);
     // The counter's maximum: one more signal would block a blocking writer.
-    e.write_all(&(u64::MAX - 1).to_le_bytes()).unwrap();
-    // Trigger vector 0 from the client side (DATA_NONE | TRIGGER).
+    e0.write_all(&(u64::MAX - 1).to_le_bytes()).unwrap();
+    e1.write_all(&(u64::MAX - 1).to_le_bytes()).unwrap();
+    // The device raises its error vector (1 with one queue) for a doorbell on a disabled
+    // queue, from inside the REGION_WRITE that rings it.
+    c.reg_write(abi::queue_reg(0, abi::Q_SQ_TAIL), 1);
+    assert_ne!(c.reg_read(abi::REG_ERROR) & abi::ERR_BAD_DOORBELL, 0);
+    // And the client triggers vector 0 itself (DATA_NONE | TRIGGER).
     let p = le32s(&[20, 1 | (1 << 5), MSIX, 0, 1]);
     let (r, _) = c.call(SET_IRQS, &p, &[]);
     assert_eq!(r.errno(), None);
