@@ -220,3 +220,42 @@ fn the_second_write_after_a_reset() {
     let s: Vec<u16> = (1..=3).map(|t| r.run_one(&mut q, w(t)).status).collect();
     assert_eq!(s, [abi::CS_OK, abi::CS_DEVICE_ERROR, abi::CS_OK]);
 }
+
+#[test]
+fn a_queue_reset_is_not_held_up_by_the_longest_delay_or_storm() {
+    let (r, mut q) = rig(
+        "[[rule]]\nkind = \"delay_completion\"\nms = 60000\n\
+         [[rule]]\nkind = \"irq_storm\"\ncount = 10000",
+    );
+    r.submit(&mut q, &[copy(1, 64)]);
+    std::thread::sleep(Duration::from_millis(50));
+    let t = std::time::Instant::now();
+    r.write32(abi::queue_reg(0, abi::Q_CTRL), abi::QCTRL_RESET);
+    // The reset used to wait out the whole minute.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    let mut q = r.setup_queue(0, 16);
+    r.submit(&mut q, &[]);
+}
+
+#[test]
+fn rule_parameters_are_range_checked() {
+    for (rule, field) in [
+        ("kind = \"corrupt\"\nbits = 4294967295", "bits"),
+        ("kind = \"irq_storm\"\ncount = 4294967295", "count"),
+        ("kind = \"delay_completion\"\nms = 4294967295", "ms"),
+        ("kind = \"dma_outside\"\nlen = 1099511627776", "len"),
+        ("kind = \"short_transfer\"\nbytes = 4294967295", "bytes"),
+        (
+            "name = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\nkind = \"mark\"",
+            "name",
+        ),
+    ] {
+        let e = dmalab_device::faults::RuleSet::from_toml(&format!("[[rule]]\n{rule}"))
+            .expect_err(rule)
+            .to_string();
+        assert!(e.contains(&format!("`{field}`")), "{rule}: {e}");
+    }
+    let many = "[[rule]]\nkind = \"mark\"\n".repeat(dmalab_device::faults::MAX_RULES + 1);
+    let e = dmalab_device::faults::RuleSet::from_toml(&many).unwrap_err();
+    assert!(e.to_string().contains("at most"), "{e}");
+}

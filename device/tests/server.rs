@@ -206,3 +206,102 @@ fn rules_files_are_checked_offline_with_precise_errors() {
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("field `bits`"));
 }
+
+/// Starts a server with a control socket; returns it with both socket paths.
+fn with_control(name: &str, extra: &[&str]) -> (std::process::Child, PathBuf, PathBuf) {
+    let d = scratch(name);
+    let (sock, ctl) = (d.join("dev.sock"), d.join("ctl.sock"));
+    let child = Command::new(bin())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--control")
+        .arg(&ctl)
+        .args(["--mem-size", "1M"])
+        .args(extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+        assert!(Instant::now() < deadline, "no socket after 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, sock, ctl)
+}
+
+fn stop(mut child: std::process::Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+fn ask(s: &mut std::os::unix::net::UnixStream, line: &[u8]) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    s.write_all(line).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut answer)
+        .unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+#[test]
+fn sockets_are_owner_only_unless_widened() {
+    use std::os::unix::fs::PermissionsExt;
+    let (child, sock, ctl) = with_control("mode", &[]);
+    for p in [&sock, &ctl] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
+    stop(child);
+    let (child, _, ctl) = with_control("mode660", &["--socket-mode", "660"]);
+    let mode = std::fs::metadata(&ctl).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    stop(child);
+}
+
+#[test]
+fn control_lines_and_connections_are_bounded() {
+    use std::os::unix::net::UnixStream;
+    let (child, _, ctl) = with_control("bounds", &[]);
+    // A line over the limit: an error, then the connection is closed.
+    let mut s = UnixStream::connect(&ctl).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut long = vec![b' '; dmalab_device::control::MAX_LINE + 10];
+    long.push(b'\n');
+    let v = ask(&mut s, &long);
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("longer than"), "{v}");
+    // Connections beyond the limit are told so; those within it are served.
+    let mut held: Vec<UnixStream> = (0..dmalab_device::control::MAX_CONNECTIONS)
+        .map(|_| UnixStream::connect(&ctl).unwrap())
+        .collect();
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(ask(s, b"{\"cmd\":\"counters\"}\n")["ok"], true);
+    }
+    let mut extra = UnixStream::connect(&ctl).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let v = ask(&mut extra, b"{\"cmd\":\"counters\"}\n");
+    assert!(v["error"].as_str().unwrap().contains("too many"), "{v}");
+    drop(held);
+    // Out-of-range parameters are refused through the socket too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let mut s = UnixStream::connect(&ctl).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let v = ask(
+            &mut s,
+            b"{\"cmd\":\"add\",\"rule\":{\"kind\":\"irq_storm\",\"count\":4294967295}}\n",
+        );
+        if !v["error"].as_str().unwrap_or("").contains("too many") {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "connections never released");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(v["error"].as_str().unwrap().contains("`count`"), "{v}");
+    stop(child);
+}
