@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
 
-.PHONY: all deps qemu kernel device driver agent initramfs artifacts run test unit lint e2e bench campaign clean
+.PHONY: all deps qemu kernel device driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke clean
 
 all: artifacts
 
@@ -53,6 +53,8 @@ run: artifacts
 unit:
 	cargo test --release -p dmalab-abi -p dmalab-device -p dmalab-agent
 	cargo test --release -p dmalab-tests --lib
+	@echo "device tests again in a debug build (arithmetic overflow checks on)"
+	cargo test -q -p dmalab-device
 
 lint: kernel
 	cargo fmt --all -- --check
@@ -62,7 +64,14 @@ lint: kernel
 e2e: artifacts
 	$(CARGO_E2E) -- --test-threads=1
 
-test: unit lint e2e
+test: unit lint fuzz-smoke e2e
+
+# Coverage-guided fuzzing (cargo-fuzz, stable toolchain): FUZZ_SECONDS per target.
+fuzz:
+	@scripts/fuzz.sh $(or $(FUZZ_SECONDS),600) $(FUZZ_TARGETS)
+
+fuzz-smoke:
+	@scripts/fuzz.sh 10
 
 campaign: artifacts
 	@cargo run --release -q -p dmalab-tests --bin dmalab-campaign -- --seed $(or $(SEED),1) --ops $(or $(OPS),300) \

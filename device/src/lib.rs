@@ -11,6 +11,7 @@ pub mod device;
 pub mod engine;
 pub mod eventlog;
 pub mod faults;
+pub mod fuzzing;
 pub mod interrupts;
 pub mod memory;
 pub mod pci_config;

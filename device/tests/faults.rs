@@ -223,10 +223,8 @@ fn the_second_write_after_a_reset() {
 
 #[test]
 fn a_queue_reset_is_not_held_up_by_the_longest_delay_or_storm() {
-    let (r, mut q) = rig(
-        "[[rule]]\nkind = \"delay_completion\"\nms = 60000\n\
-         [[rule]]\nkind = \"irq_storm\"\ncount = 10000",
-    );
+    let (r, mut q) = rig("[[rule]]\nkind = \"delay_completion\"\nms = 60000\n\
+         [[rule]]\nkind = \"irq_storm\"\ncount = 10000");
     r.submit(&mut q, &[copy(1, 64)]);
     std::thread::sleep(Duration::from_millis(50));
     let t = std::time::Instant::now();
