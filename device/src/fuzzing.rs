@@ -211,7 +211,7 @@ pub fn bar_and_rings(data: &[u8]) {
             }
             // Any register write, anywhere in BAR0.
             1 => {
-                let off = u64::from(input.u16()) % abi::BAR0_SIZE as u64 & !3;
+                let off = (u64::from(input.u16()) % abi::BAR0_SIZE as u64) & !3;
                 let v = input.u32();
                 dev.mmio_write(off, &v.to_le_bytes());
             }
