@@ -193,3 +193,26 @@ fn transfers_with_legacy_interrupts() {
     assert_transfers_verified(&r, 25);
     assert_counters_agree(&r);
 }
+
+#[test]
+fn a_hostile_guest_cannot_make_the_device_write_outside_what_it_names() {
+    // The agent unbinds the driver, programs the BAR itself with shrunken rings, rings that
+    // wrap or lie outside RAM, and descriptors that wrap, miss RAM, or lie about their SG
+    // lists; 60-odd canary pages must stay untouched, and the driver must work after a rebind.
+    let r = run(&VmOptions::new("hostile_guest", "load,hostile,unload"));
+    r.assert_clean();
+    let h = r.one("hostile");
+    r.check(
+        h["legit_done"] == 10 && h["legit_data"] == true,
+        &format!("the legitimate FILLs must run (else the test proves nothing): {h}"),
+    );
+    r.check(
+        h["stray_bytes"] == 0,
+        &format!("the device wrote into canary pages: {h}"),
+    );
+    r.check(
+        u(&h["error_bits"]) & u64::from(abi::ERR_BAD_DOORBELL) != 0,
+        &format!("the hostile programming must be reported: {h}"),
+    );
+    assert_transfers_verified(&r, 1);
+}

@@ -7,6 +7,7 @@
 //! back, whether the bytes matched). Finally it powers the VM off.
 
 mod dev;
+mod hostile;
 mod report;
 mod scenarios;
 

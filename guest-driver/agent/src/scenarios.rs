@@ -38,6 +38,12 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "removal" => removal(),
         "campaign" => campaign(),
         "unbind_stalled" => unbind_stalled(),
+        "hostile" => {
+            crate::hostile::hostile(&bound_device()?)?;
+            let o = verified(&Dev::open(0)?, abi::OP_COPY, 0, 65536, 0, 5, 0);
+            report_xfer(&o, "after_hostile");
+            Ok(())
+        }
         other => Err(format!("unknown scenario '{other}'")),
     }
 }
