@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::device::Shared;
 use crate::faults::Rule;
+use crate::shared::Shared;
 
 fn err(msg: impl std::fmt::Display) -> Value {
     json!({"ok": false, "error": msg.to_string()})

@@ -12,8 +12,10 @@ use crate::eventlog::{Event, EventLog};
 use crate::faults::{Injector, RuleSet};
 use crate::interrupts::InterruptSink;
 use crate::memory::{Dir, DmaMemory};
-use crate::queue::{QueueRegs, QueueShared, Worker};
+use crate::queue::{QueueRegs, QueueShared};
 use crate::registers::{DevCtrl, DevStatus, ErrorBits, QueueCtrl};
+use crate::shared::Shared;
+use crate::worker::Worker;
 
 /// How an instance is built.
 #[derive(Debug, Clone)]
@@ -33,54 +35,6 @@ impl Default for DeviceConfig {
             internal_mem: 64 << 20,
             faults: RuleSet::default(),
         }
-    }
-}
-
-/// State shared by the MMIO path and the queue workers.
-pub struct Shared {
-    pub(crate) mem: Arc<dyn DmaMemory>,
-    irq: Arc<dyn InterruptSink>,
-    pub log: Arc<EventLog>,
-    pub internal: InternalMemory,
-    /// Fault rules and their counters.
-    pub faults: Injector,
-    pub(crate) queues: Vec<QueueShared>,
-    error: AtomicU32,
-    status: AtomicU32,
-    pub(crate) coalesce: AtomicU32,
-    irq_cause: AtomicU32,
-}
-
-impl Shared {
-    fn nqueues(&self) -> u16 {
-        self.queues.len() as u16
-    }
-
-    pub(crate) fn is_fatal(&self) -> bool {
-        DevStatus::from_bits(self.status.load(Ordering::SeqCst)).fatal()
-    }
-
-    fn raise(&self, vector: u16, cause: u32) {
-        self.irq_cause.fetch_or(cause, Ordering::SeqCst);
-        let delivered = self.irq.raise(vector);
-        self.log.counters.irqs.fetch_add(1, Ordering::Relaxed);
-        self.log.record(|| Event::Irq { vector, delivered });
-    }
-
-    pub(crate) fn raise_queue_irq(&self, q: u16) {
-        self.raise(q, 1 << q);
-    }
-
-    /// Sets sticky error bits and raises the error vector.
-    pub(crate) fn set_error(&self, bits: ErrorBits) {
-        self.error.fetch_or(bits.into_bits(), Ordering::SeqCst);
-        if bits.fatal() {
-            self.status.fetch_or(
-                DevStatus::new().with_fatal(true).into_bits(),
-                Ordering::SeqCst,
-            );
-        }
-        self.raise(self.nqueues(), 1 << 31);
     }
 }
 

@@ -17,9 +17,11 @@ pub mod memory;
 pub mod pci_config;
 pub mod queue;
 pub mod registers;
+pub mod shared;
 pub mod testing;
 pub mod vfio_server;
 pub mod vfio_user;
 pub mod wire;
+pub mod worker;
 
 pub use dmalab_abi as abi;

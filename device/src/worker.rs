@@ -1,0 +1,471 @@
+//! The worker thread of one queue pair: fetches descriptors, applies injected faults, runs
+//! them through the engine, posts completions and raises the queue's vector.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use dmalab_abi::{self as abi, Completion, Descriptor};
+
+use crate::engine::{self, Ctx, Outcome, Tweak};
+use crate::eventlog::Event;
+use crate::faults::{self, FaultKind, Occurrence};
+use crate::interrupts::Coalescer;
+use crate::memory::{Dir, MemView};
+use crate::queue::{Msg, QueueShared};
+use crate::registers::{ErrorBits, IrqCoalesce};
+use crate::shared::Shared;
+use crate::wire;
+
+/// The worker of queue `index`.
+pub(crate) struct Worker {
+    pub index: u16,
+    pub dev: Arc<Shared>,
+    pub rx: Receiver<Msg>,
+    coalescer: Coalescer,
+    view: Option<(u64, Arc<MemView>)>,
+    /// An injected out-of-order completion waiting for the next one.
+    held: Option<(Completion, bool)>,
+    /// Completion-ring base and size in force when the current descriptor was fetched.
+    geometry: Option<(u64, u32)>,
+}
+
+/// The injected faults for one descriptor, folded together.
+#[derive(Debug, Default)]
+struct FaultPlan {
+    status: Option<u16>,
+    tweak: Tweak,
+    unreported_short: bool,
+    drop_completion: bool,
+    delay_ms: u32,
+    duplicate: bool,
+    out_of_order: bool,
+    spurious_irq: bool,
+    lost_irq: bool,
+    storm: u32,
+    stall: bool,
+    fatal: bool,
+    outside: Option<(u64, u64)>,
+}
+
+impl Worker {
+    pub(crate) fn new(index: u16, dev: Arc<Shared>, rx: Receiver<Msg>) -> Self {
+        Self {
+            index,
+            dev,
+            rx,
+            coalescer: Coalescer::default(),
+            view: None,
+            held: None,
+            geometry: None,
+        }
+    }
+
+    /// The current DMA mappings; refetched only when the map table changed.
+    fn view(&mut self) -> Arc<MemView> {
+        let generation = self.dev.mem.generation();
+        match &self.view {
+            Some((g, v)) if *g == generation => v.clone(),
+            _ => {
+                let v = self.dev.mem.view();
+                self.view = Some((generation, v.clone()));
+                v
+            }
+        }
+    }
+
+    fn queue(&self) -> &QueueShared {
+        &self.dev.queues[self.index as usize]
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            let msg = match self.coalescer.deadline() {
+                Some(d) => self.rx.recv_deadline(d),
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match msg {
+                Ok(Msg::Kick) => self.drain(),
+                Ok(Msg::Reset(reply)) => {
+                    let discarded = self.discard();
+                    self.coalescer.clear();
+                    self.held = None;
+                    let _ = reply.send(discarded);
+                }
+                Err(RecvTimeoutError::Timeout) => self.raise(),
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.dev.log.flush();
+    }
+
+    fn discard(&self) -> u32 {
+        let r = self.queue().regs.lock().unwrap();
+        if r.size == 0 {
+            return 0;
+        }
+        r.sq_tail.wrapping_sub(r.sq_head) % r.size
+    }
+
+    fn raise(&mut self) {
+        self.coalescer.clear();
+        self.dev.raise_queue_irq(self.index);
+    }
+
+    fn coalesce_cfg(&self) -> IrqCoalesce {
+        IrqCoalesce::from_bits(self.dev.coalesce.load(Ordering::Relaxed))
+    }
+
+    /// Runs descriptors until the submission ring is empty, the completion ring is full, the
+    /// queue halts or stalls, or a reset is requested.
+    fn drain(&mut self) {
+        let q = self.index;
+        while !self.queue().reset_requested() && !self.dev.is_fatal() {
+            let r = *self.queue().regs.lock().unwrap();
+            self.geometry = Some((r.cq_base, r.size));
+            if !r.enabled || r.error || r.stalled {
+                break;
+            }
+            // Every index is checked against the size in force at every use: whatever the
+            // registers say, no slot outside [base, base + size × entry) is ever touched.
+            if !r.indices_valid() {
+                self.halt(
+                    ErrorBits::new().with_bad_doorbell(true),
+                    format!(
+                        "queue {q}: ring indices outside a ring of {} entries",
+                        r.size
+                    ),
+                );
+                break;
+            }
+            if r.sq_head == r.sq_tail || (r.cq_tail + 1) % r.size == r.cq_head {
+                break;
+            }
+            let mut view = self.view();
+            let mut raw = [0u8; abi::DESC_SIZE];
+            let slot = r
+                .sq_base
+                .wrapping_add(u64::from(r.sq_head) * abi::DESC_SIZE as u64);
+            if let Err(e) = view.read(slot, &mut raw) {
+                self.halt(
+                    ErrorBits::new().with_ring_fetch(true),
+                    format!("queue {q}: descriptor fetch: {e}"),
+                );
+                break;
+            }
+            let d = wire::decode_descriptor(&raw);
+            self.dev
+                .log
+                .counters
+                .descriptors
+                .fetch_add(1, Ordering::Relaxed);
+            self.dev.log.record(|| Event::Fetch {
+                queue: q,
+                index: r.sq_head,
+                opcode: d.opcode,
+                flags: d.flags,
+                tag: d.tag,
+                len: d.len,
+            });
+            let plan = self.fault_plan(&d, r.sq_head);
+            if plan.spurious_irq {
+                self.dev.raise_queue_irq(q);
+            }
+            if plan.fatal {
+                self.dev.set_error(ErrorBits::new().with_fatal(true));
+                break;
+            }
+            if plan.stall {
+                // The descriptor stays fetched-but-unfinished: only a reset gets the queue going.
+                self.queue().regs.lock().unwrap().stalled = true;
+                break;
+            }
+            let ctx = Ctx {
+                view: &view,
+                internal: &self.dev.internal,
+                log: &self.dev.log,
+                queue: q,
+            };
+            let mut out = match plan.status {
+                Some(status) => Outcome {
+                    status,
+                    bytes: 0,
+                    result: 0,
+                    violation: false,
+                },
+                None => engine::execute(&ctx, &d, plan.tweak),
+            };
+            if out.status != abi::CS_OK {
+                self.dev.log.record(|| Event::Error {
+                    queue: Some(q),
+                    tag: Some(d.tag),
+                    status: Some(out.status),
+                    what: format!("descriptor {} refused", r.sq_head),
+                });
+            }
+            if out.violation {
+                self.dev
+                    .set_error(ErrorBits::new().with_dma_violation(true));
+            }
+            if let Some((offset, len)) = plan.outside {
+                self.dma_outside(&view, &d, offset, len);
+            }
+            if plan.unreported_short {
+                out.bytes = d.len;
+            }
+            {
+                let mut regs = self.queue().regs.lock().unwrap();
+                // The driver may have disabled the queue and rewritten SIZE (even to 0) while
+                // this descriptor ran: never divide by a guest-written value unchecked.
+                match (regs.sq_head + 1).checked_rem(regs.size) {
+                    Some(h) => regs.sq_head = h,
+                    None => break,
+                }
+            }
+            self.queue().done.fetch_add(1, Ordering::Relaxed);
+            let c = Completion {
+                result: out.result,
+                bytes: out.bytes,
+                tag: d.tag,
+                status: out.status,
+                phase: 0,
+            };
+            if plan.drop_completion {
+                continue;
+            }
+            if plan.delay_ms > 0 {
+                // No view is held while waiting (an unmap must not wait for a fault's delay),
+                // and a reset cuts the wait short: the completion is then discarded with the
+                // rest of the queue.
+                drop(view);
+                if !self.sleep_unless_reset(Duration::from_millis(u64::from(plan.delay_ms))) {
+                    break;
+                }
+                view = self.view();
+            }
+            let irq = d.flags & abi::DESC_NO_IRQ == 0 && !plan.lost_irq;
+            let posted = if plan.out_of_order && self.held.is_none() {
+                self.held = Some((c, irq));
+                true
+            } else {
+                let ok = self.post(&view, c, irq);
+                match self.held.take() {
+                    Some((h, hirq)) if ok => self.post(&view, h, hirq),
+                    _ => ok,
+                }
+            };
+            if !posted {
+                break;
+            }
+            if plan.duplicate && self.has_cq_space() {
+                self.post(&view, c, irq);
+            }
+            for _ in 0..plan.storm {
+                if self.queue().reset_requested() {
+                    break;
+                }
+                self.dev.raise_queue_irq(q);
+            }
+        }
+        if let Some((h, hirq)) = self.held.take() {
+            // Nothing came after it: out of order degenerates to late.
+            let view = self.view();
+            if !self.has_cq_space() || !self.post(&view, h, hirq) {
+                self.held = Some((h, hirq));
+            }
+        }
+        if self.coalescer.idle(self.coalesce_cfg()) {
+            self.raise();
+        }
+        // An idle worker holds no view, so an unmap never waits for it.
+        self.view = None;
+        self.dev.log.flush();
+    }
+
+    /// Sleeps for `d` unless a reset of the queue is requested first; true if it slept it all.
+    fn sleep_unless_reset(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            if self.queue().reset_requested() {
+                return false;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(5)));
+        }
+    }
+
+    fn has_cq_space(&self) -> bool {
+        let r = self.queue().regs.lock().unwrap();
+        r.size != 0 && (r.cq_tail + 1) % r.size != r.cq_head
+    }
+
+    /// Writes one completion at the completion tail and accounts for its interrupt.
+    fn post(&mut self, view: &MemView, mut c: Completion, irq: bool) -> bool {
+        let q = self.index;
+        let (cq_base, cq_tail, phase) = {
+            let r = self.queue().regs.lock().unwrap();
+            if Some((r.cq_base, r.size)) != self.geometry {
+                // The driver reprogrammed the completion ring (queue disabled) while this
+                // descriptor ran: its completion has no valid slot any more; drop it.
+                drop(r);
+                self.dev.log.record(|| Event::Error {
+                    queue: Some(q),
+                    tag: Some(c.tag),
+                    status: Some(c.status),
+                    what: "completion dropped: the completion ring was reprogrammed".into(),
+                });
+                return true;
+            }
+            (r.cq_base, r.cq_tail, r.phase)
+        };
+        c.phase = u16::from(phase);
+        // wrapping: a base rewritten while the queue was disabled may be anything; the view
+        // refuses an address that wrapped, like any unmapped one
+        let cslot = cq_base.wrapping_add(u64::from(cq_tail) * abi::COMPLETION_SIZE as u64);
+        let (head, last) = wire::encode_completion(&c);
+        if let Err(e) = view
+            .write(cslot, &head)
+            .and_then(|_| view.store_u32_release(cslot.wrapping_add(12), last))
+        {
+            self.halt(
+                ErrorBits::new().with_cq_write(true),
+                format!("queue {q}: completion write: {e}"),
+            );
+            return false;
+        }
+        {
+            let mut regs = self.queue().regs.lock().unwrap();
+            let Some(t) = (regs.cq_tail + 1).checked_rem(regs.size) else {
+                return false;
+            };
+            regs.cq_tail = t;
+            if regs.cq_tail == 0 {
+                regs.phase = !regs.phase;
+            }
+        }
+        let counters = &self.dev.log.counters;
+        counters.completions.fetch_add(1, Ordering::Relaxed);
+        if c.status == abi::CS_OK {
+            &counters.completions_ok
+        } else {
+            &counters.completions_err
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        self.dev.log.record(|| Event::Complete {
+            queue: q,
+            index: cq_tail,
+            tag: c.tag,
+            status: c.status,
+            bytes: c.bytes,
+            result: c.result,
+        });
+        if irq
+            && self
+                .coalescer
+                .completion(self.coalesce_cfg(), Instant::now())
+        {
+            self.raise();
+        }
+        true
+    }
+
+    /// Asks the injector about a fetched descriptor and folds its answer into one plan.
+    fn fault_plan(&self, d: &Descriptor, index: u32) -> FaultPlan {
+        let mut plan = FaultPlan::default();
+        let q = self.index;
+        let occ = Occurrence {
+            queue: q,
+            index,
+            opcode: d.opcode,
+            len: d.len,
+        };
+        for inj in self.dev.faults.on_descriptor(occ) {
+            self.dev.log.counters.faults.fetch_add(1, Ordering::Relaxed);
+            self.dev.log.record(|| Event::Fault {
+                queue: q,
+                index,
+                tag: d.tag,
+                rule: inj.rule.clone(),
+                fault: inj.kind,
+            });
+            match inj.kind {
+                // When several rules set a status, the first (in rule order) wins.
+                FaultKind::DmaReadError | FaultKind::DmaWriteError => {
+                    plan.status.get_or_insert(abi::CS_DMA_FAULT);
+                }
+                FaultKind::ErrorStatus { status } => {
+                    plan.status.get_or_insert(status);
+                }
+                FaultKind::Corrupt { bits } => {
+                    plan.tweak.corrupt_bits = plan.tweak.corrupt_bits.saturating_add(bits)
+                }
+                FaultKind::ShortTransfer { bytes, reported } => {
+                    plan.tweak.short = Some(bytes);
+                    plan.unreported_short = !reported;
+                }
+                FaultKind::DropCompletion => plan.drop_completion = true,
+                FaultKind::DelayCompletion { ms } => {
+                    plan.delay_ms = (plan.delay_ms + ms).min(faults::LIMIT_DELAY_MS)
+                }
+                FaultKind::DuplicateCompletion => plan.duplicate = true,
+                FaultKind::OutOfOrder => plan.out_of_order = true,
+                FaultKind::SpuriousIrq => plan.spurious_irq = true,
+                FaultKind::LostIrq => plan.lost_irq = true,
+                FaultKind::IrqStorm { count } => {
+                    plan.storm = (plan.storm + count).min(*faults::LIMIT_STORM.end())
+                }
+                FaultKind::Stall => plan.stall = true,
+                FaultKind::Fatal => plan.fatal = true,
+                FaultKind::DmaOutside { offset, len } => plan.outside = Some((offset, len)),
+                FaultKind::Mark => {}
+            }
+        }
+        plan
+    }
+
+    /// A faulty device reaching past its descriptor: the model refuses the access (nothing is
+    /// written) and reports it as a DMA violation.
+    fn dma_outside(&self, view: &MemView, d: &Descriptor, offset: u64, len: u64) {
+        // just past the descriptor's guest-memory side (its destination if it writes the guest)
+        let base = match d.opcode {
+            abi::OP_COPY | abi::OP_READ | abi::OP_FILL => d.dst,
+            _ => d.src,
+        };
+        let addr = base.wrapping_add(u64::from(d.len)).wrapping_add(offset);
+        let mapped = view.slices(addr, len, Dir::ToGuest).is_ok();
+        let what = format!(
+            "queue {}: refused a device DMA of {len} bytes at {addr:#x}, outside descriptor {} ({})",
+            self.index,
+            d.tag,
+            if mapped { "mapped guest memory" } else { "unmapped IOVA" }
+        );
+        self.dev.log.record(|| Event::Error {
+            queue: Some(self.index),
+            tag: Some(d.tag),
+            status: None,
+            what,
+        });
+        self.dev
+            .set_error(ErrorBits::new().with_dma_violation(true));
+    }
+
+    fn halt(&mut self, bits: ErrorBits, what: String) {
+        self.queue().regs.lock().unwrap().error = true;
+        self.dev
+            .log
+            .counters
+            .ring_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.dev.log.record(|| Event::Error {
+            queue: Some(self.index),
+            tag: None,
+            status: None,
+            what,
+        });
+        self.dev.set_error(bits);
+    }
+}
