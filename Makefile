@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
 
-.PHONY: all deps qemu kernel device driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke clean
+.PHONY: all deps qemu kernel device driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver clean
 
 all: artifacts
 
@@ -56,15 +56,20 @@ unit:
 	@echo "device tests again in a debug build (arithmetic overflow checks on)"
 	cargo test -q -p dmalab-device
 
-lint: kernel
+lint: lint-host lint-driver
+
+# The host crates need no kernel: linted first, without waiting for its build.
+lint-host:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
+
+lint-driver: kernel
 	@scripts/lint-driver.sh "$$(cat $(P)/kbuild)"
 
 e2e: artifacts
 	$(CARGO_E2E) -- --test-threads=1
 
-test: unit lint fuzz-smoke e2e
+test: lint-host unit fuzz-smoke lint-driver e2e
 
 # Coverage-guided fuzzing (cargo-fuzz, stable toolchain): FUZZ_SECONDS per target.
 fuzz:

@@ -9,38 +9,32 @@ use dmalab_tests::campaign::campaign;
 use dmalab_tests::html;
 use serde_json::Value;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+/// Many requests under seeded random faults in one VM; a verdict per fault kind on the
+/// terminal and a self-contained HTML report.
+#[derive(clap::Parser, Debug)]
+#[command(name = "dmalab-campaign", version)]
+struct Args {
+    /// Seed of the random fault choices (the same seed injects the same sequence)
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of requests
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    ops: u32,
+    /// Fault rules (TOML, docs/faults.md) [default: campaigns/mix.toml]
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// HTML report [default: target/campaign-SEED.html]
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: dmalab-campaign [--seed S] [--ops N] [--rules FILE] [--out FILE.html]";
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{usage}");
-        return ExitCode::SUCCESS;
-    }
+    let args = <Args as clap::Parser>::parse();
     let root = dmalab_tests::artifacts::root();
-    let seed: u64 = match arg(&args, "--seed").map(|s| s.parse()) {
-        None => 1,
-        Some(Ok(s)) => s,
-        Some(Err(_)) => {
-            eprintln!("dmalab-campaign: --seed wants a number\n{usage}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let ops: u32 = match arg(&args, "--ops").map(|s| s.parse()) {
-        None => 300,
-        Some(Ok(n)) if n > 0 => n,
-        _ => {
-            eprintln!("dmalab-campaign: --ops wants a positive number\n{usage}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let rules_path =
-        arg(&args, "--rules").map_or_else(|| root.join("campaigns/mix.toml"), PathBuf::from);
+    let (seed, ops) = (args.seed, args.ops);
+    let rules_path = args
+        .rules
+        .unwrap_or_else(|| root.join("campaigns/mix.toml"));
     let rules = match std::fs::read_to_string(&rules_path) {
         Ok(r) => r,
         Err(e) => {
@@ -48,10 +42,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let out = arg(&args, "--out").map_or_else(
-        || root.join(format!("target/campaign-{seed}.html")),
-        PathBuf::from,
-    );
+    let out = args
+        .out
+        .unwrap_or_else(|| root.join(format!("target/campaign-{seed}.html")));
     eprintln!(
         "dmalab-campaign: seed {seed}, {ops} requests, rules {}",
         rules_path.display()
