@@ -116,18 +116,27 @@ pub const MAX_CONNECTIONS: usize = 8;
 /// closed (its end cannot be found without reading it all).
 pub const MAX_LINE: usize = 64 << 10;
 
-/// Claims `path`, listens on it, and gives the socket `mode` (created owner-only, so no other
-/// user can connect between bind and chmod).
+/// Claims `path`, listens on it, and gives the socket `mode`. The socket is bound under a
+/// temporary name (owner-only, so no other user can connect before the chmod) and renamed into
+/// place once it listens: whoever sees `path` can connect at once.
 pub fn listen(path: &Path, mode: u32) -> Result<UnixListener, String> {
     claim_socket_path(path)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
     // SAFETY: umask only changes this process's file-creation mask; restored right after.
     let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
+    let bound = UnixListener::bind(&tmp);
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let listener = bound.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot create {}: {e}", path.display()));
+    }
     Ok(listener)
 }
 
