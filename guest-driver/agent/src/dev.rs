@@ -47,9 +47,37 @@ pub struct Dev {
     file: File,
 }
 
-fn ioctl<T>(f: &File, cmd: u32, arg: *mut T) -> std::io::Result<()> {
-    // SAFETY: `arg` points to a live, properly sized `#[repr(C)]` value matching `cmd`'s size.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), cmd as _, arg) };
+/// An ioctl number together with the one argument type it takes. Built only by [`Ioctl::new`],
+/// which checks at compile time that the size encoded in the number is the type's size, so a
+/// command can never be issued with the wrong argument.
+struct Ioctl<T> {
+    cmd: u32,
+    _arg: std::marker::PhantomData<fn(&mut T)>,
+}
+
+impl<T> Ioctl<T> {
+    const fn new(cmd: u32) -> Self {
+        // _IOC layout: size in bits 16..30
+        assert!(((cmd >> 16) & 0x3fff) as usize == std::mem::size_of::<T>());
+        Self {
+            cmd,
+            _arg: std::marker::PhantomData,
+        }
+    }
+}
+
+const INFO: Ioctl<DeviceInfo> = Ioctl::new(abi::IOC_INFO);
+const STATS: Ioctl<Stats> = Ioctl::new(abi::IOC_STATS);
+const SUBMIT: Ioctl<Request> = Ioctl::new(abi::IOC_SUBMIT);
+const RESET: Ioctl<()> = Ioctl::new(abi::IOC_RESET);
+
+/// The one place an ioctl is issued.
+fn ioctl<T>(f: &File, ioc: &Ioctl<T>, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: `arg` is a live, exclusive `T`, and `ioc` can only be an ioctl whose encoded
+    // argument size is `size_of::<T>()` (checked in `Ioctl::new`); the ABI types are
+    // `#[repr(C)]` and shared with the driver, so the kernel reads and writes exactly this
+    // value. A zero-sized `T` passes a dangling but unused pointer (the command takes none).
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), ioc.cmd as _, arg as *mut T) };
     if r < 0 {
         Err(errno())
     } else {
@@ -70,23 +98,23 @@ impl Dev {
 
     pub fn info(&self) -> Result<DeviceInfo, String> {
         let mut i = DeviceInfo::default();
-        ioctl(&self.file, abi::IOC_INFO, &mut i).map_err(|e| format!("IOC_INFO: {e}"))?;
+        ioctl(&self.file, &INFO, &mut i).map_err(|e| format!("IOC_INFO: {e}"))?;
         Ok(i)
     }
 
     pub fn stats(&self) -> Result<Stats, String> {
         let mut s = Stats::default();
-        ioctl(&self.file, abi::IOC_STATS, &mut s).map_err(|e| format!("IOC_STATS: {e}"))?;
+        ioctl(&self.file, &STATS, &mut s).map_err(|e| format!("IOC_STATS: {e}"))?;
         Ok(s)
     }
 
     /// Runs one request; the errno is returned as an error.
     pub fn submit(&self, req: &mut Request) -> std::io::Result<()> {
-        ioctl(&self.file, abi::IOC_SUBMIT, req)
+        ioctl(&self.file, &SUBMIT, req)
     }
 
     pub fn reset(&self) -> std::io::Result<()> {
-        ioctl(&self.file, abi::IOC_RESET, std::ptr::null_mut::<u8>())
+        ioctl(&self.file, &RESET, &mut ())
     }
 }
 
