@@ -48,7 +48,7 @@ pub const REG_CAP_OPCODES: usize = 0x014;
 pub const REG_MEM_SIZE_LO: usize = 0x018;
 /// RO: size of the internal memory in bytes, high 32 bits.
 pub const REG_MEM_SIZE_HI: usize = 0x01c;
-/// RW: device control ([`CTRL_RESET`]).
+/// WO (reads 0): device control ([`CTRL_RESET`]).
 pub const REG_DEV_CTRL: usize = 0x020;
 /// RO: device status ([`STATUS_READY`], [`STATUS_FATAL`]).
 pub const REG_DEV_STATUS: usize = 0x024;

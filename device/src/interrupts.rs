@@ -100,11 +100,6 @@ impl Coalescer {
         self.deadline
     }
 
-    /// True when completions are waiting for their interrupt.
-    pub fn has_pending(&self) -> bool {
-        self.pending > 0
-    }
-
     /// The interrupt was raised (or the queue was reset): start counting afresh.
     pub fn clear(&mut self) {
         self.pending = 0;
