@@ -378,3 +378,21 @@ pub const IOC_SUBMIT: u32 = ioc(3, IOC_TYPE, 2, core::mem::size_of::<Request>())
 pub const IOC_STATS: u32 = ioc(2, IOC_TYPE, 3, core::mem::size_of::<Stats>());
 /// `_IO('D', 4)`: reset the device (fails requests in flight with ECANCELED).
 pub const IOC_RESET: u32 = ioc(0, IOC_TYPE, 4, 0);
+
+// Layout checks, compiled by every user of this file (the kernel module `include!`s it too), so
+// the safety arguments that rely on these layouts hold in every build. Each size is the
+// sum of the type's field sizes: no padding, every bit pattern valid.
+const _: () = assert!(core::mem::size_of::<Descriptor>() == DESC_SIZE);
+const _: () = assert!(DESC_SIZE == 1 + 1 + 2 + 2 + 2 + 4 + 4 + 8 + 8 + 4 + 28);
+const _: () = assert!(core::mem::size_of::<SgEntry>() == SG_ENTRY_SIZE);
+const _: () = assert!(SG_ENTRY_SIZE == 8 + 4 + 4);
+const _: () = assert!(core::mem::size_of::<Completion>() == COMPLETION_SIZE);
+const _: () = assert!(COMPLETION_SIZE == 4 + 4 + 4 + 2 + 2);
+const _: () = assert!(queue_reg(MAX_QUEUES, 0) <= MSIX_TABLE_OFFSET as usize);
+const _: () =
+    assert!((MSIX_VECTORS as usize) * 16 <= (MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) as usize);
+const _: () = assert!((MSIX_PBA_OFFSET as usize) + 8 <= BAR0_SIZE);
+const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 48);
+const _: () = assert!(core::mem::size_of::<Request>() == 72);
+const _: () = assert!(core::mem::size_of::<QueueStats>() == 64);
+const _: () = assert!(core::mem::size_of::<Stats>() == 64 * MAX_QUEUES + 24);

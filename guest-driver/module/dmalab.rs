@@ -49,8 +49,9 @@ pub mod abi {
 use abi::{Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats};
 
 // SAFETY: the ABI types below are `#[repr(C)]`, made only of integers (every bit pattern is
-// valid) and have no padding (sizes are asserted in `abi/src/lib.rs`: 64, 16, 16, 48, 72 and
-// 64 * MAX_QUEUES + 24 bytes, each the sum of its fields).
+// valid) and have no padding: their sizes (64, 16, 16, 48, 72 and 64 * MAX_QUEUES + 24 bytes,
+// each the sum of its fields) are asserted by `const` items at the end of `abi/regs.rs`, which
+// this build compiles with the rest of that file.
 unsafe impl kernel::transmute::FromBytes for Descriptor {}
 // SAFETY: see above.
 unsafe impl kernel::transmute::AsBytes for Descriptor {}
