@@ -75,6 +75,16 @@ struct Guest {
 }
 
 impl Guest {
+    /// Canaries everywhere again; nothing allowed.
+    fn reset(&mut self) {
+        self.shadow.fill(CANARY);
+        self.allowed.clear();
+        self.maps
+            .view()
+            .write(RAM_BASE, &self.shadow)
+            .expect("RAM reset");
+    }
+
     fn poke(&mut self, addr: u64, data: &[u8]) {
         let Some(off) = addr.checked_sub(RAM_BASE) else {
             return;
@@ -172,13 +182,7 @@ pub fn bar_and_rings(data: &[u8]) {
     let mut m = model().lock().unwrap_or_else(|p| p.into_inner());
     let Model { dev, guest } = &mut *m;
     dev.reset();
-    guest.shadow.fill(CANARY);
-    guest.allowed.clear();
-    guest
-        .maps
-        .view()
-        .write(RAM_BASE, &guest.shadow)
-        .expect("RAM reset");
+    guest.reset();
     // Per queue: the geometry the harness believes in, to place descriptors in the ring.
     let mut geo = [(0u64, 0u64, 0u32); 2];
     let mut tails = [0u32; 2];
@@ -295,13 +299,7 @@ pub fn bar_and_rings(data: &[u8]) {
 pub fn stray_write_for_test() {
     let mut m = model().lock().unwrap_or_else(|p| p.into_inner());
     let guest = &mut m.guest;
-    guest.shadow.fill(CANARY);
-    guest.allowed.clear();
-    guest
-        .maps
-        .view()
-        .write(RAM_BASE, &guest.shadow)
-        .expect("RAM reset");
+    guest.reset();
     guest.allow(RAM_BASE, 16);
     guest
         .maps

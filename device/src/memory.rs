@@ -263,17 +263,13 @@ impl MapTable {
     /// part in overlap checks and unmaps like any mapping.
     pub fn map_window(&self, iova: u64, size: u64) -> Result<(), MapError> {
         self.check_new(iova, size)?;
-        let mut maps = self.maps.lock().unwrap();
-        let at = maps.partition_point(|m| m.start < iova);
-        maps.insert(
-            at,
-            Mapping {
-                start: iova,
-                len: size,
-                region: None,
-                writable: false,
-            },
-        );
+        // Not DMA-able: the published view does not change.
+        let _ = self.insert_sorted(Mapping {
+            start: iova,
+            len: size,
+            region: None,
+            writable: false,
+        });
         Ok(())
     }
 
@@ -307,20 +303,23 @@ impl MapTable {
     ) -> Result<(), MapError> {
         let region = GuestRegionMmap::new(mmap, GuestAddress(iova))
             .ok_or(MapError::Region { iova, size })?;
-        let mut maps = self.maps.lock().unwrap();
-        // vm-memory wants its regions sorted by address.
-        let at = maps.partition_point(|m| m.start < iova);
-        maps.insert(
-            at,
-            Mapping {
-                start: iova,
-                len: size,
-                region: Some(Arc::new(region)),
-                writable,
-            },
-        );
+        let maps = self.insert_sorted(Mapping {
+            start: iova,
+            len: size,
+            region: Some(Arc::new(region)),
+            writable,
+        });
         self.publish(&maps);
         Ok(())
+    }
+
+    /// Inserts `m` in address order (vm-memory wants its regions sorted) and returns the
+    /// locked table.
+    fn insert_sorted(&self, m: Mapping) -> std::sync::MutexGuard<'_, Vec<Mapping>> {
+        let mut maps = self.maps.lock().unwrap();
+        let at = maps.partition_point(|x| x.start < m.start);
+        maps.insert(at, m);
+        maps
     }
 
     /// Removes every mapping that lies inside `iova..iova+size` and returns how many it removed;
