@@ -264,12 +264,12 @@ impl MapTable {
     pub fn map_window(&self, iova: u64, size: u64) -> Result<(), MapError> {
         self.check_new(iova, size)?;
         // Not DMA-able: the published view does not change.
-        let _ = self.insert_sorted(Mapping {
+        drop(self.insert_sorted(Mapping {
             start: iova,
             len: size,
             region: None,
             writable: false,
-        });
+        }));
         Ok(())
     }
 
