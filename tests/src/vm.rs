@@ -117,23 +117,69 @@ fn log_file(dir: &Path, name: &str) -> File {
         .unwrap_or_else(|e| panic!("cannot create {}/{name}: {e}", dir.display()))
 }
 
-/// Boots a VM as `opts` says and waits for it to power off (or for the timeout).
-pub fn run(opts: &VmOptions) -> Run {
-    let need = |n| artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
-    let (qemu, kernel, initramfs, device) = (
-        need("qemu"),
-        need("kernel"),
-        need("initramfs"),
-        need("device"),
-    );
-    let dir = artifacts::root().join("target/e2e").join(&opts.name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create run directory");
-    let sock = dir.join("dev.sock");
-    let mut reaper = Reaper {
-        children: Vec::new(),
-    };
+/// The console as it grows: each byte is read from the file once; complete lines are handed
+/// out as they arrive, and the whole text is kept for the verdict.
+struct ConsoleTail {
+    file: Option<File>,
+    path: PathBuf,
+    text: String,
+    /// Bytes of `text` already handed out as complete lines.
+    consumed: usize,
+    pending: Vec<u8>,
+}
 
+impl ConsoleTail {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            file: None,
+            path,
+            text: String::new(),
+            consumed: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Reads what QEMU appended since the last call; returns the new complete lines.
+    fn poll(&mut self) -> Vec<String> {
+        use std::io::Read;
+        if self.file.is_none() {
+            self.file = File::open(&self.path).ok();
+        }
+        if let Some(f) = &mut self.file {
+            let _ = f.read_to_end(&mut self.pending);
+        }
+        // Only whole UTF-8 text up to the last newline moves into `text`.
+        let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        let chunk: Vec<u8> = self.pending.drain(..=end).collect();
+        self.text.push_str(&String::from_utf8_lossy(&chunk));
+        let new = self.text[self.consumed..]
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        self.consumed = self.text.len();
+        new
+    }
+
+    /// Everything, including a last line without its newline.
+    fn finish(mut self) -> String {
+        self.poll();
+        self.text.push_str(&String::from_utf8_lossy(&self.pending));
+        self.text
+    }
+}
+
+/// The agent's report in a console line, if it holds one.
+fn report_in(line: &str) -> Option<Value> {
+    let i = line.find(REPORT_PREFIX)?;
+    serde_json::from_str(line[i + REPORT_PREFIX.len()..].trim()).ok()
+}
+
+/// Starts the device server and waits until its socket exists.
+fn start_device(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> PathBuf {
+    let device = artifacts::path("device").unwrap_or_else(|e| panic!("{e}"));
+    let sock = dir.join("dev.sock");
     let mut dev = Command::new(&device);
     if let Some(rules) = &opts.faults {
         let p = dir.join("faults.toml");
@@ -148,18 +194,21 @@ pub fn run(opts: &VmOptions) -> Run {
         .arg("--event-log")
         .arg(dir.join("events.jsonl"))
         .stdin(Stdio::null())
-        .stdout(log_file(&dir, "device.log"))
-        .stderr(log_file(&dir, "device.err"))
+        .stdout(log_file(dir, "device.log"))
+        .stderr(log_file(dir, "device.err"))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", device.display()));
     reaper.children.push(("device".into(), dev));
     let deadline = Instant::now() + Duration::from_secs(30);
+    // The server renames its socket into place once it listens.
     while !sock.exists() {
-        if let Ok(Some(st)) = reaper.children[0].1.try_wait() {
-            panic!(
-                "device server exited ({st}) before listening; see {}",
-                dir.join("device.err").display()
-            );
+        if let Some((_, d)) = reaper.children.iter_mut().find(|(n, _)| n == "device") {
+            if let Ok(Some(st)) = d.try_wait() {
+                panic!(
+                    "device server exited ({st}) before listening; see {}",
+                    dir.join("device.err").display()
+                );
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -168,7 +217,13 @@ pub fn run(opts: &VmOptions) -> Run {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    sock
+}
 
+/// Starts QEMU with the device attached over `sock`.
+fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
+    let need = |n| artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
+    let (qemu, kernel, initramfs) = (need("qemu"), need("kernel"), need("initramfs"));
     let mut append = format!(
         "console=ttyS0 panic=-1 dmalab.run={} {}",
         opts.scenarios, opts.append
@@ -197,11 +252,6 @@ pub fn run(opts: &VmOptions) -> Run {
     .args(["-display", "none", "-no-reboot"])
     .arg("-serial")
     .arg(format!("file:{}", dir.join("console.log").display()))
-    .arg("-qmp")
-    .arg(format!(
-        "unix:{},server=on,wait=off",
-        dir.join("qmp.sock").display()
-    ))
     .arg("-kernel")
     .arg(&kernel)
     .arg("-initrd")
@@ -226,86 +276,102 @@ pub fn run(opts: &VmOptions) -> Run {
     std::fs::write(dir.join("qemu.cmdline"), format!("{cmd:?}\n")).ok();
     let q = cmd
         .stdin(Stdio::null())
-        .stdout(log_file(&dir, "qemu.log"))
-        .stderr(log_file(&dir, "qemu.err"))
+        .stdout(log_file(dir, "qemu.log"))
+        .stderr(log_file(dir, "qemu.err"))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", qemu.display()));
     reaper.children.push(("qemu".into(), q));
+}
 
-    // QEMU exits when the guest powers off (or panics: -no-reboot).
+/// How watching the guest ended.
+struct Watched {
+    console: String,
+    qemu_status: Option<ExitStatus>,
+    timed_out: bool,
+    device_killed: bool,
+}
+
+/// Follows the console until QEMU exits (the guest powered off or panicked: -no-reboot) or
+/// the timeout: echoes chosen reports, and kills the device server when the surprise-removal
+/// marker appears.
+fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
     let t0 = Instant::now();
+    let mut tail = ConsoleTail::new(dir.join("console.log"));
+    let mut device_killed = false;
     let mut timed_out = false;
-    let mut echoed = 0;
     let qemu_status = loop {
-        if let Ok(Some(st)) = reaper.children[1].1.try_wait() {
-            break Some(st);
-        }
-        if t0.elapsed() > opts.timeout {
-            timed_out = true;
-            break reaper.stop("qemu", Duration::ZERO);
-        }
-        if !opts.echo.is_empty() {
-            // Show chosen reports (progress) while the guest runs.
-            let console = std::fs::read(dir.join("console.log")).unwrap_or_default();
-            let text = String::from_utf8_lossy(&console);
-            let mut seen = 0;
-            for line in text.lines() {
-                if let Some(i) = line.find(REPORT_PREFIX) {
-                    seen += 1;
-                    if seen > echoed {
-                        echoed = seen;
-                        let j = &line[i + REPORT_PREFIX.len()..];
-                        if let Ok(v) = serde_json::from_str::<Value>(j.trim()) {
-                            if opts.echo.iter().any(|k| v["kind"] == *k) {
-                                eprintln!("  [{:>4}s] {v}", t0.elapsed().as_secs());
-                            }
-                        }
-                    }
+        let exited = reaper
+            .children
+            .iter_mut()
+            .find(|(n, _)| n == "qemu")
+            .and_then(|(_, q)| q.try_wait().ok().flatten());
+        for line in tail.poll() {
+            if let Some(v) = report_in(&line) {
+                if opts.echo.iter().any(|k| v["kind"] == *k) {
+                    eprintln!("  [{:>4}s] {v}", t0.elapsed().as_secs());
                 }
             }
-        }
-        if let Some(marker) = &opts.kill_device_on {
-            let console = std::fs::read(dir.join("console.log")).unwrap_or_default();
-            if String::from_utf8_lossy(&console).contains(marker.as_str()) {
+            if !device_killed
+                && opts
+                    .kill_device_on
+                    .as_ref()
+                    .is_some_and(|m| line.contains(m.as_str()))
+            {
                 // Surprise removal: the device vanishes under the running guest.
                 if let Some((_, dev)) = reaper.children.iter_mut().find(|(n, _)| n == "device") {
                     if let Ok(None) = dev.try_wait() {
                         let _ = dev.kill();
                     }
                 }
+                device_killed = true;
             }
+        }
+        if exited.is_some() {
+            break exited;
+        }
+        if t0.elapsed() > opts.timeout {
+            timed_out = true;
+            break reaper.stop("qemu", Duration::ZERO);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    Watched {
+        console: tail.finish(),
+        qemu_status,
+        timed_out,
+        device_killed,
+    }
+}
+
+/// Boots a VM as `opts` says and waits for it to power off (or for the timeout).
+pub fn run(opts: &VmOptions) -> Run {
+    let dir = artifacts::root().join("target/e2e").join(&opts.name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create run directory");
+    let mut reaper = Reaper {
+        children: Vec::new(),
+    };
+    let sock = start_device(opts, &dir, &mut reaper);
+    start_qemu(opts, &dir, &sock, &mut reaper);
+    let w = watch(opts, &dir, &mut reaper);
     // The server leaves by itself when the client disconnects.
     let device_status = reaper.stop("device", Duration::from_secs(20));
     drop(reaper);
 
-    let console =
-        String::from_utf8_lossy(&std::fs::read(dir.join("console.log")).unwrap_or_default())
-            .into_owned();
-    let reports = console
-        .lines()
-        .filter_map(|l| l.find(REPORT_PREFIX).map(|i| &l[i + REPORT_PREFIX.len()..]))
-        .filter_map(|j| serde_json::from_str(j.trim()).ok())
-        .collect();
+    let reports = w.console.lines().filter_map(report_in).collect();
     let events = std::fs::read_to_string(dir.join("events.jsonl"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let device_killed = opts
-        .kill_device_on
-        .as_ref()
-        .is_some_and(|m| console.contains(m.as_str()));
     Run {
         dir,
         reports,
-        console,
+        console: w.console,
         events,
-        timed_out,
-        device_killed,
-        qemu_status,
+        timed_out: w.timed_out,
+        device_killed: w.device_killed,
+        qemu_status: w.qemu_status,
         device_status,
     }
 }
