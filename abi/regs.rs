@@ -250,6 +250,88 @@ pub const CS_INTERNAL_RANGE: u16 = 8;
 /// Completion status: injected device error (fault injection).
 pub const CS_DEVICE_ERROR: u16 = 9;
 
+/// A completion status: the `CS_*` codes as one type, shared by the device, the driver, the
+/// agent and the harness. The wire carries [`Status::raw`]; an injected `error_status` fault
+/// may put a code on the wire that is none of these ([`Status::from_raw`] says `None`).
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// [`CS_OK`]
+    Ok = CS_OK,
+    /// [`CS_BAD_OPCODE`]
+    BadOpcode = CS_BAD_OPCODE,
+    /// [`CS_BAD_LENGTH`]
+    BadLength = CS_BAD_LENGTH,
+    /// [`CS_TOO_MANY_SEGMENTS`]
+    TooManySegments = CS_TOO_MANY_SEGMENTS,
+    /// [`CS_DMA_FAULT`]
+    DmaFault = CS_DMA_FAULT,
+    /// [`CS_OVERLAP`]
+    Overlap = CS_OVERLAP,
+    /// [`CS_ADDR_OVERFLOW`]
+    AddrOverflow = CS_ADDR_OVERFLOW,
+    /// [`CS_BAD_DESCRIPTOR`]
+    BadDescriptor = CS_BAD_DESCRIPTOR,
+    /// [`CS_INTERNAL_RANGE`]
+    InternalRange = CS_INTERNAL_RANGE,
+    /// [`CS_DEVICE_ERROR`]
+    DeviceError = CS_DEVICE_ERROR,
+}
+
+impl Status {
+    /// Every status, in code order.
+    pub const ALL: [Status; 10] = [
+        Status::Ok,
+        Status::BadOpcode,
+        Status::BadLength,
+        Status::TooManySegments,
+        Status::DmaFault,
+        Status::Overlap,
+        Status::AddrOverflow,
+        Status::BadDescriptor,
+        Status::InternalRange,
+        Status::DeviceError,
+    ];
+
+    /// The code on the wire.
+    pub const fn raw(self) -> u16 {
+        self as u16
+    }
+
+    /// The status a wire code names, if any.
+    pub const fn from_raw(raw: u16) -> Option<Status> {
+        if (raw as usize) < Status::ALL.len() {
+            Some(Status::ALL[raw as usize])
+        } else {
+            None
+        }
+    }
+
+    /// Its name in the datasheet (`DMA_FAULT`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::BadOpcode => "BAD_OPCODE",
+            Status::BadLength => "BAD_LENGTH",
+            Status::TooManySegments => "TOO_MANY_SEGMENTS",
+            Status::DmaFault => "DMA_FAULT",
+            Status::Overlap => "OVERLAP",
+            Status::AddrOverflow => "ADDR_OVERFLOW",
+            Status::BadDescriptor => "BAD_DESCRIPTOR",
+            Status::InternalRange => "INTERNAL_RANGE",
+            Status::DeviceError => "DEVICE_ERROR",
+        }
+    }
+}
+
+/// [`REG_IRQ_CAUSE`] bit for the error vector (bit q, q < [`MAX_QUEUES`], is queue q).
+pub const IRQ_CAUSE_ERROR: u32 = 1 << 31;
+
+/// [`REG_IRQ_CAUSE`] bit for queue `q`.
+pub const fn irq_cause_queue(q: usize) -> u32 {
+    1 << q
+}
+
 /// Linux `_IOC()` encoding (x86), here so that this file has no dependencies.
 pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
     (dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
@@ -396,3 +478,4 @@ const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 48);
 const _: () = assert!(core::mem::size_of::<Request>() == 72);
 const _: () = assert!(core::mem::size_of::<QueueStats>() == 64);
 const _: () = assert!(core::mem::size_of::<Stats>() == 64 * MAX_QUEUES + 24);
+const _: () = assert!(irq_cause_queue(MAX_QUEUES - 1) < IRQ_CAUSE_ERROR);

@@ -5,7 +5,7 @@
 //! bounds and source/destination overlap. Only a descriptor that passes all of it touches
 //! memory, so a refused descriptor writes nothing at all.
 
-use dmalab_abi::{self as abi, Descriptor};
+use dmalab_abi::{self as abi, Descriptor, Status};
 use vm_memory::{MmapRegion, VolatileMemory, VolatileSlice};
 
 use crate::eventlog::{Event, EventLog};
@@ -29,18 +29,18 @@ impl InternalMemory {
         self.region.size() as u64
     }
 
-    fn slice(&self, off: u64, len: u64) -> Result<VolatileSlice<'_>, u16> {
-        let end = off.checked_add(len).ok_or(abi::CS_ADDR_OVERFLOW)?;
+    fn slice(&self, off: u64, len: u64) -> Result<VolatileSlice<'_>, Status> {
+        let end = off.checked_add(len).ok_or(Status::AddrOverflow)?;
         if end > self.size() {
-            return Err(abi::CS_INTERNAL_RANGE);
+            return Err(Status::InternalRange);
         }
         self.region
             .get_slice(off as usize, len as usize)
-            .map_err(|_| abi::CS_INTERNAL_RANGE)
+            .map_err(|_| Status::InternalRange)
     }
 
     /// Reads internal memory (tests and the control interface).
-    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), u16> {
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), Status> {
         self.slice(off, buf.len() as u64)?.copy_to(buf);
         Ok(())
     }
@@ -73,18 +73,18 @@ pub struct Outcome {
 impl Outcome {
     fn ok(bytes: u32, result: u32) -> Self {
         Self {
-            status: abi::CS_OK,
+            status: Status::Ok.raw(),
             bytes,
             result,
             violation: false,
         }
     }
-    fn err(status: u16) -> Self {
+    fn err(status: Status) -> Self {
         Self {
-            status,
+            status: status.raw(),
             bytes: 0,
             result: 0,
-            violation: status == abi::CS_DMA_FAULT,
+            violation: status == Status::DmaFault,
         }
     }
 }
@@ -101,10 +101,10 @@ pub struct Ctx<'a> {
 /// The guest ranges of one side of a transfer (inline for the common single range).
 type Ranges = smallvec::SmallVec<[(u64, u64); 2]>;
 
-fn access_status(e: AccessError) -> u16 {
+fn access_status(e: AccessError) -> Status {
     match e {
-        AccessError::Overflow { .. } => abi::CS_ADDR_OVERFLOW,
-        AccessError::Unmapped { .. } => abi::CS_DMA_FAULT,
+        AccessError::Overflow { .. } => Status::AddrOverflow,
+        AccessError::Unmapped { .. } => Status::DmaFault,
     }
 }
 
@@ -137,8 +137,8 @@ fn shape(opcode: u8) -> Option<Shape> {
 }
 
 /// Checks the descriptor's own fields (no memory access).
-fn check_fields(d: &Descriptor) -> Result<Shape, u16> {
-    let sh = shape(d.opcode).ok_or(abi::CS_BAD_OPCODE)?;
+fn check_fields(d: &Descriptor) -> Result<Shape, Status> {
+    let sh = shape(d.opcode).ok_or(Status::BadOpcode)?;
     let src_sg = d.flags & abi::DESC_SRC_SG != 0;
     let dst_sg = d.flags & abi::DESC_DST_SG != 0;
     let bad = d.flags & !abi::DESC_FLAGS_VALID != 0
@@ -153,14 +153,14 @@ fn check_fields(d: &Descriptor) -> Result<Shape, u16> {
         || (!sh.has_src && d.src != 0)
         || (!sh.has_dst && d.dst != 0);
     if bad {
-        return Err(abi::CS_BAD_DESCRIPTOR);
+        return Err(Status::BadDescriptor);
     }
     if d.len == 0 || d.len > abi::MAX_TRANSFER {
-        return Err(abi::CS_BAD_LENGTH);
+        return Err(Status::BadLength);
     }
     for (sg, n) in [(src_sg, d.src_nseg), (dst_sg, d.dst_nseg)] {
         if sg && (n == 0 || u32::from(n) > abi::MAX_SG_SEGMENTS) {
-            return Err(abi::CS_TOO_MANY_SEGMENTS);
+            return Err(Status::TooManySegments);
         }
     }
     Ok(sh)
@@ -180,7 +180,7 @@ fn guest_side<'m>(
     sg: bool,
     nseg: u16,
     dir: Dir,
-) -> Result<Side<'m>, u16> {
+) -> Result<Side<'m>, Status> {
     let len = u64::from(d.len);
     let ranges = if sg {
         let mut table = vec![0u8; nseg as usize * abi::SG_ENTRY_SIZE];
@@ -196,16 +196,16 @@ fn guest_side<'m>(
         let mut total = 0u64;
         for e in table.chunks_exact(abi::SG_ENTRY_SIZE).map(wire::decode_sg) {
             if e.rsvd != 0 {
-                return Err(abi::CS_BAD_DESCRIPTOR);
+                return Err(Status::BadDescriptor);
             }
             if e.len == 0 {
-                return Err(abi::CS_BAD_LENGTH);
+                return Err(Status::BadLength);
             }
             total += u64::from(e.len);
             ranges.push((e.addr, u64::from(e.len)));
         }
         if total != len {
-            return Err(abi::CS_BAD_LENGTH);
+            return Err(Status::BadLength);
         }
         ranges
     } else {
@@ -232,7 +232,7 @@ struct Plan<'m> {
     dst: Option<Side<'m>>,
 }
 
-fn plan<'m>(ctx: &Ctx<'m>, d: &Descriptor) -> Result<Plan<'m>, u16> {
+fn plan<'m>(ctx: &Ctx<'m>, d: &Descriptor) -> Result<Plan<'m>, Status> {
     let sh = check_fields(d)?;
     let len = u64::from(d.len);
     let src = if sh.src_guest {
@@ -255,7 +255,7 @@ fn plan<'m>(ctx: &Ctx<'m>, d: &Descriptor) -> Result<Plan<'m>, u16> {
     };
     if let (Some(s), Some(t)) = (&src, &dst) {
         if overlaps(&s.ranges, &t.ranges) {
-            return Err(abi::CS_OVERLAP);
+            return Err(Status::Overlap);
         }
     }
     Ok(Plan { src, dst })

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use dmalab_abi as abi;
+
 use crate::engine::InternalMemory;
 use crate::eventlog::{Event, EventLog};
 use crate::faults::Injector;
@@ -45,7 +47,7 @@ impl Shared {
     }
 
     pub(crate) fn raise_queue_irq(&self, q: u16) {
-        self.raise(q, 1 << q);
+        self.raise(q, abi::irq_cause_queue(usize::from(q)));
     }
 
     /// Sets sticky error bits and raises the error vector.
@@ -57,6 +59,6 @@ impl Shared {
                 Ordering::SeqCst,
             );
         }
-        self.raise(self.nqueues(), 1 << 31);
+        self.raise(self.nqueues(), abi::IRQ_CAUSE_ERROR);
     }
 }

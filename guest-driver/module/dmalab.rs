@@ -46,7 +46,7 @@ use kernel::{
 pub mod abi {
     include!("../../abi/regs.rs");
 }
-use abi::{Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats};
+use abi::{Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats, Status};
 
 // SAFETY: the ABI types below are `#[repr(C)]`, made only of integers (every bit pattern is
 // valid) and have no padding: their sizes (64, 16, 16, 48, 72 and 64 * MAX_QUEUES + 24 bytes,
@@ -740,9 +740,9 @@ impl irq::Handler for SharedIrq {
             let _ = bar.try_write32(c, abi::REG_IRQ_CAUSE);
             c
         } else {
-            1 << 31
+            abi::IRQ_CAUSE_ERROR
         };
-        if cause & (1 << 31) != 0 {
+        if cause & abi::IRQ_CAUSE_ERROR != 0 {
             self.dev.error_irqs.fetch_add(1, Relaxed);
             let bits = bar.try_read32(abi::REG_ERROR).unwrap_or(0);
             if bits != 0 && bits != u32::MAX {
@@ -752,7 +752,7 @@ impl irq::Handler for SharedIrq {
         }
         drop(bar);
         for (i, q) in self.dev.queues.iter().enumerate() {
-            if cause & (1 << i) != 0 {
+            if cause & abi::irq_cause_queue(i) != 0 {
                 self.dev.reap(q);
             }
         }
@@ -826,16 +826,19 @@ impl MiscDevice for DmalabFile {
 
 /// The errno a device completion status becomes (0 for success).
 fn status_to_result(status: u32) -> Result {
-    match u16::try_from(status).unwrap_or(u16::MAX) {
-        abi::CS_OK => Ok(()),
-        abi::CS_INTERNAL_RANGE | abi::CS_ADDR_OVERFLOW => Err(ERANGE),
-        abi::CS_BAD_OPCODE
-        | abi::CS_BAD_LENGTH
-        | abi::CS_TOO_MANY_SEGMENTS
-        | abi::CS_OVERLAP
-        | abi::CS_BAD_DESCRIPTOR => Err(EINVAL),
+    let status = u16::try_from(status).ok().and_then(Status::from_raw);
+    match status {
+        Some(Status::Ok) => Ok(()),
+        Some(Status::InternalRange | Status::AddrOverflow) => Err(ERANGE),
+        Some(
+            Status::BadOpcode
+            | Status::BadLength
+            | Status::TooManySegments
+            | Status::Overlap
+            | Status::BadDescriptor,
+        ) => Err(EINVAL),
         // DMA_FAULT, DEVICE_ERROR and anything the device should not have said
-        _ => Err(EIO),
+        Some(Status::DmaFault | Status::DeviceError) | None => Err(EIO),
     }
 }
 

@@ -57,7 +57,7 @@ pub fn report(
     for (i, x) in xfers.iter().enumerate() {
         let q = x["queue"].as_u64().unwrap_or(0);
         let key = (q, x["tag"].as_u64().unwrap_or(0));
-        let colour = if hit.contains(&key) && x["errno"] == 110 {
+        let colour = if hit.contains(&key) && x["errno"] == libc::ETIMEDOUT {
             "#83c"
         } else if hit.contains(&key) {
             "#e80"

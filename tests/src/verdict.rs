@@ -3,10 +3,9 @@
 
 use std::collections::HashMap;
 
+use dmalab_abi::Status;
+use libc::{EIO, ETIMEDOUT};
 use serde_json::Value;
-
-const EIO: i64 = 5;
-const ETIMEDOUT: i64 = 110;
 
 /// One injected fault and how the driver took it.
 #[derive(Debug, Clone)]
@@ -22,7 +21,7 @@ pub struct Verdict {
 
 /// The reaction docs/faults.md expects, and whether `x` (the guest's report) shows it.
 fn expect(kind: &str, fault: &Value, x: &Value) -> (&'static str, bool) {
-    let errno = x["errno"].as_i64().unwrap_or(-1);
+    let errno = x["errno"].as_i64().map_or(-1, |e| e as i32);
     let status = x["status"].as_u64().unwrap_or(u64::MAX);
     let verified = x["verified"] == true;
     let bytes = x["bytes"].as_u64().unwrap_or(0);
@@ -32,7 +31,10 @@ fn expect(kind: &str, fault: &Value, x: &Value) -> (&'static str, bool) {
             "the status, as an errno",
             errno != 0 && Some(status) == fault["status"].as_u64(),
         ),
-        "dma_read_error" | "dma_write_error" => ("DMA_FAULT, as EIO", errno == EIO && status == 4),
+        "dma_read_error" | "dma_write_error" => (
+            "DMA_FAULT, as EIO",
+            errno == EIO && status == u64::from(Status::DmaFault.raw()),
+        ),
         "drop_completion" | "stall" | "fatal" => ("ETIMEDOUT, then recovery", errno == ETIMEDOUT),
         "lost_irq" => (
             "completion or ETIMEDOUT, then recovery",

@@ -1,7 +1,7 @@
 //! End-to-end: the real device server, the real QEMU, the real guest kernel and driver.
 //! Each test boots one VM; its logs stay in target/e2e/<test>/.
 
-use dmalab_abi as abi;
+use dmalab_abi::{self as abi, Status};
 use dmalab_tests::vm::{run, Run, VmOptions};
 use serde_json::Value;
 
@@ -21,7 +21,7 @@ fn assert_transfers_verified(r: &Run, min: usize) {
     );
     for x in &xfers {
         r.check(
-            x["errno"] == 0 && x["status"] == 0 && x["verified"] == true,
+            x["errno"] == 0 && x["status"] == Status::Ok.raw() && x["verified"] == true,
             &format!("transfer failed: {x}"),
         );
     }

@@ -159,7 +159,7 @@ fn corruption_is_caught_by_the_guest_check() {
     let r = probe("corrupt", "kind = \"corrupt\"\nbits = 4");
     let x = hit(&r);
     r.check(
-        x["errno"] == 0 && x["status"] == 0 && x["verified"] == false,
+        x["errno"] == 0 && x["status"] == abi::Status::Ok.raw() && x["verified"] == false,
         &format!("silent corruption: {x}"),
     );
 }

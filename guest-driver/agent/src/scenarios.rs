@@ -48,6 +48,11 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
     }
 }
 
+/// The request's status word says OK.
+fn ok_status(status: u32) -> bool {
+    status == u32::from(abi::Status::Ok.raw())
+}
+
 fn loaded() -> bool {
     std::fs::read_to_string("/proc/modules")
         .unwrap_or_default()
@@ -207,7 +212,7 @@ fn verified_with(
             req.src = src.as_ptr() as u64;
             req.dst = dst.as_mut_ptr() as u64;
             errno = submit(d, &mut req);
-            verified = errno == 0 && req.status == 0 && dst == src;
+            verified = errno == 0 && ok_status(req.status) && dst == src;
         }
         abi::OP_FILL => {
             req.pattern = 0xa55a_0000 | (seed & 0xffff);
@@ -215,14 +220,14 @@ fn verified_with(
             errno = submit(d, &mut req);
             let p = req.pattern.to_le_bytes();
             verified = errno == 0
-                && req.status == 0
+                && ok_status(req.status)
                 && dst.iter().enumerate().all(|(i, &b)| b == p[i % 4]);
         }
         abi::OP_CHECKSUM => {
             req.src = src.as_ptr() as u64;
             errno = submit(d, &mut req);
             let crc = crc32c::crc32c(&src);
-            verified = errno == 0 && req.status == 0 && req.result == crc;
+            verified = errno == 0 && ok_status(req.status) && req.result == crc;
             detail = format!("device {:#010x} guest {:#010x}", req.result, crc);
         }
         abi::OP_WRITE | abi::OP_READ => {
@@ -242,7 +247,7 @@ fn verified_with(
             req.dev_offset = off;
             req.dst = dst.as_mut_ptr() as u64;
             errno = if e1 != 0 { e1 } else { submit(d, &mut req) };
-            verified = errno == 0 && w.status == 0 && req.status == 0 && dst == src;
+            verified = errno == 0 && ok_status(w.status) && ok_status(req.status) && dst == src;
             if op == abi::OP_WRITE {
                 req = Request {
                     segments: w.segments,
@@ -514,7 +519,7 @@ fn probe() -> Result<(), String> {
         let o = Outcome {
             req: r,
             errno,
-            verified: errno == 0 && r.status == 0 && dst == src,
+            verified: errno == 0 && ok_status(r.status) && dst == src,
             detail: String::new(),
         };
         report_xfer(&o, "probe");
@@ -775,7 +780,7 @@ fn bench() -> Result<(), String> {
                                 timeout_ms: 30_000,
                                 ..Default::default()
                             };
-                            if submit(&d, &mut r) == 0 && r.status == 0 {
+                            if submit(&d, &mut r) == 0 && ok_status(r.status) {
                                 count.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 failed.fetch_add(1, Ordering::Relaxed);

@@ -138,7 +138,8 @@ fn main() -> ExitCode {
             println!("  request {}: {what}", i + 1);
         }
         let after_ok = probes.iter().skip(2).all(|p| p["verified"] == true);
-        fault_handled = probes.len() == 6 && u(&probes[1]["errno"]) == 110 && after_ok;
+        fault_handled =
+            probes.len() == 6 && u(&probes[1]["errno"]) == libc::ETIMEDOUT as u64 && after_ok;
         println!(
             "  verdict: {}",
             if fault_handled {
