@@ -10,6 +10,7 @@ pub mod control;
 pub mod device;
 pub mod engine;
 pub mod eventlog;
+mod fault_plan;
 pub mod faults;
 pub mod fuzzing;
 pub mod interrupts;

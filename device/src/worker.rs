@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use dmalab_abi::{self as abi, Completion, Descriptor};
 
-use crate::engine::{self, Ctx, Outcome, Tweak};
+use crate::engine::{self, Ctx, Outcome};
 use crate::eventlog::Event;
-use crate::faults::{self, FaultKind, Occurrence};
+use crate::fault_plan::FaultPlan;
+use crate::faults::Occurrence;
 use crate::interrupts::Coalescer;
 use crate::memory::{Dir, MemView};
 use crate::queue::{Msg, QueueShared};
@@ -29,24 +30,6 @@ pub(crate) struct Worker {
     held: Option<(Completion, bool)>,
     /// Completion-ring base and size in force when the current descriptor was fetched.
     geometry: Option<(u64, u32)>,
-}
-
-/// The injected faults for one descriptor, folded together.
-#[derive(Debug, Default)]
-struct FaultPlan {
-    status: Option<u16>,
-    tweak: Tweak,
-    unreported_short: bool,
-    drop_completion: bool,
-    delay_ms: u32,
-    duplicate: bool,
-    out_of_order: bool,
-    spurious_irq: bool,
-    lost_irq: bool,
-    storm: u32,
-    stall: bool,
-    fatal: bool,
-    outside: Option<(u64, u64)>,
 }
 
 impl Worker {
@@ -169,14 +152,14 @@ impl Worker {
                 len: d.len,
             });
             let plan = self.fault_plan(&d, r.sq_head);
-            if plan.spurious_irq {
+            if plan.fetch.spurious_irq {
                 self.dev.raise_queue_irq(q);
             }
-            if plan.fatal {
+            if plan.fetch.fatal {
                 self.dev.set_error(ErrorBits::new().with_fatal(true));
                 break;
             }
-            if plan.stall {
+            if plan.fetch.stall {
                 // The descriptor stays fetched-but-unfinished: only a reset gets the queue going.
                 self.queue().regs.lock().unwrap().stalled = true;
                 break;
@@ -187,14 +170,14 @@ impl Worker {
                 log: &self.dev.log,
                 queue: q,
             };
-            let mut out = match plan.status {
+            let mut out = match plan.execute.status {
                 Some(status) => Outcome {
                     status,
                     bytes: 0,
                     result: 0,
                     violation: false,
                 },
-                None => engine::execute(&ctx, &d, plan.tweak),
+                None => engine::execute(&ctx, &d, plan.execute.tweak),
             };
             if out.status != abi::CS_OK {
                 self.dev.log.record(|| Event::Error {
@@ -208,10 +191,10 @@ impl Worker {
                 self.dev
                     .set_error(ErrorBits::new().with_dma_violation(true));
             }
-            if let Some((offset, len)) = plan.outside {
+            if let Some((offset, len)) = plan.result.outside {
                 self.dma_outside(&view, &d, offset, len);
             }
-            if plan.unreported_short {
+            if plan.result.unreported_short {
                 out.bytes = d.len;
             }
             {
@@ -231,21 +214,23 @@ impl Worker {
                 status: out.status,
                 phase: 0,
             };
-            if plan.drop_completion {
+            if plan.complete.drop {
                 continue;
             }
-            if plan.delay_ms > 0 {
+            if plan.complete.delay_ms > 0 {
                 // No view is held while waiting (an unmap must not wait for a fault's delay),
                 // and a reset cuts the wait short: the completion is then discarded with the
                 // rest of the queue.
                 drop(view);
-                if !self.sleep_unless_reset(Duration::from_millis(u64::from(plan.delay_ms))) {
+                if !self
+                    .sleep_unless_reset(Duration::from_millis(u64::from(plan.complete.delay_ms)))
+                {
                     break;
                 }
                 view = self.view();
             }
-            let irq = d.flags & abi::DESC_NO_IRQ == 0 && !plan.lost_irq;
-            let posted = if plan.out_of_order && self.held.is_none() {
+            let irq = d.flags & abi::DESC_NO_IRQ == 0 && !plan.interrupt.lost;
+            let posted = if plan.complete.out_of_order && self.held.is_none() {
                 self.held = Some((c, irq));
                 true
             } else {
@@ -258,10 +243,10 @@ impl Worker {
             if !posted {
                 break;
             }
-            if plan.duplicate && self.has_cq_space() {
+            if plan.complete.duplicate && self.has_cq_space() {
                 self.post(&view, c, irq);
             }
-            for _ in 0..plan.storm {
+            for _ in 0..plan.interrupt.storm {
                 if self.queue().reset_requested() {
                     break;
                 }
@@ -392,37 +377,7 @@ impl Worker {
                 rule: inj.rule.clone(),
                 fault: inj.kind,
             });
-            match inj.kind {
-                // When several rules set a status, the first (in rule order) wins.
-                FaultKind::DmaReadError | FaultKind::DmaWriteError => {
-                    plan.status.get_or_insert(abi::CS_DMA_FAULT);
-                }
-                FaultKind::ErrorStatus { status } => {
-                    plan.status.get_or_insert(status);
-                }
-                FaultKind::Corrupt { bits } => {
-                    plan.tweak.corrupt_bits = plan.tweak.corrupt_bits.saturating_add(bits)
-                }
-                FaultKind::ShortTransfer { bytes, reported } => {
-                    plan.tweak.short = Some(bytes);
-                    plan.unreported_short = !reported;
-                }
-                FaultKind::DropCompletion => plan.drop_completion = true,
-                FaultKind::DelayCompletion { ms } => {
-                    plan.delay_ms = (plan.delay_ms + ms).min(faults::LIMIT_DELAY_MS)
-                }
-                FaultKind::DuplicateCompletion => plan.duplicate = true,
-                FaultKind::OutOfOrder => plan.out_of_order = true,
-                FaultKind::SpuriousIrq => plan.spurious_irq = true,
-                FaultKind::LostIrq => plan.lost_irq = true,
-                FaultKind::IrqStorm { count } => {
-                    plan.storm = (plan.storm + count).min(*faults::LIMIT_STORM.end())
-                }
-                FaultKind::Stall => plan.stall = true,
-                FaultKind::Fatal => plan.fatal = true,
-                FaultKind::DmaOutside { offset, len } => plan.outside = Some((offset, len)),
-                FaultKind::Mark => {}
-            }
+            plan.add(inj.kind);
         }
         plan
     }
