@@ -9,7 +9,9 @@ export PATH="$CACHE/tools/bin:$PATH"
 # relative path to abi/regs.rs, so the repository stays clean.
 work="$ROOT/target/kmod"
 mkdir -p "$work/guest-driver/module" "$work/abi"
-cp "$ROOT/guest-driver/module/Kbuild" "$ROOT/guest-driver/module/dmalab.rs" "$work/guest-driver/module/"
+# Every source file of the module (dmalab.rs is the crate root; rustc finds its `mod`s).
+rm -f "$work"/guest-driver/module/*.rs
+cp "$ROOT"/guest-driver/module/Kbuild "$ROOT"/guest-driver/module/*.rs "$work/guest-driver/module/"
 cp "$ROOT/abi/regs.rs" "$work/abi/"
 say "building the dmalab kernel module"
 run_logged "kernel module build" "$work/build.log" \

@@ -3,11 +3,12 @@
 # Usage: lint-driver.sh <kernel build dir>
 source "$(dirname "$0")/lib.sh"
 kbuild=${1:?kernel build dir}
-src="$ROOT/guest-driver/module/dmalab.rs"
-rustfmt --check --edition 2021 --config-path "$kbuild/source/.rustfmt.toml" "$src" \
-    || die "guest-driver/module/dmalab.rs is not formatted (rustfmt --edition 2021 --config-path <kernel>/.rustfmt.toml)"
+# rustfmt follows the crate root's `mod` declarations into every file of the module.
+src=("$ROOT"/guest-driver/module/*.rs)
+rustfmt --check --edition 2021 --config-path "$kbuild/source/.rustfmt.toml" "${src[@]}" \
+    || die "guest-driver/module/*.rs are not formatted (rustfmt --edition 2021 --config-path <kernel>/.rustfmt.toml)"
 "$ROOT/scripts/build-driver.sh" "$kbuild" >/dev/null
-touch "$ROOT/target/kmod/guest-driver/module/dmalab.rs"
+touch "$ROOT"/target/kmod/guest-driver/module/*.rs
 export PATH="$CACHE/tools/bin:$PATH"
 out=$(make -s -C "$kbuild" M="$ROOT/target/kmod/guest-driver/module" LLVM=-19 ARCH=x86_64 CLIPPY=1 modules 2>&1) \
     || { echo "$out" >&2; die "clippy build of the kernel module failed"; }

@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/dev/dmalabN`: the misc device, its open files and their ioctls.
+
+use crate::*;
+
+/// Per open file of `/dev/dmalabN`.
+pub(crate) struct DmalabFile {
+    pub(crate) dev: Arc<DevState>,
+}
+
+/// Holds the misc registration next to the state so `open` can find it.
+#[pin_data]
+pub(crate) struct MiscHolder {
+    pub(crate) dev: Arc<DevState>,
+    pub(crate) index: usize,
+    #[pin]
+    pub(crate) reg: MiscDeviceRegistration<DmalabFile>,
+}
+
+#[vtable]
+impl MiscDevice for DmalabFile {
+    type Ptr = Pin<KBox<Self>>;
+
+    fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
+        // SAFETY: every `MiscDeviceRegistration<DmalabFile>` is the `reg` field of a pinned
+        // `MiscHolder` (built only in `probe`); misc_open() holds misc_mtx, so the registration
+        // cannot be deregistered and freed during this call.
+        let holder = unsafe {
+            &*kernel::container_of!(core::ptr::from_ref(misc).cast_mut(), MiscHolder, reg)
+        };
+        Ok(KBox::pin(
+            DmalabFile {
+                dev: holder.dev.clone(),
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    fn ioctl(me: Pin<&DmalabFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        let dev = &me.dev;
+        match cmd {
+            abi::IOC_INFO => {
+                let w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<DeviceInfo>());
+                w.writer().write(&dev.info)?;
+            }
+            abi::IOC_SUBMIT => {
+                let (mut r, mut w) =
+                    UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Request>())
+                        .reader_writer();
+                let mut req: Request = r.read()?;
+                let q = dev.queues.get(req.queue as usize).ok_or(EINVAL)?;
+                let result = q.submit(dev, &mut req);
+                // The request goes back to the caller in every case, so the tag (0 if nothing
+                // was submitted) and the status are visible next to the errno.
+                w.write(&req)?;
+                result?;
+                status_to_result(req.status)?;
+            }
+            abi::IOC_STATS => {
+                let w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Stats>());
+                w.writer().write(&dev.stats())?;
+            }
+            abi::IOC_RESET => reset_device(dev)?,
+            _ => return Err(ENOTTY),
+        }
+        Ok(0)
+    }
+}

@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The bounce-buffer pool of one queue: free-page map, DMA segments of a request, copies in.
+
+use crate::*;
+
+/// Free pages of a pool: bit set = page free.
+pub(crate) struct FreeMap(pub(crate) [u64; POOL_PAGES / 64]);
+
+impl FreeMap {
+    pub(crate) fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Takes `n` pages, lowest first (so they tend to be contiguous); the caller checked
+    /// `count() >= n`.
+    pub(crate) fn take(&mut self, n: usize, out: &mut KVec<u16>) -> Result {
+        for (w, word) in self.0.iter_mut().enumerate() {
+            while *word != 0 && out.len() < n {
+                let b = word.trailing_zeros() as usize;
+                *word &= !(1u64 << b);
+                out.push((w * 64 + b) as u16, GFP_KERNEL)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn give_back(&mut self, pages: &[u16]) {
+        for &p in pages {
+            self.0[p as usize / 64] |= 1u64 << (p % 64);
+        }
+    }
+}
+
+/// The bounce-buffer pool of one queue.
+pub(crate) struct Pool {
+    pub(crate) blocks: Option<KVec<Coherent<[u8]>>>,
+    pub(crate) free: FreeMap,
+}
+
+pub(crate) fn page_dma(blocks: &KVec<Coherent<[u8]>>, p: u16) -> u64 {
+    let p = p as usize;
+    blocks[p / PAGES_PER_BLOCK].dma_address() + ((p % PAGES_PER_BLOCK) * PAGE) as u64
+}
+
+/// DMA segments (address, length) of one side of a request.
+pub(crate) type Segments = KVec<(u64, u32)>;
+
+/// Where a request's guest-memory side lives in the bounce pool.
+pub(crate) struct Side {
+    pub(crate) pages: KVec<u16>,
+}
+
+/// Segments (DMA address, length) covering `len` bytes of `pages`, adjacent pages merged, then
+/// split until there are at least `want` segments.
+pub(crate) fn segments(
+    blocks: &KVec<Coherent<[u8]>>,
+    pages: &[u16],
+    len: usize,
+    want: usize,
+) -> Result<Segments> {
+    let mut segs: Segments = KVec::new();
+    let mut left = len;
+    for &p in pages {
+        let n = left.min(PAGE);
+        let a = page_dma(blocks, p);
+        match segs.last_mut() {
+            Some(last) if last.0 + u64::from(last.1) == a => last.1 += n as u32,
+            _ => segs.push((a, n as u32), GFP_KERNEL)?,
+        }
+        left -= n;
+    }
+    while segs.len() < want {
+        // split the largest segment in two
+        let (i, _) = segs
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, s)| s.1)
+            .ok_or(EINVAL)?;
+        let (a, l) = segs[i];
+        if l < 2 {
+            break;
+        }
+        let h = l / 2;
+        segs[i] = (a, h);
+        segs.insert_within_capacity(i + 1, (a + u64::from(h), l - h))
+            .or_else(|_| {
+                segs.reserve(1, GFP_KERNEL)?;
+                segs.insert_within_capacity(i + 1, (a + u64::from(h), l - h))
+                    .map_err(|_| ENOMEM)
+            })?;
+    }
+    Ok(segs)
+}
+
+/// Sleeps on `cv` until woken: `EBUSY` once `timeout_ms` has passed, `EINTR` on a signal.
+pub(crate) fn wait_for_resources<T: ?Sized, B: kernel::sync::lock::Backend>(
+    cv: &CondVar,
+    guard: &mut kernel::sync::lock::Guard<'_, T, B>,
+    timeout_ms: u32,
+) -> Result {
+    match cv.wait_interruptible_timeout(guard, msecs_to_jiffies(timeout_ms)) {
+        CondVarTimeoutResult::Timeout => Err(EBUSY),
+        CondVarTimeoutResult::Signal { .. } => Err(EINTR),
+        CondVarTimeoutResult::Woken { .. } => Ok(()),
+    }
+}
+
+/// Copies `data` into the pool pages of a side.
+pub(crate) fn copy_in(blocks: &KVec<Coherent<[u8]>>, pages: &[u16], data: &[u8]) -> Result {
+    for (i, chunk) in data.chunks(PAGE).enumerate() {
+        let p = pages[i] as usize;
+        let off = (p % PAGES_PER_BLOCK) * PAGE;
+        io_project!(blocks[p / PAGES_PER_BLOCK], [try: off..off + chunk.len()])
+            .copy_from_slice(chunk);
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One queue pair: submitting a request, waiting for its completion, copying results out.
+
+use crate::*;
+
+/// One queue pair.
+#[pin_data]
+pub(crate) struct Queue {
+    pub(crate) index: u16,
+    #[pin]
+    pub(crate) ring: SpinLockIrq<RingState>,
+    /// Signalled when a slot changes state or ring space frees up.
+    #[pin]
+    pub(crate) ring_cv: CondVar,
+    #[pin]
+    pub(crate) pool: Mutex<Pool>,
+    #[pin]
+    pub(crate) pool_cv: CondVar,
+}
+
+impl Queue {
+    pub(crate) fn submit(&self, dev: &DevState, req: &mut Request) -> Result {
+        let op = req.opcode;
+        let len = req.len as usize;
+        let (src_guest, dst_guest) = match op {
+            abi::OP_COPY => (true, true),
+            abi::OP_WRITE | abi::OP_CHECKSUM => (true, false),
+            abi::OP_READ | abi::OP_FILL => (false, true),
+            _ => return Err(EINVAL),
+        };
+        if len == 0 || req.len > abi::MAX_REQUEST || u32::from(req.nseg) > abi::MAX_SG_SEGMENTS {
+            return Err(EINVAL);
+        }
+        let timeout_ms = if req.timeout_ms == 0 {
+            DEFAULT_TIMEOUT_MS
+        } else {
+            req.timeout_ms
+        };
+        if dev.is_dead() {
+            return Err(ENODEV);
+        }
+        // User data first, before any lock: a fault here must not stall the queue.
+        let mut staged = KVVec::new();
+        if src_guest {
+            staged.resize(len, 0, GFP_KERNEL)?;
+            UserSlice::new(UserPtr::from_addr(req.src as usize), len)
+                .reader()
+                .read_slice(&mut staged)?;
+        }
+        let npages = len.div_ceil(PAGE);
+        let need = npages * (usize::from(src_guest) + usize::from(dst_guest));
+        let (mut src, mut dst) = (Side { pages: KVec::new() }, Side { pages: KVec::new() });
+        let want = usize::from(req.nseg).max(1);
+        let (src_segs, dst_segs) = {
+            let mut guard = self.pool.lock();
+            while guard.blocks.is_some() && guard.free.count() < need {
+                wait_for_resources(&self.pool_cv, &mut guard, timeout_ms)?;
+            }
+            let Pool { blocks, free } = &mut *guard;
+            let blocks = blocks.as_ref().ok_or(ENODEV)?;
+            let mut build = || -> Result<(Segments, Segments)> {
+                if src_guest {
+                    free.take(npages, &mut src.pages)?;
+                    copy_in(blocks, &src.pages, &staged)?;
+                }
+                if dst_guest {
+                    free.take(npages, &mut dst.pages)?;
+                }
+                let s = if src_guest {
+                    segments(blocks, &src.pages, len, want)?
+                } else {
+                    KVec::new()
+                };
+                let d = if dst_guest {
+                    segments(blocks, &dst.pages, len, want)?
+                } else {
+                    KVec::new()
+                };
+                Ok((s, d))
+            };
+            match build() {
+                Ok(v) => v,
+                Err(e) => {
+                    free.give_back(&src.pages);
+                    free.give_back(&dst.pages);
+                    return Err(e);
+                }
+            }
+        };
+        if src_segs.len() > SG_MAX || dst_segs.len() > SG_MAX {
+            self.release(&src, &dst);
+            return Err(EINVAL);
+        }
+        req.segments = src_segs.len().max(dst_segs.len()) as u32;
+
+        let result = self.post_and_wait(dev, req, &src_segs, &dst_segs, timeout_ms);
+        let out = match result {
+            Ok((c, ns)) => {
+                req.latency_ns = ns;
+                req.status = u32::from(c.status);
+                req.bytes = c.bytes;
+                req.result = c.result;
+                if c.status == abi::CS_OK && dst_guest && req.dst != 0 {
+                    self.copy_out(req, &dst, len)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.release(&src, &dst);
+        out
+    }
+
+    /// Copies the device's output from the pool to the user's destination buffer.
+    pub(crate) fn copy_out(&self, req: &Request, dst: &Side, len: usize) -> Result {
+        let pool = self.pool.lock();
+        let blocks = pool.blocks.as_ref().ok_or(ENODEV)?;
+        let mut w = UserSlice::new(UserPtr::from_addr(req.dst as usize), len).writer();
+        let mut left = len;
+        for &p in dst.pages.iter() {
+            let n = left.min(PAGE);
+            let p = p as usize;
+            w.write_dma(
+                &blocks[p / PAGES_PER_BLOCK],
+                (p % PAGES_PER_BLOCK) * PAGE,
+                n,
+            )?;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release(&self, src: &Side, dst: &Side) {
+        let mut pool = self.pool.lock();
+        pool.free.give_back(&src.pages);
+        pool.free.give_back(&dst.pages);
+        drop(pool);
+        self.pool_cv.notify_all();
+    }
+
+    /// Writes the descriptor (and SG tables), rings the doorbell and waits for the completion.
+    pub(crate) fn post_and_wait(
+        &self,
+        dev: &DevState,
+        req: &mut Request,
+        src: &[(u64, u32)],
+        dst: &[(u64, u32)],
+        timeout_ms: u32,
+    ) -> Result<(Completion, u64)> {
+        let qi = self.index as usize;
+        let mut st = self.ring.lock();
+        // wait for a free slot and ring space
+        let slot = loop {
+            if dev.is_dead() || st.rings.is_none() {
+                return Err(ENODEV);
+            }
+            if st.outstanding < SLOTS as u32 {
+                if let Some(i) = st
+                    .slots
+                    .iter()
+                    .position(|s| matches!(s.state, SlotState::Free))
+                {
+                    break i;
+                }
+            }
+            wait_for_resources(&self.ring_cv, &mut st, timeout_ms)?;
+        };
+        let generation = st.slots[slot].generation.wrapping_add(1);
+        let tag = tag_for(slot, generation);
+        req.tag = tag;
+        {
+            let st = &mut *st;
+            let rings = st.rings.as_ref().ok_or(ENODEV)?;
+            let mut d = Descriptor {
+                opcode: req.opcode,
+                tag,
+                len: req.len,
+                ..Default::default()
+            };
+            let mut sg_side = |segs: &[(u64, u32)],
+                               side: usize,
+                               flag: u8,
+                               nseg: &mut u16,
+                               addr: &mut u64|
+             -> Result {
+                if segs.len() == 1 {
+                    *addr = segs[0].0;
+                    return Ok(());
+                }
+                let base = (slot * 2 + side) * SG_MAX;
+                for (k, &(a, l)) in segs.iter().enumerate() {
+                    io_write!(rings.sg, [try: base + k].addr, a);
+                    io_write!(rings.sg, [try: base + k].len, l);
+                    io_write!(rings.sg, [try: base + k].rsvd, 0);
+                }
+                d.flags |= flag;
+                *nseg = segs.len() as u16;
+                *addr = rings.sg.dma_address() + (base * abi::SG_ENTRY_SIZE) as u64;
+                Ok(())
+            };
+            let (mut s_n, mut d_n, mut s_a, mut d_a) = (0, 0, 0, 0);
+            if !src.is_empty() {
+                sg_side(src, 0, abi::DESC_SRC_SG, &mut s_n, &mut s_a)?;
+            }
+            if !dst.is_empty() {
+                sg_side(dst, 1, abi::DESC_DST_SG, &mut d_n, &mut d_a)?;
+            }
+            match req.opcode {
+                abi::OP_WRITE => d_a = req.dev_offset,
+                abi::OP_READ => s_a = req.dev_offset,
+                abi::OP_FILL => d.pattern = req.pattern,
+                _ => {}
+            }
+            d.src = s_a;
+            d.dst = d_a;
+            d.src_nseg = s_n;
+            d.dst_nseg = d_n;
+            let i = st.sq_tail as usize;
+            io_write!(rings.sq, [try: i].opcode, d.opcode);
+            io_write!(rings.sq, [try: i].flags, d.flags);
+            io_write!(rings.sq, [try: i].src_nseg, d.src_nseg);
+            io_write!(rings.sq, [try: i].dst_nseg, d.dst_nseg);
+            io_write!(rings.sq, [try: i].rsvd0, 0);
+            io_write!(rings.sq, [try: i].tag, d.tag);
+            io_write!(rings.sq, [try: i].len, d.len);
+            io_write!(rings.sq, [try: i].src, d.src);
+            io_write!(rings.sq, [try: i].dst, d.dst);
+            io_write!(rings.sq, [try: i].pattern, d.pattern);
+            io_write!(rings.sq, [try: i].rsvd1, 0);
+            for k in 0..3 {
+                io_write!(rings.sq, [try: i].rsvd2[try: k], 0);
+            }
+            st.sq_tail = (st.sq_tail + 1) % RING as u32;
+            st.outstanding += 1;
+            st.slots[slot] = Slot {
+                state: SlotState::InFlight,
+                generation,
+                start: Some(Instant::now()),
+            };
+            st.stats.submitted += 1;
+            // Descriptor and SG tables must be visible to the device before the doorbell.
+            dma_mb(Write);
+            let bar = dev.bar.try_access().ok_or(ENODEV)?;
+            bar.try_write32(st.sq_tail, abi::queue_reg(qi, abi::Q_SQ_TAIL))?;
+        }
+        // wait for the completion
+        let mut timed_out = false;
+        let result = loop {
+            match st.slots[slot].state {
+                SlotState::Done(c) => break Ok(c),
+                SlotState::Failed(e) => break Err(e),
+                SlotState::Free => break Err(EIO),
+                SlotState::InFlight if timed_out => {
+                    // No completion in time: reset the queue, failing everything in flight.
+                    st.stats.timeouts += 1;
+                    dev.reset_queue_locked(self, &mut st, ETIMEDOUT);
+                }
+                SlotState::InFlight => {
+                    let res = self
+                        .ring_cv
+                        .wait_interruptible_timeout(&mut st, msecs_to_jiffies(timeout_ms));
+                    match res {
+                        CondVarTimeoutResult::Timeout => timed_out = true,
+                        // The device may still be writing our pages: only a queue reset makes
+                        // it safe to give them back, so a signal costs the queue a reset.
+                        CondVarTimeoutResult::Signal { .. } => {
+                            dev.reset_queue_locked(self, &mut st, EINTR);
+                        }
+                        CondVarTimeoutResult::Woken { .. } => {}
+                    }
+                }
+            }
+        };
+        let start = st.slots[slot].start.take();
+        st.slots[slot].state = SlotState::Free;
+        if let Ok(c) = &result {
+            if c.status == abi::CS_OK {
+                st.stats.bytes += u64::from(c.bytes);
+            }
+        }
+        drop(st);
+        self.ring_cv.notify_all();
+        if dev.needs_reset.cmpxchg(true, false, Relaxed).is_ok() {
+            // A fatal error halted every queue: reset the device and reprogram the queues.
+            let _ = reset_device(dev);
+        }
+        let ns = start.map_or(0, |t| t.elapsed().as_nanos());
+        result.map(|c| (c, u64::try_from(ns).unwrap_or(0)))
+    }
+}

@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The state a binding shares between the PCI driver, interrupt handlers and open files:
+//! reaping completions, queue and device resets, releasing DMA memory, statistics.
+
+use crate::*;
+
+/// State shared by the PCI driver, the interrupt handlers and open files.
+pub(crate) struct DevState {
+    pub(crate) bar: pci::DevresBar<{ abi::BAR0_SIZE }>,
+    pub(crate) queues: KVec<Pin<KBox<Queue>>>,
+    pub(crate) info: DeviceInfo,
+    /// Set at unbind or when the device stops answering: everything fails fast with ENODEV.
+    pub(crate) dead: Atomic<bool>,
+    /// The device reported a fatal error: the next waiter to leave resets it.
+    pub(crate) needs_reset: Atomic<bool>,
+    pub(crate) error_irqs: Atomic<u64>,
+    pub(crate) error_bits: Atomic<u32>,
+    pub(crate) device_resets: Atomic<u64>,
+}
+
+/// `*a = f(*a)`, atomically (the kernel's `Atomic` has no fetch_or/fetch_and).
+pub(crate) fn atomic_update(a: &Atomic<u32>, f: impl Fn(u32) -> u32) {
+    let mut old = a.load(Relaxed);
+    while let Err(cur) = a.cmpxchg(old, f(old), Relaxed) {
+        old = cur;
+    }
+}
+
+impl DevState {
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Relaxed)
+    }
+
+    /// Counts an interrupt for queue `q` and reads its completions, under one lock.
+    pub(crate) fn reap(&self, q: &Queue) {
+        let mut st = q.ring.lock();
+        st.stats.irqs += 1;
+        let mut moved = false;
+        {
+            let st = &mut *st;
+            let Some(rings) = st.rings.as_ref() else {
+                return;
+            };
+            loop {
+                let i = st.cq_head as usize;
+                let phase = io_read!(rings.cq, [panic: i].phase);
+                if (phase & 1 != 0) != st.phase {
+                    break;
+                }
+                // The phase word is written last by the device: read the rest only after it.
+                dma_mb(Read);
+                let c = Completion {
+                    result: io_read!(rings.cq, [panic: i].result),
+                    bytes: io_read!(rings.cq, [panic: i].bytes),
+                    tag: io_read!(rings.cq, [panic: i].tag),
+                    status: io_read!(rings.cq, [panic: i].status),
+                    phase,
+                };
+                st.cq_head = (st.cq_head + 1) % RING as u32;
+                if st.cq_head == 0 {
+                    st.phase = !st.phase;
+                }
+                moved = true;
+                let (s, generation) = slot_of(c.tag);
+                match st.slots.get_mut(s) {
+                    Some(slot)
+                        if matches!(slot.state, SlotState::InFlight)
+                            && slot.generation == generation =>
+                    {
+                        slot.state = SlotState::Done(c);
+                        st.outstanding = st.outstanding.saturating_sub(1);
+                        st.stats.completed += 1;
+                        if c.status != abi::CS_OK {
+                            st.stats.errors += 1;
+                        }
+                    }
+                    _ => st.stats.stray_completions += 1,
+                }
+            }
+        }
+        if moved {
+            if let Some(bar) = self.bar.try_access() {
+                let _ =
+                    bar.try_write32(st.cq_head, abi::queue_reg(q.index as usize, abi::Q_CQ_HEAD));
+            }
+            drop(st);
+            q.ring_cv.notify_all();
+        }
+    }
+
+    /// Resets queue `q` in the device and fails every request in flight with `err`.
+    /// Called with the ring lock held; the device has stopped all DMA for the queue on return.
+    pub(crate) fn reset_queue_locked(&self, q: &Queue, st: &mut RingState, err: Error) {
+        let qi = q.index as usize;
+        if let Some(bar) = self.bar.try_access() {
+            let _ = bar.try_write32(abi::QCTRL_RESET, abi::queue_reg(qi, abi::Q_CTRL));
+            // A read is not posted: when it returns, the reset write has been handled.
+            match bar.try_read32(abi::REG_DEV_STATUS) {
+                // all ones: the device is gone
+                Ok(u32::MAX) | Err(_) => self.dead.store(true, Relaxed),
+                // halted by a fatal error: only a device reset helps (done without this lock)
+                Ok(st) if st & abi::STATUS_FATAL != 0 => self.needs_reset.store(true, Relaxed),
+                Ok(_) => {}
+            }
+        }
+        for slot in st.slots.iter_mut() {
+            if matches!(slot.state, SlotState::InFlight) {
+                slot.state = SlotState::Failed(err);
+            }
+        }
+        st.outstanding = 0;
+        st.sq_tail = 0;
+        st.cq_head = 0;
+        st.phase = true;
+        st.stats.resets += 1;
+        if let Some(rings) = st.rings.as_ref() {
+            for i in 0..RING {
+                io_write!(rings.cq, [panic: i].phase, 0);
+            }
+            if !self.is_dead() {
+                if let Some(bar) = self.bar.try_access() {
+                    let _ = program_queue(&bar, qi, rings);
+                }
+            }
+        }
+    }
+
+    /// Fails everything and frees all DMA memory; the device must have been reset.
+    pub(crate) fn release_dma(&self) {
+        for q in self.queues.iter() {
+            let rings = {
+                let mut st = q.ring.lock();
+                for slot in st.slots.iter_mut() {
+                    if matches!(slot.state, SlotState::InFlight) {
+                        slot.state = SlotState::Failed(ENODEV);
+                    }
+                }
+                st.rings.take()
+            };
+            q.ring_cv.notify_all();
+            q.pool_cv.notify_all();
+            // `dma_free_attrs` must not run with interrupts off: drop outside the spinlock.
+            drop(rings);
+            let blocks = q.pool.lock().blocks.take();
+            drop(blocks);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for (i, q) in self.queues.iter().enumerate() {
+            s.queue[i] = q.ring.lock().stats;
+        }
+        s.error_irqs = self.error_irqs.load(Relaxed);
+        s.error_bits = u64::from(self.error_bits.load(Relaxed));
+        s.device_resets = self.device_resets.load(Relaxed);
+        s
+    }
+}
+
+/// The errno a device completion status becomes (0 for success).
+pub(crate) fn status_to_result(status: u32) -> Result {
+    let status = u16::try_from(status).ok().and_then(Status::from_raw);
+    match status {
+        Some(Status::Ok) => Ok(()),
+        Some(Status::InternalRange | Status::AddrOverflow) => Err(ERANGE),
+        Some(
+            Status::BadOpcode
+            | Status::BadLength
+            | Status::TooManySegments
+            | Status::Overlap
+            | Status::BadDescriptor,
+        ) => Err(EINVAL),
+        // DMA_FAULT, DEVICE_ERROR and anything the device should not have said
+        Some(Status::DmaFault | Status::DeviceError) | None => Err(EIO),
+    }
+}
+
+/// Device reset from user space: every queue is reset and reprogrammed.
+pub(crate) fn reset_device(dev: &DevState) -> Result {
+    for q in dev.queues.iter() {
+        let mut st = q.ring.lock();
+        dev.reset_queue_locked(q, &mut st, ECANCELED);
+        drop(st);
+        q.ring_cv.notify_all();
+    }
+    let bar = dev.bar.try_access().ok_or(ENODEV)?;
+    // The queues are halted; now reset the rest (errors, coalescing, internal memory).
+    bar.try_write32(abi::CTRL_RESET, abi::REG_DEV_CTRL)?;
+    let _ = bar.try_read32(abi::REG_DEV_STATUS)?;
+    dev.device_resets.fetch_add(1, Relaxed);
+    for (i, q) in dev.queues.iter().enumerate() {
+        let st = q.ring.lock();
+        if let Some(rings) = st.rings.as_ref() {
+            program_queue(&bar, i, rings)?;
+        }
+    }
+    Ok(())
+}
