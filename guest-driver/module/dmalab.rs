@@ -27,26 +27,22 @@ use core::pin::Pin;
 use kernel::{
     device::Core,
     dma::{Coherent, Device as _, DmaMask},
-    fs::File,
-    io::{io_project, io_read, io_write, Io},
-    irq::{self, IrqReturn},
-    miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    io::Io,
+    irq,
+    miscdevice::{MiscDeviceOptions, MiscDeviceRegistration},
     new_condvar, new_mutex, new_spinlock_irq, pci,
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
-        barrier::{dma_mb, Read, Write},
-        Arc, CondVar, CondVarTimeoutResult, Mutex, SpinLockIrq,
+        Arc,
     },
-    time::{msecs_to_jiffies, Instant, Monotonic},
-    uaccess::{UserPtr, UserSlice},
 };
 
 /// Device and ioctl ABI, shared verbatim with the device model and the guest agent.
 pub mod abi {
     include!("../../abi/regs.rs");
 }
-use abi::{Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats, Status};
+use abi::{Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats};
 
 // SAFETY: the ABI types below are `#[repr(C)]`, made only of integers (every bit pattern is
 // valid) and have no padding: their sizes (64, 16, 16, 48, 72 and 64 * MAX_QUEUES + 24 bytes,
@@ -79,12 +75,12 @@ mod queue;
 mod ring;
 mod state;
 
-use file::*;
-use interrupts::*;
-use pool::*;
-use queue::*;
-use ring::*;
-use state::*;
+use file::MiscHolder;
+use interrupts::{IrqHandler, QueueIrq, SharedIrq};
+use pool::{FreeMap, Pool};
+use queue::Queue;
+use ring::{program_queue, RingState, Rings, Slot, SlotState};
+use state::{atomic_update, DevState};
 
 type Bar0<'a> = pci::Bar<'a, { abi::BAR0_SIZE }>;
 

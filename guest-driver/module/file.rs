@@ -2,7 +2,17 @@
 
 //! `/dev/dmalabN`: the misc device, its open files and their ioctls.
 
-use crate::*;
+use core::pin::Pin;
+use kernel::{
+    fs::File,
+    miscdevice::{MiscDevice, MiscDeviceRegistration},
+    prelude::*,
+    sync::Arc,
+    uaccess::{UserPtr, UserSlice},
+};
+
+use crate::abi::{self, DeviceInfo, Request, Stats};
+use crate::state::{reset_device, status_to_result, DevState};
 
 /// Per open file of `/dev/dmalabN`.
 pub(crate) struct DmalabFile {

@@ -2,7 +2,14 @@
 
 //! Interrupt handlers: one per queue vector, and the error (or single shared) vector.
 
-use crate::*;
+use kernel::{
+    io::Io,
+    irq::{self, IrqReturn},
+    sync::{atomic::Relaxed, Arc},
+};
+
+use crate::abi;
+use crate::state::{atomic_update, DevState};
 
 /// Interrupt handler of one queue's vector.
 pub(crate) struct QueueIrq {

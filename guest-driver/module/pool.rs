@@ -2,7 +2,15 @@
 
 //! The bounce-buffer pool of one queue: free-page map, DMA segments of a request, copies in.
 
-use crate::*;
+use kernel::{
+    dma::Coherent,
+    io::{io_project, Io},
+    prelude::*,
+    sync::{CondVar, CondVarTimeoutResult},
+    time::msecs_to_jiffies,
+};
+
+use crate::{PAGE, PAGES_PER_BLOCK, POOL_PAGES};
 
 /// Free pages of a pool: bit set = page free.
 pub(crate) struct FreeMap(pub(crate) [u64; POOL_PAGES / 64]);

@@ -2,7 +2,23 @@
 
 //! One queue pair: submitting a request, waiting for its completion, copying results out.
 
-use crate::*;
+use kernel::{
+    io::{io_write, Io},
+    prelude::*,
+    sync::{
+        atomic::Relaxed,
+        barrier::{dma_mb, Write},
+        CondVar, CondVarTimeoutResult, Mutex, SpinLockIrq,
+    },
+    time::{msecs_to_jiffies, Instant},
+    uaccess::{UserPtr, UserSlice},
+};
+
+use crate::abi::{self, Completion, Descriptor, Request};
+use crate::pool::{copy_in, segments, wait_for_resources, Pool, Segments, Side};
+use crate::ring::{tag_for, RingState, Slot, SlotState};
+use crate::state::{reset_device, DevState};
+use crate::{DEFAULT_TIMEOUT_MS, PAGE, PAGES_PER_BLOCK, RING, SG_MAX, SLOTS};
 
 /// One queue pair.
 #[pin_data]

@@ -3,7 +3,15 @@
 //! The rings of one queue: request slots and tags, the DMA-visible submission, completion
 //! and scatter-gather memory, and programming them into the device.
 
-use crate::*;
+use kernel::{
+    dma::Coherent,
+    io::Io,
+    prelude::*,
+    time::{Instant, Monotonic},
+};
+
+use crate::abi::{self, Completion, Descriptor, QueueStats, SgEntry};
+use crate::{Bar0, RING, SLOTS};
 
 /// Per-request slot state.
 #[derive(Clone, Copy)]

@@ -3,7 +3,21 @@
 //! The state a binding shares between the PCI driver, interrupt handlers and open files:
 //! reaping completions, queue and device resets, releasing DMA memory, statistics.
 
-use crate::*;
+use core::pin::Pin;
+use kernel::{
+    io::{io_read, io_write, Io},
+    pci,
+    prelude::*,
+    sync::{
+        atomic::{Atomic, Relaxed},
+        barrier::{dma_mb, Read},
+    },
+};
+
+use crate::abi::{self, Completion, DeviceInfo, Stats, Status};
+use crate::queue::Queue;
+use crate::ring::{program_queue, slot_of, RingState, SlotState};
+use crate::RING;
 
 /// State shared by the PCI driver, the interrupt handlers and open files.
 pub(crate) struct DevState {
