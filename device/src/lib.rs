@@ -12,6 +12,7 @@ pub mod engine;
 pub mod eventlog;
 mod fault_plan;
 pub mod faults;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod interrupts;
 pub mod memory;
@@ -19,6 +20,7 @@ pub mod pci_config;
 pub mod queue;
 pub mod registers;
 pub mod shared;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vfio_server;
 pub mod vfio_user;
