@@ -16,6 +16,15 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// Waits (up to 30 s) until the server's socket exists.
+fn wait_for_socket(sock: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::symlink_metadata(sock).is_ok_and(|m| m.file_type().is_socket()) {
+        assert!(Instant::now() < deadline, "no socket after 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn refuses_an_existing_file_and_leaves_it_alone() {
     let d = scratch("file");
@@ -64,11 +73,7 @@ fn sigterm_exits_cleanly_and_removes_the_socket() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
-        assert!(Instant::now() < deadline, "no socket after 30 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_socket(&sock);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -231,11 +236,7 @@ fn with_control(name: &str, extra: &[&str]) -> (Proc, PathBuf, PathBuf) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
-        assert!(Instant::now() < deadline, "no socket after 30 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_socket(&sock);
     (Proc(child), sock, ctl)
 }
 
