@@ -501,7 +501,8 @@ fn version(p: &[u8]) -> Result<Vec<u8>, Errno> {
         return Err(libc::EINVAL);
     }
     let mut r = Reader::new(p);
-    let (major, minor) = (r.u16(), r.u16());
+    // The proposed minor needs no check: we answer 0, which every 0.x client speaks.
+    let major = r.u16();
     if major != VERSION_MAJOR {
         // "If the client does not support the proposed major, it closes the connection":
         // the server cannot offer another major either, so it refuses and closes.
@@ -552,9 +553,7 @@ fn version(p: &[u8]) -> Result<Vec<u8>, Errno> {
     let json = serde_json::json!({ "capabilities": caps }).to_string();
     let mut w = Vec::with_capacity(5 + json.len());
     put16(&mut w, VERSION_MAJOR);
-    // "The minor version in the reply must be equal to or less than the minor version
-    // proposed": we speak only 0.0, which every 0.x client speaks.
-    let _ = minor;
+    // "The minor version in the reply must be equal to or less than the minor version proposed."
     put16(&mut w, VERSION_MINOR);
     w.extend_from_slice(json.as_bytes());
     w.push(0);
