@@ -4,8 +4,8 @@
 //
 // This one file is compiled into the device model (std), the guest agent (std) and the guest
 // kernel module (no_std, `include!`d). Rules: only `core::`, no inner attributes, no macros from
-// other crates; only consts, `#[repr(C)]` types and `const fn`s; a doc comment on every item
-// (the kernel builds with -Wmissing_docs).
+// other crates; only consts, `#[repr(C)]` types, `const fn`s and the `bar0_registers!` table; a
+// doc comment on every item (the kernel builds with -Wmissing_docs).
 
 /// PCI vendor ID (Red Hat, Inc., QEMU's range for emulated test devices).
 pub const PCI_VENDOR_ID: u16 = 0x1b36;
@@ -130,6 +130,119 @@ pub const QCTRL_RESET: u32 = 1 << 1;
 pub const QSTATUS_ENABLED: u32 = 1 << 0;
 /// [`Q_STATUS`] bit 1: the queue halted on a ring error; reset it.
 pub const QSTATUS_ERROR: u32 = 1 << 1;
+
+/// BAR0's register map once more, as a table for typed register accessors: `bar0_registers!(m)`
+/// calls `m! { ... }` with every register in the syntax of the kernel's `register!` macro
+/// (`kernel::io::register`, Linux 7.3): name, width, offset (queue registers are arrays of
+/// [`MAX_QUEUES`] with stride [`QUEUE_STRIDE`]) and bit fields. The guest module passes that
+/// macro and so gets one type per register with a getter and a `with_` setter per field; the ABI
+/// crate's tests expand the same table and check it against the constants above and against
+/// `docs/datasheet.md`, so the three cannot drift apart.
+#[allow(unused_macros)]
+macro_rules! bar0_registers {
+    ($m:ident) => {
+        $m! {
+            /// Identification: reads [`DEVICE_MAGIC`].
+            pub ID(u32) @ 0x000 { 31:0 magic; }
+            /// Programming-interface version ([`VERSION`]).
+            pub VERSION(u32) @ 0x004 {
+                /// Incompatible changes ([`VERSION_MAJOR`]).
+                31:16 major;
+                /// Compatible additions.
+                15:0 minor;
+            }
+            /// Queue pairs in this instance.
+            pub CAP_QUEUES(u32) @ 0x008 { 31:0 count; }
+            /// Largest ring size in entries.
+            pub CAP_RING(u32) @ 0x00c { 31:0 entries; }
+            /// Largest scatter-gather list in entries.
+            pub CAP_SG(u32) @ 0x010 { 31:0 entries; }
+            /// Supported opcodes, bit n for opcode n.
+            pub CAP_OPCODES(u32) @ 0x014 { 31:0 mask; }
+            /// Internal memory size in bytes, bits 31:0.
+            pub MEM_SIZE_LO(u32) @ 0x018 { 31:0 bytes; }
+            /// Internal memory size in bytes, bits 63:32.
+            pub MEM_SIZE_HI(u32) @ 0x01c { 31:0 bytes; }
+            /// Device control (write-only).
+            pub DEV_CTRL(u32) @ 0x020 {
+                /// Write 1: reset the whole device ([`CTRL_RESET`]).
+                0:0 reset => bool;
+            }
+            /// Device status.
+            pub DEV_STATUS(u32) @ 0x024 {
+                /// Fatal error: every queue is halted until a device reset ([`STATUS_FATAL`]).
+                1:1 fatal => bool;
+                /// Out of reset and accepting work ([`STATUS_READY`]).
+                0:0 ready => bool;
+            }
+            /// Sticky error bits, write 1 to clear; setting any raises the error vector.
+            pub ERROR(u32) @ 0x028 {
+                /// Fatal internal error ([`ERR_FATAL`]).
+                4:4 fatal => bool;
+                /// A DMA named memory outside the device's mappings ([`ERR_DMA_VIOLATION`]).
+                3:3 dma_violation => bool;
+                /// A doorbell or ring register was written with an invalid value
+                /// ([`ERR_BAD_DOORBELL`]).
+                2:2 bad_doorbell => bool;
+                /// A completion could not be written ([`ERR_CQ_WRITE`]).
+                1:1 cq_write => bool;
+                /// A submission-ring entry could not be read ([`ERR_RING_FETCH`]).
+                0:0 ring_fetch => bool;
+            }
+            /// Interrupt coalescing.
+            pub IRQ_COALESCE(u32) @ 0x02c {
+                /// Time in microseconds.
+                31:16 time_us;
+                /// Completion count.
+                15:0 count;
+            }
+            /// INTx/MSI interrupt cause, write 1 to clear.
+            pub IRQ_CAUSE(u32) @ 0x030 {
+                /// A device error ([`IRQ_CAUSE_ERROR`]).
+                31:31 error => bool;
+                /// Bit q: queue q posted completions ([`irq_cause_queue`]).
+                7:0 queues;
+            }
+            /// Largest transfer per descriptor in bytes.
+            pub CAP_MAX_XFER(u32) @ 0x034 { 31:0 bytes; }
+
+            /// Queue q: submission ring address, bits 31:0 (64-byte aligned).
+            pub Q_SQ_BASE_LO(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x100 { 31:0 addr; }
+            /// Queue q: submission ring address, bits 63:32.
+            pub Q_SQ_BASE_HI(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x104 { 31:0 addr; }
+            /// Queue q: completion ring address, bits 31:0 (16-byte aligned).
+            pub Q_CQ_BASE_LO(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x108 { 31:0 addr; }
+            /// Queue q: completion ring address, bits 63:32.
+            pub Q_CQ_BASE_HI(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x10c { 31:0 addr; }
+            /// Queue q: entries in each ring (a power of two).
+            pub Q_SIZE(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x110 { 31:0 entries; }
+            /// Queue q: control.
+            pub Q_CTRL(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x114 {
+                /// Write 1: reset the queue ([`QCTRL_RESET`]).
+                1:1 reset => bool;
+                /// The queue fetches descriptors ([`QCTRL_ENABLE`]).
+                0:0 enable => bool;
+            }
+            /// Queue q: status.
+            pub Q_STATUS(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x118 {
+                /// Halted on a ring error ([`QSTATUS_ERROR`]).
+                1:1 error => bool;
+                /// Enabled ([`QSTATUS_ENABLED`]).
+                0:0 enabled => bool;
+            }
+            /// Queue q: submission doorbell, index of the next free slot.
+            pub Q_SQ_TAIL(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x11c { 31:0 index; }
+            /// Queue q: next descriptor the device will fetch.
+            pub Q_SQ_HEAD(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x120 { 31:0 index; }
+            /// Queue q: completion doorbell, next completion the driver will read.
+            pub Q_CQ_HEAD(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x124 { 31:0 index; }
+            /// Queue q: next completion slot the device will write.
+            pub Q_CQ_TAIL(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x128 { 31:0 index; }
+            /// Queue q: descriptors completed since the queue's last reset.
+            pub Q_DONE(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x12c { 31:0 count; }
+        }
+    };
+}
 
 /// Offset of the MSI-X table in BAR0 (emulated by the PCI host, 16 bytes a vector).
 pub const MSIX_TABLE_OFFSET: u32 = 0x1000;

@@ -110,6 +110,28 @@ impl Device {
         self.shared.nqueues() + 1
     }
 
+    /// The queues that are enabled and have a ring overlapping guest range `[iova, iova + size)`.
+    ///
+    /// A driver that unmaps such a range is freeing memory the device may still fetch
+    /// descriptors from or write completions to: it must reset or disable the queue first.
+    /// `size` 0 overlaps nothing; a range running past the end of the address space is clipped.
+    pub fn enabled_rings_in(&self, iova: u64, size: u64) -> Vec<u16> {
+        let end = iova.saturating_add(size);
+        let overlaps = |base: u64, len: u64| base < end && iova < base.saturating_add(len);
+        let mut found = Vec::new();
+        for (qi, q) in self.shared.queues.iter().enumerate() {
+            let r = *q.regs.lock().unwrap();
+            let n = u64::from(r.size);
+            if r.enabled
+                && (overlaps(r.sq_base, n * abi::DESC_SIZE as u64)
+                    || overlaps(r.cq_base, n * abi::COMPLETION_SIZE as u64))
+            {
+                found.push(qi as u16);
+            }
+        }
+        found
+    }
+
     /// A BAR0 read. Registers are 32 bits wide; 64-bit reads return two registers.
     pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
         let Some(off) = bar_offset(offset, data.len()) else {

@@ -11,6 +11,10 @@ use serde::Serialize;
 
 use crate::memory::Dir;
 
+/// How an [`Event::Error`]'s `what` starts when the client unmapped an enabled queue's ring:
+/// the driver freed ring memory before stopping the device.
+pub const RING_UNMAPPED_WHILE_ENABLED: &str = "ring unmapped while enabled";
+
 /// One thing the device did.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 
 use log::{debug, error, info, warn};
@@ -17,7 +18,7 @@ use vfio_bindings::bindings::vfio::{
 };
 
 use crate::device::Device;
-use crate::eventlog::{Event, EventLog};
+use crate::eventlog::{Event, EventLog, RING_UNMAPPED_WHILE_ENABLED};
 use crate::interrupts::InterruptSink;
 use crate::memory::MapTable;
 use crate::pci_config::{ConfigSpace, CONFIG_SIZE};
@@ -247,6 +248,22 @@ impl Backend for VfioDevice {
     }
 
     fn dma_unmap(&mut self, address: u64, size: u64, all: bool) -> Result<(), Errno> {
+        // A driver bug the device can see: ring memory unmapped (freed) while the queue is still
+        // enabled. "Unmap all" is the client tearing down, not the driver: not judged.
+        if !all {
+            for q in self.device.enabled_rings_in(address, size) {
+                warn!("DMA_UNMAP {address:#x}+{size:#x} removes queue {q}'s ring while the queue is enabled");
+                self.log.counters.ring_errors.fetch_add(1, Relaxed);
+                self.log.record(|| Event::Error {
+                    queue: Some(q),
+                    tag: None,
+                    status: None,
+                    what: format!(
+                        "{RING_UNMAPPED_WHILE_ENABLED}: DMA_UNMAP {address:#x}+{size:#x} removes queue {q}'s ring; the driver must reset the queue (or device) before freeing its rings"
+                    ),
+                });
+            }
+        }
         if all {
             self.maps.clear();
         } else {

@@ -32,13 +32,11 @@ use kernel::{
     miscdevice::{MiscDeviceOptions, MiscDeviceRegistration},
     new_condvar, new_mutex, new_spinlock_irq, pci,
     prelude::*,
-    sync::{
-        atomic::{Atomic, Relaxed},
-        Arc,
-    },
+    sync::{atomic::Atomic, Arc},
 };
 
 /// Device and ioctl ABI, shared verbatim with the device model and the guest agent.
+#[macro_use]
 pub mod abi {
     include!("../../abi/regs.rs");
 }
@@ -69,18 +67,21 @@ unsafe impl kernel::transmute::AsBytes for Request {}
 unsafe impl kernel::transmute::AsBytes for Stats {}
 
 mod file;
+mod guards;
 mod interrupts;
 mod pool;
 mod queue;
+mod regs;
 mod ring;
 mod state;
 
 use file::MiscHolder;
+use guards::{DeviceHalt, MiscSlot};
 use interrupts::{IrqHandler, QueueIrq, SharedIrq};
 use pool::{FreeMap, Pool};
 use queue::Queue;
 use ring::{program_queue, RingState, Rings, Slot, SlotState};
-use state::{atomic_update, DevState};
+use state::DevState;
 
 type Bar0<'a> = pci::Bar<'a, { abi::BAR0_SIZE }>;
 
@@ -98,21 +99,19 @@ const PAGES_PER_BLOCK: usize = BLOCK / PAGE;
 const POOL_PAGES: usize = BLOCKS * PAGES_PER_BLOCK;
 const SG_MAX: usize = abi::MAX_SG_SEGMENTS as usize;
 const DEFAULT_TIMEOUT_MS: u32 = 5000;
-/// Names of the misc devices; the index is the device's number.
-const MISC_NAMES: [&CStr; 8] = [
-    c"dmalab0", c"dmalab1", c"dmalab2", c"dmalab3", c"dmalab4", c"dmalab5", c"dmalab6", c"dmalab7",
-];
-static MISC_USED: Atomic<u32> = Atomic::new(0);
 
 struct DmalabDriver;
 
-/// Everything a binding owns. Field order is drop order: the misc device goes first (no new
-/// opens), then the interrupt handlers, then the vectors they borrow; `Drop` has already reset
-/// the device and freed the DMA memory by then.
+/// Everything a binding owns, as guards. Field order is drop order, the reverse of the order
+/// probe acquires them: the misc device goes first (no new opens), then the device is halted and
+/// its DMA memory freed, then the interrupt handlers and the vectors they borrow, and last the
+/// device number.
 struct DmalabData<'bound> {
     _misc: Pin<KBox<MiscHolder>>,
+    _halt: DeviceHalt,
     _irqs: KVec<Pin<KBox<irq::Registration<'bound, IrqHandler>>>>,
     _vectors: KBox<pci::IrqVectorRegistration<'bound>>,
+    _slot: MiscSlot,
     dev: Arc<DevState>,
     pdev: &'bound pci::Device,
 }
@@ -125,6 +124,47 @@ kernel::pci_device_table!(
         ()
     )]
 );
+
+/// The steps of probe, in order. For the error-path test, `probe_fail_step=N` makes step N fail
+/// as if its resource could not be had: every step's undo path then runs for real.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u32)]
+enum ProbeStep {
+    /// Enable memory decoding and bus mastering, set the DMA mask.
+    Enable = 1,
+    /// Map BAR0, check identity and version, reset the device.
+    MapBar,
+    /// Allocate the interrupt vectors.
+    Vectors,
+    /// Allocate the DMA memory of the queues (fails after the first queue's).
+    QueueMemory,
+    /// Claim a `/dev/dmalabN` number.
+    MiscSlot,
+    /// Build the shared state.
+    State,
+    /// Register the interrupt handlers.
+    Handlers,
+    /// Program the rings into the device (fails after queue 0 is enabled).
+    ProgramQueues,
+    /// Register the misc device.
+    MiscDevice,
+}
+
+impl ProbeStep {
+    /// Fails if the `probe_fail_step` module parameter names this step.
+    fn check(self, pdev: &pci::Device<Core<'_>>) -> Result {
+        if module_parameters::probe_fail_step.value() != self as u32 {
+            return Ok(());
+        }
+        dev_warn!(
+            pdev,
+            "probe: failing step {} ({:?}) as probe_fail_step asks\n",
+            self as u32,
+            self
+        );
+        Err(ECANCELED)
+    }
+}
 
 fn alloc_queue(pdev: &pci::Device<Core<'_>>, index: u16) -> Result<Pin<KBox<Queue>>> {
     let dev = pdev.as_ref();
@@ -170,6 +210,8 @@ fn alloc_queue(pdev: &pci::Device<Core<'_>>, index: u16) -> Result<Pin<KBox<Queu
 }
 
 impl DmalabDriver {
+    /// Binds one device. Every `?` below drops the guards made so far, in reverse order; the
+    /// device is never told a ring address before `DeviceHalt` is there to reset it.
     fn do_probe<'bound>(pdev: &'bound pci::Device<Core<'_>>) -> Result<DmalabData<'bound>> {
         if pdev.vendor_id() != pci::Vendor::REDHAT || pdev.device_id() != abi::PCI_DEVICE_ID {
             return Err(ENODEV);
@@ -185,9 +227,11 @@ impl DmalabDriver {
                 32
             }
         };
+        ProbeStep::Enable.check(pdev)?;
+
         let bar = pdev.iomap_region_sized::<{ abi::BAR0_SIZE }>(0, c"dmalab")?;
-        let magic = bar.read32(abi::REG_ID);
-        let version = bar.read32(abi::REG_VERSION);
+        let magic = bar.read(regs::ID).magic().get();
+        let version = bar.read(regs::VERSION);
         if magic != abi::DEVICE_MAGIC {
             dev_err!(
                 pdev,
@@ -196,37 +240,37 @@ impl DmalabDriver {
             );
             return Err(ENODEV);
         }
-        if (version >> 16) as u16 != abi::VERSION_MAJOR {
+        if !version.supported() {
             dev_err!(
                 pdev,
                 "device interface v{}.{} is not supported (driver: v{}.x)\n",
-                version >> 16,
-                version & 0xffff,
+                version.major().get(),
+                version.minor().get(),
                 abi::VERSION_MAJOR
             );
             return Err(ENODEV);
         }
         // Start from a known state (an earlier driver may have left queues running).
-        bar.write32(abi::CTRL_RESET, abi::REG_DEV_CTRL);
-        let status = bar.read32(abi::REG_DEV_STATUS);
-        if status & abi::STATUS_READY == 0 {
+        bar.write_reg(regs::DEV_CTRL::zeroed().with_reset(true));
+        let status = bar.read(regs::DEV_STATUS);
+        if !status.ready() {
             dev_err!(
                 pdev,
                 "device not ready after reset (status {:#x})\n",
-                status
+                status.into_raw()
             );
             return Err(EIO);
         }
-        let nq = (bar.read32(abi::REG_CAP_QUEUES) as usize).min(abi::MAX_QUEUES);
+        let nq = (bar.read(regs::CAP_QUEUES).count().get() as usize).min(abi::MAX_QUEUES);
         if nq == 0
-            || bar.read32(abi::REG_CAP_RING) < RING as u32
-            || bar.read32(abi::REG_CAP_SG) < SG_MAX as u32
+            || bar.read(regs::CAP_RING).entries().get() < RING as u32
+            || bar.read(regs::CAP_SG).entries().get() < SG_MAX as u32
         {
             dev_err!(pdev, "device capabilities too small for this driver\n");
             return Err(ENODEV);
         }
-        let mem_size = u64::from(bar.read32(abi::REG_MEM_SIZE_LO))
-            | (u64::from(bar.read32(abi::REG_MEM_SIZE_HI)) << 32);
+        let mem_size = regs::mem_size(&bar);
+        ProbeStep::MapBar.check(pdev)?;
 
         let vectors = KBox::new(
             pdev.alloc_irq_vectors(
@@ -240,8 +284,9 @@ impl DmalabDriver {
             GFP_KERNEL,
         )?;
         // SAFETY: the registration lives in its own heap allocation that is never moved out of
-        // the box and is stored in `DmalabData` after `_irqs`, so every `irq::Registration`
-        // borrowing it is dropped (free_irq) before it is (pci_free_irq_vectors).
+        // the box. It is declared before `irqs` here and stored after `_irqs` in `DmalabData`,
+        // so on every path each `irq::Registration` borrowing it is dropped (free_irq) before it
+        // is (pci_free_irq_vectors).
         let vref: &'bound pci::IrqVectorRegistration<'bound> =
             unsafe { &*core::ptr::from_ref::<pci::IrqVectorRegistration<'bound>>(&*vectors) };
         let nvec = vectors.len();
@@ -252,24 +297,21 @@ impl DmalabDriver {
             pci::IrqType::Msi => abi::IRQ_MODE_MSI,
             pci::IrqType::Intx => abi::IRQ_MODE_INTX,
         };
+        ProbeStep::Vectors.check(pdev)?;
 
+        // The device knows none of this memory yet: dropping it on failure needs no reset.
         let mut queues = KVec::with_capacity(nq, GFP_KERNEL)?;
         for i in 0..nq {
             queues.push(alloc_queue(pdev, i as u16)?, GFP_KERNEL)?;
+            ProbeStep::QueueMemory.check(pdev)?;
         }
-        let misc_index = loop {
-            let used = MISC_USED.load(Relaxed);
-            let free = (!used).trailing_zeros() as usize;
-            if free >= MISC_NAMES.len() {
-                return Err(EBUSY);
-            }
-            if MISC_USED.cmpxchg(used, used | (1 << free), Relaxed).is_ok() {
-                break free;
-            }
-        };
+
+        let slot = MiscSlot::claim()?;
+        ProbeStep::MiscSlot.check(pdev)?;
+
         let info = DeviceInfo {
             magic,
-            version,
+            version: version.into_raw(),
             queues: nq as u32,
             vectors: nvec as u32,
             irq_mode,
@@ -280,10 +322,9 @@ impl DmalabDriver {
             bdf: u32::from(pdev.dev_id()),
             pool_bytes: (BLOCKS * BLOCK) as u32,
         };
-        let bar = bar.into_devres()?;
         let dev = Arc::new(
             DevState {
-                bar,
+                bar: bar.into_devres()?,
                 queues,
                 info,
                 dead: Atomic::new(false),
@@ -293,14 +334,8 @@ impl DmalabDriver {
                 device_resets: Atomic::new(0),
             },
             GFP_KERNEL,
-        );
-        let dev = match dev {
-            Ok(d) => d,
-            Err(e) => {
-                atomic_update(&MISC_USED, |v| v & !(1 << misc_index));
-                return Err(e.into());
-            }
-        };
+        )?;
+        ProbeStep::State.check(pdev)?;
 
         let mut irqs = KVec::with_capacity(nvec, GFP_KERNEL)?;
         for k in 0..nvec {
@@ -321,45 +356,46 @@ impl DmalabDriver {
             } else {
                 irq::Flags::SHARED
             };
-            // SAFETY: the registration is stored in `DmalabData` and dropped, never forgotten.
+            // SAFETY: the registration is stored in `irqs` and then `DmalabData`, and dropped,
+            // never forgotten.
             let reg = KBox::pin_init(
                 unsafe { irq::Registration::new(req, flags, c"dmalab", Ok::<_, Error>(handler)) },
                 GFP_KERNEL,
             )?;
             irqs.push(reg, GFP_KERNEL)?;
         }
+        ProbeStep::Handlers.check(pdev)?;
 
-        if let Some(bar) = dev.bar.try_access() {
+        // From here the device may DMA into the rings: `halt` (dropped before `irqs`, `dev` and
+        // the queues' memory) resets it first on every path.
+        let halt = DeviceHalt::new(dev.clone());
+        {
+            let bar = dev.bar.try_access().ok_or(ENODEV)?;
             for q in dev.queues.iter() {
                 let st = q.ring.lock();
                 if let Some(rings) = st.rings.as_ref() {
                     program_queue(&bar, q.index as usize, rings)?;
                 }
+                drop(st);
+                ProbeStep::ProgramQueues.check(pdev)?;
             }
         }
 
+        ProbeStep::MiscDevice.check(pdev)?;
         let for_misc = dev.clone();
+        let name = slot.name();
         let misc = KBox::pin_init(
             try_pin_init!(MiscHolder {
                 dev: for_misc,
-                index: misc_index,
-                reg <- MiscDeviceRegistration::register(MiscDeviceOptions { name: MISC_NAMES[misc_index] }),
+                reg <- MiscDeviceRegistration::register(MiscDeviceOptions { name }),
             }),
             GFP_KERNEL,
-        );
-        let misc = match misc {
-            Ok(m) => m,
-            Err(e) => {
-                atomic_update(&MISC_USED, |v| v & !(1 << misc_index));
-                halt_and_release(&dev);
-                return Err(e);
-            }
-        };
+        )?;
         dev_info!(
             pdev,
             "dmalab v{}.{} id={:#x}: {} queues x {} entries, {} {} vector(s), {}-bit DMA, {} KiB internal memory, /dev/{}\n",
-            version >> 16,
-            version & 0xffff,
+            version.major().get(),
+            version.minor().get(),
             magic,
             nq,
             RING,
@@ -371,27 +407,18 @@ impl DmalabDriver {
             },
             mask_bits,
             mem_size / 1024,
-            MISC_NAMES[misc_index].to_str().unwrap_or("?")
+            name.to_str().unwrap_or("?")
         );
         Ok(DmalabData {
             _misc: misc,
+            _halt: halt,
             _irqs: irqs,
             _vectors: vectors,
+            _slot: slot,
             dev,
             pdev,
         })
     }
-}
-
-/// Stops all device DMA (reset, read back), fails every caller, frees all DMA memory.
-fn halt_and_release(dev: &DevState) {
-    dev.dead.store(true, Relaxed);
-    if let Some(bar) = dev.bar.try_access() {
-        let _ = bar.try_write32(abi::CTRL_RESET, abi::REG_DEV_CTRL);
-        // Non-posted: when this returns the device has finished the reset and does no more DMA.
-        let _ = bar.try_read32(abi::REG_DEV_STATUS);
-    }
-    dev.release_dma();
 }
 
 impl pci::Driver for DmalabDriver {
@@ -408,15 +435,19 @@ impl pci::Driver for DmalabDriver {
 }
 
 impl Drop for DmalabData<'_> {
+    /// Reports what the binding did; the fields then undo the binding, in declaration order.
     fn drop(&mut self) {
-        halt_and_release(&self.dev);
-        atomic_update(&MISC_USED, |v| v & !(1 << self._misc.index));
         let s = self.dev.stats();
         let (sub, done, to) = s.queue.iter().fold((0, 0, 0), |a, q| {
             (a.0 + q.submitted, a.1 + q.completed, a.2 + q.timeouts)
         });
-        dev_info!(self.pdev, "dmalab unbound: {} submitted, {} completed, {} timed out; device halted, DMA memory freed\n",
-                  sub, done, to);
+        dev_info!(
+            self.pdev,
+            "dmalab unbound: {} submitted, {} completed, {} timed out; halting the device, then freeing its DMA memory\n",
+            sub,
+            done,
+            to
+        );
     }
 }
 
@@ -426,4 +457,10 @@ kernel::module_pci_driver! {
     authors: ["dmalab developers"],
     description: "Driver for the dmalab DMA test device",
     license: "GPL v2",
+    params: {
+        probe_fail_step: u32 {
+            default: 0,
+            description: "Testing only: make probe step N (1..=9) fail, to exercise its undo path",
+        },
+    },
 }

@@ -23,7 +23,6 @@ pub(crate) struct DmalabFile {
 #[pin_data]
 pub(crate) struct MiscHolder {
     pub(crate) dev: Arc<DevState>,
-    pub(crate) index: usize,
     #[pin]
     pub(crate) reg: MiscDeviceRegistration<DmalabFile>,
 }

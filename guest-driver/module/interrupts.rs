@@ -5,10 +5,11 @@
 use kernel::{
     io::Io,
     irq::{self, IrqReturn},
+    prelude::*,
     sync::{atomic::Relaxed, Arc},
 };
 
-use crate::abi;
+use crate::regs;
 use crate::state::{atomic_update, DevState};
 
 /// Interrupt handler of one queue's vector.
@@ -38,26 +39,33 @@ impl irq::Handler for SharedIrq {
             return IrqReturn::None;
         };
         let cause = if self.all {
-            let c = bar.try_read32(abi::REG_IRQ_CAUSE).unwrap_or(0);
-            if c == 0 || c == u32::MAX {
-                return IrqReturn::None;
+            let cause = bar.try_read(regs::IRQ_CAUSE);
+            match cause {
+                // all ones: the device is gone
+                Ok(c) if c.into_raw() != 0 && c.into_raw() != u32::MAX => {
+                    // write 1 to clear exactly what was read
+                    let _ = bar.try_write_reg(c);
+                    c
+                }
+                _ => return IrqReturn::None,
             }
-            let _ = bar.try_write32(c, abi::REG_IRQ_CAUSE);
-            c
         } else {
-            abi::IRQ_CAUSE_ERROR
+            regs::IRQ_CAUSE::zeroed().with_error(true)
         };
-        if cause & abi::IRQ_CAUSE_ERROR != 0 {
+        if cause.error() {
             self.dev.error_irqs.fetch_add(1, Relaxed);
-            let bits = bar.try_read32(abi::REG_ERROR).unwrap_or(0);
-            if bits != 0 && bits != u32::MAX {
-                atomic_update(&self.dev.error_bits, |v| v | bits);
-                let _ = bar.try_write32(bits, abi::REG_ERROR);
+            if let Ok(error) = bar.try_read(regs::ERROR) {
+                let bits = error.into_raw();
+                if bits != 0 && bits != u32::MAX {
+                    atomic_update(&self.dev.error_bits, |seen| seen | bits);
+                    // write 1 to clear the bits just recorded, not ones raised since
+                    let _ = bar.try_write_reg(error);
+                }
             }
         }
         drop(bar);
         for (i, q) in self.dev.queues.iter().enumerate() {
-            if cause & abi::irq_cause_queue(i) != 0 {
+            if cause.queue(i) {
                 self.dev.reap(q);
             }
         }

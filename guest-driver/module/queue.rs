@@ -16,6 +16,7 @@ use kernel::{
 
 use crate::abi::{self, Completion, Descriptor, Request};
 use crate::pool::{copy_in, segments, wait_for_resources, Pool, Segments, Side};
+use crate::regs;
 use crate::ring::{tag_for, RingState, Slot, SlotState};
 use crate::state::{reset_device, DevState};
 use crate::{DEFAULT_TIMEOUT_MS, PAGE, PAGES_PER_BLOCK, RING, SG_MAX, SLOTS};
@@ -259,7 +260,10 @@ impl Queue {
             // Descriptor and SG tables must be visible to the device before the doorbell.
             dma_mb(Write);
             let bar = dev.bar.try_access().ok_or(ENODEV)?;
-            bar.try_write32(st.sq_tail, abi::queue_reg(qi, abi::Q_SQ_TAIL))?;
+            bar.try_write(
+                regs::queue(qi)?,
+                regs::Q_SQ_TAIL::zeroed().with_index(st.sq_tail),
+            )?;
         }
         // wait for the completion
         let mut timed_out = false;

@@ -10,7 +10,10 @@ use kernel::{
     time::{Instant, Monotonic},
 };
 
-use crate::abi::{self, Completion, Descriptor, QueueStats, SgEntry};
+use crate::abi::{Completion, Descriptor, QueueStats, SgEntry};
+use crate::regs::{
+    queue, split_address, Q_CQ_BASE_HI, Q_CQ_BASE_LO, Q_CTRL, Q_SIZE, Q_SQ_BASE_HI, Q_SQ_BASE_LO,
+};
 use crate::{Bar0, RING, SLOTS};
 
 /// Per-request slot state.
@@ -60,13 +63,18 @@ pub(crate) fn tag_for(slot: usize, generation: u16) -> u32 {
 
 /// Writes queue `qi`'s ring registers and enables it.
 pub(crate) fn program_queue(bar: &Bar0<'_>, qi: usize, rings: &Rings) -> Result {
-    let r = |reg| abi::queue_reg(qi, reg);
-    let (sq, cq) = (rings.sq.dma_address(), rings.cq.dma_address());
-    bar.try_write32(sq as u32, r(abi::Q_SQ_BASE_LO))?;
-    bar.try_write32((sq >> 32) as u32, r(abi::Q_SQ_BASE_HI))?;
-    bar.try_write32(cq as u32, r(abi::Q_CQ_BASE_LO))?;
-    bar.try_write32((cq >> 32) as u32, r(abi::Q_CQ_BASE_HI))?;
-    bar.try_write32(RING as u32, r(abi::Q_SIZE))?;
-    bar.try_write32(abi::QCTRL_ENABLE, r(abi::Q_CTRL))?;
+    let (sq_lo, sq_hi) = split_address(rings.sq.dma_address());
+    let (cq_lo, cq_hi) = split_address(rings.cq.dma_address());
+    bar.try_write(queue(qi)?, Q_SQ_BASE_LO::zeroed().with_addr(sq_lo))?;
+    bar.try_write(queue(qi)?, Q_SQ_BASE_HI::zeroed().with_addr(sq_hi))?;
+    bar.try_write(queue(qi)?, Q_CQ_BASE_LO::zeroed().with_addr(cq_lo))?;
+    bar.try_write(queue(qi)?, Q_CQ_BASE_HI::zeroed().with_addr(cq_hi))?;
+    bar.try_write(queue(qi)?, Q_SIZE::zeroed().with_entries(RING as u32))?;
+    bar.try_write(queue(qi)?, Q_CTRL::zeroed().with_enable(true))?;
     Ok(())
+}
+
+/// Resets queue `qi` in the device: it stops fetching and forgets its ring registers.
+pub(crate) fn reset_queue(bar: &Bar0<'_>, qi: usize) -> Result {
+    bar.try_write(queue(qi)?, Q_CTRL::zeroed().with_reset(true))
 }

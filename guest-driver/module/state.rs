@@ -16,7 +16,8 @@ use kernel::{
 
 use crate::abi::{self, Completion, DeviceInfo, Stats, Status};
 use crate::queue::Queue;
-use crate::ring::{program_queue, slot_of, RingState, SlotState};
+use crate::regs;
+use crate::ring::{program_queue, reset_queue, slot_of, RingState, SlotState};
 use crate::RING;
 
 /// State shared by the PCI driver, the interrupt handlers and open files.
@@ -85,7 +86,7 @@ impl DevState {
                         slot.state = SlotState::Done(c);
                         st.outstanding = st.outstanding.saturating_sub(1);
                         st.stats.completed += 1;
-                        if c.status != abi::CS_OK {
+                        if c.status != Status::Ok.raw() {
                             st.stats.errors += 1;
                         }
                     }
@@ -95,8 +96,9 @@ impl DevState {
         }
         if moved {
             if let Some(bar) = self.bar.try_access() {
-                let _ =
-                    bar.try_write32(st.cq_head, abi::queue_reg(q.index as usize, abi::Q_CQ_HEAD));
+                if let Ok(at) = regs::queue(q.index as usize) {
+                    let _ = bar.try_write(at, regs::Q_CQ_HEAD::zeroed().with_index(st.cq_head));
+                }
             }
             drop(st);
             q.ring_cv.notify_all();
@@ -108,13 +110,14 @@ impl DevState {
     pub(crate) fn reset_queue_locked(&self, q: &Queue, st: &mut RingState, err: Error) {
         let qi = q.index as usize;
         if let Some(bar) = self.bar.try_access() {
-            let _ = bar.try_write32(abi::QCTRL_RESET, abi::queue_reg(qi, abi::Q_CTRL));
+            let _ = reset_queue(&bar, qi);
             // A read is not posted: when it returns, the reset write has been handled.
-            match bar.try_read32(abi::REG_DEV_STATUS) {
+            match bar.try_read(regs::DEV_STATUS) {
                 // all ones: the device is gone
-                Ok(u32::MAX) | Err(_) => self.dead.store(true, Relaxed),
+                Ok(st) if st.into_raw() == u32::MAX => self.dead.store(true, Relaxed),
+                Err(_) => self.dead.store(true, Relaxed),
                 // halted by a fatal error: only a device reset helps (done without this lock)
-                Ok(st) if st & abi::STATUS_FATAL != 0 => self.needs_reset.store(true, Relaxed),
+                Ok(st) if st.fatal() => self.needs_reset.store(true, Relaxed),
                 Ok(_) => {}
             }
         }
@@ -201,8 +204,8 @@ pub(crate) fn reset_device(dev: &DevState) -> Result {
     }
     let bar = dev.bar.try_access().ok_or(ENODEV)?;
     // The queues are halted; now reset the rest (errors, coalescing, internal memory).
-    bar.try_write32(abi::CTRL_RESET, abi::REG_DEV_CTRL)?;
-    let _ = bar.try_read32(abi::REG_DEV_STATUS)?;
+    bar.try_write_reg(regs::DEV_CTRL::zeroed().with_reset(true))?;
+    let _ = bar.try_read(regs::DEV_STATUS)?;
     dev.device_resets.fetch_add(1, Relaxed);
     for (i, q) in dev.queues.iter().enumerate() {
         let st = q.ring.lock();

@@ -216,3 +216,70 @@ fn a_hostile_guest_cannot_make_the_device_write_outside_what_it_names() {
     );
     assert_transfers_verified(&r, 1);
 }
+
+#[test]
+fn every_probe_step_that_fails_undoes_what_came_before() {
+    // The module is loaded with probe_fail_step=1, 2, ... until a probe succeeds. Behind a
+    // vIOMMU every free of DMA memory reaches the device as an unmap, so the device sees a ring
+    // freed while its queue is still enabled; kmemleak and DMA-API debug see the rest.
+    let mut o = VmOptions::new("probe_unwind", "probe_unwind");
+    o.iommu = true;
+    o.append = "kmemleak=on".into();
+    let r = run(&o);
+    r.assert_clean();
+    let steps = r.all("probe_step");
+    let failed: Vec<&&Value> = steps.iter().filter(|s| s["bound"] == false).collect();
+    r.check(
+        failed.len() >= 9,
+        &format!(
+            "expected every probe step to be made to fail, got {}",
+            failed.len()
+        ),
+    );
+    for s in &failed {
+        r.check(
+            s["node"] == false,
+            &format!("a failed probe left /dev/dmalab0 behind: {s}"),
+        );
+        r.check(
+            s["dma_entries"] == 0,
+            &format!("a failed probe left DMA memory allocated: {s}"),
+        );
+        r.check(
+            s["dma_errors"] == 0,
+            &format!("DMA-API debug found an error: {s}"),
+        );
+    }
+    let last = steps.last().unwrap_or_else(|| r.fail("no probe steps"));
+    r.check(
+        last["bound"] == true && last["node"] == true,
+        &format!("the probe after the failing ones must succeed: {last}"),
+    );
+    r.check(
+        u(&last["dma_entries"]) > 0 && last["dma_entries"] != -1,
+        &format!("a bound driver has DMA memory: the DMA-API dump was not read: {last}"),
+    );
+    assert_transfers_verified(&r, 4);
+    let u = r.one("probe_unwind");
+    r.check(u["dma_errors"] == 0, &format!("DMA-API debug errors: {u}"));
+    r.check(
+        u["kmemleak"] == 0,
+        &format!("kmemleak found leaks (see the console): {u}"),
+    );
+    let freed_live: Vec<&Value> = r
+        .events("error")
+        .into_iter()
+        .filter(|e| {
+            e["what"].as_str().is_some_and(|w| {
+                w.starts_with(dmalab_device::eventlog::RING_UNMAPPED_WHILE_ENABLED)
+            })
+        })
+        .collect();
+    r.check(
+        freed_live.is_empty(),
+        &format!(
+            "the driver freed rings the device could still use: {:?}",
+            freed_live
+        ),
+    );
+}

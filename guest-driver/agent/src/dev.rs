@@ -12,8 +12,13 @@ fn errno() -> std::io::Error {
 
 /// Loads a module file (finit_module).
 pub fn insmod(path: &str) -> Result<(), String> {
+    insmod_with(path, "")
+}
+
+/// Loads a module file with module parameters (`name=value ...`).
+pub fn insmod_with(path: &str, params: &str) -> Result<(), String> {
     let f = File::open(path).map_err(|e| format!("open {path}: {e}"))?;
-    let params = CString::new("").unwrap();
+    let params = CString::new(params).map_err(|_| "module parameters contain NUL".to_string())?;
     // SAFETY: valid fd and NUL-terminated parameter string for the duration of the call.
     let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
     if r != 0 {
@@ -40,6 +45,48 @@ pub fn dma_api_errors() -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The live DMA-API debug entries (coherent allocations and mappings) of PCI device `bdf`, from
+/// `/sys/kernel/debug/dma-api/dump`; `None` without DMA-API debug.
+pub fn dma_api_entries(bdf: &str) -> Option<usize> {
+    let dump = std::fs::read_to_string("/sys/kernel/debug/dma-api/dump").ok()?;
+    Some(
+        dump.lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(bdf))
+            .count(),
+    )
+}
+
+/// kmemleak: forget the suspects found so far (`clear`), so a later [`kmemleak_scan`] reports
+/// only what leaked since. `false` when kmemleak is not on (boot with `kmemleak=on`).
+pub fn kmemleak_clear() -> bool {
+    std::fs::write("/sys/kernel/debug/kmemleak", "clear").is_ok()
+}
+
+/// kmemleak: scan now and return the report (empty: no leaks). kmemleak only reports objects
+/// older than 5 s, so callers wait that long after the last suspect allocation.
+pub fn kmemleak_scan() -> Option<String> {
+    std::fs::write("/sys/kernel/debug/kmemleak", "scan").ok()?;
+    std::fs::read_to_string("/sys/kernel/debug/kmemleak").ok()
+}
+
+/// The PCI addresses (`0000:00:03.0`) of every dmalab device, bound or not.
+pub fn dmalab_devices() -> Vec<String> {
+    let id = |bdf: &str, f: &str| {
+        std::fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/{f}")).unwrap_or_default()
+    };
+    let mut found: Vec<String> = std::fs::read_dir("/sys/bus/pci/devices")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|bdf| {
+            id(bdf, "vendor").trim() == format!("{:#06x}", abi::PCI_VENDOR_ID)
+                && id(bdf, "device").trim() == format!("{:#06x}", abi::PCI_DEVICE_ID)
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// An open `/dev/dmalabN`.

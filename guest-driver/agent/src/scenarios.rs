@@ -38,6 +38,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "removal" => removal(),
         "campaign" => campaign(),
         "unbind_stalled" => unbind_stalled(),
+        "probe_unwind" => probe_unwind(module),
         "hostile" => {
             crate::hostile::hostile(&bound_device()?)?;
             let o = verified(&Dev::open(0)?, abi::OP_COPY, 0, 65536, 0, 5, 0);
@@ -587,6 +588,95 @@ fn campaign() -> Result<(), String> {
             );
         }
     }
+    Ok(())
+}
+
+/// Probe error paths: load the module with `probe_fail_step=1, 2, ...` until a probe succeeds.
+/// After each failed probe: no device node, no DMA-API entry left for the device, no new DMA-API
+/// error; at the end the probe that succeeds gives a device that transfers correctly, and
+/// kmemleak (when the kernel was booted with `kmemleak=on`) finds nothing leaked.
+fn probe_unwind(module: &str) -> Result<(), String> {
+    unload()?;
+    let bdf = dev::dmalab_devices()
+        .into_iter()
+        .next()
+        .ok_or("no dmalab device on the PCI bus")?;
+    let kmemleak = dev::kmemleak_clear();
+    let errors_before = dev::dma_api_errors();
+    let mut step = 1u32;
+    loop {
+        if step > 32 {
+            return Err("probe still fails with probe_fail_step=32".into());
+        }
+        dev::insmod_with(module, &format!("probe_fail_step={step}"))?;
+        // Probe runs synchronously inside module init for a present device.
+        let bound = std::path::Path::new(&format!("/sys/bus/pci/drivers/dmalab/{bdf}")).exists();
+        let node = std::path::Path::new("/dev/dmalab0").exists();
+        if bound {
+            // the bound driver's rings and pools: proves the DMA-API dump is read correctly
+            let entries = dev::dma_api_entries(&bdf);
+            report(
+                Obj::new("probe_step")
+                    .u64("step", step.into())
+                    .bool("bound", true)
+                    .bool("node", node)
+                    .num("dma_entries", entries.map_or(-1.0, |n| n as f64)),
+            );
+            break;
+        }
+        // A failed probe must leave nothing behind; read before unloading, which would hide
+        // leaked DMA entries behind the module's own teardown.
+        let entries = dev::dma_api_entries(&bdf);
+        dev::rmmod("dmalab")?;
+        report(
+            Obj::new("probe_step")
+                .u64("step", step.into())
+                .bool("bound", false)
+                .bool("node", node)
+                .num("dma_entries", entries.map_or(-1.0, |n| n as f64))
+                .num(
+                    "dma_errors",
+                    dev::dma_api_errors().map_or(-1.0, |n| n as f64),
+                ),
+        );
+        step += 1;
+    }
+    // The probe that succeeded must give a working device.
+    let d = Dev::open(0)?;
+    let nq = d.info()?.queues as usize;
+    for q in 0..nq {
+        let o = verified(&d, abi::OP_COPY, q as u8, 65536, 0, 700 + q as u32, 0);
+        report_xfer(&o, "probe_unwind");
+    }
+    drop(d);
+    unload()?;
+    let errors_after = dev::dma_api_errors();
+    let leaks = if kmemleak {
+        // kmemleak reports only objects older than 5 s; scan twice, as its documentation
+        // advises, to settle transient references.
+        std::thread::sleep(Duration::from_secs(6));
+        let _ = dev::kmemleak_scan();
+        let text = dev::kmemleak_scan().unwrap_or_default();
+        let n = text.matches("unreferenced object").count();
+        if n > 0 {
+            eprintln!("kmemleak:\n{text}");
+        }
+        n as f64
+    } else {
+        -1.0
+    };
+    report(
+        Obj::new("probe_unwind")
+            .u64("failed_steps", (step - 1).into())
+            .num(
+                "dma_errors",
+                match (errors_before, errors_after) {
+                    (Some(b), Some(a)) => a.saturating_sub(b) as f64,
+                    _ => -1.0,
+                },
+            )
+            .num("kmemleak", leaks),
+    );
     Ok(())
 }
 
