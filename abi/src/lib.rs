@@ -2,6 +2,7 @@
 //!
 //! The definitions live in `abi/regs.rs` so the kernel module can `include!` the very same file.
 #![no_std]
+#![forbid(unsafe_code)]
 #[cfg(test)]
 extern crate std;
 include!("../regs.rs");

@@ -21,72 +21,129 @@ pub const RING_UNMAPPED_WHILE_ENABLED: &str = "ring unmapped while enabled";
 pub enum Event {
     /// A descriptor was read from a submission ring.
     Fetch {
+        /// The queue pair.
         queue: u16,
+        /// The ring index it was read from.
         index: u32,
+        /// Its opcode, as written (maybe invalid).
         opcode: u8,
+        /// Its flags, as written.
         flags: u8,
+        /// The driver's tag.
         tag: u32,
+        /// Its transfer length.
         len: u32,
     },
     /// Guest memory was read or written.
     Dma {
+        /// The queue pair whose request moved the data.
         queue: u16,
+        /// That request's tag.
         tag: u32,
+        /// The guest (bus) address.
         addr: u64,
+        /// Bytes moved.
         len: u64,
+        /// Read from or written to the guest.
         dir: Dir,
     },
     /// A completion was written.
     Complete {
+        /// The queue pair.
         queue: u16,
+        /// The completion-ring index written.
         index: u32,
+        /// The tag it carries.
         tag: u32,
+        /// Its status code (`abi::Status`).
         status: u16,
+        /// Bytes it says were transferred.
         bytes: u32,
+        /// Its result word.
         result: u32,
     },
     /// An interrupt was raised (`delivered: false`: no vector or line was configured).
-    Irq { vector: u16, delivered: bool },
-    /// A descriptor was refused or a ring could not be accessed.
+    Irq {
+        /// The MSI-X vector (queue q: q; error vector: the last).
+        vector: u16,
+        /// It reached an eventfd.
+        delivered: bool,
+    },
+    /// A descriptor was refused, a ring could not be accessed, or the client did something the
+    /// device refused or flags as a driver bug (see [`RING_UNMAPPED_WHILE_ENABLED`]).
     Error {
+        /// The queue pair involved, if one was.
         queue: Option<u16>,
+        /// The request's tag, if one was involved.
         tag: Option<u32>,
+        /// The completion status written for it, if any.
         status: Option<u16>,
+        /// What happened, for people.
         what: String,
     },
     /// Device or queue reset.
-    Reset { queue: Option<u16>, discarded: u32 },
+    Reset {
+        /// The queue reset, or `None` for a device reset.
+        queue: Option<u16>,
+        /// Descriptors posted but never executed that the reset threw away.
+        discarded: u32,
+    },
     /// A fault was injected into a descriptor.
     Fault {
+        /// The queue pair.
         queue: u16,
+        /// The submission-ring index of the descriptor.
         index: u32,
+        /// Its tag.
         tag: u32,
+        /// The name of the rule that fired.
         rule: String,
+        /// What was injected.
         fault: crate::faults::FaultKind,
     },
     /// Client DMA map-table change.
-    Map { iova: u64, size: u64, mapped: bool },
+    Map {
+        /// Start of the range (IOVA, or guest physical without an IOMMU).
+        iova: u64,
+        /// Its size in bytes.
+        size: u64,
+        /// Mapped (`true`) or unmapped.
+        mapped: bool,
+    },
     /// The counters, written at shutdown.
     Counters(CountersSnapshot),
 }
 
-/// Counters kept whether or not events are logged.
+/// Counters kept whether or not events are logged. Each is the running total of the matching
+/// [`CountersSnapshot`] field.
 #[derive(Default)]
 pub struct Counters {
+    /// Descriptors fetched.
     pub descriptors: AtomicU64,
+    /// Completions written.
     pub completions: AtomicU64,
+    /// Completions with status OK.
     pub completions_ok: AtomicU64,
+    /// Completions with an error status.
     pub completions_err: AtomicU64,
+    /// Bytes read from guest memory.
     pub bytes_from_guest: AtomicU64,
+    /// Bytes written to guest memory.
     pub bytes_to_guest: AtomicU64,
+    /// Interrupts raised.
     pub irqs: AtomicU64,
+    /// Device and queue resets.
     pub resets: AtomicU64,
+    /// Ring errors: unreadable or unwritable rings, refused doorbells, rings unmapped while
+    /// enabled.
     pub ring_errors: AtomicU64,
+    /// Faults injected.
     pub faults: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[allow(missing_docs)] // field for field the same as `Counters`
 pub struct CountersSnapshot {
     pub descriptors: u64,
     pub completions: u64,
@@ -129,6 +186,7 @@ struct Line<'a> {
 pub struct EventLog {
     out: Option<Mutex<std::io::BufWriter<Box<dyn Write + Send>>>>,
     t0: Instant,
+    /// The counters, kept even when no event is written.
     pub counters: Counters,
     /// The last events, for the control socket.
     recent: Mutex<Recent>,

@@ -23,24 +23,31 @@ pub enum FaultKind {
     DmaWriteError,
     /// The descriptor completes with this status (default `DEVICE_ERROR`) and moves nothing.
     ErrorStatus {
+        /// The status code to complete with (`abi::Status`).
         #[serde(default = "default_status")]
         status: u16,
     },
     /// `bits` bits of the written data (or of a CHECKSUM result) are flipped; status OK.
     Corrupt {
+        /// How many bits to flip (1..=64).
         #[serde(default = "one")]
         bits: u32,
     },
     /// Only `bytes` bytes move; the completion says so (`reported`) or claims the full length.
     ShortTransfer {
+        /// Bytes actually moved.
         bytes: u32,
+        /// The completion reports the short count (`false`: it claims the full length).
         #[serde(default = "yes")]
         reported: bool,
     },
     /// The work is done but no completion is written and no interrupt raised.
     DropCompletion,
     /// The completion is written `ms` milliseconds late.
-    DelayCompletion { ms: u32 },
+    DelayCompletion {
+        /// How late, in milliseconds (at most one minute).
+        ms: u32,
+    },
     /// The completion is written twice.
     DuplicateCompletion,
     /// The completion is held back and written after the next descriptor's.
@@ -51,6 +58,7 @@ pub enum FaultKind {
     LostIrq,
     /// The queue's vector is raised `count` times.
     IrqStorm {
+        /// How many times.
         #[serde(default = "storm")]
         count: u32,
     },
@@ -62,8 +70,10 @@ pub enum FaultKind {
     /// (or source): refused, recorded as a DMA violation (`ERR_DMA_VIOLATION`, error vector);
     /// the descriptor itself completes normally.
     DmaOutside {
+        /// How far past the buffer the stray write starts, in bytes.
         #[serde(default = "page")]
         offset: u64,
+        /// How many bytes it writes.
         #[serde(default = "page")]
         len: u64,
     },
@@ -106,8 +116,10 @@ pub struct Rule {
     /// Unique name (default `rule<N>`), used by `after_rule` and in the event log.
     #[serde(default)]
     pub name: Option<String>,
+    /// What to inject.
     #[serde(flatten)]
     pub kind: FaultKind,
+    /// When the rule may fire (default: on every matching descriptor).
     #[serde(default)]
     pub on: On,
     // filters
@@ -151,6 +163,7 @@ pub struct RuleSet {
     /// Seed of the probability generator (default 0).
     #[serde(default)]
     pub seed: u64,
+    /// The rules, in file order (`[[rule]]` tables).
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
 }
@@ -158,16 +171,24 @@ pub struct RuleSet {
 /// Why a rule was refused: which rule, which field, which value, why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
+    /// The file is not valid TOML or does not have the shape of a rules file.
     #[error("rules file: {0}")]
     Syntax(String),
+    /// One rule has a field with a value it may not have.
     #[error("rule {index} ({name}): field `{field}` = {value}: {why}")]
     Field {
+        /// Index of the rule in the file (0-based).
         index: usize,
+        /// Its name.
         name: String,
+        /// The field.
         field: String,
+        /// The value given.
         value: String,
+        /// Why it is refused.
         why: String,
     },
+    /// More rules than [`MAX_RULES`].
     #[error("{0} rules: at most {MAX_RULES} can be in force")]
     TooMany(usize),
 }
@@ -182,8 +203,9 @@ pub const LIMIT_BITS: std::ops::RangeInclusive<u32> = 1..=64;
 pub const LIMIT_STORM: std::ops::RangeInclusive<u32> = 1..=10_000;
 /// `delay_completion.ms` (one minute; a reset cuts a delay short).
 pub const LIMIT_DELAY_MS: u32 = 60_000;
-/// `dma_outside.len` and `.offset`.
+/// `dma_outside.len`.
 pub const LIMIT_OUTSIDE_LEN: std::ops::RangeInclusive<u64> = 1..=1 << 20;
+/// `dma_outside.offset`.
 pub const LIMIT_OUTSIDE_OFFSET: u64 = 1 << 30;
 
 fn opcode_of(name: &str) -> Option<u8> {
@@ -470,15 +492,20 @@ fn rule_name(i: usize, r: &Rule) -> String {
 pub struct Injection {
     /// The rule that fired.
     pub rule: String,
+    /// What it injects.
     pub kind: FaultKind,
 }
 
 /// What a descriptor looks like to the filters.
 #[derive(Debug, Clone, Copy)]
 pub struct Occurrence {
+    /// The queue pair.
     pub queue: u16,
+    /// The submission-ring index.
     pub index: u32,
+    /// The opcode as written.
     pub opcode: u8,
+    /// The transfer length.
     pub len: u32,
 }
 

@@ -19,8 +19,9 @@ use crate::memory::{DmaMemory, MapTable};
 use crate::vfio_server::{EventfdSink, VfioDevice};
 use crate::vfio_user::Server;
 
-/// Where the model's guest RAM starts, and its size.
+/// Where the model's guest RAM starts.
 pub const RAM_BASE: u64 = 0x1_0000_0000;
+/// The size of the model's guest RAM.
 pub const RAM_SIZE: u64 = 64 << 10;
 /// The byte every untouched RAM byte holds.
 pub const CANARY: u8 = 0xa5;

@@ -6,25 +6,34 @@
 //! through our own protocol layer in `vfio_user`.
 //! `docs/datasheet.md` is the programming model; [`dmalab_abi`] holds its constants.
 
+#![warn(missing_docs)]
+// `unsafe` lives in four modules only (fd passing, mmap'd guest memory, eventfds); every other
+// module is checked to have none.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
 pub mod control;
 pub mod device;
-pub mod engine;
+mod engine;
 pub mod eventlog;
 mod fault_plan;
 pub mod faults;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod interrupts;
+#[allow(unsafe_code)]
 pub mod memory;
 pub mod pci_config;
-pub mod queue;
-pub mod registers;
-pub mod shared;
+mod queue;
+mod registers;
+mod shared;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[allow(unsafe_code)]
 pub mod vfio_server;
+#[allow(unsafe_code)]
 pub mod vfio_user;
 pub mod wire;
-pub mod worker;
+mod worker;
 
 pub use dmalab_abi as abi;

@@ -28,8 +28,9 @@ pub trait DmaMemory: Send + Sync {
     fn generation(&self) -> u64;
 }
 
-/// Why a range cannot be accessed.
+/// Why a range cannot be accessed. `addr` and `len` are the range asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // the fields are the range; each variant's message says the rest
 pub enum AccessError {
     /// `addr + len` does not fit in 64 bits.
     #[error("address {addr:#x} + length {len:#x} overflows 64 bits")]
@@ -142,27 +143,36 @@ impl MemView {
     }
 }
 
-/// Why a mapping was refused.
+/// Why a mapping was refused. `iova` and `size` are the mapping asked for.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields are the mapping; each variant's message says the rest
 pub enum MapError {
+    /// Size 0.
     #[error("zero-sized DMA mapping at {0:#x}")]
     Empty(u64),
+    /// It overlaps a mapping already in the table.
     #[error("DMA mapping {iova:#x}+{size:#x} overlaps an existing mapping")]
     Overlap { iova: u64, size: u64 },
+    /// It runs past the end of the 64-bit address space.
     #[error("DMA mapping {iova:#x}+{size:#x} wraps the 64-bit address space")]
     Wraps { iova: u64, size: u64 },
+    /// The file could not be mapped into the server.
     #[error("cannot mmap DMA mapping {iova:#x}+{size:#x}: {source}")]
     Mmap {
         iova: u64,
         size: u64,
         source: vm_memory::mmap::MmapRegionError,
     },
+    /// It does not fit the guest address space model.
     #[error("DMA mapping {iova:#x}+{size:#x} does not fit the guest address space")]
     Region { iova: u64, size: u64 },
+    /// The file is too small, misaligned, or not a regular file.
     #[error("DMA mapping {iova:#x}+{size:#x}: the file cannot back it ({why})")]
     Unbacked { iova: u64, size: u64, why: String },
+    /// The file is not sealed against shrinking.
     #[error("DMA mapping {iova:#x}+{size:#x}: the file can shrink under the mapping (it needs F_SEAL_SHRINK, as QEMU's memory-backend-memfd sets by default)")]
     Shrinkable { iova: u64, size: u64 },
+    /// The table is full ([`MAX_MAPPINGS`]).
     #[error("DMA mapping {iova:#x}+{size:#x}: already {MAX_MAPPINGS} mappings")]
     TooMany { iova: u64, size: u64 },
 }
@@ -181,7 +191,9 @@ impl MapError {
 
 /// Why an unmap was refused.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the unmap range and the mapping it would split, as the message says
 pub enum UnmapError {
+    /// The range covers only part of a mapping: mappings are removed whole.
     #[error("DMA unmap {iova:#x}+{size:#x} would split the mapping {start:#x}+{len:#x}")]
     Split {
         iova: u64,

@@ -23,21 +23,33 @@ pub const DATA_BASE: u64 = RAM_BASE + RING_AREA * abi::MAX_QUEUES as u64;
 
 /// A device with anonymous guest RAM mapped at [`RAM_BASE`].
 pub struct Rig {
+    /// The device under test.
     pub dev: Device,
+    /// Its DMA map table: the rig's RAM, and whatever a test maps or unmaps.
     pub maps: Arc<MapTable>,
+    /// Interrupts it raised, counted per vector.
     pub irq: Arc<CountingSink>,
+    /// Its event log.
     pub log: Arc<EventLog>,
+    /// Bytes of RAM mapped at [`RAM_BASE`].
     pub ram_size: u64,
 }
 
 /// Driver-side state of one queue pair.
 pub struct Ring {
+    /// The queue pair.
     pub q: usize,
+    /// Entries in each ring.
     pub size: u32,
+    /// Guest address of the submission ring.
     pub sq_base: u64,
+    /// Guest address of the completion ring.
     pub cq_base: u64,
+    /// Next free submission slot.
     pub tail: u32,
+    /// Next completion to read.
     pub cq_head: u32,
+    /// Phase a new completion carries.
     pub phase: bool,
 }
 
@@ -83,10 +95,12 @@ impl Rig {
         }
     }
 
+    /// Writes BAR0 register `off`.
     pub fn write32(&self, off: usize, v: u32) {
         self.dev.mmio_write(off as u64, &v.to_le_bytes());
     }
 
+    /// Reads BAR0 register `off`.
     pub fn read32(&self, off: usize) -> u32 {
         let mut b = [0; 4];
         self.dev.mmio_read(off as u64, &mut b);

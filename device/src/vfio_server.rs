@@ -22,8 +22,10 @@ use crate::eventlog::{Event, EventLog, RING_UNMAPPED_WHILE_ENABLED};
 use crate::interrupts::InterruptSink;
 use crate::memory::MapTable;
 use crate::pci_config::{ConfigSpace, CONFIG_SIZE};
-use crate::vfio_user::server::{IRQ_INFO_EVENTFD, REGION_FLAG_READ, REGION_FLAG_WRITE};
-use crate::vfio_user::{Backend, Errno, IrqAction, IrqInfo, RegionInfo};
+use crate::vfio_user::{
+    Backend, Errno, IrqAction, IrqInfo, RegionInfo, IRQ_INFO_EVENTFD, REGION_FLAG_READ,
+    REGION_FLAG_WRITE,
+};
 use dmalab_abi as abi;
 
 /// Interrupt eventfds handed over by SET_IRQS.
@@ -119,6 +121,7 @@ fn set_nonblocking(f: &File) {
 
 /// The vfio-user backend: config space, BAR0, DMA mappings, interrupts, reset.
 pub struct VfioDevice {
+    /// The device model it serves.
     pub device: Device,
     config: ConfigSpace,
     maps: Arc<MapTable>,

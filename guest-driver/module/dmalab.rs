@@ -79,9 +79,8 @@ use file::MiscHolder;
 use guards::{DeviceHalt, MiscSlot};
 use interrupts::{IrqHandler, QueueIrq, SharedIrq};
 use pool::{FreeMap, Pool};
-use queue::Queue;
 use ring::{program_queue, RingState, Rings, Slot, SlotState};
-use state::DevState;
+use state::{DevState, Queue};
 
 type Bar0<'a> = pci::Bar<'a, { abi::BAR0_SIZE }>;
 

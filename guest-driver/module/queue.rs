@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! One queue pair: submitting a request, waiting for its completion, copying results out.
+//! The request path of one queue pair: submitting a request, waiting for its completion,
+//! copying results out.
 
 use kernel::{
     io::{io_write, Io},
@@ -8,7 +9,7 @@ use kernel::{
     sync::{
         atomic::Relaxed,
         barrier::{dma_mb, Write},
-        CondVar, CondVarTimeoutResult, Mutex, SpinLockIrq,
+        CondVarTimeoutResult,
     },
     time::{msecs_to_jiffies, Instant},
     uaccess::{UserPtr, UserSlice},
@@ -17,24 +18,9 @@ use kernel::{
 use crate::abi::{self, Completion, Descriptor, Request};
 use crate::pool::{copy_in, segments, wait_for_resources, Pool, Segments, Side};
 use crate::regs;
-use crate::ring::{tag_for, RingState, Slot, SlotState};
-use crate::state::{reset_device, DevState};
+use crate::ring::{tag_for, Slot, SlotState};
+use crate::state::{reset_device, DevState, Queue};
 use crate::{DEFAULT_TIMEOUT_MS, PAGE, PAGES_PER_BLOCK, RING, SG_MAX, SLOTS};
-
-/// One queue pair.
-#[pin_data]
-pub(crate) struct Queue {
-    pub(crate) index: u16,
-    #[pin]
-    pub(crate) ring: SpinLockIrq<RingState>,
-    /// Signalled when a slot changes state or ring space frees up.
-    #[pin]
-    pub(crate) ring_cv: CondVar,
-    #[pin]
-    pub(crate) pool: Mutex<Pool>,
-    #[pin]
-    pub(crate) pool_cv: CondVar,
-}
 
 impl Queue {
     pub(crate) fn submit(&self, dev: &DevState, req: &mut Request) -> Result {

@@ -11,14 +11,31 @@ use kernel::{
     sync::{
         atomic::{Atomic, Relaxed},
         barrier::{dma_mb, Read},
+        CondVar, Mutex, SpinLockIrq,
     },
 };
 
 use crate::abi::{self, Completion, DeviceInfo, Stats, Status};
-use crate::queue::Queue;
+use crate::pool::Pool;
 use crate::regs;
 use crate::ring::{program_queue, reset_queue, slot_of, RingState, SlotState};
 use crate::RING;
+
+/// One queue pair: its rings and bounce pool, each with the condition variable its waiters
+/// sleep on. The request path is in `queue.rs`.
+#[pin_data]
+pub(crate) struct Queue {
+    pub(crate) index: u16,
+    #[pin]
+    pub(crate) ring: SpinLockIrq<RingState>,
+    /// Signalled when a slot changes state or ring space frees up.
+    #[pin]
+    pub(crate) ring_cv: CondVar,
+    #[pin]
+    pub(crate) pool: Mutex<Pool>,
+    #[pin]
+    pub(crate) pool_cv: CondVar,
+}
 
 /// State shared by the PCI driver, the interrupt handlers and open files.
 pub(crate) struct DevState {

@@ -1,6 +1,6 @@
 //! Fault campaigns: many requests under seeded random faults, judged fault by fault.
 
-use serde_json::Value;
+use dmalab_report::{DmaApi, Done, Xfer};
 
 use crate::verdict::{judge, unexplained_failures, Verdict};
 use crate::vm::{run, Run, VmOptions};
@@ -10,24 +10,33 @@ pub struct Campaign {
     pub run: Run,
     pub verdicts: Vec<Verdict>,
     /// Requests that failed although no fault touched them.
-    pub unexplained: Vec<Value>,
+    pub unexplained: Vec<Xfer>,
     /// The injected sequence: (rule, fault kind, queue, ring index), in order.
     pub sequence: Vec<(String, String, u64, u64)>,
 }
 
+/// The campaign's own requests among everything the agent reported.
+fn campaign_xfers(run: &Run) -> Vec<&Xfer> {
+    run.all::<Xfer>()
+        .into_iter()
+        .filter(|x| x.scenario == "campaign")
+        .collect()
+}
+
 impl Campaign {
+    /// The campaign's requests, in the order the agent ran them.
+    pub fn xfers(&self) -> Vec<&Xfer> {
+        campaign_xfers(&self.run)
+    }
+
     /// Passed: every verdict passes, nothing failed unexplained, the kernel log is clean and
     /// DMA-API debug saw no error.
     pub fn passed(&self) -> bool {
         self.verdicts.iter().all(|v| v.pass)
             && self.unexplained.is_empty()
             && crate::kernel_log::problems(&self.run.console).is_empty()
-            && self.run.all("dma_api").iter().all(|d| d["errors"] == 0)
-            && self
-                .run
-                .all("done")
-                .first()
-                .is_some_and(|d| d["completed"] == true)
+            && self.run.all::<DmaApi>().iter().all(|d| d.errors == Some(0))
+            && self.run.all::<Done>().first().is_some_and(|d| d.completed)
     }
 }
 
@@ -51,11 +60,7 @@ pub fn campaign(name: &str, seed: u64, ops: u32, rules: &str, progress: bool) ->
     }
     let run = run(&o);
     let faults = run.events("fault");
-    let xfers: Vec<&Value> = run
-        .all("xfer")
-        .into_iter()
-        .filter(|x| x["scenario"] == "campaign")
-        .collect();
+    let xfers = campaign_xfers(&run);
     let verdicts = judge(&faults, &xfers);
     let unexplained = unexplained_failures(&faults, &xfers)
         .into_iter()

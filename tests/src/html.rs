@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use dmalab_report::Xfer;
 
 use crate::verdict::Verdict;
 
@@ -18,7 +18,7 @@ fn esc(s: &str) -> String {
 pub fn report(
     title: &str,
     summary: &[(String, String)],
-    xfers: &[&Value],
+    xfers: &[&Xfer],
     verdicts: &[Verdict],
     queues: u64,
 ) -> String {
@@ -55,13 +55,13 @@ pub fn report(
         );
     }
     for (i, x) in xfers.iter().enumerate() {
-        let q = x["queue"].as_u64().unwrap_or(0);
-        let key = (q, x["tag"].as_u64().unwrap_or(0));
-        let colour = if hit.contains(&key) && x["errno"] == libc::ETIMEDOUT {
+        let q = u64::from(x.queue);
+        let key = (q, u64::from(x.tag));
+        let colour = if hit.contains(&key) && x.errno == libc::ETIMEDOUT {
             "#83c"
         } else if hit.contains(&key) {
             "#e80"
-        } else if x["verified"] == true {
+        } else if x.verified {
             "#3a3"
         } else {
             "#c00"
@@ -74,7 +74,7 @@ pub fn report(
             (w / n as f64).max(1.5),
             esc(&format!(
                 "{} {} len {} errno {} status {}",
-                x["detail"], x["op"], x["len"], x["errno"], x["status"]
+                x.detail, x.op, x.len, x.errno, x.status
             ))
         );
     }
@@ -108,7 +108,10 @@ mod tests {
 
     #[test]
     fn renders_escaped_self_contained_html() {
-        let x = json!({"queue": 1, "tag": 2, "verified": false, "op": "copy", "len": 8, "errno": 110, "status": 0, "detail": "op 0"});
+        let x: Xfer = serde_json::from_value(json!({"scenario": "campaign", "queue": 1, "tag": 2,
+            "verified": false, "op": "copy", "len": 8, "segments": 0, "errno": 110, "status": 0,
+            "result": 0, "bytes": 0, "detail": "op 0"}))
+        .unwrap();
         let v = Verdict {
             rule: "<r>".into(),
             kind: "stall".into(),

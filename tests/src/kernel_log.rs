@@ -24,7 +24,7 @@ pub fn problems(console: &str) -> Vec<String> {
     ];
     console
         .lines()
-        .filter(|l| !l.starts_with(crate::vm::REPORT_PREFIX))
+        .filter(|l| !l.starts_with(dmalab_report::PREFIX))
         .filter(|l| MARKERS.iter().any(|m| l.contains(m)))
         .map(|l| l.trim_end().to_string())
         .collect()

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use dmalab_abi::Status;
+use dmalab_report::Xfer;
 use libc::{EIO, ETIMEDOUT};
 use serde_json::Value;
 
@@ -20,20 +21,16 @@ pub struct Verdict {
 }
 
 /// The reaction docs/faults.md expects, and whether `x` (the guest's report) shows it.
-fn expect(kind: &str, fault: &Value, x: &Value) -> (&'static str, bool) {
-    let errno = x["errno"].as_i64().map_or(-1, |e| e as i32);
-    let status = x["status"].as_u64().unwrap_or(u64::MAX);
-    let verified = x["verified"] == true;
-    let bytes = x["bytes"].as_u64().unwrap_or(0);
-    let len = x["len"].as_u64().unwrap_or(0);
+fn expect(kind: &str, fault: &Value, x: &Xfer) -> (&'static str, bool) {
+    let (errno, status, verified) = (x.errno, x.status, x.verified);
     match kind {
         "error_status" => (
             "the status, as an errno",
-            errno != 0 && Some(status) == fault["status"].as_u64(),
+            errno != 0 && Some(u64::from(status)) == fault["status"].as_u64(),
         ),
         "dma_read_error" | "dma_write_error" => (
             "DMA_FAULT, as EIO",
-            errno == EIO && status == u64::from(Status::DmaFault.raw()),
+            errno == EIO && status == u32::from(Status::DmaFault.raw()),
         ),
         "drop_completion" | "stall" | "fatal" => ("ETIMEDOUT, then recovery", errno == ETIMEDOUT),
         "lost_irq" => (
@@ -44,19 +41,19 @@ fn expect(kind: &str, fault: &Value, x: &Value) -> (&'static str, bool) {
         "short_transfer" if fault["reported"] == false => {
             ("caught by the end-to-end check", !verified)
         }
-        "short_transfer" => ("the short count reported", errno == 0 && bytes < len),
+        "short_transfer" => ("the short count reported", errno == 0 && x.bytes < x.len),
         _ => ("success, every byte right", verified),
     }
 }
 
-fn observed(x: &Value) -> String {
+fn observed(x: &Xfer) -> String {
     format!(
         "errno {} status {} bytes {}/{} {}",
-        x["errno"],
-        x["status"],
-        x["bytes"],
-        x["len"],
-        if x["verified"] == true {
+        x.errno,
+        x.status,
+        x.bytes,
+        x.len,
+        if x.verified {
             "verified"
         } else {
             "not verified"
@@ -80,7 +77,7 @@ fn severity(kind: &str) -> u8 {
 
 /// Judges every fault event against the guest request with the same queue and tag; faults that
 /// share a descriptor are judged by the most severe of them.
-pub fn judge(faults: &[&Value], xfers: &[&Value]) -> Vec<Verdict> {
+pub fn judge(faults: &[&Value], xfers: &[&Xfer]) -> Vec<Verdict> {
     let mut dominant: HashMap<(u64, u64), &Value> = HashMap::new();
     for f in faults {
         let key = (
@@ -93,14 +90,9 @@ pub fn judge(faults: &[&Value], xfers: &[&Value]) -> Vec<Verdict> {
             *e = f;
         }
     }
-    let mut by_tag: HashMap<(u64, u64), &Value> = HashMap::new();
+    let mut by_tag: HashMap<(u64, u64), &Xfer> = HashMap::new();
     for x in xfers {
-        by_tag
-            .entry((
-                x["queue"].as_u64().unwrap_or(0),
-                x["tag"].as_u64().unwrap_or(0),
-            ))
-            .or_insert(x);
+        by_tag.entry(key_of(x)).or_insert(x);
     }
     faults
         .iter()
@@ -140,8 +132,13 @@ pub fn judge(faults: &[&Value], xfers: &[&Value]) -> Vec<Verdict> {
         .collect()
 }
 
+/// The (queue, tag) a guest request is joined on.
+fn key_of(x: &Xfer) -> (u64, u64) {
+    (u64::from(x.queue), u64::from(x.tag))
+}
+
 /// Guest requests no fault touched that still failed.
-pub fn unexplained_failures<'a>(faults: &[&Value], xfers: &[&'a Value]) -> Vec<&'a Value> {
+pub fn unexplained_failures<'a>(faults: &[&Value], xfers: &[&'a Xfer]) -> Vec<&'a Xfer> {
     let hit: std::collections::HashSet<(u64, u64)> = faults
         .iter()
         .map(|f| {
@@ -153,13 +150,8 @@ pub fn unexplained_failures<'a>(faults: &[&Value], xfers: &[&'a Value]) -> Vec<&
         .collect();
     xfers
         .iter()
-        .filter(|x| x["verified"] != true)
-        .filter(|x| {
-            !hit.contains(&(
-                x["queue"].as_u64().unwrap_or(0),
-                x["tag"].as_u64().unwrap_or(0),
-            ))
-        })
+        .filter(|x| !x.verified)
+        .filter(|x| !hit.contains(&key_of(x)))
         .copied()
         .collect()
 }
@@ -177,14 +169,28 @@ mod tests {
             json!({"queue": 2, "tag": 9, "rule": "c", "fault": {"kind": "error_status", "status": 9}}),
             json!({"queue": 3, "tag": 1, "rule": "d", "fault": {"kind": "stall"}}),
         ];
+        let xfer = |queue, tag, errno, status, verified, bytes| Xfer {
+            scenario: "t".into(),
+            op: "copy".into(),
+            queue,
+            len: 64,
+            segments: 0,
+            status,
+            errno,
+            result: 0,
+            bytes,
+            tag,
+            verified,
+            detail: String::new(),
+        };
         let xfers = [
-            json!({"queue": 0, "tag": 7, "errno": 110, "status": 0, "verified": false, "len": 64, "bytes": 0}),
-            json!({"queue": 1, "tag": 7, "errno": 0, "status": 0, "verified": true, "len": 64, "bytes": 64}),
-            json!({"queue": 2, "tag": 9, "errno": 5, "status": 9, "verified": false, "len": 64, "bytes": 0}),
-            json!({"queue": 2, "tag": 10, "errno": 5, "status": 9, "verified": false, "len": 64, "bytes": 0}),
+            xfer(0, 7, 110, 0, false, 0),
+            xfer(1, 7, 0, 0, true, 64),
+            xfer(2, 9, 5, 9, false, 0),
+            xfer(2, 10, 5, 9, false, 0),
         ];
         let f: Vec<&Value> = faults.iter().collect();
-        let x: Vec<&Value> = xfers.iter().collect();
+        let x: Vec<&Xfer> = xfers.iter().collect();
         let v = judge(&f, &x);
         assert!(v[0].pass, "drop -> ETIMEDOUT");
         assert!(!v[1].pass, "corruption that went unnoticed is a failure");
@@ -192,6 +198,6 @@ mod tests {
         assert!(!v[3].pass && v[3].observed.contains("no guest request"));
         let u = unexplained_failures(&f, &x);
         assert_eq!(u.len(), 1);
-        assert_eq!(u[0]["tag"], 10);
+        assert_eq!(u[0].tag, 10);
     }
 }

@@ -5,12 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use dmalab_report::{DmaApi, Done, Kind, Report, ScenarioError};
 use serde_json::Value;
 
 use crate::artifacts;
-
-/// Marker of the agent's report lines on the console.
-pub const REPORT_PREFIX: &str = "@@DMALAB ";
 
 /// How to boot.
 #[derive(Debug, Clone)]
@@ -100,7 +98,9 @@ impl Drop for Reaper {
 pub struct Run {
     pub dir: PathBuf,
     /// The agent's report lines, parsed.
-    pub reports: Vec<Value>,
+    pub reports: Vec<Report>,
+    /// Report lines that did not parse (mangled on the console, or agent and harness disagree).
+    pub unparsed: Vec<String>,
     /// The whole serial console.
     pub console: String,
     /// The device's event log, parsed.
@@ -168,12 +168,6 @@ impl ConsoleTail {
         self.text.push_str(&String::from_utf8_lossy(&self.pending));
         self.text
     }
-}
-
-/// The agent's report in a console line, if it holds one.
-fn report_in(line: &str) -> Option<Value> {
-    let i = line.find(REPORT_PREFIX)?;
-    serde_json::from_str(line[i + REPORT_PREFIX.len()..].trim()).ok()
 }
 
 /// Starts the device server and waits until its socket exists.
@@ -306,9 +300,9 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
             .find(|(n, _)| n == "qemu")
             .and_then(|(_, q)| q.try_wait().ok().flatten());
         for line in tail.poll() {
-            if let Some(v) = report_in(&line) {
-                if opts.echo.iter().any(|k| v["kind"] == *k) {
-                    eprintln!("  [{:>4}s] {v}", t0.elapsed().as_secs());
+            if let Some(Ok(r)) = Report::in_line(&line) {
+                if opts.echo.iter().any(|k| *k == r.kind()) {
+                    eprintln!("  [{:>4}s] {}", t0.elapsed().as_secs(), r.line());
                 }
             }
             if !device_killed
@@ -358,7 +352,14 @@ pub fn run(opts: &VmOptions) -> Run {
     let device_status = reaper.stop("device", Duration::from_secs(20));
     drop(reaper);
 
-    let reports = w.console.lines().filter_map(report_in).collect();
+    let (mut reports, mut unparsed) = (Vec::new(), Vec::new());
+    for line in w.console.lines() {
+        match Report::in_line(line) {
+            Some(Ok(r)) => reports.push(r),
+            Some(Err(e)) => unparsed.push(format!("{e}: {line}")),
+            None => {}
+        }
+    }
     let events = std::fs::read_to_string(dir.join("events.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -367,6 +368,7 @@ pub fn run(opts: &VmOptions) -> Run {
     Run {
         dir,
         reports,
+        unparsed,
         console: w.console,
         events,
         timed_out: w.timed_out,
@@ -394,16 +396,20 @@ impl Run {
         }
     }
 
-    /// Reports of one kind.
-    pub fn all(&self, kind: &str) -> Vec<&Value> {
-        self.reports.iter().filter(|r| r["kind"] == kind).collect()
+    /// Reports of one kind, in order: `r.all::<Xfer>()`.
+    pub fn all<K: Kind>(&self) -> Vec<&K> {
+        self.reports.iter().filter_map(K::of).collect()
     }
 
     /// The single (or last) report of a kind.
-    pub fn one(&self, kind: &str) -> &Value {
-        self.all(kind)
-            .pop()
-            .unwrap_or_else(|| self.fail(&format!("the agent reported no '{kind}'")))
+    pub fn one<K: Kind>(&self) -> &K {
+        self.all::<K>().pop().unwrap_or_else(|| {
+            self.fail(&format!(
+                "the agent reported no '{}' (report lines that did not parse: {:?})",
+                K::NAME,
+                self.unparsed
+            ))
+        })
     }
 
     /// Device events of one kind.
@@ -425,25 +431,21 @@ impl Run {
             !self.timed_out,
             "the VM did not power off before the timeout",
         );
-        let done = self.one("done");
-        if let Some(e) = self.all("error").first() {
-            self.fail(&format!("agent error: {e}"));
+        let done = self.one::<Done>();
+        if let Some(e) = self.all::<ScenarioError>().first() {
+            self.fail(&format!("agent error: {e:?}"));
         }
-        self.check(
-            done["completed"] == true,
-            "the agent did not complete every scenario",
-        );
+        self.check(done.completed, "the agent did not complete every scenario");
         let problems = crate::kernel_log::problems(&self.console);
         self.check(
             problems.is_empty(),
             &format!("kernel log problems:\n    {}", problems.join("\n    ")),
         );
-        for d in self.all("dma_api") {
-            self.check(
-                d["available"] != false,
-                "DMA-API debug is not available in the guest",
-            );
-            self.check(d["errors"] == 0, &format!("DMA-API debug errors: {d}"));
+        for d in self.all::<DmaApi>() {
+            match d.errors {
+                None => self.fail("DMA-API debug is not available in the guest"),
+                Some(n) => self.check(n == 0, &format!("DMA-API debug errors: {d:?}")),
+            }
         }
         self.check(
             self.device_status.is_some_and(|s| s.success()) || self.device_killed,

@@ -2,6 +2,10 @@
 //! Each test boots one VM; its logs stay in target/e2e/<test>/.
 
 use dmalab_abi::{self as abi, Status};
+use dmalab_report::{
+    Concurrent, CrcCheck, DmaApi, Hostile, Info, Insmod, ProbeStep, ProbeUnwind, Refused,
+    ResetOutcome, Rmmod, Stats, UnbindBusy, Xfer,
+};
 use dmalab_tests::vm::{run, Run, VmOptions};
 use serde_json::Value;
 
@@ -11,7 +15,7 @@ fn u(v: &Value) -> u64 {
 
 /// Every transfer the agent reported was verified byte for byte and completed with CS_OK.
 fn assert_transfers_verified(r: &Run, min: usize) {
-    let xfers = r.all("xfer");
+    let xfers = r.all::<Xfer>();
     r.check(
         xfers.len() >= min,
         &format!(
@@ -21,23 +25,22 @@ fn assert_transfers_verified(r: &Run, min: usize) {
     );
     for x in &xfers {
         r.check(
-            x["errno"] == 0 && x["status"] == Status::Ok.raw() && x["verified"] == true,
-            &format!("transfer failed: {x}"),
+            x.errno == 0 && x.status == u32::from(Status::Ok.raw()) && x.verified,
+            &format!("transfer failed: {x:?}"),
         );
     }
 }
 
 /// The device's own counters equal what the driver says it submitted.
 fn assert_counters_agree(r: &Run) {
-    let stats = r.one("stats");
+    let stats = &r.one::<Stats>().total;
     let dev = r.device_counters();
     r.check(
-        u(&dev["descriptors"]) == u(&stats["submitted"])
-            && u(&dev["completions"]) == u(&stats["completed"]),
-        &format!("device counters {dev} disagree with the driver's {stats}"),
+        u(&dev["descriptors"]) == stats.submitted && u(&dev["completions"]) == stats.completed,
+        &format!("device counters {dev} disagree with the driver's {stats:?}"),
     );
     r.check(
-        u(&dev["completions_err"]) == u(&stats["errors"]),
+        u(&dev["completions_err"]) == stats.errors,
         "error completions disagree",
     );
 }
@@ -46,36 +49,30 @@ fn assert_counters_agree(r: &Run) {
 fn first_light() {
     let r = run(&VmOptions::new("first_light", "firstlight"));
     r.assert_clean();
-    let ins = r.one("insmod");
-    r.check(ins["ok"] == true, &format!("insmod failed: {ins}"));
-    let info = r.one("info");
+    let ins = r.one::<Insmod>();
+    r.check(ins.ok, &format!("insmod failed: {ins:?}"));
+    let info = r.one::<Info>();
     r.check(
-        u(&info["magic"]) == u64::from(abi::DEVICE_MAGIC),
-        &format!("ID register: {info}"),
+        info.magic == abi::DEVICE_MAGIC,
+        &format!("ID register: {info:?}"),
     );
+    r.check(info.version == abi::VERSION, "version register");
     r.check(
-        u(&info["version"]) == u64::from(abi::VERSION),
-        "version register",
-    );
-    r.check(
-        u(&info["queues"]) == 4,
+        info.queues == 4,
         "the driver must see the 4 queues the server was started with",
     );
     r.check(
-        info["irq_mode"] == "msix" && u(&info["vectors"]) == 5,
-        &format!("MSI-X with 5 vectors expected: {info}"),
+        info.irq_mode == "msix" && info.vectors == 5,
+        &format!("MSI-X with 5 vectors expected: {info:?}"),
     );
-    let rm = r.one("rmmod");
-    r.check(
-        rm["ok"] == true && rm["still_loaded"] == false,
-        &format!("rmmod: {rm}"),
-    );
+    let rm = r.one::<Rmmod>();
+    r.check(rm.ok && !rm.still_loaded, &format!("rmmod: {rm:?}"));
     r.check(
         r.console.contains("dmalab unbound"),
         "the driver's unbind message is missing",
     );
     r.check(
-        r.all("dma_api").len() == 2,
+        r.all::<DmaApi>().len() == 2,
         "DMA-API debug was read before and after rmmod",
     );
 }
@@ -90,36 +87,36 @@ fn transfer_suite(name: &str, iommu: bool) -> Run {
     r.assert_clean();
     assert_transfers_verified(&r, 25 + 16);
     r.check(
-        r.one("crc_check")["match"] == true,
+        r.one::<CrcCheck>().matches,
         "device CRC of the copied data differs from the guest's",
     );
-    let c = r.one("concurrent");
+    let c = r.one::<Concurrent>();
     r.check(
-        c["failed"] == 0 && u(&c["verified"]) == 12 * u(&c["threads"]),
-        &format!("concurrent: {c}"),
+        c.failed == 0 && c.verified == 12 * c.threads,
+        &format!("concurrent: {c:?}"),
     );
-    let refused = r.all("refused");
+    let refused = r.all::<Refused>();
     r.check(refused.len() == 3, "three refusals reported");
     r.check(
-        u(&refused[0]["status"]) == u64::from(abi::CS_INTERNAL_RANGE)
-            && refused[0]["errno"] == libc::ERANGE,
+        refused[0].status == u32::from(Status::InternalRange.raw())
+            && refused[0].errno == libc::ERANGE,
         &format!(
-            "a device refusal is its status plus an errno: {}",
+            "a device refusal is its status plus an errno: {:?}",
             refused[0]
         ),
     );
     r.check(
-        refused[1]["errno"] == libc::EINVAL && refused[2]["errno"] == libc::EINVAL,
+        refused[1].errno == libc::EINVAL && refused[2].errno == libc::EINVAL,
         "driver refusals are EINVAL",
     );
-    r.check(r.one("reset")["ok"] == true, "device reset ioctl");
+    r.check(r.one::<ResetOutcome>().ok, "device reset ioctl");
     assert_counters_agree(&r);
     // all queues were used and interrupts arrived on them
-    let stats = r.one("stats");
-    for (i, q) in stats["queues"].as_array().unwrap().iter().enumerate() {
+    let stats = r.one::<Stats>();
+    for (i, q) in stats.queues.iter().enumerate() {
         r.check(
-            u(&q["completed"]) > 0 && u(&q["irqs"]) > 0,
-            &format!("queue {i} saw no work or no interrupt: {q}"),
+            q.completed > 0 && q.irqs > 0,
+            &format!("queue {i} saw no work or no interrupt: {q:?}"),
         );
     }
     r
@@ -130,9 +127,9 @@ fn transfers_every_opcode_size_and_queue() {
     let r = transfer_suite("transfers", false);
     // scatter-gather really happened with many segments
     let max_seg = r
-        .all("xfer")
+        .all::<Xfer>()
         .iter()
-        .map(|x| u(&x["segments"]))
+        .map(|x| x.segments)
         .max()
         .unwrap_or(0);
     r.check(
@@ -155,9 +152,9 @@ fn repeated_unload_and_reload() {
     let r = run(&VmOptions::new("reload", "load,reload,unload"));
     r.assert_clean();
     assert_transfers_verified(&r, 3);
-    let rm = r.all("rmmod");
+    let rm = r.all::<Rmmod>();
     r.check(
-        rm.len() == 4 && rm.iter().all(|x| x["ok"] == true),
+        rm.len() == 4 && rm.iter().all(|x| x.ok),
         "every rmmod succeeds",
     );
 }
@@ -166,13 +163,13 @@ fn repeated_unload_and_reload() {
 fn unbind_with_requests_in_flight() {
     let r = run(&VmOptions::new("unbind_busy", "load,unbind_busy,unload"));
     r.assert_clean();
-    let b = r.one("unbind_busy");
+    let b = r.one::<UnbindBusy>();
     r.check(
-        b["other_errors"] == 0 && b["enodev"] == b["threads"],
-        &format!("every waiter must get ENODEV: {b}"),
+        b.other_errors == 0 && b.enodev == b.threads,
+        &format!("every waiter must get ENODEV: {b:?}"),
     );
     r.check(
-        u(&b["completed_before"]) > 0,
+        b.completed_before > 0,
         "requests were flowing before the unbind",
     );
     assert_transfers_verified(&r, 1);
@@ -185,10 +182,10 @@ fn transfers_with_legacy_interrupts() {
     o.append = "pci=nomsi".into();
     let r = run(&o);
     r.assert_clean();
-    let info = r.one("info");
+    let info = r.one::<Info>();
     r.check(
-        info["irq_mode"] == "intx" && u(&info["vectors"]) == 1,
-        &format!("expected one INTx vector: {info}"),
+        info.irq_mode == "intx" && info.vectors == 1,
+        &format!("expected one INTx vector: {info:?}"),
     );
     assert_transfers_verified(&r, 25);
     assert_counters_agree(&r);
@@ -201,18 +198,18 @@ fn a_hostile_guest_cannot_make_the_device_write_outside_what_it_names() {
     // lists; 60-odd canary pages must stay untouched, and the driver must work after a rebind.
     let r = run(&VmOptions::new("hostile_guest", "load,hostile,unload"));
     r.assert_clean();
-    let h = r.one("hostile");
+    let h = r.one::<Hostile>();
     r.check(
-        h["legit_done"] == 10 && h["legit_data"] == true,
-        &format!("the legitimate FILLs must run (else the test proves nothing): {h}"),
+        h.legit_done == 10 && h.legit_data,
+        &format!("the legitimate FILLs must run (else the test proves nothing): {h:?}"),
     );
     r.check(
-        h["stray_bytes"] == 0,
-        &format!("the device wrote into canary pages: {h}"),
+        h.stray_bytes == 0,
+        &format!("the device wrote into canary pages: {h:?}"),
     );
     r.check(
-        u(&h["error_bits"]) & u64::from(abi::ERR_BAD_DOORBELL) != 0,
-        &format!("the hostile programming must be reported: {h}"),
+        h.error_bits & abi::ERR_BAD_DOORBELL != 0,
+        &format!("the hostile programming must be reported: {h:?}"),
     );
     assert_transfers_verified(&r, 1);
 }
@@ -227,8 +224,8 @@ fn every_probe_step_that_fails_undoes_what_came_before() {
     o.append = "kmemleak=on".into();
     let r = run(&o);
     r.assert_clean();
-    let steps = r.all("probe_step");
-    let failed: Vec<&&Value> = steps.iter().filter(|s| s["bound"] == false).collect();
+    let steps = r.all::<ProbeStep>();
+    let failed: Vec<&&ProbeStep> = steps.iter().filter(|s| !s.bound).collect();
     r.check(
         failed.len() >= 9,
         &format!(
@@ -238,33 +235,36 @@ fn every_probe_step_that_fails_undoes_what_came_before() {
     );
     for s in &failed {
         r.check(
-            s["node"] == false,
-            &format!("a failed probe left /dev/dmalab0 behind: {s}"),
+            !s.node,
+            &format!("a failed probe left /dev/dmalab0 behind: {s:?}"),
         );
         r.check(
-            s["dma_entries"] == 0,
-            &format!("a failed probe left DMA memory allocated: {s}"),
+            s.dma_entries == Some(0),
+            &format!("a failed probe left DMA memory allocated: {s:?}"),
         );
         r.check(
-            s["dma_errors"] == 0,
-            &format!("DMA-API debug found an error: {s}"),
+            s.dma_errors == Some(0),
+            &format!("DMA-API debug found an error: {s:?}"),
         );
     }
     let last = steps.last().unwrap_or_else(|| r.fail("no probe steps"));
     r.check(
-        last["bound"] == true && last["node"] == true,
-        &format!("the probe after the failing ones must succeed: {last}"),
+        last.bound && last.node,
+        &format!("the probe after the failing ones must succeed: {last:?}"),
     );
     r.check(
-        u(&last["dma_entries"]) > 0 && last["dma_entries"] != -1,
-        &format!("a bound driver has DMA memory: the DMA-API dump was not read: {last}"),
+        last.dma_entries.is_some_and(|n| n > 0),
+        &format!("a bound driver has DMA memory: the DMA-API dump was not read: {last:?}"),
     );
     assert_transfers_verified(&r, 4);
-    let u = r.one("probe_unwind");
-    r.check(u["dma_errors"] == 0, &format!("DMA-API debug errors: {u}"));
+    let totals = r.one::<ProbeUnwind>();
     r.check(
-        u["kmemleak"] == 0,
-        &format!("kmemleak found leaks (see the console): {u}"),
+        totals.dma_errors == Some(0),
+        &format!("DMA-API debug errors: {totals:?}"),
+    );
+    r.check(
+        totals.kmemleak == Some(0),
+        &format!("kmemleak found leaks, or is off (see the console): {totals:?}"),
     );
     let freed_live: Vec<&Value> = r
         .events("error")

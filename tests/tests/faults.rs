@@ -3,12 +3,8 @@
 //! six COPYs on queue 0 (the second one is hit) and then one verified COPY per queue.
 
 use dmalab_abi as abi;
+use dmalab_report::{AfterRemoval, Rmmod, Stats, UnbindStalled, Xfer};
 use dmalab_tests::vm::{run, Run, VmOptions};
-use serde_json::Value;
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(u64::MAX)
-}
 
 /// Boots with `rule` (applied to the second COPY) and checks what all faults have in common.
 fn probe(name: &str, rule: &str) -> Run {
@@ -29,36 +25,36 @@ fn probe_with(name: &str, rule: &str, iommu: bool) -> Run {
         &format!("the rule fired once: {fired:?}"),
     );
     let probes = r
-        .all("xfer")
+        .all::<Xfer>()
         .into_iter()
-        .filter(|x| x["scenario"] == "probe")
+        .filter(|x| x.scenario == "probe")
         .collect::<Vec<_>>();
     r.check(probes.len() == 6, "six probes");
     for (i, x) in probes.iter().enumerate() {
         if i != 1 {
             r.check(
-                x["verified"] == true,
-                &format!("probe {i} (not hit) must succeed: {x}"),
+                x.verified,
+                &format!("probe {i} (not hit) must succeed: {x:?}"),
             );
         }
     }
     for x in r
-        .all("xfer")
+        .all::<Xfer>()
         .into_iter()
-        .filter(|x| x["scenario"] == "probe_after")
+        .filter(|x| x.scenario == "probe_after")
     {
         r.check(
-            x["verified"] == true,
-            &format!("the device must be usable after the fault: {x}"),
+            x.verified,
+            &format!("the device must be usable after the fault: {x:?}"),
         );
     }
     r
 }
 
-fn hit(r: &Run) -> Value {
-    r.all("xfer")
+fn hit(r: &Run) -> Xfer {
+    r.all::<Xfer>()
         .into_iter()
-        .filter(|x| x["scenario"] == "probe")
+        .filter(|x| x.scenario == "probe")
         .nth(1)
         .unwrap()
         .clone()
@@ -69,8 +65,8 @@ fn error_status_becomes_an_errno() {
     let r = probe("error_status", "kind = \"error_status\"");
     let x = hit(&r);
     r.check(
-        x["errno"] == libc::EIO && u(&x["status"]) == u64::from(abi::CS_DEVICE_ERROR),
-        &format!("{x}"),
+        x.errno == libc::EIO && x.status == u32::from(abi::CS_DEVICE_ERROR),
+        &format!("{x:?}"),
     );
 }
 
@@ -80,8 +76,8 @@ fn dma_read_and_write_errors_become_an_errno() {
         let r = probe(kind, &format!("kind = \"{kind}\""));
         let x = hit(&r);
         r.check(
-            x["errno"] == libc::EIO && u(&x["status"]) == u64::from(abi::CS_DMA_FAULT),
-            &format!("{kind}: {x}"),
+            x.errno == libc::EIO && x.status == u32::from(abi::CS_DMA_FAULT),
+            &format!("{kind}: {x:?}"),
         );
     }
 }
@@ -90,40 +86,43 @@ fn dma_read_and_write_errors_become_an_errno() {
 fn dropped_completion_times_out_and_the_queue_recovers() {
     let r = probe("drop_completion", "kind = \"drop_completion\"");
     let x = hit(&r);
-    r.check(x["errno"] == libc::ETIMEDOUT, &format!("{x}"));
-    let s = r.one("stats");
+    r.check(x.errno == libc::ETIMEDOUT, &format!("{x:?}"));
+    let s = r.one::<Stats>();
     r.check(
-        u(&s["timeouts"]) == 1 && u(&s["resets"]) >= 1,
-        &format!("{s}"),
+        s.total.timeouts == 1 && s.total.resets >= 1,
+        &format!("{s:?}"),
     );
 }
 
 #[test]
 fn stalled_queue_times_out_and_recovers() {
     let r = probe("stall", "kind = \"stall\"");
-    r.check(hit(&r)["errno"] == libc::ETIMEDOUT, &format!("{}", hit(&r)));
+    r.check(hit(&r).errno == libc::ETIMEDOUT, &format!("{:?}", hit(&r)));
 }
 
 #[test]
 fn fatal_error_is_recovered_by_a_device_reset() {
     let r = probe("fatal", "kind = \"fatal\"");
-    r.check(hit(&r)["errno"] == libc::ETIMEDOUT, &format!("{}", hit(&r)));
-    let s = r.one("stats");
+    r.check(hit(&r).errno == libc::ETIMEDOUT, &format!("{:?}", hit(&r)));
+    let s = r.one::<Stats>();
     r.check(
-        u(&s["device_resets"]) >= 1,
-        &format!("the driver must reset the device: {s}"),
+        s.device_resets >= 1,
+        &format!("the driver must reset the device: {s:?}"),
     );
     r.check(
-        u(&s["error_bits"]) & u64::from(abi::ERR_FATAL) != 0,
-        &format!("{s}"),
+        s.error_bits & u64::from(abi::ERR_FATAL) != 0,
+        &format!("{s:?}"),
     );
 }
 
 #[test]
 fn duplicate_completion_is_counted_as_stray() {
     let r = probe("duplicate", "kind = \"duplicate_completion\"");
-    r.check(hit(&r)["verified"] == true, "the request itself succeeds");
-    r.check(u(&r.one("stats")["stray"]) >= 1, "the duplicate is noticed");
+    r.check(hit(&r).verified, "the request itself succeeds");
+    r.check(
+        r.one::<Stats>().total.stray >= 1,
+        "the duplicate is noticed",
+    );
 }
 
 #[test]
@@ -133,7 +132,7 @@ fn delayed_and_reordered_completions_are_harmless() {
         ("out_of_order", "kind = \"out_of_order\""),
     ] {
         let r = probe(name, rule);
-        r.check(hit(&r)["verified"] == true, &format!("{name}: {}", hit(&r)));
+        r.check(hit(&r).verified, &format!("{name}: {:?}", hit(&r)));
     }
 }
 
@@ -144,13 +143,13 @@ fn interrupt_faults_are_survived() {
         ("storm", "kind = \"irq_storm\"\ncount = 200"),
     ] {
         let r = probe(name, rule);
-        r.check(hit(&r)["verified"] == true, &format!("{name}: {}", hit(&r)));
+        r.check(hit(&r).verified, &format!("{name}: {:?}", hit(&r)));
     }
     let r = probe("lost_irq", "kind = \"lost_irq\"");
     let x = hit(&r);
     r.check(
-        x["verified"] == true || x["errno"] == libc::ETIMEDOUT,
-        &format!("lost interrupt: {x}"),
+        x.verified || x.errno == libc::ETIMEDOUT,
+        &format!("lost interrupt: {x:?}"),
     );
 }
 
@@ -159,8 +158,8 @@ fn corruption_is_caught_by_the_guest_check() {
     let r = probe("corrupt", "kind = \"corrupt\"\nbits = 4");
     let x = hit(&r);
     r.check(
-        x["errno"] == 0 && x["status"] == abi::Status::Ok.raw() && x["verified"] == false,
-        &format!("silent corruption: {x}"),
+        x.errno == 0 && x.status == u32::from(abi::Status::Ok.raw()) && !x.verified,
+        &format!("silent corruption: {x:?}"),
     );
 }
 
@@ -169,8 +168,8 @@ fn short_transfer_is_reported() {
     let r = probe("short", "kind = \"short_transfer\"\nbytes = 100");
     let x = hit(&r);
     r.check(
-        x["errno"] == 0 && u(&x["bytes"]) == 100 && x["verified"] == false,
-        &format!("{x}"),
+        x.errno == 0 && x.bytes == 100 && !x.verified,
+        &format!("{x:?}"),
     );
 }
 
@@ -182,8 +181,8 @@ fn silent_short_transfer_is_caught_by_the_guest_check() {
     );
     let x = hit(&r);
     r.check(
-        x["errno"] == 0 && u(&x["bytes"]) == 4000 && x["verified"] == false,
-        &format!("{x}"),
+        x.errno == 0 && x.bytes == 4000 && !x.verified,
+        &format!("{x:?}"),
     );
 }
 
@@ -195,10 +194,7 @@ fn dma_outside_under_an_iommu_hits_an_unmapped_iova() {
         "kind = \"dma_outside\"\noffset = 0x40000000",
         true,
     );
-    r.check(
-        hit(&r)["verified"] == true,
-        "the descriptor itself completes",
-    );
+    r.check(hit(&r).verified, "the descriptor itself completes");
     let refused = r
         .events("error")
         .into_iter()
@@ -212,14 +208,11 @@ fn dma_outside_under_an_iommu_hits_an_unmapped_iova() {
 #[test]
 fn dma_outside_the_descriptor_is_refused_and_reported() {
     let r = probe("outside", "kind = \"dma_outside\"");
+    r.check(hit(&r).verified, "the descriptor itself completes");
+    let s = r.one::<Stats>();
     r.check(
-        hit(&r)["verified"] == true,
-        "the descriptor itself completes",
-    );
-    let s = r.one("stats");
-    r.check(
-        u(&s["error_bits"]) & u64::from(abi::ERR_DMA_VIOLATION) != 0 && u(&s["error_irqs"]) >= 1,
-        &format!("the violation reaches the driver's error vector: {s}"),
+        s.error_bits & u64::from(abi::ERR_DMA_VIOLATION) != 0 && s.error_irqs >= 1,
+        &format!("the violation reaches the driver's error vector: {s:?}"),
     );
 }
 
@@ -230,20 +223,20 @@ fn surprise_removal_fails_fast_and_never_hangs() {
     let r = run(&o);
     r.assert_clean();
     r.check(r.device_killed, "the harness removed the device");
-    let after = r.all("after_removal");
+    let after = r.all::<AfterRemoval>();
     r.check(after.len() == 4, "four requests after the removal");
     r.check(
         after
             .iter()
-            .all(|a| a["errno"] == libc::ENODEV || a["errno"] == libc::ETIMEDOUT),
+            .all(|a| a.errno == libc::ENODEV || a.errno == libc::ETIMEDOUT),
         &format!("requests fail: {after:?}"),
     );
     r.check(
-        after[1..].iter().all(|a| a["errno"] == libc::ENODEV),
+        after[1..].iter().all(|a| a.errno == libc::ENODEV),
         &format!("then fail fast with ENODEV: {after:?}"),
     );
     r.check(
-        r.one("rmmod")["ok"] == true,
+        r.one::<Rmmod>().ok,
         "the driver unloads from a vanished device",
     );
 }
@@ -287,15 +280,12 @@ fn unbind_releases_a_stalled_waiter_at_once() {
     o.faults = Some("[[rule]]\nkind = \"stall\"\nnth = 1\n".into());
     let r = run(&o);
     r.assert_clean();
-    let s = r.one("unbind_stalled");
+    let s = r.one::<UnbindStalled>();
     r.check(
-        s["errno"] == libc::ENODEV,
-        &format!("the waiter gets ENODEV: {s}"),
+        s.errno == libc::ENODEV,
+        &format!("the waiter gets ENODEV: {s:?}"),
     );
     // (ENODEV, not ETIMEDOUT, is what shows the unbind released it: no timing assertion needed)
-    let x = r.all("xfer");
-    r.check(
-        x.len() == 1 && x[0]["verified"] == true,
-        "the rebound device works",
-    );
+    let x = r.all::<Xfer>();
+    r.check(x.len() == 1 && x[0].verified, "the rebound device works");
 }

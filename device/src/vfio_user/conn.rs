@@ -22,8 +22,11 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A message as received.
 #[derive(Debug)]
 pub struct Message {
+    /// Its header.
     pub header: Header,
+    /// Everything after the header (`header.size` - header bytes).
     pub payload: Vec<u8>,
+    /// File descriptors that came with it (SCM_RIGHTS).
     pub fds: Vec<OwnedFd>,
     /// More descriptors came than [`MAX_MSG_FDS`]; the kernel closed the rest.
     pub fds_truncated: bool,
@@ -32,23 +35,32 @@ pub struct Message {
 /// Why the connection ends.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
+    /// The client closed the socket between messages.
     #[error("client closed the connection")]
     Closed,
+    /// The client closed the socket inside a message.
     #[error("client closed the connection in the middle of a message")]
     Truncated,
+    /// A header declares a size no message can have (the header fields as received).
     #[error("message {id} (command {command}) declares {size} bytes: not a valid message size")]
+    #[allow(missing_docs)]
     BadSize { id: u16, command: u16, size: u32 },
+    /// Half a message, and the rest did not come in time.
     #[error("message stalled: its remaining bytes did not arrive within {0:?}")]
     Stalled(Duration),
+    /// The socket failed.
     #[error("socket: {0}")]
     Io(#[from] io::Error),
 }
 
+/// One client connection: reads whole messages (with their file descriptors) and writes
+/// replies, with time limits on both so a stalled client cannot hold the server.
 pub struct Conn {
     sock: UnixStream,
 }
 
 impl Conn {
+    /// Wraps a connected socket.
     pub fn new(sock: UnixStream) -> io::Result<Self> {
         sock.set_write_timeout(Some(SEND_TIMEOUT))?;
         Ok(Self { sock })

@@ -75,7 +75,8 @@ pub const IRQ_SET_DATA_MASK: u32 = 0x7;
 pub const IRQ_SET_ACTION_MASK: u32 = 1 << 3;
 pub const IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
 pub const IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
-pub const IRQ_SET_ACTION_MASK_ALL: u32 = 0x38;
+pub const IRQ_SET_ACTION_MASK_ALL: u32 =
+    IRQ_SET_ACTION_MASK | IRQ_SET_ACTION_UNMASK | IRQ_SET_ACTION_TRIGGER;
 
 /// The 16-byte header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -21,6 +21,7 @@ pub type Errno = i32;
 /// Describes one region (`struct vfio_region_info` without capabilities).
 #[derive(Debug, Clone, Copy)]
 pub struct RegionInfo {
+    /// Size in bytes.
     pub size: u64,
     /// `VFIO_REGION_INFO_FLAG_READ | _WRITE` (never MMAP: every access is a message).
     pub flags: u32,
@@ -29,7 +30,9 @@ pub struct RegionInfo {
 /// Describes one interrupt index (`struct vfio_irq_info`).
 #[derive(Debug, Clone, Copy)]
 pub struct IrqInfo {
+    /// Interrupts (vectors) in this index.
     pub count: u32,
+    /// `VFIO_IRQ_INFO_*` flags ([`IRQ_INFO_EVENTFD`]).
     pub flags: u32,
 }
 
@@ -38,14 +41,25 @@ pub struct IrqInfo {
 pub enum IrqAction {
     /// Signal these eventfds for sub-indexes `start..start+fds.len()` (`None`: de-assign).
     Eventfds {
+        /// The interrupt index (`VFIO_PCI_*_IRQ_INDEX`).
         index: u32,
+        /// The first sub-index (vector) assigned.
         start: u32,
+        /// One eventfd (or `None`) per sub-index from `start` on.
         fds: Vec<Option<File>>,
     },
     /// Disable every interrupt of `index` (count 0, DATA_NONE).
-    DisableAll { index: u32 },
+    DisableAll {
+        /// The interrupt index.
+        index: u32,
+    },
     /// Trigger sub-indexes (DATA_NONE or DATA_BOOL with TRIGGER).
-    Trigger { index: u32, subindexes: Vec<u32> },
+    Trigger {
+        /// The interrupt index.
+        index: u32,
+        /// The sub-indexes (vectors) to raise.
+        subindexes: Vec<u32>,
+    },
     /// MASK/UNMASK: the client emulates masking; accepted and ignored.
     Mask,
 }
@@ -92,6 +106,7 @@ enum Next {
 }
 
 impl Server {
+    /// A server for a device with these regions and interrupt indexes (fixed for its life).
     pub fn new(regions: Vec<RegionInfo>, irqs: Vec<IrqInfo>) -> Self {
         Self { regions, irqs }
     }
@@ -452,8 +467,9 @@ impl Server {
     }
 }
 
-/// `VFIO_REGION_INFO_FLAG_READ` / `_WRITE`.
+/// `VFIO_REGION_INFO_FLAG_READ`.
 pub const REGION_FLAG_READ: u32 = 1 << 0;
+/// `VFIO_REGION_INFO_FLAG_WRITE`.
 pub const REGION_FLAG_WRITE: u32 = 1 << 1;
 /// `VFIO_IRQ_INFO_EVENTFD`.
 pub const IRQ_INFO_EVENTFD: u32 = 1 << 0;

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use dmalab_abi as abi;
 
-use crate::report::{report, Obj};
+use crate::report::report;
+use dmalab_report::{Hostile, Report};
 
 const PAGE: usize = 4096;
 const CANARY: u8 = 0xa5;
@@ -303,16 +304,15 @@ pub fn hostile(bdf: &str) -> Result<(), String> {
         }
     }
     let filled = (0..640).all(|o| pages.byte(d, o) == 0x5a);
-    report(
-        Obj::new("hostile")
-            .u64("legit_done", u64::from(legit_done))
-            .bool("legit_data", filled)
-            .u64("canary_pages", canaries.len() as u64)
-            .u64("stray_bytes", stray)
-            .str("first_stray", &first)
-            .u64("error_bits", u64::from(error_bits))
-            .u64("status", u64::from(status)),
-    );
+    report(Report::Hostile(Hostile {
+        legit_done,
+        legit_data: filled,
+        canary_pages: canaries.len() as u64,
+        stray_bytes: stray,
+        first_stray: first,
+        error_bits,
+        status,
+    }));
     // Hand the device back.
     sysfs("/sys/bus/pci/drivers/dmalab/bind", bdf)
 }

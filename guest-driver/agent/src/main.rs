@@ -11,7 +11,8 @@ mod hostile;
 mod report;
 mod scenarios;
 
-use report::{report, Obj};
+use dmalab_report::{Done, Report, ScenarioEnd, ScenarioError, Start};
+use report::report;
 
 pub fn cmdline_param(name: &str) -> Option<String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -30,37 +31,37 @@ fn main() {
         args.join(",")
     };
     let module = cmdline_param("dmalab.module").unwrap_or_else(|| "/lib/modules/dmalab.ko".into());
-    report(
-        Obj::new("start")
-            .str("scenarios", &run)
-            .str("kernel", &kernel_release()),
-    );
+    report(Report::Start(Start {
+        scenarios: run.to_string(),
+        kernel: kernel_release().to_string(),
+    }));
     let mut ok = true;
     for name in run.split(',').filter(|s| !s.is_empty()) {
         let result = std::panic::catch_unwind(|| scenarios::run(name, &module));
         let passed = match result {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                report(Obj::new("error").str("scenario", name).str("error", &e));
+                report(Report::Error(ScenarioError {
+                    scenario: name.to_string(),
+                    error: e.to_string(),
+                }));
                 false
             }
             Err(_) => {
-                report(
-                    Obj::new("error")
-                        .str("scenario", name)
-                        .str("error", "agent panicked"),
-                );
+                report(Report::Error(ScenarioError {
+                    scenario: name.to_string(),
+                    error: "agent panicked".into(),
+                }));
                 false
             }
         };
-        report(
-            Obj::new("scenario_end")
-                .str("scenario", name)
-                .bool("completed", passed),
-        );
+        report(Report::ScenarioEnd(ScenarioEnd {
+            scenario: name.to_string(),
+            completed: passed,
+        }));
         ok &= passed;
     }
-    report(Obj::new("done").bool("completed", ok));
+    report(Report::Done(Done { completed: ok }));
     if std::process::id() == 1 || cmdline_param("dmalab.poweroff").is_some() {
         dev::power_off();
     }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use dmalab_abi::{self as abi, Request};
 
 use crate::dev::{self, Dev};
-use crate::report::{report, Obj};
+use crate::report::report;
+use dmalab_report::*;
 
 /// Request timeout where faults may swallow completions: long enough that a slow, shared host
 /// never turns into a false timeout, short enough to keep fault tests quick.
@@ -67,12 +68,11 @@ fn load(module: &str) -> Result<(), String> {
     }
     let t = Instant::now();
     let r = dev::insmod(module);
-    report(
-        Obj::new("insmod")
-            .bool("ok", r.is_ok())
-            .str("error", r.as_ref().err().map_or("", |e| e))
-            .u64("us", t.elapsed().as_micros() as u64),
-    );
+    report(Report::Insmod(Insmod {
+        ok: r.is_ok(),
+        error: r.as_ref().err().map_or("", |e| e).to_string(),
+        us: t.elapsed().as_micros() as u64,
+    }));
     r?;
     // the misc device appears when probe finishes (synchronously for a present device)
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -93,49 +93,47 @@ fn unload() -> Result<(), String> {
         return Ok(());
     }
     let r = dev::rmmod("dmalab");
-    report(
-        Obj::new("rmmod")
-            .bool("ok", r.is_ok())
-            .str("error", r.as_ref().err().map_or("", |e| e))
-            .bool("still_loaded", loaded()),
-    );
+    report(Report::Rmmod(Rmmod {
+        ok: r.is_ok(),
+        error: r.as_ref().err().map_or("", |e| e).to_string(),
+        still_loaded: loaded(),
+    }));
     dma_api("unloaded");
     r
 }
 
 fn dma_api(when: &str) {
     match dev::dma_api_errors() {
-        Some(n) => report(Obj::new("dma_api").str("when", when).u64("errors", n)),
-        None => report(
-            Obj::new("dma_api")
-                .str("when", when)
-                .bool("available", false),
-        ),
+        Some(n) => report(Report::DmaApi(DmaApi {
+            when: when.to_string(),
+            errors: Some(n),
+        })),
+        None => report(Report::DmaApi(DmaApi {
+            when: when.to_string(),
+            errors: None,
+        })),
     }
 }
 
 fn info() -> Result<(), String> {
     let d = Dev::open(0)?;
     let i = d.info()?;
-    report(
-        Obj::new("info")
-            .u64("magic", i.magic.into())
-            .u64("version", i.version.into())
-            .u64("queues", i.queues.into())
-            .u64("vectors", i.vectors.into())
-            .str(
-                "irq_mode",
-                match i.irq_mode {
-                    abi::IRQ_MODE_MSIX => "msix",
-                    abi::IRQ_MODE_MSI => "msi",
-                    _ => "intx",
-                },
-            )
-            .u64("ring_size", i.ring_size.into())
-            .u64("dma_mask_bits", i.dma_mask_bits.into())
-            .u64("mem_size", i.mem_size)
-            .u64("bdf", i.bdf.into()),
-    );
+    report(Report::Info(Info {
+        magic: i.magic,
+        version: i.version,
+        queues: i.queues,
+        vectors: i.vectors,
+        irq_mode: match i.irq_mode {
+            abi::IRQ_MODE_MSIX => "msix",
+            abi::IRQ_MODE_MSI => "msi",
+            _ => "intx",
+        }
+        .to_string(),
+        ring_size: i.ring_size,
+        dma_mask_bits: i.dma_mask_bits,
+        mem_size: i.mem_size,
+        bdf: i.bdf,
+    }));
     Ok(())
 }
 
@@ -272,21 +270,20 @@ fn verified_with(
 }
 
 fn report_xfer(o: &Outcome, scenario: &str) {
-    report(
-        Obj::new("xfer")
-            .str("scenario", scenario)
-            .str("op", op_name(o.req.opcode))
-            .u64("queue", o.req.queue.into())
-            .u64("len", o.req.len.into())
-            .u64("segments", o.req.segments.into())
-            .u64("status", o.req.status.into())
-            .num("errno", o.errno)
-            .u64("result", o.req.result.into())
-            .u64("bytes", o.req.bytes.into())
-            .u64("tag", o.req.tag.into())
-            .bool("verified", o.verified)
-            .str("detail", &o.detail),
-    );
+    report(Report::Xfer(Xfer {
+        scenario: scenario.to_string(),
+        op: op_name(o.req.opcode).to_string(),
+        queue: o.req.queue,
+        len: o.req.len,
+        segments: o.req.segments,
+        status: o.req.status,
+        errno: o.errno,
+        result: o.req.result,
+        bytes: o.req.bytes,
+        tag: o.req.tag,
+        verified: o.verified,
+        detail: o.detail.clone(),
+    }));
 }
 
 const OPS: [u8; 5] = [
@@ -327,16 +324,12 @@ fn transfers() -> Result<(), String> {
         ..Default::default()
     };
     let e2 = submit(&d, &mut k);
-    report(
-        Obj::new("crc_check")
-            .num("errno", if e != 0 { e } else { e2 })
-            .u64("device_crc", k.result.into())
-            .u64("guest_crc", crc32c::crc32c(&src).into())
-            .bool(
-                "match",
-                e == 0 && e2 == 0 && k.result == crc32c::crc32c(&src) && dst == src,
-            ),
-    );
+    report(Report::CrcCheck(CrcCheck {
+        errno: if e != 0 { e } else { e2 },
+        device_crc: k.result,
+        guest_crc: crc32c::crc32c(&src),
+        matches: e == 0 && e2 == 0 && k.result == crc32c::crc32c(&src) && dst == src,
+    }));
     Ok(())
 }
 
@@ -395,13 +388,12 @@ fn concurrent() -> Result<(), String> {
     for h in handles {
         h.join().map_err(|_| "worker thread panicked".to_string())?;
     }
-    report(
-        Obj::new("concurrent")
-            .u64("threads", threads as u64)
-            .u64("queues", nq as u64)
-            .u64("verified", ok.load(Ordering::Relaxed))
-            .u64("failed", bad.load(Ordering::Relaxed)),
-    );
+    report(Report::Concurrent(Concurrent {
+        threads: threads as u64,
+        queues: nq as u64,
+        verified: ok.load(Ordering::Relaxed),
+        failed: bad.load(Ordering::Relaxed),
+    }));
     Ok(())
 }
 
@@ -420,33 +412,35 @@ fn stats() -> Result<(), String> {
     let d = Dev::open(0)?;
     let s = d.stats()?;
     let nq = d.info()?.queues as usize;
-    let mut qs = String::from("[");
-    for (i, q) in s.queue.iter().take(nq).enumerate() {
-        if i > 0 {
-            qs.push(',');
-        }
-        qs.push_str(&format!(
-            "{{\"submitted\":{},\"completed\":{},\"errors\":{},\"timeouts\":{},\"irqs\":{},\"stray\":{},\"resets\":{},\"bytes\":{}}}",
-            q.submitted, q.completed, q.errors, q.timeouts, q.irqs, q.stray_completions, q.resets, q.bytes
-        ));
+    let queue = |q: &abi::QueueStats| QueueStats {
+        submitted: q.submitted,
+        completed: q.completed,
+        errors: q.errors,
+        timeouts: q.timeouts,
+        irqs: q.irqs,
+        stray: q.stray_completions,
+        resets: q.resets,
+        bytes: q.bytes,
+    };
+    let queues: Vec<QueueStats> = s.queue.iter().take(nq).map(queue).collect();
+    let mut total = QueueStats::default();
+    for q in &queues {
+        total.submitted += q.submitted;
+        total.completed += q.completed;
+        total.errors += q.errors;
+        total.timeouts += q.timeouts;
+        total.irqs += q.irqs;
+        total.stray += q.stray;
+        total.resets += q.resets;
+        total.bytes += q.bytes;
     }
-    qs.push(']');
-    let sum = |f: fn(&abi::QueueStats) -> u64| s.queue.iter().map(f).sum::<u64>();
-    report(
-        Obj::new("stats")
-            .u64("submitted", sum(|q| q.submitted))
-            .u64("completed", sum(|q| q.completed))
-            .u64("errors", sum(|q| q.errors))
-            .u64("timeouts", sum(|q| q.timeouts))
-            .u64("irqs", sum(|q| q.irqs))
-            .u64("bytes", sum(|q| q.bytes))
-            .u64("error_irqs", s.error_irqs)
-            .u64("device_resets", s.device_resets)
-            .u64("stray", sum(|q| q.stray_completions))
-            .u64("resets", sum(|q| q.resets))
-            .u64("error_bits", s.error_bits)
-            .raw("queues", &qs),
-    );
+    report(Report::Stats(Stats {
+        total,
+        error_irqs: s.error_irqs,
+        device_resets: s.device_resets,
+        error_bits: s.error_bits,
+        queues,
+    }));
     Ok(())
 }
 
@@ -463,36 +457,33 @@ fn errors() -> Result<(), String> {
         ..Default::default()
     };
     let e = submit(&d, &mut w);
-    report(
-        Obj::new("refused")
-            .str("case", "internal range")
-            .num("errno", e)
-            .u64("status", w.status.into()),
-    );
+    report(Report::Refused(Refused {
+        case: "internal range".into(),
+        errno: e,
+        status: w.status,
+    }));
     let mut bad = Request {
         opcode: 77,
         len: 16,
         ..Default::default()
     };
     let e = submit(&d, &mut bad);
-    report(
-        Obj::new("refused")
-            .str("case", "bad opcode (driver)")
-            .num("errno", e)
-            .u64("status", bad.status.into()),
-    );
+    report(Report::Refused(Refused {
+        case: "bad opcode (driver)".into(),
+        errno: e,
+        status: bad.status,
+    }));
     let mut big = Request {
         opcode: abi::OP_FILL,
         len: abi::MAX_REQUEST + 1,
         ..Default::default()
     };
     let e = submit(&d, &mut big);
-    report(
-        Obj::new("refused")
-            .str("case", "too long (driver)")
-            .num("errno", e)
-            .u64("status", big.status.into()),
-    );
+    report(Report::Refused(Refused {
+        case: "too long (driver)".into(),
+        errno: e,
+        status: big.status,
+    }));
     // the queue still works afterwards
     let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 5, 0);
     report_xfer(&o, "errors");
@@ -581,11 +572,10 @@ fn campaign() -> Result<(), String> {
         o.detail = format!("op {i}");
         report_xfer(&o, "campaign");
         if (i + 1) % (ops / 10).max(1) == 0 {
-            report(
-                Obj::new("progress")
-                    .u64("done", u64::from(i + 1))
-                    .u64("total", u64::from(ops)),
-            );
+            report(Report::Progress(Progress {
+                done: u64::from(i + 1),
+                total: u64::from(ops),
+            }));
         }
     }
     Ok(())
@@ -615,30 +605,26 @@ fn probe_unwind(module: &str) -> Result<(), String> {
         if bound {
             // the bound driver's rings and pools: proves the DMA-API dump is read correctly
             let entries = dev::dma_api_entries(&bdf);
-            report(
-                Obj::new("probe_step")
-                    .u64("step", step.into())
-                    .bool("bound", true)
-                    .bool("node", node)
-                    .num("dma_entries", entries.map_or(-1.0, |n| n as f64)),
-            );
+            report(Report::ProbeStep(ProbeStep {
+                step,
+                bound: true,
+                node,
+                dma_entries: entries.map(|n| n as u64),
+                dma_errors: None,
+            }));
             break;
         }
         // A failed probe must leave nothing behind; read before unloading, which would hide
         // leaked DMA entries behind the module's own teardown.
         let entries = dev::dma_api_entries(&bdf);
         dev::rmmod("dmalab")?;
-        report(
-            Obj::new("probe_step")
-                .u64("step", step.into())
-                .bool("bound", false)
-                .bool("node", node)
-                .num("dma_entries", entries.map_or(-1.0, |n| n as f64))
-                .num(
-                    "dma_errors",
-                    dev::dma_api_errors().map_or(-1.0, |n| n as f64),
-                ),
-        );
+        report(Report::ProbeStep(ProbeStep {
+            step,
+            bound: false,
+            node,
+            dma_entries: entries.map(|n| n as u64),
+            dma_errors: dev::dma_api_errors(),
+        }));
         step += 1;
     }
     // The probe that succeeded must give a working device.
@@ -661,22 +647,18 @@ fn probe_unwind(module: &str) -> Result<(), String> {
         if n > 0 {
             eprintln!("kmemleak:\n{text}");
         }
-        n as f64
+        Some(n as u64)
     } else {
-        -1.0
+        None
     };
-    report(
-        Obj::new("probe_unwind")
-            .u64("failed_steps", (step - 1).into())
-            .num(
-                "dma_errors",
-                match (errors_before, errors_after) {
-                    (Some(b), Some(a)) => a.saturating_sub(b) as f64,
-                    _ => -1.0,
-                },
-            )
-            .num("kmemleak", leaks),
-    );
+    report(Report::ProbeUnwind(ProbeUnwind {
+        failed_steps: step - 1,
+        dma_errors: match (errors_before, errors_after) {
+            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+            _ => None,
+        },
+        kmemleak: leaks,
+    }));
     Ok(())
 }
 
@@ -688,7 +670,7 @@ fn removal() -> Result<(), String> {
     let mut dst = vec![0u8; 4096];
     let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 1, 0);
     report_xfer(&o, "before_removal");
-    report(Obj::new("remove_me"));
+    report(Report::RemoveMe);
     // the host kills the device server when it sees the line above
     std::thread::sleep(Duration::from_secs(3));
     for i in 0..4 {
@@ -703,11 +685,10 @@ fn removal() -> Result<(), String> {
         };
         let t = Instant::now();
         let errno = submit(&d, &mut r);
-        report(
-            Obj::new("after_removal")
-                .num("errno", errno)
-                .u64("ms", t.elapsed().as_millis() as u64),
-        );
+        report(Report::AfterRemoval(AfterRemoval {
+            errno,
+            ms: t.elapsed().as_millis() as u64,
+        }));
     }
     Ok(())
 }
@@ -772,7 +753,7 @@ fn unbind_busy() -> Result<(), String> {
             enodev += 1;
         } else {
             other += 1;
-            report(Obj::new("unbind_error").num("errno", e));
+            report(Report::UnbindError(UnbindError { errno: e }));
         }
     }
     dma_api("after_busy_unbind");
@@ -780,14 +761,13 @@ fn unbind_busy() -> Result<(), String> {
         .map_err(|e| format!("bind {bdf}: {e}"))?;
     let d = Dev::open(0)?;
     let o = verified(&d, abi::OP_COPY, 0, 65536, 0, 3, 0);
-    report(
-        Obj::new("unbind_busy")
-            .u64("threads", threads as u64)
-            .u64("completed_before", completed)
-            .u64("enodev", enodev)
-            .u64("other_errors", other)
-            .u64("unbind_us", unbind_us),
-    );
+    report(Report::UnbindBusy(UnbindBusy {
+        threads: threads as u64,
+        completed_before: completed,
+        enodev,
+        other_errors: other,
+        unbind_us,
+    }));
     report_xfer(&o, "unbind_busy");
     Ok(())
 }
@@ -817,11 +797,10 @@ fn unbind_stalled() -> Result<(), String> {
         .map_err(|e| format!("unbind {bdf}: {e}"))?;
     let (errno, ms) = waiter.join().map_err(|_| "waiter panicked".to_string())?;
     dma_api("after_stalled_unbind");
-    report(
-        Obj::new("unbind_stalled")
-            .num("errno", errno)
-            .u64("waited_ms", ms),
-    );
+    report(Report::UnbindStalled(UnbindStalled {
+        errno,
+        waited_ms: ms,
+    }));
     std::fs::write("/sys/bus/pci/drivers/dmalab/bind", &bdf)
         .map_err(|e| format!("bind {bdf}: {e}"))?;
     let o = verified(&Dev::open(0)?, abi::OP_COPY, 0, 4096, 0, 4, 0);
@@ -833,11 +812,10 @@ fn unbind_stalled() -> Result<(), String> {
 fn reset() -> Result<(), String> {
     let d = Dev::open(0)?;
     let r = d.reset();
-    report(
-        Obj::new("reset")
-            .bool("ok", r.is_ok())
-            .str("error", &r.err().map(|e| e.to_string()).unwrap_or_default()),
-    );
+    report(Report::Reset(ResetOutcome {
+        ok: r.is_ok(),
+        error: r.err().map(|e| e.to_string()).unwrap_or_default(),
+    }));
     let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 77, 0);
     report_xfer(&o, "reset");
     Ok(())
@@ -887,17 +865,16 @@ fn bench() -> Result<(), String> {
             }
             let secs = t0.elapsed().as_secs_f64();
             let n = count.load(Ordering::Relaxed);
-            report(
-                Obj::new("bench")
-                    .str("op", "copy")
-                    .u64("len", len as u64)
-                    .u64("depth", depth as u64)
-                    .u64("ops", n)
-                    .u64("failed", failed.load(Ordering::Relaxed))
-                    .num("seconds", secs)
-                    .num("mb_per_s", n as f64 * len as f64 / secs / 1e6)
-                    .num("ops_per_s", n as f64 / secs),
-            );
+            report(Report::Bench(Bench {
+                op: "copy".into(),
+                len: len as u64,
+                depth: depth as u64,
+                ops: n,
+                failed: failed.load(Ordering::Relaxed),
+                seconds: secs,
+                mb_per_s: n as f64 * len as f64 / secs / 1e6,
+                ops_per_s: n as f64 / secs,
+            }));
         }
     }
     Ok(())

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use dmalab_report::DmaApi;
 use dmalab_tests::campaign::campaign;
 use dmalab_tests::html;
-use serde_json::Value;
 
 /// Many requests under seeded random faults in one VM; a verdict per fault kind on the
 /// terminal and a self-contained HTML report.
@@ -51,12 +51,7 @@ fn main() -> ExitCode {
     );
     let c = campaign(&format!("campaign-{seed}"), seed, ops, &rules, true);
 
-    let xfers: Vec<&Value> = c
-        .run
-        .all("xfer")
-        .into_iter()
-        .filter(|x| x["scenario"] == "campaign")
-        .collect();
+    let xfers = c.xfers();
     let mut by_kind: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
     for v in &c.verdicts {
         let e = by_kind.entry(v.kind.as_str()).or_default();
@@ -75,9 +70,9 @@ fn main() -> ExitCode {
     let problems = dmalab_tests::kernel_log::problems(&c.run.console);
     let dma: u64 = c
         .run
-        .all("dma_api")
+        .all::<DmaApi>()
         .iter()
-        .filter_map(|d| d["errors"].as_u64())
+        .filter_map(|d| d.errors)
         .max()
         .unwrap_or(0);
     println!("  requests failed without a fault: {}", c.unexplained.len());
@@ -114,12 +109,7 @@ fn main() -> ExitCode {
         ("DMA-API debug errors".to_string(), dma.to_string()),
         ("logs".to_string(), c.run.dir.display().to_string()),
     ];
-    let queues = xfers
-        .iter()
-        .filter_map(|x| x["queue"].as_u64())
-        .max()
-        .unwrap_or(0)
-        + 1;
+    let queues = xfers.iter().map(|x| u64::from(x.queue)).max().unwrap_or(0) + 1;
     let page = html::report(
         &format!("dmalab campaign, seed {seed}"),
         &summary,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use dmalab_report::{Bench, Concurrent, DmaApi, Done, Info, Stats, Xfer};
 use dmalab_tests::vm::{run, VmOptions};
 use serde_json::Value;
 
@@ -28,24 +29,24 @@ fn main() -> ExitCode {
     for l in r.console.lines().filter(binding) {
         println!("  {}", l.trim_end());
     }
-    if let Some(i) = r.all("info").pop() {
+    if let Some(i) = r.all::<Info>().pop() {
         println!(
             "\n== device: id {:#x} v{}.{}, {} queues, {} {} vectors, {}-bit DMA, {} MiB internal memory",
-            u(&i["magic"]),
-            u(&i["version"]) >> 16,
-            u(&i["version"]) & 0xffff,
-            u(&i["queues"]),
-            u(&i["vectors"]),
-            i["irq_mode"].as_str().unwrap_or("?"),
-            u(&i["dma_mask_bits"]),
-            u(&i["mem_size"]) >> 20
+            i.magic,
+            i.version >> 16,
+            i.version & 0xffff,
+            i.queues,
+            i.vectors,
+            i.irq_mode,
+            i.dma_mask_bits,
+            i.mem_size >> 20
         );
     }
 
-    let (probes, xfers): (Vec<&Value>, Vec<&Value>) = r
-        .all("xfer")
+    let (probes, xfers): (Vec<&Xfer>, Vec<&Xfer>) = r
+        .all::<Xfer>()
         .into_iter()
-        .partition(|x| x["scenario"] == "probe");
+        .partition(|x| x.scenario == "probe");
     if !xfers.is_empty() {
         println!(
             "\n== transfers (every byte checked in the guest; CHECKSUM against the guest's CRC32C)"
@@ -56,11 +57,11 @@ fn main() -> ExitCode {
         );
         let mut by_op: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
         for x in &xfers {
-            let e = by_op.entry(x["op"].as_str().unwrap_or("?")).or_default();
+            let e = by_op.entry(x.op.as_str()).or_default();
             e.0 += 1;
-            e.1 += u(&x["len"]);
-            e.2 = e.2.max(u(&x["segments"]));
-            e.3 += u64::from(x["verified"] == true);
+            e.1 += u64::from(x.len);
+            e.2 = e.2.max(u64::from(x.segments));
+            e.3 += u64::from(x.verified);
         }
         for (op, (n, bytes, segs, ok)) in &by_op {
             println!(
@@ -69,41 +70,33 @@ fn main() -> ExitCode {
             );
         }
     }
-    if let Some(c) = r.all("concurrent").pop() {
+    if let Some(c) = r.all::<Concurrent>().pop() {
         println!(
             "  concurrent: {} threads on {} queues, {} requests verified, {} failed",
-            u(&c["threads"]),
-            u(&c["queues"]),
-            u(&c["verified"]),
-            u(&c["failed"])
+            c.threads, c.queues, c.verified, c.failed
         );
     }
-    let bench = r.all("bench");
+    let bench = r.all::<Bench>();
     if !bench.is_empty() {
         println!("\n== throughput (COPY, guest user buffer -> device -> guest user buffer, TCG)");
         for b in &bench {
             println!(
                 "  {:>8} B at queue depth {:>2}: {:>8.2} MB/s {:>8.0} ops/s ({} ops, {} failed)",
-                u(&b["len"]),
-                u(&b["depth"]),
-                b["mb_per_s"].as_f64().unwrap_or(0.0),
-                b["ops_per_s"].as_f64().unwrap_or(0.0),
-                u(&b["ops"]),
-                u(&b["failed"])
+                b.len, b.depth, b.mb_per_s, b.ops_per_s, b.ops, b.failed
             );
         }
     }
-    if let Some(s) = r.all("stats").pop() {
+    if let Some(s) = r.all::<Stats>().pop() {
         let dev = r.events("counters").pop().cloned().unwrap_or_default();
         println!("\n== counters");
         println!(
             "  driver: {} submitted, {} completed, {} error completions, {} timeouts, {} interrupts, {} bytes",
-            u(&s["submitted"]),
-            u(&s["completed"]),
-            u(&s["errors"]),
-            u(&s["timeouts"]),
-            u(&s["irqs"]),
-            u(&s["bytes"])
+            s.total.submitted,
+            s.total.completed,
+            s.total.errors,
+            s.total.timeouts,
+            s.total.irqs,
+            s.total.bytes
         );
         println!(
             "  device: {} descriptors, {} completions ({} with errors), {} interrupts raised, {} resets",
@@ -128,18 +121,17 @@ fn main() -> ExitCode {
             );
         }
         for (i, p) in probes.iter().enumerate() {
-            let what = match (u(&p["errno"]), p["verified"] == true) {
+            let what = match (p.errno, p.verified) {
                 (0, true) => "completed, every byte checked".to_string(),
                 (110, _) => {
                     "ETIMEDOUT: no completion within 5 s; the driver reset the queue".to_string()
                 }
-                (e, _) => format!("errno {e}, status {}", u(&p["status"])),
+                (e, _) => format!("errno {e}, status {}", p.status),
             };
             println!("  request {}: {what}", i + 1);
         }
-        let after_ok = probes.iter().skip(2).all(|p| p["verified"] == true);
-        fault_handled =
-            probes.len() == 6 && u(&probes[1]["errno"]) == libc::ETIMEDOUT as u64 && after_ok;
+        let after_ok = probes.iter().skip(2).all(|p| p.verified);
+        fault_handled = probes.len() == 6 && probes[1].errno == libc::ETIMEDOUT && after_ok;
         println!(
             "  verdict: {}",
             if fault_handled {
@@ -150,14 +142,14 @@ fn main() -> ExitCode {
         );
     }
     let dma_errors: u64 = r
-        .all("dma_api")
+        .all::<DmaApi>()
         .iter()
-        .map(|d| u(&d["errors"]))
+        .map(|d| d.errors.unwrap_or(u64::MAX))
         .max()
         .unwrap_or(0);
     let problems = dmalab_tests::kernel_log::problems(&r.console);
-    let all_verified = xfers.iter().all(|x| x["verified"] == true);
-    let completed = r.all("done").pop().is_some_and(|d| d["completed"] == true);
+    let all_verified = xfers.iter().all(|x| x.verified);
+    let completed = r.all::<Done>().pop().is_some_and(|d| d.completed);
     println!("\n== verdict");
     println!(
         "  every byte checked out: {}",

@@ -1,0 +1,515 @@
+//! What the guest agent tells the host: one [`Report`] per console line, as JSON after
+//! [`PREFIX`]. The agent builds these types and the harness parses them back, so a field renamed
+//! on one side fails to compile on the other instead of failing a test.
+//!
+//! Reports are facts (what was asked, what came back, whether bytes matched); verdicts are the
+//! harness's job. A value the guest could not measure is `None` (for example DMA-API entries
+//! without `CONFIG_DMA_API_DEBUG`), never a made-up number.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+/// Marker in front of every report line on the console.
+pub const PREFIX: &str = "@@DMALAB ";
+
+/// One report line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Report {
+    /// The agent started and will run these scenarios.
+    Start(Start),
+    /// A scenario could not run to its end.
+    Error(ScenarioError),
+    /// A scenario ended.
+    ScenarioEnd(ScenarioEnd),
+    /// Every scenario ended; the agent powers the VM off next.
+    Done(Done),
+    /// The driver module was loaded.
+    Insmod(Insmod),
+    /// The driver module was unloaded.
+    Rmmod(Rmmod),
+    /// The DMA-API debug error count at some point.
+    DmaApi(DmaApi),
+    /// `IOC_INFO`.
+    Info(Info),
+    /// One request and its checked outcome.
+    Xfer(Xfer),
+    /// The device's CRC32C of some data against the guest's own.
+    CrcCheck(CrcCheck),
+    /// Threads submitting on every queue at once.
+    Concurrent(Concurrent),
+    /// `IOC_STATS`, summed over queues and per queue.
+    Stats(Stats),
+    /// A request the driver or device must refuse, and how it was refused.
+    Refused(Refused),
+    /// Progress of a long scenario.
+    Progress(Progress),
+    /// One load of the module with `probe_fail_step` set.
+    ProbeStep(ProbeStep),
+    /// The probe error-path scenario's totals.
+    ProbeUnwind(ProbeUnwind),
+    /// The agent asks the host to make the device vanish now.
+    RemoveMe,
+    /// A request after the device vanished.
+    AfterRemoval(AfterRemoval),
+    /// Unbinding the driver failed.
+    UnbindError(UnbindError),
+    /// Unbind with requests in flight on every queue.
+    UnbindBusy(UnbindBusy),
+    /// Unbind while a request waits on a stalled device.
+    UnbindStalled(UnbindStalled),
+    /// `IOC_RESET`.
+    Reset(ResetOutcome),
+    /// One throughput measurement.
+    Bench(Bench),
+    /// The hostile-guest scenario's findings.
+    Hostile(Hostile),
+}
+
+/// See [`Report::Start`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    /// Comma-separated scenario names.
+    pub scenarios: String,
+    /// The guest kernel's release string.
+    pub kernel: String,
+}
+
+/// See [`Report::Error`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioError {
+    /// The scenario.
+    pub scenario: String,
+    /// Why it stopped.
+    pub error: String,
+}
+
+/// See [`Report::ScenarioEnd`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioEnd {
+    /// The scenario.
+    pub scenario: String,
+    /// It ran to its end.
+    pub completed: bool,
+}
+
+/// See [`Report::Done`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    /// Every scenario ran to its end.
+    pub completed: bool,
+}
+
+/// See [`Report::Insmod`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Insmod {
+    /// `finit_module` succeeded.
+    pub ok: bool,
+    /// Its error, empty on success.
+    pub error: String,
+    /// How long it took, in microseconds.
+    pub us: u64,
+}
+
+/// See [`Report::Rmmod`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rmmod {
+    /// `delete_module` succeeded.
+    pub ok: bool,
+    /// Its error, empty on success.
+    pub error: String,
+    /// The module is still listed in `/proc/modules` afterwards.
+    pub still_loaded: bool,
+}
+
+/// See [`Report::DmaApi`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DmaApi {
+    /// When it was read (`loaded`, `unloaded`).
+    pub when: String,
+    /// DMA-API debug's error count; `None` when DMA-API debug is not available.
+    pub errors: Option<u64>,
+}
+
+/// See [`Report::Info`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Info {
+    /// The ID register.
+    pub magic: u32,
+    /// The VERSION register.
+    pub version: u32,
+    /// Queue pairs the driver uses.
+    pub queues: u32,
+    /// Interrupt vectors the driver got.
+    pub vectors: u32,
+    /// `msix`, `msi` or `intx`.
+    pub irq_mode: String,
+    /// Ring entries per queue.
+    pub ring_size: u32,
+    /// Width of the DMA mask the driver set.
+    pub dma_mask_bits: u32,
+    /// The device's internal memory in bytes.
+    pub mem_size: u64,
+    /// The PCI bus/device/function.
+    pub bdf: u32,
+}
+
+/// See [`Report::Xfer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Xfer {
+    /// The scenario (or step of one) that ran it.
+    pub scenario: String,
+    /// `copy`, `write`, `read`, `fill` or `checksum`.
+    pub op: String,
+    /// The queue it ran on.
+    pub queue: u8,
+    /// Bytes asked for.
+    pub len: u32,
+    /// Scatter-gather segments the driver used (0: one contiguous buffer).
+    pub segments: u32,
+    /// The completion status the driver passed back (`abi::Status`).
+    pub status: u32,
+    /// The ioctl's errno, 0 on success.
+    pub errno: i32,
+    /// The completion's result word (CHECKSUM: the CRC32C).
+    pub result: u32,
+    /// Bytes the device says it moved.
+    pub bytes: u32,
+    /// The descriptor tag the driver used.
+    pub tag: u32,
+    /// Every byte the request produced was checked and right.
+    pub verified: bool,
+    /// What was wrong, when something was.
+    pub detail: String,
+}
+
+impl Xfer {
+    /// Submitted, completed with OK and verified byte for byte.
+    pub fn ok(&self) -> bool {
+        self.errno == 0 && self.status == 0 && self.verified
+    }
+}
+
+/// See [`Report::CrcCheck`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrcCheck {
+    /// The errno of the two requests (0: both succeeded).
+    pub errno: i32,
+    /// The device's CRC32C.
+    pub device_crc: u32,
+    /// The guest's CRC32C of the same bytes.
+    pub guest_crc: u32,
+    /// The two agree.
+    #[serde(rename = "match")]
+    pub matches: bool,
+}
+
+/// See [`Report::Concurrent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Concurrent {
+    /// Submitting threads.
+    pub threads: u64,
+    /// Queues they were spread over.
+    pub queues: u64,
+    /// Requests verified.
+    pub verified: u64,
+    /// Requests that failed.
+    pub failed: u64,
+}
+
+/// One queue's part of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Requests submitted.
+    pub submitted: u64,
+    /// Completions received.
+    pub completed: u64,
+    /// Completions with an error status.
+    pub errors: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Interrupts handled.
+    pub irqs: u64,
+    /// Completions that matched no request in flight.
+    pub stray: u64,
+    /// Queue resets.
+    pub resets: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+}
+
+/// See [`Report::Stats`]: the per-queue counters summed, the device-wide ones, and per queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Summed over queues.
+    #[serde(flatten)]
+    pub total: QueueStats,
+    /// Error-vector interrupts.
+    pub error_irqs: u64,
+    /// Device resets.
+    pub device_resets: u64,
+    /// Every ERROR bit seen, ORed.
+    pub error_bits: u64,
+    /// Per queue.
+    pub queues: Vec<QueueStats>,
+}
+
+/// See [`Report::Refused`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Which bad request.
+    pub case: String,
+    /// The ioctl's errno.
+    pub errno: i32,
+    /// The completion status (0 when the driver refused it before the device saw it).
+    pub status: u32,
+}
+
+/// See [`Report::Progress`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Steps done.
+    pub done: u64,
+    /// Steps in all.
+    pub total: u64,
+}
+
+/// See [`Report::ProbeStep`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStep {
+    /// The `probe_fail_step` value.
+    pub step: u32,
+    /// The driver bound (the probe succeeded).
+    pub bound: bool,
+    /// `/dev/dmalab0` exists.
+    pub node: bool,
+    /// DMA-API debug entries (coherent allocations, mappings) of the device; `None` without
+    /// DMA-API debug.
+    pub dma_entries: Option<u64>,
+    /// The DMA-API debug error count after the step (failed steps only).
+    #[serde(default)]
+    pub dma_errors: Option<u64>,
+}
+
+/// See [`Report::ProbeUnwind`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeUnwind {
+    /// Probe steps made to fail.
+    pub failed_steps: u32,
+    /// New DMA-API debug errors over the whole scenario.
+    pub dma_errors: Option<u64>,
+    /// kmemleak suspects at the end; `None` when kmemleak is off.
+    pub kmemleak: Option<u64>,
+}
+
+/// See [`Report::AfterRemoval`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AfterRemoval {
+    /// The ioctl's errno.
+    pub errno: i32,
+    /// How long it took, in milliseconds.
+    pub ms: u64,
+}
+
+/// See [`Report::UnbindError`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnbindError {
+    /// The errno of the sysfs write.
+    pub errno: i32,
+}
+
+/// See [`Report::UnbindBusy`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnbindBusy {
+    /// Submitting threads.
+    pub threads: u64,
+    /// Requests completed before the unbind.
+    pub completed_before: u64,
+    /// Threads whose request failed with ENODEV.
+    pub enodev: u64,
+    /// Threads that saw any other error.
+    pub other_errors: u64,
+    /// How long the unbind took, in microseconds.
+    pub unbind_us: u64,
+}
+
+/// See [`Report::UnbindStalled`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnbindStalled {
+    /// The waiting request's errno.
+    pub errno: i32,
+    /// How long it waited, in milliseconds.
+    pub waited_ms: u64,
+}
+
+/// See [`Report::Reset`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResetOutcome {
+    /// The ioctl succeeded.
+    pub ok: bool,
+    /// Its error, empty on success.
+    pub error: String,
+}
+
+/// See [`Report::Bench`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bench {
+    /// The opcode measured.
+    pub op: String,
+    /// Bytes per request.
+    pub len: u64,
+    /// Requests in flight.
+    pub depth: u64,
+    /// Requests completed.
+    pub ops: u64,
+    /// Requests that failed.
+    pub failed: u64,
+    /// Wall time of the measurement.
+    pub seconds: f64,
+    /// Throughput in MB/s.
+    pub mb_per_s: f64,
+    /// Requests per second.
+    pub ops_per_s: f64,
+}
+
+/// See [`Report::Hostile`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hostile {
+    /// Legitimate FILLs that completed between the hostile programming.
+    pub legit_done: u32,
+    /// Their data arrived.
+    pub legit_data: bool,
+    /// Canary pages watched.
+    pub canary_pages: u64,
+    /// Bytes changed in canary pages.
+    pub stray_bytes: u64,
+    /// Where the first changed byte was.
+    pub first_stray: String,
+    /// The ERROR register afterwards.
+    pub error_bits: u32,
+    /// The DEV_STATUS register afterwards.
+    pub status: u32,
+}
+
+impl Report {
+    /// The console line for this report (with [`PREFIX`], without a newline).
+    pub fn line(&self) -> String {
+        // Serializing these plain structs cannot fail.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        format!("{PREFIX}{json}")
+    }
+
+    /// The `kind` name on the wire (`xfer`, `remove_me`, ...).
+    pub fn kind(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("kind")?.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The report in a console line, if it holds one: `None` for other lines, `Some(Err)` for a
+    /// report line that does not parse (a harness/agent mismatch, or a line mangled by kernel
+    /// messages written at the same time).
+    pub fn in_line(line: &str) -> Option<Result<Report, serde_json::Error>> {
+        let at = line.find(PREFIX)?;
+        Some(serde_json::from_str(line[at + PREFIX.len()..].trim()))
+    }
+}
+
+/// Picks reports of one kind out of a list: `Xfer::of(report)`.
+pub trait Kind: Sized {
+    /// The `kind` name on the wire.
+    const NAME: &'static str;
+    /// This report, if it is of this kind.
+    fn of(report: &Report) -> Option<&Self>;
+}
+
+macro_rules! kinds {
+    ($($ty:ident => $variant:ident, $name:literal;)*) => {$(
+        impl Kind for $ty {
+            const NAME: &'static str = $name;
+            fn of(report: &Report) -> Option<&Self> {
+                match report {
+                    Report::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+kinds! {
+    Start => Start, "start";
+    ScenarioError => Error, "error";
+    ScenarioEnd => ScenarioEnd, "scenario_end";
+    Done => Done, "done";
+    Insmod => Insmod, "insmod";
+    Rmmod => Rmmod, "rmmod";
+    DmaApi => DmaApi, "dma_api";
+    Info => Info, "info";
+    Xfer => Xfer, "xfer";
+    CrcCheck => CrcCheck, "crc_check";
+    Concurrent => Concurrent, "concurrent";
+    Stats => Stats, "stats";
+    Refused => Refused, "refused";
+    Progress => Progress, "progress";
+    ProbeStep => ProbeStep, "probe_step";
+    ProbeUnwind => ProbeUnwind, "probe_unwind";
+    AfterRemoval => AfterRemoval, "after_removal";
+    UnbindError => UnbindError, "unbind_error";
+    UnbindBusy => UnbindBusy, "unbind_busy";
+    UnbindStalled => UnbindStalled, "unbind_stalled";
+    ResetOutcome => Reset, "reset";
+    Bench => Bench, "bench";
+    Hostile => Hostile, "hostile";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_survives_the_console_round_trip() {
+        let r = Report::ProbeStep(ProbeStep {
+            step: 3,
+            bound: false,
+            node: false,
+            dma_entries: Some(0),
+            dma_errors: None,
+        });
+        let line = format!("[    3.1] noise {}\r", r.line());
+        assert_eq!(Report::in_line(&line).unwrap().unwrap(), r);
+        assert!(r.line().contains("\"kind\":\"probe_step\""));
+        assert!(Report::in_line("[    3.1] dmalab: probe").is_none());
+        assert!(Report::in_line("@@DMALAB {\"kind\":\"nonsense\"}")
+            .unwrap()
+            .is_err());
+    }
+
+    #[test]
+    fn unit_and_flattened_reports_round_trip() {
+        for r in [
+            Report::RemoveMe,
+            Report::Stats(Stats {
+                total: QueueStats {
+                    submitted: 2,
+                    ..Default::default()
+                },
+                error_irqs: 0,
+                device_resets: 1,
+                error_bits: 4,
+                queues: vec![QueueStats::default(); 2],
+            }),
+        ] {
+            assert_eq!(Report::in_line(&r.line()).unwrap().unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn every_kind_name_is_the_wire_name() {
+        let x = Report::Done(Done { completed: true });
+        assert!(x.line().contains(&format!("\"kind\":\"{}\"", Done::NAME)));
+        assert_eq!(Done::of(&x), Some(&Done { completed: true }));
+        assert_eq!(Xfer::of(&x), None);
+    }
+}
