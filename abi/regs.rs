@@ -4,8 +4,9 @@
 //
 // This one file is compiled into the device model (std), the guest agent (std) and the guest
 // kernel module (no_std, `include!`d). Rules: only `core::`, no inner attributes, no macros from
-// other crates; only consts, `#[repr(C)]` types, `const fn`s and the `bar0_registers!` table; a
-// doc comment on every item (the kernel builds with -Wmissing_docs).
+// other crates (except serde derives behind the host-only `serde` feature, which the kernel
+// build never sets); only consts, `#[repr(C)]` types, `const fn`s and the `bar0_registers!`
+// table; a doc comment on every item (the kernel builds with -Wmissing_docs).
 
 /// PCI vendor ID (Red Hat, Inc., QEMU's range for emulated test devices).
 pub const PCI_VENDOR_ID: u16 = 0x1b36;
@@ -264,6 +265,95 @@ pub const OP_CHECKSUM: u8 = 5;
 /// Bit mask of the supported opcodes (value of [`REG_CAP_OPCODES`]).
 pub const SUPPORTED_OPCODES: u32 =
     (1 << OP_COPY) | (1 << OP_WRITE) | (1 << OP_READ) | (1 << OP_FILL) | (1 << OP_CHECKSUM);
+
+/// The opcodes as a type: the one table of their names and of which operands are guest memory,
+/// used by the device's engine, the driver's request checks, the agent and the fault rules.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opcode {
+    /// [`OP_COPY`].
+    Copy = OP_COPY,
+    /// [`OP_WRITE`].
+    Write = OP_WRITE,
+    /// [`OP_READ`].
+    Read = OP_READ,
+    /// [`OP_FILL`].
+    Fill = OP_FILL,
+    /// [`OP_CHECKSUM`].
+    Checksum = OP_CHECKSUM,
+}
+
+impl Opcode {
+    /// Every opcode, in numeric order.
+    pub const ALL: [Opcode; 5] = [
+        Opcode::Copy,
+        Opcode::Write,
+        Opcode::Read,
+        Opcode::Fill,
+        Opcode::Checksum,
+    ];
+
+    /// The value in a descriptor's `opcode` byte.
+    pub const fn raw(self) -> u8 {
+        self as u8
+    }
+
+    /// The opcode a descriptor byte names, or `None` for an unsupported one.
+    pub const fn from_raw(raw: u8) -> Option<Opcode> {
+        match raw {
+            OP_COPY => Some(Opcode::Copy),
+            OP_WRITE => Some(Opcode::Write),
+            OP_READ => Some(Opcode::Read),
+            OP_FILL => Some(Opcode::Fill),
+            OP_CHECKSUM => Some(Opcode::Checksum),
+            _ => None,
+        }
+    }
+
+    /// Its lower-case name, as in fault rules and reports (`"copy"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Opcode::Copy => "copy",
+            Opcode::Write => "write",
+            Opcode::Read => "read",
+            Opcode::Fill => "fill",
+            Opcode::Checksum => "checksum",
+        }
+    }
+
+    /// The opcode called `name` (see [`Opcode::name`]).
+    pub fn from_name(name: &str) -> Option<Opcode> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i].name().as_bytes() == name.as_bytes() {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The opcode reads a source at all (FILL has none: its `src` must be 0).
+    pub const fn has_src(self) -> bool {
+        !matches!(self, Opcode::Fill)
+    }
+
+    /// The opcode writes a destination at all (CHECKSUM returns its result in the completion).
+    pub const fn has_dst(self) -> bool {
+        !matches!(self, Opcode::Checksum)
+    }
+
+    /// The source is guest memory (may be a scatter-gather list); else internal memory or none.
+    pub const fn src_in_guest(self) -> bool {
+        matches!(self, Opcode::Copy | Opcode::Write | Opcode::Checksum)
+    }
+
+    /// The destination is guest memory (may be a scatter-gather list); else internal memory or
+    /// none.
+    pub const fn dst_in_guest(self) -> bool {
+        matches!(self, Opcode::Copy | Opcode::Read | Opcode::Fill)
+    }
+}
 
 /// Descriptor flag: `src` is the guest address of a scatter-gather list of `src_nseg` entries.
 pub const DESC_SRC_SG: u8 = 1 << 0;
@@ -532,6 +622,7 @@ pub struct Request {
 /// Per-queue counters in [`Stats`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct QueueStats {
     /// Descriptors submitted.
     pub submitted: u64,
@@ -554,6 +645,7 @@ pub struct QueueStats {
 /// Answer of [`IOC_STATS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Stats {
     /// Per queue (entries beyond [`DeviceInfo::queues`] are 0).
     pub queue: [QueueStats; MAX_QUEUES],

@@ -169,6 +169,23 @@ mod tests {
     }
 
     #[test]
+    fn every_opcode_round_trips_and_is_advertised() {
+        let mut mask = 0;
+        for op in Opcode::ALL {
+            assert_eq!(Opcode::from_raw(op.raw()), Some(op));
+            assert_eq!(Opcode::from_name(op.name()), Some(op));
+            mask |= 1 << op.raw();
+            // every opcode moves data from somewhere or to somewhere in the guest
+            assert!(op.src_in_guest() || op.dst_in_guest());
+        }
+        assert_eq!(mask, SUPPORTED_OPCODES);
+        assert_eq!(Opcode::from_raw(0), None);
+        assert_eq!(Opcode::from_raw(6), None);
+        assert_eq!(Opcode::from_name("COPY"), None);
+        assert!(!Opcode::Fill.has_src() && !Opcode::Checksum.has_dst());
+    }
+
+    #[test]
     fn every_status_round_trips_and_unknown_codes_are_none() {
         for (i, s) in Status::ALL.iter().enumerate() {
             assert_eq!(usize::from(s.raw()), i);

@@ -118,22 +118,13 @@ struct Shape {
 }
 
 fn shape(opcode: u8) -> Option<Shape> {
-    let s = |src_guest, dst_guest, has_src, has_dst| {
-        Some(Shape {
-            src_guest,
-            dst_guest,
-            has_src,
-            has_dst,
-        })
-    };
-    match opcode {
-        abi::OP_COPY => s(true, true, true, true),
-        abi::OP_WRITE => s(true, false, true, true),
-        abi::OP_READ => s(false, true, true, true),
-        abi::OP_FILL => s(false, true, false, true),
-        abi::OP_CHECKSUM => s(true, false, true, false),
-        _ => None,
-    }
+    let op = abi::Opcode::from_raw(opcode)?;
+    Some(Shape {
+        src_guest: op.src_in_guest(),
+        dst_guest: op.dst_in_guest(),
+        has_src: op.has_src(),
+        has_dst: op.has_dst(),
+    })
 }
 
 /// Checks the descriptor's own fields (no memory access).

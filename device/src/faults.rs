@@ -209,14 +209,7 @@ pub const LIMIT_OUTSIDE_LEN: std::ops::RangeInclusive<u64> = 1..=1 << 20;
 pub const LIMIT_OUTSIDE_OFFSET: u64 = 1 << 30;
 
 fn opcode_of(name: &str) -> Option<u8> {
-    Some(match name {
-        "copy" => abi::OP_COPY,
-        "write" => abi::OP_WRITE,
-        "read" => abi::OP_READ,
-        "fill" => abi::OP_FILL,
-        "checksum" => abi::OP_CHECKSUM,
-        _ => return None,
-    })
+    abi::Opcode::from_name(name).map(abi::Opcode::raw)
 }
 
 /// Fields every rule may have.

@@ -15,7 +15,7 @@ use kernel::{
     uaccess::{UserPtr, UserSlice},
 };
 
-use crate::abi::{self, Completion, Descriptor, Request};
+use crate::abi::{self, Completion, Descriptor, Opcode, Request, Status};
 use crate::pool::{copy_in, segments, wait_for_resources, Pool, Segments, Side};
 use crate::regs;
 use crate::ring::{tag_for, Slot, SlotState};
@@ -26,12 +26,8 @@ impl Queue {
     pub(crate) fn submit(&self, dev: &DevState, req: &mut Request) -> Result {
         let op = req.opcode;
         let len = req.len as usize;
-        let (src_guest, dst_guest) = match op {
-            abi::OP_COPY => (true, true),
-            abi::OP_WRITE | abi::OP_CHECKSUM => (true, false),
-            abi::OP_READ | abi::OP_FILL => (false, true),
-            _ => return Err(EINVAL),
-        };
+        let opcode = Opcode::from_raw(op).ok_or(EINVAL)?;
+        let (src_guest, dst_guest) = (opcode.src_in_guest(), opcode.dst_in_guest());
         if len == 0 || req.len > abi::MAX_REQUEST || u32::from(req.nseg) > abi::MAX_SG_SEGMENTS {
             return Err(EINVAL);
         }
@@ -104,7 +100,7 @@ impl Queue {
                 req.status = u32::from(c.status);
                 req.bytes = c.bytes;
                 req.result = c.result;
-                if c.status == abi::CS_OK && dst_guest && req.dst != 0 {
+                if c.status == Status::Ok.raw() && dst_guest && req.dst != 0 {
                     self.copy_out(req, &dst, len)
                 } else {
                     Ok(())
@@ -153,6 +149,8 @@ impl Queue {
         timeout_ms: u32,
     ) -> Result<(Completion, u64)> {
         let qi = self.index as usize;
+        // `submit` checked it; an unknown opcode never reaches the ring
+        let opcode = Opcode::from_raw(req.opcode).ok_or(EINVAL)?;
         let mut st = self.ring.lock();
         // wait for a free slot and ring space
         let slot = loop {
@@ -210,11 +208,15 @@ impl Queue {
             if !dst.is_empty() {
                 sg_side(dst, 1, abi::DESC_DST_SG, &mut d_n, &mut d_a)?;
             }
-            match req.opcode {
-                abi::OP_WRITE => d_a = req.dev_offset,
-                abi::OP_READ => s_a = req.dev_offset,
-                abi::OP_FILL => d.pattern = req.pattern,
-                _ => {}
+            // the operands that are not guest memory: internal memory offsets, the pattern
+            if opcode.has_dst() && !opcode.dst_in_guest() {
+                d_a = req.dev_offset;
+            }
+            if opcode.has_src() && !opcode.src_in_guest() {
+                s_a = req.dev_offset;
+            }
+            if opcode == Opcode::Fill {
+                d.pattern = req.pattern;
             }
             d.src = s_a;
             d.dst = d_a;
@@ -282,7 +284,7 @@ impl Queue {
         let start = st.slots[slot].start.take();
         st.slots[slot].state = SlotState::Free;
         if let Ok(c) = &result {
-            if c.status == abi::CS_OK {
+            if c.status == Status::Ok.raw() {
                 st.stats.bytes += u64::from(c.bytes);
             }
         }

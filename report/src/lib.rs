@@ -7,6 +7,7 @@
 //! without `CONFIG_DMA_API_DEBUG`), never a made-up number.
 #![forbid(unsafe_code)]
 
+use dmalab_abi as abi;
 use serde::{Deserialize, Serialize};
 
 /// Marker in front of every report line on the console.
@@ -217,41 +218,38 @@ pub struct Concurrent {
     pub failed: u64,
 }
 
-/// One queue's part of [`Stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct QueueStats {
-    /// Requests submitted.
-    pub submitted: u64,
-    /// Completions received.
-    pub completed: u64,
-    /// Completions with an error status.
-    pub errors: u64,
-    /// Requests that timed out.
-    pub timeouts: u64,
-    /// Interrupts handled.
-    pub irqs: u64,
-    /// Completions that matched no request in flight.
-    pub stray: u64,
-    /// Queue resets.
-    pub resets: u64,
-    /// Bytes moved.
-    pub bytes: u64,
-}
-
-/// See [`Report::Stats`]: the per-queue counters summed, the device-wide ones, and per queue.
+/// See [`Report::Stats`]: `IOC_STATS` as the driver answered it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
-    /// Summed over queues.
-    #[serde(flatten)]
-    pub total: QueueStats,
-    /// Error-vector interrupts.
-    pub error_irqs: u64,
-    /// Device resets.
-    pub device_resets: u64,
-    /// Every ERROR bit seen, ORed.
-    pub error_bits: u64,
-    /// Per queue.
-    pub queues: Vec<QueueStats>,
+    /// Queues the driver uses: the first `queues` entries of `ioctl.queue` are live.
+    pub queues: u32,
+    /// The ioctl's answer (boxed: it is 0.5 KiB, every other report is small).
+    pub ioctl: Box<abi::Stats>,
+}
+
+impl Stats {
+    /// The counters of the queues in use.
+    pub fn per_queue(&self) -> &[abi::QueueStats] {
+        let n = (self.queues as usize).min(abi::MAX_QUEUES);
+        &self.ioctl.queue[..n]
+    }
+
+    /// The per-queue counters summed over all queues.
+    pub fn total(&self) -> abi::QueueStats {
+        self.ioctl
+            .queue
+            .iter()
+            .fold(abi::QueueStats::default(), |t, q| abi::QueueStats {
+                submitted: t.submitted + q.submitted,
+                completed: t.completed + q.completed,
+                errors: t.errors + q.errors,
+                timeouts: t.timeouts + q.timeouts,
+                irqs: t.irqs + q.irqs,
+                stray_completions: t.stray_completions + q.stray_completions,
+                resets: t.resets + q.resets,
+                bytes: t.bytes + q.bytes,
+            })
+    }
 }
 
 /// See [`Report::Refused`].
@@ -491,14 +489,11 @@ mod tests {
         for r in [
             Report::RemoveMe,
             Report::Stats(Stats {
-                total: QueueStats {
-                    submitted: 2,
+                queues: 2,
+                ioctl: Box::new(abi::Stats {
+                    error_bits: 4,
                     ..Default::default()
-                },
-                error_irqs: 0,
-                device_resets: 1,
-                error_bits: 4,
-                queues: vec![QueueStats::default(); 2],
+                }),
             }),
         ] {
             assert_eq!(Report::in_line(&r.line()).unwrap().unwrap(), r);

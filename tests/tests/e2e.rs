@@ -33,7 +33,7 @@ fn assert_transfers_verified(r: &Run, min: usize) {
 
 /// The device's own counters equal what the driver says it submitted.
 fn assert_counters_agree(r: &Run) {
-    let stats = &r.one::<Stats>().total;
+    let stats = r.one::<Stats>().total();
     let dev = r.device_counters();
     r.check(
         u(&dev["descriptors"]) == stats.submitted && u(&dev["completions"]) == stats.completed,
@@ -113,7 +113,7 @@ fn transfer_suite(name: &str, iommu: bool) -> Run {
     assert_counters_agree(&r);
     // all queues were used and interrupts arrived on them
     let stats = r.one::<Stats>();
-    for (i, q) in stats.queues.iter().enumerate() {
+    for (i, q) in stats.per_queue().iter().enumerate() {
         r.check(
             q.completed > 0 && q.irqs > 0,
             &format!("queue {i} saw no work or no interrupt: {q:?}"),

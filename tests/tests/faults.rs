@@ -89,7 +89,7 @@ fn dropped_completion_times_out_and_the_queue_recovers() {
     r.check(x.errno == libc::ETIMEDOUT, &format!("{x:?}"));
     let s = r.one::<Stats>();
     r.check(
-        s.total.timeouts == 1 && s.total.resets >= 1,
+        s.total().timeouts == 1 && s.total().resets >= 1,
         &format!("{s:?}"),
     );
 }
@@ -106,11 +106,11 @@ fn fatal_error_is_recovered_by_a_device_reset() {
     r.check(hit(&r).errno == libc::ETIMEDOUT, &format!("{:?}", hit(&r)));
     let s = r.one::<Stats>();
     r.check(
-        s.device_resets >= 1,
+        s.ioctl.device_resets >= 1,
         &format!("the driver must reset the device: {s:?}"),
     );
     r.check(
-        s.error_bits & u64::from(abi::ERR_FATAL) != 0,
+        s.ioctl.error_bits & u64::from(abi::ERR_FATAL) != 0,
         &format!("{s:?}"),
     );
 }
@@ -120,7 +120,7 @@ fn duplicate_completion_is_counted_as_stray() {
     let r = probe("duplicate", "kind = \"duplicate_completion\"");
     r.check(hit(&r).verified, "the request itself succeeds");
     r.check(
-        r.one::<Stats>().total.stray >= 1,
+        r.one::<Stats>().total().stray_completions >= 1,
         "the duplicate is noticed",
     );
 }
@@ -211,7 +211,7 @@ fn dma_outside_the_descriptor_is_refused_and_reported() {
     r.check(hit(&r).verified, "the descriptor itself completes");
     let s = r.one::<Stats>();
     r.check(
-        s.error_bits & u64::from(abi::ERR_DMA_VIOLATION) != 0 && s.error_irqs >= 1,
+        s.ioctl.error_bits & u64::from(abi::ERR_DMA_VIOLATION) != 0 && s.ioctl.error_irqs >= 1,
         &format!("the violation reaches the driver's error vector: {s:?}"),
     );
 }

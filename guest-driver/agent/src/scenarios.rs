@@ -151,14 +151,7 @@ fn data(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn op_name(op: u8) -> &'static str {
-    match op {
-        abi::OP_COPY => "copy",
-        abi::OP_WRITE => "write",
-        abi::OP_READ => "read",
-        abi::OP_FILL => "fill",
-        abi::OP_CHECKSUM => "checksum",
-        _ => "?",
-    }
+    abi::Opcode::from_raw(op).map_or("?", abi::Opcode::name)
 }
 
 /// Outcome of one verified request.
@@ -412,34 +405,9 @@ fn stats() -> Result<(), String> {
     let d = Dev::open(0)?;
     let s = d.stats()?;
     let nq = d.info()?.queues as usize;
-    let queue = |q: &abi::QueueStats| QueueStats {
-        submitted: q.submitted,
-        completed: q.completed,
-        errors: q.errors,
-        timeouts: q.timeouts,
-        irqs: q.irqs,
-        stray: q.stray_completions,
-        resets: q.resets,
-        bytes: q.bytes,
-    };
-    let queues: Vec<QueueStats> = s.queue.iter().take(nq).map(queue).collect();
-    let mut total = QueueStats::default();
-    for q in &queues {
-        total.submitted += q.submitted;
-        total.completed += q.completed;
-        total.errors += q.errors;
-        total.timeouts += q.timeouts;
-        total.irqs += q.irqs;
-        total.stray += q.stray;
-        total.resets += q.resets;
-        total.bytes += q.bytes;
-    }
     report(Report::Stats(Stats {
-        total,
-        error_irqs: s.error_irqs,
-        device_resets: s.device_resets,
-        error_bits: s.error_bits,
-        queues,
+        queues: nq as u32,
+        ioctl: Box::new(s),
     }));
     Ok(())
 }

@@ -24,8 +24,9 @@ fn main() -> ExitCode {
     let r = run(&opts);
 
     println!("\n== the driver binding to the device (guest kernel log)");
-    let binding =
-        |l: &&str| l.contains("dmalab") && !l.contains("@@DMALAB") && !l.contains("dmalab.run=");
+    let binding = |l: &&str| {
+        l.contains("dmalab") && !l.contains(dmalab_report::PREFIX) && !l.contains("dmalab.run=")
+    };
     for l in r.console.lines().filter(binding) {
         println!("  {}", l.trim_end());
     }
@@ -91,12 +92,12 @@ fn main() -> ExitCode {
         println!("\n== counters");
         println!(
             "  driver: {} submitted, {} completed, {} error completions, {} timeouts, {} interrupts, {} bytes",
-            s.total.submitted,
-            s.total.completed,
-            s.total.errors,
-            s.total.timeouts,
-            s.total.irqs,
-            s.total.bytes
+            s.total().submitted,
+            s.total().completed,
+            s.total().errors,
+            s.total().timeouts,
+            s.total().irqs,
+            s.total().bytes
         );
         println!(
             "  device: {} descriptors, {} completions ({} with errors), {} interrupts raised, {} resets",
