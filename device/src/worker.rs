@@ -386,10 +386,8 @@ impl Worker {
     /// written) and reports it as a DMA violation.
     fn dma_outside(&self, view: &MemView, d: &Descriptor, offset: u64, len: u64) {
         // just past the descriptor's guest-memory side (its destination if it writes the guest)
-        let base = match d.opcode {
-            abi::OP_COPY | abi::OP_READ | abi::OP_FILL => d.dst,
-            _ => d.src,
-        };
+        let writes_guest = abi::Opcode::from_raw(d.opcode).is_some_and(abi::Opcode::dst_in_guest);
+        let base = if writes_guest { d.dst } else { d.src };
         let addr = base.wrapping_add(u64::from(d.len)).wrapping_add(offset);
         let mapped = view.slices(addr, len, Dir::ToGuest).is_ok();
         let what = format!(

@@ -827,3 +827,22 @@ fn register_and_config_accesses_at_any_offset_never_overflow() {
     }
     assert_eq!(r.read32(abi::REG_ID), abi::DEVICE_MAGIC);
 }
+
+#[test]
+fn enabled_rings_are_found_by_the_ranges_that_cover_them() {
+    let rig = Rig::new(2, 1 << 20);
+    let r0 = rig.setup_queue(0, 8);
+    let sq_len = 8 * abi::DESC_SIZE as u64;
+    let cq_len = 8 * abi::COMPLETION_SIZE as u64;
+    assert_eq!(rig.dev.enabled_rings_in(r0.sq_base, sq_len), vec![0]);
+    assert_eq!(rig.dev.enabled_rings_in(r0.cq_base + cq_len - 1, 1), vec![0]);
+    // just before and just after both rings, and an empty range: nothing
+    assert!(rig.dev.enabled_rings_in(r0.sq_base - 4096, 4096).is_empty());
+    assert!(rig.dev.enabled_rings_in(r0.cq_base + cq_len, 4096).is_empty());
+    assert!(rig.dev.enabled_rings_in(r0.sq_base, 0).is_empty());
+    // a range running off the end of the address space is clipped, not wrapped
+    assert_eq!(rig.dev.enabled_rings_in(r0.sq_base, u64::MAX), vec![0]);
+    // a reset queue no longer counts
+    rig.write32(abi::queue_reg(0, abi::Q_CTRL), abi::QCTRL_RESET);
+    assert!(rig.dev.enabled_rings_in(r0.sq_base, sq_len).is_empty());
+}

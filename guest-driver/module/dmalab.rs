@@ -102,13 +102,12 @@ const DEFAULT_TIMEOUT_MS: u32 = 5000;
 struct DmalabDriver;
 
 /// Everything a binding owns, as guards. Field order is drop order, the reverse of the order
-/// probe acquires them: the misc device goes first (no new opens), then the device is halted and
-/// its DMA memory freed, then the interrupt handlers and the vectors they borrow, and last the
-/// device number.
+/// probe acquires them: the misc device goes first (no new opens), then the device is halted,
+/// its DMA memory freed and its interrupt handlers freed, then the vectors they borrowed, and
+/// last the device number.
 struct DmalabData<'bound> {
     _misc: Pin<KBox<MiscHolder>>,
-    _halt: DeviceHalt,
-    _irqs: KVec<Pin<KBox<irq::Registration<'bound, IrqHandler>>>>,
+    _halt: DeviceHalt<'bound>,
     _vectors: KBox<pci::IrqVectorRegistration<'bound>>,
     _slot: MiscSlot,
     dev: Arc<DevState>,
@@ -283,9 +282,9 @@ impl DmalabDriver {
             GFP_KERNEL,
         )?;
         // SAFETY: the registration lives in its own heap allocation that is never moved out of
-        // the box. It is declared before `irqs` here and stored after `_irqs` in `DmalabData`,
-        // so on every path each `irq::Registration` borrowing it is dropped (free_irq) before it
-        // is (pci_free_irq_vectors).
+        // the box. It is declared before `irqs` here, and `irqs` moves into `DeviceHalt`, which
+        // `DmalabData` stores before `_vectors`, so on every path each `irq::Registration`
+        // borrowing it is dropped (free_irq) before it is (pci_free_irq_vectors).
         let vref: &'bound pci::IrqVectorRegistration<'bound> =
             unsafe { &*core::ptr::from_ref::<pci::IrqVectorRegistration<'bound>>(&*vectors) };
         let nvec = vectors.len();
@@ -321,17 +320,20 @@ impl DmalabDriver {
             bdf: u32::from(pdev.dev_id()),
             pool_bytes: (BLOCKS * BLOCK) as u32,
         };
-        let dev = Arc::new(
-            DevState {
-                bar: bar.into_devres()?,
+        let bar = bar.into_devres()?;
+        let dev = Arc::pin_init(
+            try_pin_init!(DevState {
+                bar,
                 queues,
                 info,
                 dead: Atomic::new(false),
+                gone: Atomic::new(false),
+                ctrl <- new_mutex!(()),
                 needs_reset: Atomic::new(false),
                 error_irqs: Atomic::new(0),
                 error_bits: Atomic::new(0u32),
                 device_resets: Atomic::new(0),
-            },
+            }),
             GFP_KERNEL,
         )?;
         ProbeStep::State.check(pdev)?;
@@ -365,9 +367,9 @@ impl DmalabDriver {
         }
         ProbeStep::Handlers.check(pdev)?;
 
-        // From here the device may DMA into the rings: `halt` (dropped before `irqs`, `dev` and
-        // the queues' memory) resets it first on every path.
-        let halt = DeviceHalt::new(dev.clone());
+        // From here the device may DMA into the rings: `halt` resets it before the queues'
+        // memory is freed and the handlers are released, on every path.
+        let halt = DeviceHalt::new(dev.clone(), irqs);
         {
             let bar = dev.bar.try_access().ok_or(ENODEV)?;
             for q in dev.queues.iter() {
@@ -411,7 +413,6 @@ impl DmalabDriver {
         Ok(DmalabData {
             _misc: misc,
             _halt: halt,
-            _irqs: irqs,
             _vectors: vectors,
             _slot: slot,
             dev,

@@ -20,6 +20,10 @@ pub(crate) struct QueueIrq {
 
 impl irq::Handler for QueueIrq {
     fn handle(&self) -> IrqReturn {
+        if self.dev.is_dead() {
+            // halted: teardown synchronizes this vector after setting `dead`
+            return IrqReturn::Handled;
+        }
         let q = &self.dev.queues[self.queue];
         self.dev.reap(q);
         IrqReturn::Handled
@@ -35,6 +39,10 @@ pub(crate) struct SharedIrq {
 
 impl irq::Handler for SharedIrq {
     fn handle(&self) -> IrqReturn {
+        if self.dev.is_dead() {
+            // halted: no register access (teardown synchronizes this vector after setting `dead`)
+            return IrqReturn::None;
+        }
         let Some(bar) = self.dev.bar.try_access() else {
             return IrqReturn::None;
         };

@@ -9,7 +9,7 @@ use kernel::{
     pci,
     prelude::*,
     sync::{
-        atomic::{Atomic, Relaxed},
+        atomic::{Acquire, Atomic, Relaxed, Release},
         barrier::{dma_mb, Read},
         CondVar, Mutex, SpinLockIrq,
     },
@@ -38,12 +38,27 @@ pub(crate) struct Queue {
 }
 
 /// State shared by the PCI driver, the interrupt handlers and open files.
+///
+/// Who may touch the device: once `dead` is set (teardown decided to halt the device, or the
+/// device stopped answering), nothing writes a register any more. Every path that writes one
+/// checks `dead` first, in a place teardown waits out before it resets the device: interrupt
+/// handlers at entry (teardown synchronizes every vector), submitters and timeouts under their
+/// queue's ring lock (teardown takes each ring lock once), device resets under `ctrl` (teardown
+/// holds it across its own reset). See `DeviceHalt` in `guards.rs`.
+#[pin_data]
 pub(crate) struct DevState {
     pub(crate) bar: pci::DevresBar<{ abi::BAR0_SIZE }>,
     pub(crate) queues: KVec<Pin<KBox<Queue>>>,
     pub(crate) info: DeviceInfo,
     /// Set at unbind or when the device stops answering: everything fails fast with ENODEV.
     pub(crate) dead: Atomic<bool>,
+    /// The device stopped answering (a register read all ones: surprise removal): not even
+    /// teardown writes to it.
+    pub(crate) gone: Atomic<bool>,
+    /// Serializes device-wide register sequences (device reset and reprogramming) with
+    /// teardown's reset.
+    #[pin]
+    pub(crate) ctrl: Mutex<()>,
     /// The device reported a fatal error: the next waiter to leave resets it.
     pub(crate) needs_reset: Atomic<bool>,
     pub(crate) error_irqs: Atomic<u64>,
@@ -61,12 +76,27 @@ pub(crate) fn atomic_update(a: &Atomic<u32>, f: impl Fn(u32) -> u32) {
 
 impl DevState {
     pub(crate) fn is_dead(&self) -> bool {
-        self.dead.load(Relaxed)
+        self.dead.load(Acquire)
+    }
+
+    /// From now on nothing writes a device register (see the type's documentation).
+    pub(crate) fn mark_dead(&self) {
+        self.dead.store(true, Release);
+    }
+
+    /// The device stopped answering: no register access at all from now on.
+    pub(crate) fn mark_gone(&self) {
+        self.gone.store(true, Release);
+        self.mark_dead();
     }
 
     /// Counts an interrupt for queue `q` and reads its completions, under one lock.
     pub(crate) fn reap(&self, q: &Queue) {
         let mut st = q.ring.lock();
+        if self.is_dead() {
+            // halted: teardown fails every waiter; the completion head is not ours to move
+            return;
+        }
         st.stats.irqs += 1;
         let mut moved = false;
         {
@@ -126,13 +156,20 @@ impl DevState {
     /// Called with the ring lock held; the device has stopped all DMA for the queue on return.
     pub(crate) fn reset_queue_locked(&self, q: &Queue, st: &mut RingState, err: Error) {
         let qi = q.index as usize;
-        if let Some(bar) = self.bar.try_access() {
+        // Halted by teardown (which waits for this lock before its reset) or gone: fail the
+        // requests, leave the device alone.
+        let bar = if self.is_dead() {
+            None
+        } else {
+            self.bar.try_access()
+        };
+        if let Some(bar) = bar {
             let _ = reset_queue(&bar, qi);
             // A read is not posted: when it returns, the reset write has been handled.
             match bar.try_read(regs::DEV_STATUS) {
                 // all ones: the device is gone
-                Ok(st) if st.into_raw() == u32::MAX => self.dead.store(true, Relaxed),
-                Err(_) => self.dead.store(true, Relaxed),
+                Ok(st) if st.into_raw() == u32::MAX => self.mark_gone(),
+                Err(_) => self.mark_gone(),
                 // halted by a fatal error: only a device reset helps (done without this lock)
                 Ok(st) if st.fatal() => self.needs_reset.store(true, Relaxed),
                 Ok(_) => {}
@@ -211,8 +248,13 @@ pub(crate) fn status_to_result(status: u32) -> Result {
     }
 }
 
-/// Device reset from user space: every queue is reset and reprogrammed.
+/// Device reset (from user space, or after a fatal error): every queue is reset and
+/// reprogrammed. Holds `ctrl` throughout, so teardown's reset never interleaves with it.
 pub(crate) fn reset_device(dev: &DevState) -> Result {
+    let _ctrl = dev.ctrl.lock();
+    if dev.is_dead() {
+        return Err(ENODEV);
+    }
     for q in dev.queues.iter() {
         let mut st = q.ring.lock();
         dev.reset_queue_locked(q, &mut st, ECANCELED);

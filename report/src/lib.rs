@@ -257,6 +257,11 @@ impl Stats {
 pub struct Refused {
     /// Which bad request.
     pub case: String,
+    /// The queue it was sent to.
+    pub queue: u8,
+    /// The tag the driver gave it (0 when the driver refused it before the device saw it): the
+    /// device's error event for it carries the same queue and tag.
+    pub tag: u32,
     /// The ioctl's errno.
     pub errno: i32,
     /// The completion status (0 when the driver refused it before the device saw it).

@@ -29,13 +29,14 @@ impl Campaign {
         campaign_xfers(&self.run)
     }
 
-    /// Passed: every verdict passes, nothing failed unexplained, the kernel log is clean and
-    /// DMA-API debug saw no error.
+    /// Passed: every verdict passes, nothing failed unexplained, the kernel log is clean,
+    /// DMA-API debug saw no error, and every device-side error is explained by a fault.
     pub fn passed(&self) -> bool {
         self.verdicts.iter().all(|v| v.pass)
             && self.unexplained.is_empty()
             && crate::kernel_log::problems(&self.run.console).is_empty()
             && self.run.all::<DmaApi>().iter().all(|d| d.errors == Some(0))
+            && self.run.unexplained_device_errors().is_empty()
             && self.run.all::<Done>().first().is_some_and(|d| d.completed)
     }
 }

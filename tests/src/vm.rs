@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use dmalab_report::{DmaApi, Done, Kind, Report, ScenarioError};
+use std::collections::HashSet;
+
+use dmalab_report::{DmaApi, Done, Kind, Refused, Report, ScenarioError};
 use serde_json::Value;
 
 use crate::artifacts;
@@ -33,6 +35,10 @@ pub struct VmOptions {
     pub kill_device_on: Option<String>,
     /// Report kinds printed (to stderr) as they arrive, e.g. "progress".
     pub echo: Vec<&'static str>,
+    /// Device-side error events the test provokes on purpose beyond those an injected fault or
+    /// a deliberately refused request explains: (text the event's `what` contains, why it is
+    /// expected). Every other device error fails the run.
+    pub expected_device_errors: Vec<(&'static str, &'static str)>,
 }
 
 impl VmOptions {
@@ -48,6 +54,7 @@ impl VmOptions {
             faults: None,
             kill_device_on: None,
             echo: Vec::new(),
+            expected_device_errors: Vec::new(),
         }
     }
 }
@@ -110,6 +117,8 @@ pub struct Run {
     pub device_killed: bool,
     pub qemu_status: Option<ExitStatus>,
     pub device_status: Option<ExitStatus>,
+    /// From [`VmOptions::expected_device_errors`].
+    pub expected_device_errors: Vec<(&'static str, &'static str)>,
 }
 
 fn log_file(dir: &Path, name: &str) -> File {
@@ -375,6 +384,7 @@ pub fn run(opts: &VmOptions) -> Run {
         device_killed: w.device_killed,
         qemu_status: w.qemu_status,
         device_status,
+        expected_device_errors: opts.expected_device_errors.clone(),
     }
 }
 
@@ -417,6 +427,32 @@ impl Run {
         self.events.iter().filter(|e| e["event"] == kind).collect()
     }
 
+    /// The device's error events (refused doorbells and register writes, refused descriptors,
+    /// DMA outside the mappings, rings unmapped while enabled, ...) that nothing explains: not
+    /// an injected fault on the same request (queue and tag), not a request the agent had
+    /// refused on purpose, not an expectation the test declared.
+    pub fn unexplained_device_errors(&self) -> Vec<&Value> {
+        let key = |v: &Value| Some((v["queue"].as_u64()?, v["tag"].as_u64()?));
+        let faulted: HashSet<(u64, u64)> =
+            self.events("fault").into_iter().filter_map(key).collect();
+        let refused: HashSet<(u64, u64)> = self
+            .all::<Refused>()
+            .iter()
+            .map(|r| (u64::from(r.queue), u64::from(r.tag)))
+            .collect();
+        self.events("error")
+            .into_iter()
+            .filter(|e| !key(e).is_some_and(|k| faulted.contains(&k) || refused.contains(&k)))
+            .filter(|e| {
+                let what = e["what"].as_str().unwrap_or("");
+                !self
+                    .expected_device_errors
+                    .iter()
+                    .any(|(text, _)| what.contains(text))
+            })
+            .collect()
+    }
+
     /// The device's final counters (written when the client disconnects).
     pub fn device_counters(&self) -> &Value {
         self.events("counters")
@@ -425,7 +461,8 @@ impl Run {
     }
 
     /// The run ended normally: the agent finished every scenario, the VM powered off in time,
-    /// the kernel log is clean, DMA-API debug saw no error and the device server exited 0.
+    /// the kernel log is clean, DMA-API debug saw no error, the device reports no error nothing
+    /// explains, and the device server exited 0.
     pub fn assert_clean(&self) {
         self.check(
             !self.timed_out,
@@ -440,6 +477,20 @@ impl Run {
         self.check(
             problems.is_empty(),
             &format!("kernel log problems:\n    {}", problems.join("\n    ")),
+        );
+        let unexplained = self.unexplained_device_errors();
+        self.check(
+            unexplained.is_empty(),
+            &format!(
+                "the device reports {} error(s) nothing in the test explains (events.jsonl):\n    {}",
+                unexplained.len(),
+                unexplained
+                    .iter()
+                    .take(10)
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n    ")
+            ),
         );
         for d in self.all::<DmaApi>() {
             match d.errors {

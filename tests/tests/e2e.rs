@@ -175,6 +175,84 @@ fn unbind_with_requests_in_flight() {
     assert_transfers_verified(&r, 1);
 }
 
+/// Unbinds, `rounds` times, while every queue has requests in flight whose completions the
+/// device delays: interrupts are being handled while the unbind resets the device. The driver
+/// must not touch the device after it decided to halt it; the device's account (no refused
+/// doorbell) is the judge, with every waiter released with ENODEV.
+fn unbind_under_delayed_completions(name: &str, iommu: bool) {
+    let rounds = 12;
+    let mut o = VmOptions::new(name, "load,unbind_repeat,unload");
+    o.iommu = iommu;
+    o.append = format!("dmalab.rounds={rounds}");
+    o.faults = Some("[[rule]]\nname = \"slow\"\nkind = \"delay_completion\"\nms = 20\n".into());
+    let r = run(&o);
+    r.assert_clean();
+    let busy = r.all::<UnbindBusy>();
+    r.check(
+        busy.len() == rounds,
+        &format!("{rounds} rounds ran: {}", busy.len()),
+    );
+    for b in &busy {
+        r.check(
+            b.other_errors == 0 && b.enodev == b.threads,
+            &format!("every waiter must get ENODEV: {b:?}"),
+        );
+    }
+    assert_transfers_verified(&r, rounds);
+}
+
+#[test]
+fn repeated_unbind_under_delayed_completions_never_touches_a_reset_device() {
+    unbind_under_delayed_completions("unbind_delayed", false);
+}
+
+#[test]
+fn repeated_unbind_under_delayed_completions_behind_an_iommu() {
+    unbind_under_delayed_completions("unbind_delayed_iommu", true);
+}
+
+#[test]
+fn queue_reset_after_a_timeout_with_the_late_completion_still_coming() {
+    // Every 4000-byte COPY completes 600 ms late; the agent gives those 200 ms, on all four
+    // queues at once, five times: each must time out and reset its queue while the device
+    // still holds the completion, and the queue must work at once afterwards.
+    let mut o = VmOptions::new("timeout_late", "load,timeout_late,stats,unload");
+    o.faults = Some(
+        "[[rule]]\nname = \"late\"\nkind = \"delay_completion\"\nms = 600\nsize = [4000, 4000]\n"
+            .into(),
+    );
+    o.append = "dmalab.rounds=5".into();
+    let r = run(&o);
+    r.assert_clean();
+    let xfers = r.all::<Xfer>();
+    let late: Vec<&&Xfer> = xfers.iter().filter(|x| x.scenario == "late").collect();
+    let after: Vec<&&Xfer> = xfers
+        .iter()
+        .filter(|x| x.scenario == "after_late")
+        .collect();
+    r.check(
+        late.len() == 20 && after.len() == 20,
+        "5 rounds on 4 queues",
+    );
+    for x in &late {
+        r.check(
+            x.errno == libc::ETIMEDOUT,
+            &format!("the late request must time out: {x:?}"),
+        );
+    }
+    for x in &after {
+        r.check(
+            x.ok(),
+            &format!("the queue must work after its reset: {x:?}"),
+        );
+    }
+    let s = r.one::<Stats>().total();
+    r.check(
+        s.timeouts == 20 && s.resets >= 20,
+        &format!("every timeout resets its queue: {s:?}"),
+    );
+}
+
 #[test]
 fn transfers_with_legacy_interrupts() {
     // pci=nomsi: no MSI or MSI-X, so the driver falls back to INTx and reads IRQ_CAUSE.
@@ -196,7 +274,14 @@ fn a_hostile_guest_cannot_make_the_device_write_outside_what_it_names() {
     // The agent unbinds the driver, programs the BAR itself with shrunken rings, rings that
     // wrap or lie outside RAM, and descriptors that wrap, miss RAM, or lie about their SG
     // lists; 60-odd canary pages must stay untouched, and the driver must work after a rebind.
-    let r = run(&VmOptions::new("hostile_guest", "load,hostile,unload"));
+    let mut o = VmOptions::new("hostile_guest", "load,hostile,unload");
+    let why = "the agent, not the driver, programs BAR0 with these on purpose";
+    o.expected_device_errors = vec![
+        ("enable refused", why),
+        ("doorbell 0x1c", why),
+        ("descriptor", why),
+    ];
+    let r = run(&o);
     r.assert_clean();
     let h = r.one::<Hostile>();
     r.check(

@@ -35,6 +35,8 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "errors" => errors(),
         "reset" => reset(),
         "unbind_busy" => unbind_busy(),
+        "unbind_repeat" => unbind_repeat(),
+        "timeout_late" => timeout_late(),
         "probe" => probe(),
         "removal" => removal(),
         "campaign" => campaign(),
@@ -427,6 +429,8 @@ fn errors() -> Result<(), String> {
     let e = submit(&d, &mut w);
     report(Report::Refused(Refused {
         case: "internal range".into(),
+        queue: w.queue,
+        tag: w.tag,
         errno: e,
         status: w.status,
     }));
@@ -438,6 +442,8 @@ fn errors() -> Result<(), String> {
     let e = submit(&d, &mut bad);
     report(Report::Refused(Refused {
         case: "bad opcode (driver)".into(),
+        queue: bad.queue,
+        tag: bad.tag,
         errno: e,
         status: bad.status,
     }));
@@ -449,6 +455,8 @@ fn errors() -> Result<(), String> {
     let e = submit(&d, &mut big);
     report(Report::Refused(Refused {
         case: "too long (driver)".into(),
+        queue: big.queue,
+        tag: big.tag,
         errno: e,
         status: big.status,
     }));
@@ -544,6 +552,36 @@ fn campaign() -> Result<(), String> {
                 done: u64::from(i + 1),
                 total: u64::from(ops),
             }));
+        }
+    }
+    Ok(())
+}
+
+/// Queue resets after a timeout, with the late completion still to come: on every queue at
+/// once, `dmalab.rounds` times (default 5), a 4000-byte COPY with a 200 ms timeout (the host
+/// delays 4000-byte completions longer), then a verified COPY on the same queue. Each late one
+/// must time out (the driver resets the queue), and the queue must work right after.
+fn timeout_late() -> Result<(), String> {
+    let rounds: u32 = crate::cmdline_param("dmalab.rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let nq = Dev::open(0)?.info()?.queues as usize;
+    for round in 0..rounds {
+        let handles: Vec<_> = (0..nq)
+            .map(|q| {
+                std::thread::spawn(move || -> Result<(Outcome, Outcome), String> {
+                    let d = Dev::open(0)?;
+                    let seed = round * 16 + q as u32;
+                    let late = verified_with(&d, abi::OP_COPY, q as u8, 4000, 0, seed, 0, 200);
+                    let after = verified(&d, abi::OP_COPY, q as u8, 8192, 0, seed + 1000, 0);
+                    Ok((late, after))
+                })
+            })
+            .collect();
+        for h in handles {
+            let (late, after) = h.join().map_err(|_| "thread panicked".to_string())??;
+            report_xfer(&late, "late");
+            report_xfer(&after, "after_late");
         }
     }
     Ok(())
@@ -673,7 +711,26 @@ fn bound_device() -> Result<String, String> {
 /// Unbind the device while threads keep requests in flight on every queue: every thread must
 /// get ENODEV (none may hang), then a rebind must give a working device again.
 fn unbind_busy() -> Result<(), String> {
+    unbind_busy_round(&bound_device()?)
+}
+
+/// `unbind_busy` `dmalab.rounds` times (default 10) in a row: every round binds again, fills
+/// every queue and unbinds while requests are in flight. With completions delayed by a fault
+/// rule, interrupts are being handled at the moment of the unbind's reset, which is the window
+/// of the teardown race.
+fn unbind_repeat() -> Result<(), String> {
+    let rounds: u32 = crate::cmdline_param("dmalab.rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let bdf = bound_device()?;
+    for _ in 0..rounds {
+        unbind_busy_round(&bdf)?;
+    }
+    Ok(())
+}
+
+fn unbind_busy_round(bdf: &str) -> Result<(), String> {
+    let bdf = bdf.to_string();
     let nq = Dev::open(0)?.info()?.queues as usize;
     let threads = 2 * nq;
     let started = Arc::new(AtomicU64::new(0));

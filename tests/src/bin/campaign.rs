@@ -76,10 +76,15 @@ fn main() -> ExitCode {
         .max()
         .unwrap_or(0);
     println!("  requests failed without a fault: {}", c.unexplained.len());
+    let device_errors = c.run.unexplained_device_errors();
     println!(
-        "  kernel log problems: {}   DMA-API debug errors: {dma}",
-        problems.len()
+        "  kernel log problems: {}   DMA-API debug errors: {dma}   device-side errors no fault explains: {}",
+        problems.len(),
+        device_errors.len()
     );
+    for e in device_errors.iter().take(10) {
+        println!("    {e}");
+    }
     for v in c.verdicts.iter().filter(|v| !v.pass) {
         println!(
             "  FAIL {} ({}) queue {} tag {:#x}: expected {}, observed {}",
@@ -107,6 +112,10 @@ fn main() -> ExitCode {
             problems.len().to_string(),
         ),
         ("DMA-API debug errors".to_string(), dma.to_string()),
+        (
+            "device-side errors no fault explains".to_string(),
+            device_errors.len().to_string(),
+        ),
         ("logs".to_string(), c.run.dir.display().to_string()),
     ];
     let queues = xfers.iter().map(|x| u64::from(x.queue)).max().unwrap_or(0) + 1;

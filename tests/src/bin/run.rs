@@ -161,10 +161,19 @@ fn main() -> ExitCode {
     for p in &problems {
         println!("    {p}");
     }
+    let device_errors = r.unexplained_device_errors();
+    println!(
+        "  device-side errors:     {} (besides those the injected fault explains)",
+        device_errors.len()
+    );
+    for e in device_errors.iter().take(10) {
+        println!("    {e}");
+    }
     println!("  logs:                   {}", r.dir.display());
     if all_verified
         && fault_handled
         && dma_errors == 0
+        && device_errors.is_empty()
         && problems.is_empty()
         && completed
         && !r.timed_out
