@@ -835,10 +835,16 @@ fn enabled_rings_are_found_by_the_ranges_that_cover_them() {
     let sq_len = 8 * abi::DESC_SIZE as u64;
     let cq_len = 8 * abi::COMPLETION_SIZE as u64;
     assert_eq!(rig.dev.enabled_rings_in(r0.sq_base, sq_len), vec![0]);
-    assert_eq!(rig.dev.enabled_rings_in(r0.cq_base + cq_len - 1, 1), vec![0]);
+    assert_eq!(
+        rig.dev.enabled_rings_in(r0.cq_base + cq_len - 1, 1),
+        vec![0]
+    );
     // just before and just after both rings, and an empty range: nothing
     assert!(rig.dev.enabled_rings_in(r0.sq_base - 4096, 4096).is_empty());
-    assert!(rig.dev.enabled_rings_in(r0.cq_base + cq_len, 4096).is_empty());
+    assert!(rig
+        .dev
+        .enabled_rings_in(r0.cq_base + cq_len, 4096)
+        .is_empty());
     assert!(rig.dev.enabled_rings_in(r0.sq_base, 0).is_empty());
     // a range running off the end of the address space is clipped, not wrapped
     assert_eq!(rig.dev.enabled_rings_in(r0.sq_base, u64::MAX), vec![0]);
