@@ -255,6 +255,9 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
     .args(["-display", "none", "-no-reboot"])
     .arg("-serial")
     .arg(format!("file:{}", dir.join("console.log").display()))
+    // ttyS1: the agent's reports, apart from kernel messages
+    .arg("-serial")
+    .arg(format!("file:{}", dir.join("reports.log").display()))
     .arg("-kernel")
     .arg(&kernel)
     .arg("-initrd")
@@ -289,17 +292,20 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
 /// How watching the guest ended.
 struct Watched {
     console: String,
+    /// The agent's report channel (the second serial port).
+    reports: String,
     qemu_status: Option<ExitStatus>,
     timed_out: bool,
     device_killed: bool,
 }
 
-/// Follows the console until QEMU exits (the guest powered off or panicked: -no-reboot) or
-/// the timeout: echoes chosen reports, and kills the device server when the surprise-removal
-/// marker appears.
+/// Follows the console and the report channel until QEMU exits (the guest powered off or
+/// panicked: -no-reboot) or the timeout: echoes chosen reports, and kills the device server
+/// when the surprise-removal marker appears.
 fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
     let t0 = Instant::now();
     let mut tail = ConsoleTail::new(dir.join("console.log"));
+    let mut report_tail = ConsoleTail::new(dir.join("reports.log"));
     let mut device_killed = false;
     let mut timed_out = false;
     let qemu_status = loop {
@@ -308,7 +314,8 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
             .iter_mut()
             .find(|(n, _)| n == "qemu")
             .and_then(|(_, q)| q.try_wait().ok().flatten());
-        for line in tail.poll() {
+        let reports = report_tail.poll();
+        for line in tail.poll().into_iter().chain(reports) {
             if let Some(Ok(r)) = Report::in_line(&line) {
                 if opts.echo.iter().any(|k| *k == r.kind()) {
                     eprintln!("  [{:>4}s] {}", t0.elapsed().as_secs(), r.line());
@@ -340,6 +347,7 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
     };
     Watched {
         console: tail.finish(),
+        reports: report_tail.finish(),
         qemu_status,
         timed_out,
         device_killed,
@@ -361,8 +369,15 @@ pub fn run(opts: &VmOptions) -> Run {
     let device_status = reaper.stop("device", Duration::from_secs(20));
     drop(reaper);
 
+    // Reports come on their own serial port, where no kernel message can cut into a line;
+    // an agent without that port writes them on the console only.
+    let channel = if w.reports.contains(dmalab_report::PREFIX) {
+        &w.reports
+    } else {
+        &w.console
+    };
     let (mut reports, mut unparsed) = (Vec::new(), Vec::new());
-    for line in w.console.lines() {
+    for line in channel.lines() {
         match Report::in_line(line) {
             Some(Ok(r)) => reports.push(r),
             Some(Err(e)) => unparsed.push(format!("{e}: {line}")),
