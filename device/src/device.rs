@@ -81,6 +81,7 @@ impl Device {
             status: AtomicU32::new(DevStatus::new().with_ready(true).into_bits()),
             coalesce: AtomicU32::new(0),
             irq_cause: AtomicU32::new(0),
+            oracle: std::sync::OnceLock::new(),
         });
         let workers = receivers
             .into_iter()
@@ -108,6 +109,20 @@ impl Device {
     /// Number of interrupt vectors (queues + error vector).
     pub fn vectors(&self) -> u16 {
         self.shared.nqueues() + 1
+    }
+
+    /// Publishes ownership windows to `table` from now on (the oracle is on): every posted
+    /// descriptor's windows open when its doorbell is handled and close when its completion is
+    /// written or a reset discards it. Returns false if a table was attached already.
+    pub fn attach_oracle(&self, table: Arc<dmalab_ownership::Publisher>) -> bool {
+        self.shared.oracle.set(table).is_ok()
+    }
+
+    /// Closes every ownership window (the client and its guest are gone).
+    pub fn release_windows(&self) {
+        if let Some(o) = self.shared.oracle.get() {
+            o.close_all();
+        }
     }
 
     /// The queues that are enabled and have a ring overlapping guest range `[iova, iova + size)`.
@@ -149,6 +164,15 @@ impl Device {
 
     /// A BAR0 write. Registers are 32 bits wide; 64-bit writes set two registers.
     pub fn mmio_write(&self, offset: u64, data: &[u8]) {
+        self.mmio_write_inner(offset, data);
+        // Counted after everything the write did (a doorbell's windows are published): the
+        // oracle holds the guest's vCPU until this count catches up with the stores it saw.
+        if let Some(o) = self.shared.oracle.get() {
+            o.mmio_write_done();
+        }
+    }
+
+    fn mmio_write_inner(&self, offset: u64, data: &[u8]) {
         let Some(off) = bar_offset(offset, data.len()) else {
             warn!(
                 "BAR0 write of {} bytes at {offset:#x} ignored: not a 32/64-bit aligned access inside BAR0",
@@ -251,6 +275,9 @@ impl Device {
             let ctrl = QueueCtrl::from_bits(v);
             if ctrl.reset() {
                 let discarded = q.reset();
+                if let Some(o) = self.shared.oracle.get() {
+                    o.close_queue(qi as u16);
+                }
                 self.shared.faults.on_reset();
                 self.shared
                     .log
@@ -323,6 +350,11 @@ impl Device {
                     ));
                 }
                 if reg == abi::Q_SQ_TAIL {
+                    if let Some(o) = self.shared.oracle.get() {
+                        // Before the worker can see the new tail: windows open before any
+                        // completion can close them.
+                        self.open_windows(o, qi, &r, v);
+                    }
                     r.sq_tail = v;
                 } else {
                     r.cq_head = v;
@@ -332,6 +364,28 @@ impl Device {
             }
             _ => debug!("queue {qi}: write to read-only register {reg:#x} ignored"),
         }
+    }
+
+    /// Opens the ownership windows of the descriptors the doorbell `new_tail` posts on queue
+    /// `qi` (from the current tail up to it).
+    fn open_windows(
+        &self,
+        table: &dmalab_ownership::Publisher,
+        qi: usize,
+        r: &QueueRegs,
+        new_tail: u32,
+    ) {
+        let view = self.shared.mem.view();
+        let mut windows = Vec::new();
+        let mut slot = r.sq_tail;
+        while slot != new_tail && r.size != 0 {
+            let addr = r
+                .sq_base
+                .wrapping_add(u64::from(slot) * abi::DESC_SIZE as u64);
+            windows.extend(crate::ownership::windows_of(&view, qi as u16, slot, addr));
+            slot = (slot + 1) % r.size;
+        }
+        table.open(&windows);
     }
 
     /// Both rings of `r` lie in DMA-mapped memory (the completion ring in writable memory).
@@ -350,6 +404,9 @@ impl Device {
         let mut discarded = 0;
         for q in &s.queues {
             discarded += q.reset();
+        }
+        if let Some(o) = s.oracle.get() {
+            o.close_all();
         }
         s.error.store(0, Ordering::SeqCst);
         s.coalesce.store(0, Ordering::SeqCst);

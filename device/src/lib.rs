@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod interrupts;
 #[allow(unsafe_code)]
 pub mod memory;
+mod ownership;
 pub mod pci_config;
 mod queue;
 mod registers;

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
-    MmapRegion, VolatileSlice,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MmapRegion, VolatileSlice,
 };
 
 /// The guest-memory seam of the model: production serves the vfio-user DMA map table, tests
@@ -122,6 +122,24 @@ impl MemView {
             off += s.len();
         }
         Ok(())
+    }
+
+    /// The guest-physical ranges behind the DMA range `[addr, addr + len)`, for the ownership
+    /// oracle: in a file-backed mapping (QEMU's RAM memory backend) the offset in the file is
+    /// the guest-physical address, both without an IOMMU (IOVA = guest-physical) and with one;
+    /// anonymous memory (tests) stands for itself. Parts that are not mapped are left out.
+    pub fn physical(&self, addr: u64, len: u64) -> Vec<(u64, u64)> {
+        let end = addr.saturating_add(len);
+        let mut out = Vec::new();
+        for r in self.mem.iter() {
+            let (rs, re) = (r.start_addr().0, r.start_addr().0.saturating_add(r.len()));
+            let (s, e) = (addr.max(rs), end.min(re));
+            if s < e {
+                let base = r.file_offset().map_or(rs, FileOffset::start);
+                out.push((base + (s - rs), e - s));
+            }
+        }
+        out
     }
 
     /// Stores `value` at the 4-byte aligned `addr` in one access, after all earlier writes

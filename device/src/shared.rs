@@ -3,7 +3,7 @@
 //! Both `device` (register semantics) and `worker` (descriptor execution) build on it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dmalab_abi as abi;
 
@@ -28,6 +28,8 @@ pub struct Shared {
     pub(crate) status: AtomicU32,
     pub(crate) coalesce: AtomicU32,
     pub(crate) irq_cause: AtomicU32,
+    /// The ownership table of the oracle, when one is attached.
+    pub(crate) oracle: OnceLock<Arc<dmalab_ownership::Publisher>>,
 }
 
 impl Shared {

@@ -310,6 +310,8 @@ impl Backend for VfioDevice {
     }
 
     fn disconnected(&mut self) {
+        // the client's guest is gone: nothing is owned any more
+        self.device.release_windows();
         self.maps.clear();
         self.irqs.clear();
     }

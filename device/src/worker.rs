@@ -27,7 +27,8 @@ pub(crate) struct Worker {
     coalescer: Coalescer,
     view: Option<(u64, Arc<MemView>)>,
     /// An injected out-of-order completion waiting for the next one.
-    held: Option<(Completion, bool)>,
+    /// A completion held back (out of order), its interrupt flag and its ring slot.
+    held: Option<(Completion, bool, u32)>,
     /// Completion-ring base and size in force when the current descriptor was fetched.
     geometry: Option<(u64, u32)>,
 }
@@ -231,12 +232,12 @@ impl Worker {
             }
             let irq = d.flags & abi::DESC_NO_IRQ == 0 && !plan.interrupt.lost;
             let posted = if plan.complete.out_of_order && self.held.is_none() {
-                self.held = Some((c, irq));
+                self.held = Some((c, irq, r.sq_head));
                 true
             } else {
-                let ok = self.post(&view, c, irq);
+                let ok = self.post(&view, c, irq, r.sq_head);
                 match self.held.take() {
-                    Some((h, hirq)) if ok => self.post(&view, h, hirq),
+                    Some((h, hirq, hslot)) if ok => self.post(&view, h, hirq, hslot),
                     _ => ok,
                 }
             };
@@ -244,7 +245,7 @@ impl Worker {
                 break;
             }
             if plan.complete.duplicate && self.has_cq_space() {
-                self.post(&view, c, irq);
+                self.post(&view, c, irq, r.sq_head);
             }
             for _ in 0..plan.interrupt.storm {
                 if self.queue().reset_requested() {
@@ -253,11 +254,11 @@ impl Worker {
                 self.dev.raise_queue_irq(q);
             }
         }
-        if let Some((h, hirq)) = self.held.take() {
+        if let Some((h, hirq, hslot)) = self.held.take() {
             // Nothing came after it: out of order degenerates to late.
             let view = self.view();
-            if !self.has_cq_space() || !self.post(&view, h, hirq) {
-                self.held = Some((h, hirq));
+            if !self.has_cq_space() || !self.post(&view, h, hirq, hslot) {
+                self.held = Some((h, hirq, hslot));
             }
         }
         if self.coalescer.idle(self.coalesce_cfg()) {
@@ -288,9 +289,15 @@ impl Worker {
         r.size != 0 && (r.cq_tail + 1) % r.size != r.cq_head
     }
 
-    /// Writes one completion at the completion tail and accounts for its interrupt.
-    fn post(&mut self, view: &MemView, mut c: Completion, irq: bool) -> bool {
+    /// Writes one completion (of the descriptor fetched from ring slot `slot`) at the
+    /// completion tail and accounts for its interrupt.
+    fn post(&mut self, view: &MemView, mut c: Completion, irq: bool, slot: u32) -> bool {
         let q = self.index;
+        // The device is done with the request's memory: its windows close before the guest can
+        // see the completion.
+        if let Some(o) = self.dev.oracle.get() {
+            o.close_request(q, slot, c.tag);
+        }
         let (cq_base, cq_tail, phase) = {
             let r = self.queue().regs.lock().unwrap();
             if Some((r.cq_base, r.size)) != self.geometry {

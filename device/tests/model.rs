@@ -852,3 +852,54 @@ fn enabled_rings_are_found_by_the_ranges_that_cover_them() {
     rig.write32(abi::queue_reg(0, abi::Q_CTRL), abi::QCTRL_RESET);
     assert!(rig.dev.enabled_rings_in(r0.sq_base, sq_len).is_empty());
 }
+
+/// The oracle's table: a posted request owns its descriptor, its source (read) and its
+/// destination (write) from the doorbell until its completion, and not a moment longer.
+#[test]
+fn a_posted_request_owns_its_memory_until_its_completion() {
+    use dmalab_ownership::{Kind, Publisher, Reader};
+    let dir = std::env::temp_dir().join(format!("dmalab-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("table");
+    // the COPY's completion comes 300 ms late: long enough to look at the table meanwhile
+    let rig = Rig::with_faults(
+        1,
+        16 << 20,
+        "[[rule]]\nkind = \"delay_completion\"\nms = 300\nopcode = \"copy\"\n",
+    );
+    assert!(rig
+        .dev
+        .attach_oracle(std::sync::Arc::new(Publisher::create(&path).unwrap())));
+    let table = Reader::open(&path).unwrap();
+    let mut ring = rig.setup_queue(0, 8);
+    let writes_before = table.mmio_writes();
+    rig.submit(&mut ring, &[desc(abi::OP_COPY, 0x77, 8192, A, B)]);
+    // the doorbell is counted only once its windows are in the table
+    assert_eq!(table.mmio_writes(), writes_before + 1);
+    let mut w = Vec::new();
+    table.snapshot(&mut w);
+    let find = |kind| w.iter().find(|x| x.kind == kind).copied();
+    let d = find(Kind::Descriptor).expect("the descriptor's slot");
+    assert_eq!((d.start, d.len, d.tag, d.slot), (ring.sq_base, 64, 0x77, 0));
+    let src = find(Kind::ReadOwned).expect("the source");
+    assert_eq!((src.start, src.len), (A, 8192));
+    let dst = find(Kind::WriteOwned).expect("the destination");
+    assert_eq!((dst.start, dst.len), (B, 8192));
+    let c = rig.wait(&mut ring, 1);
+    assert_eq!(c[0].status, abi::CS_OK);
+    assert_eq!(table.count(), 0, "the completion closes every window");
+    // a request the device never completes keeps its windows until a queue reset
+    let rig2 = Rig::with_faults(1, 4 << 20, "[[rule]]\nkind = \"stall\"\n");
+    let path2 = dir.join("table2");
+    rig2.dev
+        .attach_oracle(std::sync::Arc::new(Publisher::create(&path2).unwrap()));
+    let table2 = Reader::open(&path2).unwrap();
+    let mut ring2 = rig2.setup_queue(0, 8);
+    rig2.submit(&mut ring2, &[desc(abi::OP_FILL, 5, 4096, 0, A)]);
+    std::thread::sleep(Duration::from_millis(50));
+    table2.snapshot(&mut w);
+    assert_eq!(w.len(), 2, "FILL owns its slot and its destination: {w:?}");
+    rig2.write32(abi::queue_reg(0, abi::Q_CTRL), abi::QCTRL_RESET);
+    assert_eq!(table2.count(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

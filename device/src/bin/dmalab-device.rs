@@ -48,6 +48,10 @@ struct Args {
     /// user connect, e.g. 660 admits the group)
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Publish ownership windows (which guest memory each posted request owns) in this file
+    /// for the oracle TCG plugin (docs/oracle.md); created mode 600
+    #[arg(long)]
+    oracle: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -110,6 +114,12 @@ fn run(args: Args) -> Result<(), String> {
     };
     let device = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone())
         .map_err(|e| format!("device: {e}"))?;
+    if let Some(path) = &args.oracle {
+        let table = dmalab_ownership::Publisher::create(path)
+            .map_err(|e| format!("ownership table {}: {e}", path.display()))?;
+        device.attach_oracle(Arc::new(table));
+        info!("publishing ownership windows in {}", path.display());
+    }
     let vectors = device.vectors();
     if let Some(path) = &args.control {
         control::serve(path, device.shared().clone(), args.socket_mode)?;
