@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
 
-.PHONY: all deps qemu kernel device driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver clean
+.PHONY: all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver clean
 
 all: artifacts
 
@@ -34,6 +34,11 @@ device: | $(P)
 	@cargo build --release -q -p dmalab-device -p dmalab-tests --bins
 	@echo "$(CURDIR)/target/release/dmalab-device" > $(P)/device
 
+# The DMA ownership oracle: a TCG plugin for the QEMU the build makes (plugin API v5).
+oracle: qemu | $(P)
+	@cargo build --release -q -p dmalab-oracle
+	@echo "$(CURDIR)/target/release/libdmalab_oracle.so" > $(P)/oracle
+
 driver: kernel
 	@scripts/build-driver.sh "$$(cat $(P)/kbuild)" > $(P)/module.tmp && mv $(P)/module.tmp $(P)/module
 
@@ -45,7 +50,7 @@ initramfs: driver agent
 	@scripts/build-initramfs.sh "$$(cat $(P)/kbuild)" "$$(cat $(P)/agent)" "$$(cat $(P)/module)" > $(P)/initramfs.tmp \
 		&& mv $(P)/initramfs.tmp $(P)/initramfs
 
-artifacts: qemu kernel device initramfs
+artifacts: qemu kernel device oracle initramfs
 
 run: artifacts
 	@cargo run --release -q -p dmalab-tests --bin dmalab-run

@@ -118,6 +118,14 @@ impl Device {
         self.shared.oracle.set(table).is_ok()
     }
 
+    /// Tells the oracle where the guest put BAR0 (its plugin recognises register stores by
+    /// guest-physical address).
+    pub fn set_oracle_bar0(&self, base: u64) {
+        if let Some(o) = self.shared.oracle.get() {
+            o.set_bar0(base);
+        }
+    }
+
     /// Closes every ownership window (the client and its guest are gone).
     pub fn release_windows(&self) {
         if let Some(o) = self.shared.oracle.get() {

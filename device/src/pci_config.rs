@@ -103,6 +103,14 @@ impl ConfigSpace {
         }
     }
 
+    /// BAR0's guest-physical base as the guest programmed it (0 until it has).
+    pub fn bar0(&self) -> u64 {
+        let mut b = [0u8; 4];
+        self.read(0x10, &mut b);
+        // a 32-bit memory BAR: the low 4 bits are type flags
+        u64::from(u32::from_le_bytes(b) & !0xf)
+    }
+
     /// Back to power-on values (device reset).
     pub fn reset(&mut self) {
         self.bytes = self.reset_bytes;

@@ -198,7 +198,11 @@ impl Backend for VfioDevice {
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) {
         match region {
-            VFIO_PCI_CONFIG_REGION_INDEX => self.config.write(offset, data),
+            VFIO_PCI_CONFIG_REGION_INDEX => {
+                self.config.write(offset, data);
+                // the oracle tells the device's registers apart by guest-physical address
+                self.device.set_oracle_bar0(self.config.bar0());
+            }
             VFIO_PCI_BAR0_REGION_INDEX => self.device.mmio_write(offset, data),
             _ => {}
         }

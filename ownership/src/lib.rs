@@ -24,7 +24,8 @@
 //! | 3 | live windows |
 //! | 4 | capacity (entries) |
 //! | 5 | windows not published because the table was full |
-//! | 6, 7 | reserved |
+//! | 6 | guest-physical base of the device's BAR0 (0: not programmed yet) |
+//! | 7 | reserved |
 //! | 8 + 4·i ... | entry i: start, length, `tag | queue << 32 | kind << 48`, ring slot |
 
 #![deny(unsafe_code)]
@@ -50,6 +51,7 @@ const W_MMIO: usize = 2;
 const W_COUNT: usize = 3;
 const W_CAPACITY: usize = 4;
 const W_OVERFLOW: usize = 5;
+const W_BAR0: usize = 6;
 
 /// What the device does with a window, and so what the CPU may not do there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,6 +194,11 @@ impl Publisher {
         })
     }
 
+    /// Records where the guest programmed BAR0 (guest-physical).
+    pub fn set_bar0(&self, base: u64) {
+        self.map.word(W_BAR0).store(base, Ordering::Release);
+    }
+
     /// Counts one BAR0 write as fully handled (after any window it opened is published).
     pub fn mmio_write_done(&self) {
         self.map.word(W_MMIO).fetch_add(1, Ordering::Release);
@@ -288,6 +295,11 @@ impl Reader {
     /// BAR0 writes the device has finished handling.
     pub fn mmio_writes(&self) -> u64 {
         self.map.word(W_MMIO).load(Ordering::Acquire)
+    }
+
+    /// The guest-physical base of the device's BAR0 (0: not programmed yet).
+    pub fn bar0(&self) -> u64 {
+        self.map.word(W_BAR0).load(Ordering::Acquire)
     }
 
     /// Windows the device could not publish (table full).

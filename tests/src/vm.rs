@@ -39,6 +39,9 @@ pub struct VmOptions {
     /// a deliberately refused request explains: (text the event's `what` contains, why it is
     /// expected). Every other device error fails the run.
     pub expected_device_errors: Vec<(&'static str, &'static str)>,
+    /// Run the DMA ownership oracle: the device publishes its windows, QEMU loads the oracle
+    /// plugin, and any guest CPU access to memory the device owns fails the run.
+    pub oracle: bool,
 }
 
 impl VmOptions {
@@ -55,6 +58,7 @@ impl VmOptions {
             kill_device_on: None,
             echo: Vec::new(),
             expected_device_errors: Vec::new(),
+            oracle: false,
         }
     }
 }
@@ -189,6 +193,9 @@ fn start_device(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> PathBuf {
         std::fs::write(&p, rules).expect("write faults.toml");
         dev.arg("--faults").arg(p);
     }
+    if opts.oracle {
+        dev.arg("--oracle").arg(dir.join("ownership.table"));
+    }
     let dev = dev
         .arg("--socket")
         .arg(&sock)
@@ -265,6 +272,19 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
     if opts.iommu {
         cmd.args(["-device", "intel-iommu,caching-mode=on"]);
         append.push_str(" intel_iommu=on");
+    }
+    if opts.oracle {
+        let plugin = need("oracle");
+        // DMALAB_ORACLE_ARGS: extra plugin arguments, e.g. debug=on (docs/oracle.md)
+        let extra = std::env::var("DMALAB_ORACLE_ARGS")
+            .map(|a| format!(",{a}"))
+            .unwrap_or_default();
+        cmd.arg("-plugin").arg(format!(
+            "{},table={},out={}{extra}",
+            plugin.display(),
+            dir.join("ownership.table").display(),
+            dir.join("oracle.jsonl").display()
+        ));
     }
     cmd.args([
         "-device",

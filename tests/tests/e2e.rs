@@ -368,3 +368,15 @@ fn every_probe_step_that_fails_undoes_what_came_before() {
         ),
     );
 }
+
+#[test]
+fn the_oracle_finds_no_ownership_violation_in_the_reference_driver() {
+    let mut o = VmOptions::new(
+        "oracle_transfers",
+        "load,info,transfers,sg,concurrent,errors,reset,stats,unload",
+    );
+    o.oracle = true;
+    let r = run(&o);
+    r.assert_clean();
+    assert_transfers_verified(&r, 25 + 16);
+}

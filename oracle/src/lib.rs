@@ -1,0 +1,116 @@
+//! dmalab's DMA ownership oracle, as a QEMU TCG plugin (plugin API v5, QEMU 10.1 and 10.2).
+//!
+//! The device publishes which guest-physical memory each posted request owns (the
+//! `dmalab-ownership` table); this plugin watches every guest CPU memory access and reports
+//! the ones that break that ownership: a write to memory the device reads (a source buffer, a
+//! posted descriptor, a scatter-gather list), any access to memory the device writes (a
+//! destination buffer). See `docs/oracle.md`.
+//!
+//! Arguments (`-plugin liboracle.so,table=...,out=...`):
+//! - `table`: the ownership table file the device server was started with (`--oracle`);
+//! - `out`: where violations go, one JSON object per line;
+//! - `user`: also check user-mode instructions (default off: the driver's DMA memory is
+//!   kernel memory, and user code is most of the guest's work).
+//!
+//! Doorbell race: a posted MMIO store retires before the device server has handled it. After
+//! every store to the device's BAR0 the plugin holds the vCPU until the device reports that it
+//! has handled as many BAR0 writes, so the windows of the descriptors a doorbell posts are in
+//! the table before the guest runs its next instruction.
+
+#![deny(unsafe_code)]
+
+mod checker;
+
+use std::sync::Arc;
+
+use qemu_plugin::install::{Args, Info, Value};
+use qemu_plugin::plugin::{HasCallbacks, Register};
+use qemu_plugin::{MemRW, PluginId, TranslationBlock, VCPUIndex};
+
+use checker::{Checker, Config};
+
+/// The plugin API this plugin is built for (the `plugin-api-v5` feature of `qemu-plugin`).
+const API_VERSION: i64 = 5;
+
+/// Kernel addresses on x86-64: the upper half.
+const KERNEL_BASE: u64 = 0xffff_8000_0000_0000;
+
+#[derive(Default)]
+struct Oracle {
+    checker: Option<Arc<Checker>>,
+    user: bool,
+}
+
+fn arg<'a>(args: &'a Args, key: &str) -> Option<&'a Value> {
+    args.parsed.get(key)
+}
+
+fn string_arg(args: &Args, key: &str) -> Option<String> {
+    match arg(args, key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+    }
+}
+
+impl Register for Oracle {
+    fn register(&mut self, id: PluginId, args: &Args, info: &Info) -> qemu_plugin::Result<()> {
+        if info.version.current < API_VERSION || info.version.mininum > API_VERSION {
+            let msg = format!(
+                "dmalab-oracle: built for QEMU plugin API v{API_VERSION}, but this QEMU offers v{}..v{}; rebuild the plugin against this QEMU (make oracle)",
+                info.version.mininum, info.version.current
+            );
+            eprintln!("{msg}");
+            return Err(qemu_plugin::Error::PluginInstanceSetError);
+        }
+        let (Some(table), Some(out)) = (string_arg(args, "table"), string_arg(args, "out")) else {
+            eprintln!("dmalab-oracle: needs table=<ownership table> and out=<violations file>");
+            return Err(qemu_plugin::Error::PluginInstanceSetError);
+        };
+        let cfg = Config {
+            table: table.into(),
+            out: out.into(),
+        };
+        self.user = matches!(arg(args, "user"), Some(Value::Bool(true)));
+        let checker = Checker::new(cfg).map_err(|e| {
+            eprintln!("dmalab-oracle: {e}");
+            qemu_plugin::Error::PluginInstanceSetError
+        })?;
+        let checker = Arc::new(checker);
+        let at_exit = checker.clone();
+        qemu_plugin::qemu_plugin_register_atexit_cb(id, move |_| at_exit.finish())?;
+        self.checker = Some(checker);
+        Ok(())
+    }
+}
+
+impl HasCallbacks for Oracle {
+    fn on_translation_block_translate(
+        &mut self,
+        _id: PluginId,
+        tb: TranslationBlock,
+    ) -> qemu_plugin::Result<()> {
+        let Some(checker) = &self.checker else {
+            return Ok(());
+        };
+        if !self.user && tb.vaddr() < KERNEL_BASE {
+            return Ok(());
+        }
+        for insn in tb.instructions() {
+            let pc = insn.vaddr();
+            let c = checker.clone();
+            insn.register_memory_access_callback(
+                move |_vcpu: VCPUIndex, mem, vaddr| {
+                    let Some(hw) = mem.hwaddr(vaddr) else {
+                        return;
+                    };
+                    c.access(hw.hwaddr(), 1u64 << mem.size_shift(), mem.is_store(), pc);
+                },
+                MemRW::QEMU_PLUGIN_MEM_RW,
+            );
+        }
+        Ok(())
+    }
+}
+
+qemu_plugin::register!(Oracle::default());
