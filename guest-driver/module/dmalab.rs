@@ -66,6 +66,7 @@ unsafe impl kernel::transmute::AsBytes for Request {}
 // SAFETY: see above.
 unsafe impl kernel::transmute::AsBytes for Stats {}
 
+mod bugs;
 mod file;
 mod guards;
 mod interrupts;
@@ -461,6 +462,10 @@ kernel::module_pci_driver! {
         probe_fail_step: u32 {
             default: 0,
             description: "Testing only: make probe step N (1..=9) fail, to exercise its undo path",
+        },
+        dma_bug: u32 {
+            default: 0,
+            description: "Testing only: commit DMA bug N (1..=5, see bugs.rs) for the ownership oracle",
         },
     },
 }

@@ -16,6 +16,7 @@ use kernel::{
 };
 
 use crate::abi::{self, Completion, Descriptor, Opcode, Request, Status};
+use crate::bugs::{self, DmaBug};
 use crate::pool::{copy_in, segments, wait_for_resources, Pool, Segments, Side};
 use crate::regs;
 use crate::ring::{tag_for, Slot, SlotState};
@@ -79,6 +80,12 @@ impl Queue {
                 Ok((s, d))
             };
             match build() {
+                Ok(v) if DmaBug::active() == DmaBug::ReuseBuffer => {
+                    // bug: the pages look free while the device works on them
+                    free.give_back(&src.pages);
+                    free.give_back(&dst.pages);
+                    v
+                }
                 Ok(v) => v,
                 Err(e) => {
                     free.give_back(&src.pages);
@@ -93,7 +100,8 @@ impl Queue {
         }
         req.segments = src_segs.len().max(dst_segs.len()) as u32;
 
-        let result = self.post_and_wait(dev, req, &src_segs, &dst_segs, timeout_ms);
+        let pages = (src.pages.first().copied(), dst.pages.first().copied());
+        let result = self.post_and_wait(dev, req, &src_segs, &dst_segs, timeout_ms, pages);
         let out = match result {
             Ok((c, ns)) => {
                 req.latency_ns = ns;
@@ -147,7 +155,9 @@ impl Queue {
         src: &[(u64, u32)],
         dst: &[(u64, u32)],
         timeout_ms: u32,
+        pages: (Option<u16>, Option<u16>),
     ) -> Result<(Completion, u64)> {
+        let bug = DmaBug::active();
         let qi = self.index as usize;
         // `submit` checked it; an unknown opcode never reaches the ring
         let opcode = Opcode::from_raw(req.opcode).ok_or(EINVAL)?;
@@ -252,6 +262,25 @@ impl Queue {
                 regs::queue(qi)?,
                 regs::Q_SQ_TAIL::zeroed().with_index(st.sq_tail),
             )?;
+            if bug == DmaBug::RewriteDescriptor {
+                bugs::rewrite_descriptor(&rings.sq, i, tag ^ 0x8000);
+            }
+        }
+        if matches!(bug, DmaBug::WriteAfterPost | DmaBug::ReadBeforeCompletion) {
+            drop(st);
+            {
+                let pool = self.pool.lock();
+                if let Some(blocks) = pool.blocks.as_ref() {
+                    match (bug, pages) {
+                        (DmaBug::WriteAfterPost, (Some(p), _)) => bugs::write_after_post(blocks, p),
+                        (DmaBug::ReadBeforeCompletion, (_, Some(p))) => {
+                            let _ = bugs::read_before_completion(blocks, p);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            st = self.ring.lock();
         }
         // wait for the completion
         let mut timed_out = false;
@@ -260,6 +289,11 @@ impl Queue {
                 SlotState::Done(c) => break Ok(c),
                 SlotState::Failed(e) => break Err(e),
                 SlotState::Free => break Err(EIO),
+                SlotState::InFlight if timed_out && bug == DmaBug::FreeOnTimeout => {
+                    // bug: give up on the request (and its pages) without stopping the device
+                    st.stats.timeouts += 1;
+                    st.slots[slot].state = SlotState::Failed(ETIMEDOUT);
+                }
                 SlotState::InFlight if timed_out => {
                     // No completion in time: reset the queue, failing everything in flight.
                     st.stats.timeouts += 1;

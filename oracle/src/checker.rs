@@ -111,8 +111,16 @@ impl Checker {
         }
     }
 
-    /// A memory access at guest-physical `gpa`.
-    pub(crate) fn access(&self, gpa: u64, size: u64, store: bool, pc: u64) {
+    /// A memory access at guest-physical `gpa` by the instruction at `pc`; `caller` finds who
+    /// called the function `pc` is in (asked only when the access is a violation).
+    pub(crate) fn access(
+        &self,
+        gpa: u64,
+        size: u64,
+        store: bool,
+        pc: u64,
+        caller: &dyn Fn() -> Option<u64>,
+    ) {
         if store && self.is_register_store(gpa) {
             self.register_store();
             return;
@@ -129,13 +137,21 @@ impl Checker {
             }
             for w in cache.1.iter() {
                 if w.overlaps(gpa, size) && w.kind.forbids(store) {
-                    self.record(w, gpa, size, store, pc);
+                    self.record(w, gpa, size, store, pc, caller);
                 }
             }
         });
     }
 
-    fn record(&self, w: &Window, gpa: u64, size: u64, store: bool, pc: u64) {
+    fn record(
+        &self,
+        w: &Window,
+        gpa: u64,
+        size: u64,
+        store: bool,
+        pc: u64,
+        caller: &dyn Fn() -> Option<u64>,
+    ) {
         let kind = violation_kind(w.kind, store);
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let key = (kind, w.queue, w.tag, pc);
@@ -156,8 +172,9 @@ impl Checker {
             },
         );
         // written at once: a guest that crashes next still leaves the evidence
+        let caller = caller().map_or("null".to_string(), |c| c.to_string());
         let line = format!(
-            "{{\"event\":\"violation\",\"kind\":\"{kind}\",\"queue\":{},\"tag\":{},\"slot\":{},\"gpa\":{gpa},\"size\":{size},\"pc\":{pc},\"window_start\":{},\"window_len\":{}}}\n",
+            "{{\"event\":\"violation\",\"kind\":\"{kind}\",\"queue\":{},\"tag\":{},\"slot\":{},\"gpa\":{gpa},\"size\":{size},\"pc\":{pc},\"caller\":{caller},\"window_start\":{},\"window_len\":{}}}\n",
             w.queue, w.tag, w.slot, w.start, w.len
         );
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());

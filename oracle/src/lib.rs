@@ -10,7 +10,10 @@
 //! - `table`: the ownership table file the device server was started with (`--oracle`);
 //! - `out`: where violations go, one JSON object per line;
 //! - `user`: also check user-mode instructions (default off: the driver's DMA memory is
-//!   kernel memory, and user code is most of the guest's work).
+//!   kernel memory, and user code is most of the guest's work);
+//! - `helpers`: guest-virtual ranges `start-end:start-end...` (hex) of kernel helpers such as
+//!   `memcpy`: a violation inside one also records the helper's return address, so the report
+//!   names the driver function that called it.
 //!
 //! Doorbell race: a posted MMIO store retires before the device server has handled it. After
 //! every store to the device's BAR0 the plugin holds the vCPU until the device reports that it
@@ -20,12 +23,15 @@
 #![deny(unsafe_code)]
 
 mod checker;
+mod guest;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use qemu_plugin::install::{Args, Info, Value};
 use qemu_plugin::plugin::{HasCallbacks, Register};
-use qemu_plugin::{MemRW, PluginId, TranslationBlock, VCPUIndex};
+use qemu_plugin::{
+    CallbackFlags, MemRW, PluginId, RegisterDescriptor, TranslationBlock, VCPUIndex,
+};
 
 use checker::{Checker, Config};
 
@@ -39,6 +45,30 @@ const KERNEL_BASE: u64 = 0xffff_8000_0000_0000;
 struct Oracle {
     checker: Option<Arc<Checker>>,
     user: bool,
+    /// Kernel helper functions (`[start, end)`): accesses there also capture the return address.
+    helpers: Vec<(u64, u64)>,
+    /// The stack pointer register (the guest has one vCPU).
+    rsp: Arc<Mutex<Option<RegisterDescriptor<'static>>>>,
+}
+
+/// Parses `start-end:start-end...` (hex, `0x` optional).
+fn parse_ranges(s: &str) -> Vec<(u64, u64)> {
+    let hex = |x: &str| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok();
+    s.split(':')
+        .filter_map(|r| {
+            let (a, b) = r.split_once('-')?;
+            Some((hex(a)?, hex(b)?))
+        })
+        .collect()
+}
+
+/// The return address at the top of the guest stack (a leaf helper such as `memcpy` has not
+/// pushed anything), read through the vCPU's stack pointer.
+fn return_address(rsp: &Mutex<Option<RegisterDescriptor<'static>>>) -> Option<u64> {
+    let rsp = rsp.lock().ok()?;
+    let raw = rsp.as_ref()?.read().ok()?;
+    let sp = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
+    guest::read_u64(sp)
 }
 
 fn arg<'a>(args: &'a Args, key: &str) -> Option<&'a Value> {
@@ -72,6 +102,9 @@ impl Register for Oracle {
             out: out.into(),
         };
         self.user = matches!(arg(args, "user"), Some(Value::Bool(true)));
+        self.helpers = string_arg(args, "helpers")
+            .map(|s| parse_ranges(&s))
+            .unwrap_or_default();
         let checker = Checker::new(cfg).map_err(|e| {
             eprintln!("dmalab-oracle: {e}");
             qemu_plugin::Error::PluginInstanceSetError
@@ -85,6 +118,14 @@ impl Register for Oracle {
 }
 
 impl HasCallbacks for Oracle {
+    fn on_vcpu_init(&mut self, _id: PluginId, _vcpu: VCPUIndex) -> qemu_plugin::Result<()> {
+        let regs = qemu_plugin::qemu_plugin_get_registers()?;
+        if let Some(r) = regs.into_iter().find(|r| r.name == "rsp") {
+            *self.rsp.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+        Ok(())
+    }
+
     fn on_translation_block_translate(
         &mut self,
         _id: PluginId,
@@ -99,12 +140,30 @@ impl HasCallbacks for Oracle {
         for insn in tb.instructions() {
             let pc = insn.vaddr();
             let c = checker.clone();
+            if self.helpers.iter().any(|&(a, b)| (a..b).contains(&pc)) {
+                // inside a helper: registers are needed to find who called it (costly, so
+                // only here)
+                let rsp = self.rsp.clone();
+                insn.register_memory_access_callback_flags(
+                    move |_vcpu: VCPUIndex, mem, vaddr| {
+                        if let Some(hw) = mem.hwaddr(vaddr) {
+                            let size = 1u64 << mem.size_shift();
+                            c.access(hw.hwaddr(), size, mem.is_store(), pc, &|| {
+                                return_address(&rsp)
+                            });
+                        }
+                    },
+                    MemRW::QEMU_PLUGIN_MEM_RW,
+                    CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
+                );
+                continue;
+            }
             insn.register_memory_access_callback(
                 move |_vcpu: VCPUIndex, mem, vaddr| {
-                    let Some(hw) = mem.hwaddr(vaddr) else {
-                        return;
-                    };
-                    c.access(hw.hwaddr(), 1u64 << mem.size_shift(), mem.is_store(), pc);
+                    if let Some(hw) = mem.hwaddr(vaddr) {
+                        let size = 1u64 << mem.size_shift();
+                        c.access(hw.hwaddr(), size, mem.is_store(), pc, &|| None);
+                    }
                 },
                 MemRW::QEMU_PLUGIN_MEM_RW,
             );

@@ -65,6 +65,9 @@ pub enum Report {
     Bench(Bench),
     /// The hostile-guest scenario's findings.
     Hostile(Hostile),
+    /// Where the driver module's functions are, right after a load (`/proc/kallsyms`), so the
+    /// host can name the function behind a guest PC.
+    ModuleSymbols(ModuleSymbols),
 }
 
 /// See [`Report::Start`].
@@ -375,6 +378,15 @@ pub struct Bench {
     pub ops_per_s: f64,
 }
 
+/// See [`Report::ModuleSymbols`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleSymbols {
+    /// The module.
+    pub module: String,
+    /// (address, name) of each text symbol, as the kernel lists them.
+    pub symbols: Vec<(u64, String)>,
+}
+
 /// See [`Report::Hostile`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hostile {
@@ -465,6 +477,7 @@ kinds! {
     ResetOutcome => Reset, "reset";
     Bench => Bench, "bench";
     Hostile => Hostile, "hostile";
+    ModuleSymbols => ModuleSymbols, "module_symbols";
 }
 
 #[cfg(test)]

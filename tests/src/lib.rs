@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod campaign;
 pub mod html;
 pub mod kernel_log;
+pub mod oracle;
 pub mod verdict;
 pub mod vm;
 

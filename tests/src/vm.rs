@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashSet;
 
-use dmalab_report::{DmaApi, Done, Kind, Refused, Report, ScenarioError};
+use dmalab_report::{DmaApi, Done, Kind, ModuleSymbols, Refused, Report, ScenarioError};
 use serde_json::Value;
 
 use crate::artifacts;
@@ -123,6 +123,8 @@ pub struct Run {
     pub device_status: Option<ExitStatus>,
     /// From [`VmOptions::expected_device_errors`].
     pub expected_device_errors: Vec<(&'static str, &'static str)>,
+    /// What the ownership oracle found, when it was on.
+    pub oracle: Option<crate::oracle::OracleRun>,
 }
 
 fn log_file(dir: &Path, name: &str) -> File {
@@ -279,8 +281,16 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
         let extra = std::env::var("DMALAB_ORACLE_ARGS")
             .map(|a| format!(",{a}"))
             .unwrap_or_default();
+        let helpers = artifacts::path("kbuild")
+            .map(|k| crate::oracle::helper_ranges(&k.join("System.map")))
+            .unwrap_or_default();
+        let helpers = if helpers.is_empty() {
+            String::new()
+        } else {
+            format!(",helpers={helpers}")
+        };
         cmd.arg("-plugin").arg(format!(
-            "{},table={},out={}{extra}",
+            "{},table={},out={}{helpers}{extra}",
             plugin.display(),
             dir.join("ownership.table").display(),
             dir.join("oracle.jsonl").display()
@@ -409,6 +419,12 @@ pub fn run(opts: &VmOptions) -> Run {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    let oracle = opts.oracle.then(|| {
+        let modules: Vec<&ModuleSymbols> = reports.iter().filter_map(ModuleSymbols::of).collect();
+        let system_map = artifacts::path("kbuild").ok().map(|k| k.join("System.map"));
+        let symbols = crate::oracle::Symbols::new(system_map.as_deref(), &modules);
+        crate::oracle::read(&dir, &symbols).unwrap_or_default()
+    });
     Run {
         dir,
         reports,
@@ -420,6 +436,7 @@ pub fn run(opts: &VmOptions) -> Run {
         qemu_status: w.qemu_status,
         device_status,
         expected_device_errors: opts.expected_device_errors.clone(),
+        oracle,
     }
 }
 
@@ -495,10 +512,50 @@ impl Run {
             .unwrap_or_else(|| self.fail("the device wrote no final counters"))
     }
 
+    /// [`Run::assert_ran_cleanly`], and, when the ownership oracle was on, it saw no guest CPU
+    /// access to memory the device owned.
+    pub fn assert_clean(&self) {
+        self.assert_ran_cleanly();
+        if let Some(o) = &self.oracle {
+            self.check(
+                o.violations.is_empty(),
+                &format!(
+                    "the ownership oracle saw the guest touch memory the device owned:\n    {}",
+                    o.violations
+                        .iter()
+                        .take(10)
+                        .map(|v| format!(
+                            "{} by {} (queue {} tag {:#x}, {} bytes at {:#x}, {} time(s))",
+                            v.kind,
+                            v.site(),
+                            v.queue,
+                            v.tag,
+                            v.size,
+                            v.gpa,
+                            v.count
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("\n    ")
+                ),
+            );
+        }
+    }
+
     /// The run ended normally: the agent finished every scenario, the VM powered off in time,
     /// the kernel log is clean, DMA-API debug saw no error, the device reports no error nothing
-    /// explains, and the device server exited 0.
-    pub fn assert_clean(&self) {
+    /// explains, the device server exited 0, and an ownership oracle that was on watched the
+    /// whole run (its plugin closed its account, no register store lost its synchronization,
+    /// the table never overflowed).
+    pub fn assert_ran_cleanly(&self) {
+        if let Some(o) = &self.oracle {
+            let s = o.summary.as_ref().unwrap_or_else(|| {
+                self.fail("the oracle plugin wrote no summary (was it loaded? see qemu.err)")
+            });
+            self.check(
+                s["sync_timeouts"] == 0 && s["table_overflow"] == 0,
+                &format!("the oracle lost track: {s}"),
+            );
+        }
         self.check(
             !self.timed_out,
             "the VM did not power off before the timeout",

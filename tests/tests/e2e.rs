@@ -380,3 +380,91 @@ fn the_oracle_finds_no_ownership_violation_in_the_reference_driver() {
     r.assert_clean();
     assert_transfers_verified(&r, 25 + 16);
 }
+
+/// Runs the driver with DMA bug `bug` (module parameter `dma_bug`) under the oracle and checks
+/// that the oracle names the bug: its kind, the request that owned the memory, and (when given)
+/// the function that made the access.
+fn oracle_catches(bug: u32, delay_ms: u32, kinds: &[&str], function: Option<&str>) {
+    let mut o = VmOptions::new(&format!("oracle_bug_{bug}"), "dma_bug");
+    o.oracle = true;
+    o.append = format!("dmalab.bug={bug}");
+    o.faults = Some(format!(
+        "[[rule]]\nname = \"slow\"\nkind = \"delay_completion\"\nms = {delay_ms}\nsize = [4000, 4000]\n"
+    ));
+    let r = run(&o);
+    r.assert_ran_cleanly();
+    let owner = r
+        .all::<Xfer>()
+        .into_iter()
+        .find(|x| x.scenario == "owner")
+        .unwrap_or_else(|| r.fail("the agent reported no owner request"));
+    let found = r
+        .oracle
+        .as_ref()
+        .map(|o| o.violations.clone())
+        .unwrap_or_default();
+    let named = found.iter().find(|v| {
+        kinds.contains(&v.kind.as_str())
+            && v.queue == u16::from(owner.queue)
+            && v.tag == owner.tag
+            && function.is_none_or(|f| v.site().contains(f))
+    });
+    r.check(
+        named.is_some(),
+        &format!(
+            "bug {bug}: expected a {kinds:?} violation of request {:#x} on queue {} by {function:?}; the oracle found: {found:#?}",
+            owner.tag, owner.queue
+        ),
+    );
+}
+
+#[test]
+fn the_oracle_catches_a_write_to_a_buffer_after_it_was_posted() {
+    oracle_catches(
+        1,
+        300,
+        &["cpu_write_to_read_owned"],
+        Some("write_after_post"),
+    );
+}
+
+#[test]
+fn the_oracle_catches_a_read_of_the_result_before_the_completion() {
+    oracle_catches(
+        2,
+        300,
+        &["cpu_read_of_write_owned"],
+        Some("read_before_completion"),
+    );
+}
+
+#[test]
+fn the_oracle_catches_buffers_freed_on_a_timeout_while_the_device_owns_them() {
+    oracle_catches(
+        3,
+        1500,
+        &["cpu_write_to_read_owned", "cpu_write_to_write_owned"],
+        // the next request's copy-in (memcpy, called from the submit path) lands on them
+        Some("Queue>::submit"),
+    );
+}
+
+#[test]
+fn the_oracle_catches_a_rewritten_posted_descriptor() {
+    oracle_catches(
+        4,
+        300,
+        &["cpu_write_to_posted_descriptor"],
+        Some("rewrite_descriptor"),
+    );
+}
+
+#[test]
+fn the_oracle_catches_a_buffer_reused_before_its_request_completed() {
+    oracle_catches(
+        5,
+        1000,
+        &["cpu_write_to_read_owned", "cpu_write_to_write_owned"],
+        Some("Queue>::submit"),
+    );
+}

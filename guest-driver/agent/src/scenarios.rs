@@ -42,6 +42,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "campaign" => campaign(),
         "unbind_stalled" => unbind_stalled(),
         "probe_unwind" => probe_unwind(module),
+        "dma_bug" => dma_bug(module),
         "hostile" => {
             crate::hostile::hostile(&bound_device()?)?;
             let o = verified(&Dev::open(0)?, abi::OP_COPY, 0, 65536, 0, 5, 0);
@@ -76,6 +77,7 @@ fn load(module: &str) -> Result<(), String> {
         us: t.elapsed().as_micros() as u64,
     }));
     r?;
+    module_symbols();
     // the misc device appears when probe finishes (synchronously for a present device)
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::path::Path::new("/dev/dmalab0").exists() {
@@ -88,6 +90,69 @@ fn load(module: &str) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Reports where the module's functions were loaded (for naming guest PCs on the host).
+fn module_symbols() {
+    let all = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let symbols: Vec<(u64, String)> = all
+        .lines()
+        .filter(|l| l.ends_with("[dmalab]"))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            let kind = f.next()?;
+            let name = f.next()?;
+            (addr != 0 && matches!(kind, "t" | "T")).then(|| (addr, name.to_string()))
+        })
+        .collect();
+    report(Report::ModuleSymbols(ModuleSymbols {
+        module: "dmalab".into(),
+        symbols,
+    }));
+}
+
+/// Loads the module with `dma_bug=dmalab.bug` and makes that bug happen while the device owns
+/// the memory (the host delays completions so the ownership lasts): the request that owns the
+/// memory is reported as scenario `owner`, any request that triggers the bug as `trigger`.
+fn dma_bug(module: &str) -> Result<(), String> {
+    let bug: u32 = crate::cmdline_param("dmalab.bug")
+        .and_then(|v| v.parse().ok())
+        .ok_or("dma_bug needs dmalab.bug=N")?;
+    unload()?;
+    dev::insmod_with(module, &format!("dma_bug={bug}"))?;
+    module_symbols();
+    let d = Dev::open(0)?;
+    match bug {
+        // the bug acts on the owner's own pages, right after its doorbell
+        1 | 2 | 4 => {
+            let o = verified(&d, abi::OP_COPY, 0, 4000, 0, 1, 0);
+            report_xfer(&o, "owner");
+        }
+        // the owner times out (the driver frees its pages without stopping the device), the
+        // next request reuses them
+        3 => {
+            let o = verified_with(&d, abi::OP_COPY, 0, 4000, 0, 1, 0, 300);
+            report_xfer(&o, "owner");
+            let t = verified(&d, abi::OP_COPY, 0, 8192, 0, 2, 0);
+            report_xfer(&t, "trigger");
+        }
+        // a second request takes the pages the first (still in flight) gave back too early
+        5 => {
+            let owner = std::thread::spawn(|| -> Result<Outcome, String> {
+                let d = Dev::open(0)?;
+                Ok(verified(&d, abi::OP_COPY, 0, 4000, 0, 1, 0))
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            let t = verified(&d, abi::OP_COPY, 0, 8192, 0, 2, 0);
+            let o = owner.join().map_err(|_| "owner thread panicked")??;
+            report_xfer(&o, "owner");
+            report_xfer(&t, "trigger");
+        }
+        other => return Err(format!("no DMA bug {other}")),
+    }
+    drop(d);
+    unload()
 }
 
 fn unload() -> Result<(), String> {

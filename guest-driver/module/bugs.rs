@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Deliberate DMA bugs, for the ownership oracle's end-to-end test (`docs/oracle.md`): each
+//! is one classic mistake a driver makes with memory the device owns. Off unless the module
+//! parameter `dma_bug` names one; never use them for anything else.
+
+use kernel::{
+    dma::Coherent,
+    io::{io_read, io_write},
+    prelude::*,
+};
+
+use crate::abi::Descriptor;
+use crate::{PAGE, PAGES_PER_BLOCK};
+
+/// The bug the `dma_bug` module parameter asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DmaBug {
+    /// The correct driver.
+    None,
+    /// Writes into the source buffer after posting it.
+    WriteAfterPost,
+    /// Reads the destination buffer before the completion says the data is there.
+    ReadBeforeCompletion,
+    /// On a timeout, gives the buffers back without resetting the queue, while the device
+    /// still owns them.
+    FreeOnTimeout,
+    /// Rewrites a descriptor the device has already been handed.
+    RewriteDescriptor,
+    /// Gives the buffers back as soon as the request is posted, so the next request reuses
+    /// them while the device still works on the first.
+    ReuseBuffer,
+}
+
+impl DmaBug {
+    /// The bug the module was loaded with.
+    pub(crate) fn active() -> DmaBug {
+        match crate::module_parameters::dma_bug.value() {
+            1 => DmaBug::WriteAfterPost,
+            2 => DmaBug::ReadBeforeCompletion,
+            3 => DmaBug::FreeOnTimeout,
+            4 => DmaBug::RewriteDescriptor,
+            5 => DmaBug::ReuseBuffer,
+            _ => DmaBug::None,
+        }
+    }
+}
+
+/// The byte at the start of pool page `page`, as (block, offset).
+fn locate(page: u16) -> (usize, usize) {
+    let p = usize::from(page);
+    (p / PAGES_PER_BLOCK, (p % PAGES_PER_BLOCK) * PAGE)
+}
+
+/// Bug: the CPU writes a source page the device is reading.
+#[inline(never)]
+pub(crate) fn write_after_post(blocks: &KVec<Coherent<[u8]>>, page: u16) {
+    let (b, off) = locate(page);
+    if let Some(block) = blocks.get(b) {
+        let _ = (|| -> Result {
+            io_write!(block, [try: off], 0xa5u8);
+            Ok(())
+        })();
+    }
+}
+
+/// Bug: the CPU reads a destination page the device is writing.
+#[inline(never)]
+pub(crate) fn read_before_completion(blocks: &KVec<Coherent<[u8]>>, page: u16) -> u8 {
+    let (b, off) = locate(page);
+    blocks
+        .get(b)
+        .and_then(|block| (|| -> Result<u8> { Ok(io_read!(block, [try: off])) })().ok())
+        .unwrap_or(0)
+}
+
+/// Bug: the CPU rewrites the tag of a posted descriptor.
+#[inline(never)]
+pub(crate) fn rewrite_descriptor(sq: &Coherent<[Descriptor]>, index: usize, tag: u32) {
+    let _ = (|| -> Result {
+        io_write!(sq, [try: index].tag, tag);
+        Ok(())
+    })();
+}
