@@ -30,6 +30,8 @@
 
 #![deny(unsafe_code)]
 
+pub mod findings;
+
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;

@@ -24,6 +24,14 @@ fn campaign_xfers(run: &Run) -> Vec<&Xfer> {
 }
 
 impl Campaign {
+    /// What the ownership oracle caught (empty when it was off).
+    pub fn oracle_violations(&self) -> &[crate::oracle::Violation] {
+        self.run
+            .oracle
+            .as_ref()
+            .map_or(&[], |o| o.violations.as_slice())
+    }
+
     /// The campaign's requests, in the order the agent ran them.
     pub fn xfers(&self) -> Vec<&Xfer> {
         campaign_xfers(&self.run)
@@ -37,6 +45,7 @@ impl Campaign {
             && crate::kernel_log::problems(&self.run.console).is_empty()
             && self.run.all::<DmaApi>().iter().all(|d| d.errors == Some(0))
             && self.run.unexplained_device_errors().is_empty()
+            && self.oracle_violations().is_empty()
             && self.run.all::<Done>().first().is_some_and(|d| d.completed)
     }
 }
@@ -52,8 +61,16 @@ pub fn with_seed(rules: &str, seed: u64) -> String {
 
 /// Boots a VM whose device starts with `rules` (seeded with `seed`) and whose agent runs `ops`
 /// requests drawn from the same seed.
-pub fn campaign(name: &str, seed: u64, ops: u32, rules: &str, progress: bool) -> Campaign {
+pub fn campaign(
+    name: &str,
+    seed: u64,
+    ops: u32,
+    rules: &str,
+    progress: bool,
+    oracle: bool,
+) -> Campaign {
     let mut o = VmOptions::new(name, "load,campaign,stats,unload");
+    o.oracle = oracle;
     o.faults = Some(with_seed(rules, seed));
     o.append = format!("dmalab.seed={seed} dmalab.ops={ops}");
     if progress {

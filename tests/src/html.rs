@@ -20,6 +20,7 @@ pub fn report(
     summary: &[(String, String)],
     xfers: &[&Xfer],
     verdicts: &[Verdict],
+    violations: &[crate::oracle::Violation],
     queues: u64,
 ) -> String {
     let mut h = String::new();
@@ -97,7 +98,29 @@ pub fn report(
             if v.pass { "pass" } else { "FAIL" }
         );
     }
-    h.push_str("</table></body></html>\n");
+    h.push_str("</table>");
+    if !violations.is_empty() {
+        h.push_str(
+            "<h2>Ownership violations</h2><p>Guest CPU accesses to memory a request owned \
+             (docs/oracle.md).</p><table><tr><th>kind</th><th>queue</th><th>tag</th>\
+             <th>address</th><th>bytes</th><th>where</th><th>times</th></tr>",
+        );
+        for v in violations {
+            let _ = write!(
+                h,
+                "<tr><td class=fail>{}</td><td>{}</td><td>{:#x}</td><td>{:#x}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&v.kind),
+                v.queue,
+                v.tag,
+                v.gpa,
+                v.size,
+                esc(&v.site()),
+                v.count
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>\n");
     h
 }
 
@@ -121,7 +144,26 @@ mod tests {
             observed: "errno 110".into(),
             pass: true,
         };
-        let h = report("t & t", &[("seed".into(), "1".into())], &[&x], &[v], 2);
+        let bad = crate::oracle::Violation {
+            kind: "cpu_write_to_read_owned".into(),
+            queue: 1,
+            tag: 2,
+            gpa: 0x1000,
+            size: 1,
+            pc: 0,
+            function: "<copy_in>".into(),
+            caller: None,
+            count: 3,
+        };
+        let h = report(
+            "t & t",
+            &[("seed".into(), "1".into())],
+            &[&x],
+            &[v],
+            &[bad],
+            2,
+        );
+        assert!(h.contains("Ownership violations") && h.contains("&lt;copy_in&gt;"));
         assert!(
             h.starts_with("<!doctype html>") && h.contains("&lt;r&gt;") && h.contains("t &amp; t")
         );

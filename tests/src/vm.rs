@@ -420,7 +420,11 @@ pub fn run(opts: &VmOptions) -> Run {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let oracle = opts.oracle.then(|| {
-        let modules: Vec<&ModuleSymbols> = reports.iter().filter_map(ModuleSymbols::of).collect();
+        let modules: Vec<(&str, &[(u64, String)])> = reports
+            .iter()
+            .filter_map(ModuleSymbols::of)
+            .map(|m| (m.module.as_str(), m.symbols.as_slice()))
+            .collect();
         let system_map = artifacts::path("kbuild").ok().map(|k| k.join("System.map"));
         let symbols = crate::oracle::Symbols::new(system_map.as_deref(), &modules);
         crate::oracle::read(&dir, &symbols).unwrap_or_default()

@@ -246,16 +246,19 @@ fn a_campaign_is_reproducible_from_its_seed() {
     use dmalab_tests::campaign::campaign;
     let rules = std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
         .unwrap();
-    let a = campaign("campaign_a", 11, 120, &rules, false);
-    let b = campaign("campaign_b", 11, 120, &rules, false);
-    let c = campaign("campaign_c", 12, 120, &rules, false);
+    // the first run with the ownership oracle on: the reference driver must not touch memory
+    // the device owns, whatever the faults do to it
+    let a = campaign("campaign_a", 11, 120, &rules, false, true);
+    let b = campaign("campaign_b", 11, 120, &rules, false, false);
+    let c = campaign("campaign_c", 12, 120, &rules, false, false);
     for x in [&a, &b, &c] {
         let failed: Vec<_> = x.verdicts.iter().filter(|v| !v.pass).collect();
         x.run.check(
             x.passed(),
             &format!(
-                "campaign failed: {failed:?} unexplained: {:?}",
-                x.unexplained
+                "campaign failed: {failed:?} unexplained: {:?} oracle: {:?}",
+                x.unexplained,
+                x.oracle_violations()
             ),
         );
     }

@@ -49,6 +49,15 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         since: u64,
     },
+    /// What the DMA ownership oracle found in a run (its oracle.jsonl), each guest PC named
+    Oracle {
+        /// The run's log directory (target/e2e/<test>): oracle.jsonl, and reports.log for the
+        /// driver module's load addresses
+        dir: PathBuf,
+        /// The guest kernel's System.map, to name kernel functions
+        #[arg(long)]
+        system_map: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +205,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err(format!("campaign failed ({status})"));
             }
         }
+        Cmd::Oracle { dir, system_map } => oracle(&dir, system_map.as_deref())?,
         Cmd::Events { control, since } => {
             let v = ask(&control, json!({"cmd": "events", "since": since}))?;
             if v["logging"] == false {
@@ -205,6 +215,50 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{e}");
             }
         }
+    }
+    Ok(())
+}
+
+/// Prints the oracle's findings in `dir`.
+fn oracle(dir: &std::path::Path, system_map: Option<&std::path::Path>) -> Result<(), String> {
+    use dmalab_ownership::findings::{read, Symbols};
+    // the agent reports where the module was loaded: {"kind":"module_symbols",...}
+    let reports = std::fs::read_to_string(dir.join("reports.log")).unwrap_or_default();
+    let loads: Vec<(String, Vec<(u64, String)>)> = reports
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.split_once(' ')?.1.trim()).ok())
+        .filter(|v| v["kind"] == "module_symbols")
+        .filter_map(|v| {
+            let module = v["module"].as_str()?.to_string();
+            let symbols = serde_json::from_value(v["symbols"].clone()).ok()?;
+            Some((module, symbols))
+        })
+        .collect();
+    let modules: Vec<(&str, &[(u64, String)])> = loads
+        .iter()
+        .map(|(m, s)| (m.as_str(), s.as_slice()))
+        .collect();
+    let symbols = Symbols::new(system_map, &modules);
+    let found = read(dir, &symbols)
+        .ok_or_else(|| format!("{}: no oracle.jsonl (was the oracle on?)", dir.display()))?;
+    match &found.summary {
+        Some(s) => println!(
+            "oracle: {} accesses checked, {} register stores synchronized ({} lost), {} violation(s)",
+            s["checked"], s["bar_stores"], s["sync_timeouts"], found.violations.len()
+        ),
+        None => println!("oracle: no summary (QEMU did not exit normally)"),
+    }
+    for v in &found.violations {
+        println!(
+            "  {}: queue {} tag {:#x}: {} byte(s) at {:#x} by {} ({} time(s))",
+            v.kind,
+            v.queue,
+            v.tag,
+            v.size,
+            v.gpa,
+            v.site(),
+            v.count
+        );
     }
     Ok(())
 }

@@ -26,6 +26,9 @@ struct Args {
     /// HTML report [default: target/campaign-SEED.html]
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run the DMA ownership oracle too (docs/oracle.md)
+    #[arg(long)]
+    oracle: bool,
 }
 
 fn main() -> ExitCode {
@@ -49,7 +52,14 @@ fn main() -> ExitCode {
         "dmalab-campaign: seed {seed}, {ops} requests, rules {}",
         rules_path.display()
     );
-    let c = campaign(&format!("campaign-{seed}"), seed, ops, &rules, true);
+    let c = campaign(
+        &format!("campaign-{seed}"),
+        seed,
+        ops,
+        &rules,
+        true,
+        args.oracle,
+    );
 
     let xfers = c.xfers();
     let mut by_kind: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
@@ -76,6 +86,22 @@ fn main() -> ExitCode {
         .max()
         .unwrap_or(0);
     println!("  requests failed without a fault: {}", c.unexplained.len());
+    if c.run.oracle.is_some() {
+        println!(
+            "  ownership oracle: {} violation(s)",
+            c.oracle_violations().len()
+        );
+        for v in c.oracle_violations() {
+            println!(
+                "    {} queue {} tag {:#x} by {} ({} time(s))",
+                v.kind,
+                v.queue,
+                v.tag,
+                v.site(),
+                v.count
+            );
+        }
+    }
     let device_errors = c.run.unexplained_device_errors();
     println!(
         "  kernel log problems: {}   DMA-API debug errors: {dma}   device-side errors no fault explains: {}",
@@ -124,6 +150,7 @@ fn main() -> ExitCode {
         &summary,
         &xfers,
         &c.verdicts,
+        c.oracle_violations(),
         queues,
     );
     match std::fs::write(&out, page) {

@@ -1,0 +1,202 @@
+//! What the oracle found (`oracle.jsonl`, written by the TCG plugin), with each guest PC named
+//! after the function it lies in: kernel functions from the kernel's `System.map`, module
+//! functions from their load addresses (`/proc/kallsyms` in the guest).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// One distinct violation: a guest CPU access to memory a request owned.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// `cpu_write_to_read_owned`, `cpu_read_of_write_owned`, `cpu_write_to_write_owned` or
+    /// `cpu_write_to_posted_descriptor`.
+    pub kind: String,
+    /// The request that owned the memory: its queue...
+    pub queue: u16,
+    /// ...and descriptor tag.
+    pub tag: u32,
+    /// The guest-physical address of the first access.
+    pub gpa: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The guest PC of the access.
+    pub pc: u64,
+    /// The function the PC lies in (`name+0xoffset`, `[dmalab]` for the module).
+    pub function: String,
+    /// When the access was made inside a kernel helper such as `memcpy`: the function that
+    /// called the helper.
+    pub caller: Option<String>,
+    /// Accesses with the same kind, request and PC.
+    pub count: u64,
+}
+
+/// The oracle's account of one run.
+#[derive(Debug, Clone, Default)]
+pub struct OracleRun {
+    /// Each distinct violation.
+    pub violations: Vec<Violation>,
+    /// The plugin's closing line (accesses checked, register stores synchronized, ...);
+    /// `None` if QEMU did not exit through the plugin's exit hook.
+    pub summary: Option<Value>,
+}
+
+/// Names guest PCs.
+pub struct Symbols {
+    /// (address, name), sorted by address.
+    table: Vec<(u64, String)>,
+}
+
+impl Symbols {
+    /// Kernel symbols from `system_map` (if readable) and `(module, [(address, name)])` for
+    /// each loaded module.
+    pub fn new(system_map: Option<&Path>, modules: &[(&str, &[(u64, String)])]) -> Symbols {
+        let mut table = Vec::new();
+        if let Some(text) = system_map.and_then(|p| std::fs::read_to_string(p).ok()) {
+            for l in text.lines() {
+                let mut f = l.split_whitespace();
+                let (Some(a), Some(k), Some(n)) = (f.next(), f.next(), f.next()) else {
+                    continue;
+                };
+                if matches!(k, "t" | "T" | "w" | "W") {
+                    if let Ok(a) = u64::from_str_radix(a, 16) {
+                        table.push((a, n.to_string()));
+                    }
+                }
+            }
+        }
+        for (module, symbols) in modules {
+            for (a, n) in symbols.iter() {
+                table.push((*a, format!("{n} [{module}]")));
+            }
+        }
+        table.sort();
+        Symbols { table }
+    }
+
+    /// `function+0xoffset` for `pc` (Rust names demangled), or the bare address.
+    pub fn name(&self, pc: u64) -> String {
+        let i = self.table.partition_point(|(a, _)| *a <= pc);
+        match i.checked_sub(1).map(|i| &self.table[i]) {
+            // a function longer than 64 KiB is not one: the PC is past the last symbol
+            Some((a, n)) if pc - a < 0x10000 => {
+                let (name, module) = match n.rsplit_once(" [") {
+                    Some((name, m)) => (name, format!(" [{m}")),
+                    None => (n.as_str(), String::new()),
+                };
+                format!("{:#}+{:#x}{module}", rustc_demangle::demangle(name), pc - a)
+            }
+            _ => format!("{pc:#x}"),
+        }
+    }
+}
+
+impl Violation {
+    /// Where the access was made: the function, and its caller when that is a kernel helper.
+    pub fn site(&self) -> String {
+        match &self.caller {
+            Some(c) => format!("{} called from {c}", self.function),
+            None => self.function.clone(),
+        }
+    }
+}
+
+/// Kernel helpers that copy or fill memory for their caller: an access inside one is reported
+/// with the caller's name too (the plugin reads the return address).
+const HELPERS: &[&str] = &[
+    "memcpy",
+    "__memcpy",
+    "memmove",
+    "__memmove",
+    "memset",
+    "__memset",
+    "rep_movs_alternative",
+    "rep_stos_alternative",
+];
+
+/// The plugin's `helpers=` argument: `start-end:...` of [`HELPERS`] in `system_map`.
+pub fn helper_ranges(system_map: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(system_map) else {
+        return String::new();
+    };
+    let mut text_syms: Vec<(u64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let a = u64::from_str_radix(f.next()?, 16).ok()?;
+            let k = f.next()?;
+            let n = f.next()?;
+            matches!(k, "t" | "T" | "w" | "W").then_some((a, n))
+        })
+        .collect();
+    text_syms.sort();
+    let mut ranges = Vec::new();
+    for (i, (a, n)) in text_syms.iter().enumerate() {
+        if HELPERS.contains(n) {
+            if let Some((end, _)) = text_syms[i + 1..].iter().find(|(b, _)| b > a) {
+                ranges.push(format!("{a:x}-{end:x}"));
+            }
+        }
+    }
+    ranges.join(":")
+}
+
+/// Reads `dir/oracle.jsonl`, if the run had the oracle on.
+pub fn read(dir: &Path, symbols: &Symbols) -> Option<OracleRun> {
+    let text = std::fs::read_to_string(dir.join("oracle.jsonl")).ok()?;
+    let mut run = OracleRun::default();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    for v in &lines {
+        match v["event"].as_str() {
+            Some("violation") => run.violations.push(Violation {
+                kind: v["kind"].as_str().unwrap_or("?").to_string(),
+                queue: u(&v["queue"]) as u16,
+                tag: u(&v["tag"]) as u32,
+                gpa: u(&v["gpa"]),
+                size: u(&v["size"]),
+                pc: u(&v["pc"]),
+                function: symbols.name(u(&v["pc"])),
+                caller: v["caller"].as_u64().map(|c| symbols.name(c)),
+                count: 1,
+            }),
+            Some("summary") => run.summary = Some(v.clone()),
+            _ => {}
+        }
+    }
+    for v in lines.iter().filter(|v| v["event"] == "repeats") {
+        if let Some(x) = run.violations.iter_mut().find(|x| {
+            Some(x.kind.as_str()) == v["kind"].as_str()
+                && u64::from(x.queue) == u(&v["queue"])
+                && u64::from(x.tag) == u(&v["tag"])
+                && x.pc == u(&v["pc"])
+        }) {
+            x.count = u(&v["count"]);
+        }
+    }
+    Some(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcs_are_named_by_the_symbol_below_them() {
+        let m = vec![
+            (
+                0xffff_ffff_a000_1000,
+                "_RNvNtCs1234_6dmalab4bugs16write_after_post".to_string(),
+            ),
+            (0xffff_ffff_a000_2000, "other".to_string()),
+        ];
+        let s = Symbols::new(None, &[("dmalab", &m)]);
+        let n = s.name(0xffff_ffff_a000_1010);
+        assert!(n.starts_with("dmalab::bugs::write_after_post+0x10"), "{n}");
+        assert!(n.ends_with("[dmalab]"), "{n}");
+        assert_eq!(s.name(0x1000), "0x1000");
+    }
+}
