@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
 
-.PHONY: all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver clean
+.PHONY: bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver clean
 
 all: artifacts
 
@@ -87,8 +87,12 @@ campaign: artifacts
 	@cargo run --release -q -p dmalab-tests --bin dmalab-campaign -- --seed $(or $(SEED),1) --ops $(or $(OPS),300) \
 		$(if $(RULES),--rules $(RULES))
 
-bench:
+bench: bench-oracle
 	cargo bench -p dmalab-device --bench engine
+
+# What the DMA ownership oracle costs: the same guest work with it off and on (docs/oracle.md).
+bench-oracle: artifacts
+	@cargo run --release -q -p dmalab-tests --bin dmalab-oracle-cost
 
 clean:
 	cargo clean

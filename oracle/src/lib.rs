@@ -13,7 +13,12 @@
 //!   kernel memory, and user code is most of the guest's work);
 //! - `helpers`: guest-virtual ranges `start-end:start-end...` (hex) of kernel helpers such as
 //!   `memcpy`: a violation inside one also records the helper's return address, so the report
-//!   names the driver function that called it.
+//!   names the driver function that called it;
+//! - `io`: ranges of the kernel's register accessors (`rust_helper_writel`, `iowrite32`, ...),
+//!   through which drivers store to device registers;
+//! - `scope`: `driver` (default) checks code in module space, the helpers and the register
+//!   accessors, where a driver's accesses to its DMA memory happen; `kernel` checks all
+//!   kernel-mode code (slower, for DMA memory that core kernel code touches too).
 //!
 //! Doorbell race: a posted MMIO store retires before the device server has handled it. After
 //! every store to the device's BAR0 the plugin holds the vCPU until the device reports that it
@@ -40,6 +45,8 @@ const API_VERSION: i64 = 5;
 
 /// Kernel addresses on x86-64: the upper half.
 const KERNEL_BASE: u64 = 0xffff_8000_0000_0000;
+/// x86-64 module space (`MODULES_VADDR..MODULES_END`): where loadable drivers run.
+const MODULES: std::ops::Range<u64> = 0xffff_ffff_a000_0000..0xffff_ffff_ff00_0000;
 
 #[derive(Default)]
 struct Oracle {
@@ -47,6 +54,10 @@ struct Oracle {
     user: bool,
     /// Kernel helper functions (`[start, end)`): accesses there also capture the return address.
     helpers: Vec<(u64, u64)>,
+    /// The kernel's register accessors.
+    io: Vec<(u64, u64)>,
+    /// Check all kernel code, not only the driver's (`scope=kernel`).
+    whole_kernel: bool,
     /// The stack pointer register (the guest has one vCPU).
     rsp: Arc<Mutex<Option<RegisterDescriptor<'static>>>>,
 }
@@ -105,6 +116,17 @@ impl Register for Oracle {
         self.helpers = string_arg(args, "helpers")
             .map(|s| parse_ranges(&s))
             .unwrap_or_default();
+        self.io = string_arg(args, "io")
+            .map(|s| parse_ranges(&s))
+            .unwrap_or_default();
+        self.whole_kernel = match string_arg(args, "scope").as_deref() {
+            None | Some("driver") => false,
+            Some("kernel") => true,
+            Some(other) => {
+                eprintln!("dmalab-oracle: scope={other}: expected driver or kernel");
+                return Err(qemu_plugin::Error::PluginInstanceSetError);
+            }
+        };
         let checker = Checker::new(cfg).map_err(|e| {
             eprintln!("dmalab-oracle: {e}");
             qemu_plugin::Error::PluginInstanceSetError
@@ -137,10 +159,19 @@ impl HasCallbacks for Oracle {
         if !self.user && tb.vaddr() < KERNEL_BASE {
             return Ok(());
         }
+        let in_ranges = |r: &[(u64, u64)], pc: u64| r.iter().any(|&(a, b)| (a..b).contains(&pc));
         for insn in tb.instructions() {
             let pc = insn.vaddr();
+            let checked = pc < KERNEL_BASE
+                || self.whole_kernel
+                || MODULES.contains(&pc)
+                || in_ranges(&self.helpers, pc)
+                || in_ranges(&self.io, pc);
+            if !checked {
+                continue;
+            }
             let c = checker.clone();
-            if self.helpers.iter().any(|&(a, b)| (a..b).contains(&pc)) {
+            if in_ranges(&self.helpers, pc) {
                 // inside a helper: registers are needed to find who called it (costly, so
                 // only here)
                 let rsp = self.rsp.clone();

@@ -116,6 +116,19 @@ const HELPERS: &[&str] = &[
 
 /// The plugin's `helpers=` argument: `start-end:...` of [`HELPERS`] in `system_map`.
 pub fn helper_ranges(system_map: &Path) -> String {
+    ranges_of(system_map, |n| HELPERS.contains(&n))
+}
+
+/// The plugin's `io=` argument: the kernel's register-store accessors in `system_map`.
+pub fn io_ranges(system_map: &Path) -> String {
+    ranges_of(system_map, |n| {
+        let n = n.strip_prefix("rust_helper_").unwrap_or(n);
+        n.starts_with("write") || n.starts_with("iowrite") || n.starts_with("__iowrite")
+    })
+}
+
+/// `start-end:...` of the text symbols of `system_map` that `wanted` picks.
+fn ranges_of(system_map: &Path, wanted: impl Fn(&str) -> bool) -> String {
     let Ok(text) = std::fs::read_to_string(system_map) else {
         return String::new();
     };
@@ -132,7 +145,7 @@ pub fn helper_ranges(system_map: &Path) -> String {
     text_syms.sort();
     let mut ranges = Vec::new();
     for (i, (a, n)) in text_syms.iter().enumerate() {
-        if HELPERS.contains(n) {
+        if wanted(n) {
             if let Some((end, _)) = text_syms[i + 1..].iter().find(|(b, _)| b > a) {
                 ranges.push(format!("{a:x}-{end:x}"));
             }

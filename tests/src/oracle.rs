@@ -1,4 +1,6 @@
 //! The ownership oracle's findings, as the harness reads them: `dmalab_ownership::findings`,
 //! with the driver module's symbols from the agent's reports.
 
-pub use dmalab_ownership::findings::{helper_ranges, read, OracleRun, Symbols, Violation};
+pub use dmalab_ownership::findings::{
+    helper_ranges, io_ranges, read, OracleRun, Symbols, Violation,
+};

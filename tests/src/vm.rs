@@ -281,14 +281,20 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
         let extra = std::env::var("DMALAB_ORACLE_ARGS")
             .map(|a| format!(",{a}"))
             .unwrap_or_default();
-        let helpers = artifacts::path("kbuild")
-            .map(|k| crate::oracle::helper_ranges(&k.join("System.map")))
-            .unwrap_or_default();
-        let helpers = if helpers.is_empty() {
-            String::new()
-        } else {
-            format!(",helpers={helpers}")
+        let ranges = |f: fn(&Path) -> String| {
+            artifacts::path("kbuild")
+                .map(|k| f(&k.join("System.map")))
+                .unwrap_or_default()
         };
+        let mut helpers = String::new();
+        for (key, value) in [
+            ("helpers", ranges(crate::oracle::helper_ranges)),
+            ("io", ranges(crate::oracle::io_ranges)),
+        ] {
+            if !value.is_empty() {
+                helpers.push_str(&format!(",{key}={value}"));
+            }
+        }
         cmd.arg("-plugin").arg(format!(
             "{},table={},out={}{helpers}{extra}",
             plugin.display(),

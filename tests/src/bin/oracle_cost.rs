@@ -1,0 +1,65 @@
+//! `make bench-oracle`: what the DMA ownership oracle costs. The same guest work runs twice in
+//! this one invocation, oracle off then on: the driver's transfer suite (wall time of the whole
+//! VM run) and the throughput scenario (COPY ops/s at 4 KiB and 1 MiB, depth 1 and 32). Prints
+//! the on/off ratios and writes them to target/bench/oracle-cost.json.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use dmalab_report::Bench;
+use dmalab_tests::vm::{run, Run, VmOptions};
+
+fn timed(name: &str, scenarios: &str, oracle: bool) -> (Run, f64) {
+    let mut o = VmOptions::new(name, scenarios);
+    o.oracle = oracle;
+    eprintln!(
+        "dmalab-oracle-cost: {name} (oracle {})",
+        if oracle { "on" } else { "off" }
+    );
+    let t = Instant::now();
+    let r = run(&o);
+    let secs = t.elapsed().as_secs_f64();
+    r.assert_clean();
+    (r, secs)
+}
+
+fn main() -> ExitCode {
+    let suite = "load,info,transfers,sg,concurrent,errors,reset,stats,unload";
+    let (_, off) = timed("oracle_cost_suite_off", suite, false);
+    let (_, on) = timed("oracle_cost_suite_on", suite, true);
+    let (b_off, _) = timed("oracle_cost_bench_off", "load,bench,unload", false);
+    let (b_on, _) = timed("oracle_cost_bench_on", "load,bench,unload", true);
+    println!("\n== ownership oracle cost (same run, oracle off vs on)");
+    println!(
+        "  transfer suite, whole VM run: {off:.1} s -> {on:.1} s = {:.2}x",
+        on / off
+    );
+    let mut rows = Vec::new();
+    for (a, b) in b_off.all::<Bench>().iter().zip(b_on.all::<Bench>()) {
+        let ratio = a.ops_per_s / b.ops_per_s.max(1e-9);
+        println!(
+            "  COPY {:>8} B depth {:>2}: {:>8.0} -> {:>8.0} ops/s = {ratio:.2}x slower",
+            a.len, a.depth, a.ops_per_s, b.ops_per_s
+        );
+        rows.push(serde_json::json!({
+            "len": a.len, "depth": a.depth,
+            "ops_per_s_off": a.ops_per_s, "ops_per_s_on": b.ops_per_s, "slowdown": ratio,
+        }));
+    }
+    let out = dmalab_tests::artifacts::root().join("target/bench/oracle-cost.json");
+    let json = serde_json::json!({
+        "suite_seconds_off": off, "suite_seconds_on": on, "suite_slowdown": on / off,
+        "throughput": rows,
+    });
+    let _ = std::fs::create_dir_all(out.parent().unwrap());
+    match std::fs::write(&out, format!("{json:#}\n")) {
+        Ok(()) => {
+            println!("  written to {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
