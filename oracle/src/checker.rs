@@ -45,6 +45,8 @@ pub(crate) struct Checker {
     checked: AtomicU64,
     sync_waits: AtomicU64,
     sync_timeouts: AtomicU64,
+    /// Instructions per request, when counting.
+    counter: std::sync::OnceLock<std::sync::Arc<dmalab_ownership::counting::Counter>>,
 }
 
 thread_local! {
@@ -78,6 +80,7 @@ impl Checker {
             checked: AtomicU64::new(0),
             sync_waits: AtomicU64::new(0),
             sync_timeouts: AtomicU64::new(0),
+            counter: std::sync::OnceLock::new(),
         })
     }
 
@@ -90,9 +93,17 @@ impl Checker {
         bar0 != 0 && (bar0..bar0 + u64::from(abi::MSIX_TABLE_OFFSET)).contains(&gpa)
     }
 
+    /// Counts instructions per request with `counter` (its doorbell marks come from here).
+    pub(crate) fn count_with(&self, counter: std::sync::Arc<dmalab_ownership::counting::Counter>) {
+        let _ = self.counter.set(counter);
+    }
+
     /// A store to the device's registers: hold this vCPU until the device has handled it, so
     /// the windows it opens (a doorbell) are published first.
     pub(crate) fn register_store(&self) {
+        if let Some(c) = self.counter.get() {
+            c.doorbell();
+        }
         let mine = self.bar_stores.fetch_add(1, Ordering::AcqRel) + 1;
         if self.table.mmio_writes() >= mine {
             return;
@@ -192,6 +203,9 @@ impl Checker {
                 "{{\"event\":\"repeats\",\"kind\":\"{kind}\",\"queue\":{queue},\"tag\":{tag},\"pc\":{pc},\"count\":{},\"first_gpa\":{},\"size\":{},\"slot\":{}}}",
                 r.count, r.first_gpa, r.size, r.window.slot
             );
+        }
+        if let Some(c) = self.counter.get() {
+            let _ = writeln!(out, "{}", c.summary());
         }
         let _ = writeln!(
             out,

@@ -18,7 +18,9 @@
 //!   through which drivers store to device registers;
 //! - `scope`: `driver` (default) checks code in module space, the helpers and the register
 //!   accessors, where a driver's accesses to its DMA memory happen; `kernel` checks all
-//!   kernel-mode code (slower, for DMA memory that core kernel code touches too).
+//!   kernel-mode code (slower, for DMA memory that core kernel code touches too);
+//! - `count=on` with `syscall=<hex address of entry_SYSCALL_64>`: also count kernel
+//!   instructions per request, split at the doorbell (see `counting.rs`).
 //!
 //! Doorbell race: a posted MMIO store retires before the device server has handled it. After
 //! every store to the device's BAR0 the plugin holds the vCPU until the device reports that it
@@ -58,6 +60,8 @@ struct Oracle {
     io: Vec<(u64, u64)>,
     /// Check all kernel code, not only the driver's (`scope=kernel`).
     whole_kernel: bool,
+    /// Instructions per request (`count=on`), and the system-call entry that starts one.
+    counter: Option<(Arc<dmalab_ownership::counting::Counter>, u64)>,
     /// The stack pointer register (the guest has one vCPU).
     rsp: Arc<Mutex<Option<RegisterDescriptor<'static>>>>,
 }
@@ -131,6 +135,17 @@ impl Register for Oracle {
             eprintln!("dmalab-oracle: {e}");
             qemu_plugin::Error::PluginInstanceSetError
         })?;
+        if matches!(arg(args, "count"), Some(Value::Bool(true))) {
+            let entry = string_arg(args, "syscall")
+                .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+            let Some(entry) = entry else {
+                eprintln!("dmalab-oracle: count=on needs syscall=<entry_SYSCALL_64 address>");
+                return Err(qemu_plugin::Error::PluginInstanceSetError);
+            };
+            let counter = Arc::new(dmalab_ownership::counting::Counter::default());
+            checker.count_with(counter.clone());
+            self.counter = Some((counter, entry));
+        }
         let checker = Arc::new(checker);
         let at_exit = checker.clone();
         qemu_plugin::qemu_plugin_register_atexit_cb(id, move |_| at_exit.finish())?;
@@ -156,6 +171,20 @@ impl HasCallbacks for Oracle {
         let Some(checker) = &self.checker else {
             return Ok(());
         };
+        if let Some((counter, entry)) = &self.counter {
+            let c = counter.clone();
+            let n = tb.instructions().count() as u64;
+            if tb.vaddr() < KERNEL_BASE {
+                tb.register_execute_callback(move |_| c.user());
+            } else if tb.vaddr() == *entry {
+                tb.register_execute_callback(move |_| {
+                    c.syscall();
+                    c.kernel_block(n);
+                });
+            } else {
+                tb.register_execute_callback(move |_| c.kernel_block(n));
+            }
+        }
         if !self.user && tb.vaddr() < KERNEL_BASE {
             return Ok(());
         }

@@ -39,6 +39,8 @@ pub struct OracleRun {
     /// The plugin's closing line (accesses checked, register stores synchronized, ...);
     /// `None` if QEMU did not exit through the plugin's exit hook.
     pub summary: Option<Value>,
+    /// Instructions per request (`count=on`): requests, submit/complete medians and means.
+    pub instructions: Option<Value>,
 }
 
 /// Names guest PCs.
@@ -127,6 +129,19 @@ pub fn io_ranges(system_map: &Path) -> String {
     })
 }
 
+/// The plugin's `syscall=` argument for `count=on`: the system-call entry's address (hex).
+pub fn syscall_entry(system_map: &Path) -> String {
+    let text = std::fs::read_to_string(system_map).unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let a = f.next()?;
+            let _kind = f.next()?;
+            (f.next()? == "entry_SYSCALL_64").then(|| a.to_string())
+        })
+        .unwrap_or_default()
+}
+
 /// `start-end:...` of the text symbols of `system_map` that `wanted` picks.
 fn ranges_of(system_map: &Path, wanted: impl Fn(&str) -> bool) -> String {
     let Ok(text) = std::fs::read_to_string(system_map) else {
@@ -177,6 +192,7 @@ pub fn read(dir: &Path, symbols: &Symbols) -> Option<OracleRun> {
                 count: 1,
             }),
             Some("summary") => run.summary = Some(v.clone()),
+            Some("instructions") => run.instructions = Some(v.clone()),
             _ => {}
         }
     }

@@ -30,6 +30,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod counting;
 pub mod findings;
 
 use std::fs::{File, OpenOptions};

@@ -42,6 +42,9 @@ pub struct VmOptions {
     /// Run the DMA ownership oracle: the device publishes its windows, QEMU loads the oracle
     /// plugin, and any guest CPU access to memory the device owns fails the run.
     pub oracle: bool,
+    /// With the oracle: also count kernel instructions per request (submit and complete
+    /// paths; meaningful for one request at a time).
+    pub count_instructions: bool,
 }
 
 impl VmOptions {
@@ -59,6 +62,7 @@ impl VmOptions {
             echo: Vec::new(),
             expected_device_errors: Vec::new(),
             oracle: false,
+            count_instructions: false,
         }
     }
 }
@@ -287,6 +291,14 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
                 .unwrap_or_default()
         };
         let mut helpers = String::new();
+        let syscall = if opts.count_instructions {
+            ranges(crate::oracle::syscall_entry)
+        } else {
+            String::new()
+        };
+        if !syscall.is_empty() {
+            helpers.push_str(&format!(",count=on,syscall={syscall}"));
+        }
         for (key, value) in [
             ("helpers", ranges(crate::oracle::helper_ranges)),
             ("io", ranges(crate::oracle::io_ranges)),

@@ -43,6 +43,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "unbind_stalled" => unbind_stalled(),
         "probe_unwind" => probe_unwind(module),
         "dma_bug" => dma_bug(module),
+        "serial_copies" => serial_copies(),
         "hostile" => {
             crate::hostile::hostile(&bound_device()?)?;
             let o = verified(&Dev::open(0)?, abi::OP_COPY, 0, 65536, 0, 5, 0);
@@ -110,6 +111,36 @@ fn module_symbols() {
         module: "dmalab".into(),
         symbols,
     }));
+}
+
+/// `dmalab.ops` COPYs of `dmalab.len` bytes (defaults 300 and 4096) on queue 0, one at a time
+/// from one thread: the oracle's instruction counts per request are measured on this.
+fn serial_copies() -> Result<(), String> {
+    let param = |k: &str, d: u32| {
+        crate::cmdline_param(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (ops, len) = (param("dmalab.ops", 300), param("dmalab.len", 4096));
+    let d = Dev::open(0)?;
+    let mut failed = 0u64;
+    let t0 = Instant::now();
+    for i in 0..ops {
+        let o = verified(&d, abi::OP_COPY, 0, len as usize, 0, i, 0);
+        failed += u64::from(!o.verified);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    report(Report::Bench(Bench {
+        op: "copy".into(),
+        len: len.into(),
+        depth: 1,
+        ops: u64::from(ops) - failed,
+        failed,
+        seconds: secs,
+        mb_per_s: f64::from(ops) * f64::from(len) / secs / 1e6,
+        ops_per_s: f64::from(ops) / secs,
+    }));
+    Ok(())
 }
 
 /// Loads the module with `dma_bug=dmalab.bug` and makes that bug happen while the device owns

@@ -1,7 +1,8 @@
 //! `make bench-oracle`: what the DMA ownership oracle costs. The same guest work runs twice in
 //! this one invocation, oracle off then on: the driver's transfer suite (wall time of the whole
 //! VM run) and the throughput scenario (COPY ops/s at 4 KiB and 1 MiB, depth 1 and 32). Prints
-//! the on/off ratios and writes them to target/bench/oracle-cost.json.
+//! the on/off ratios, and the guest kernel instructions per request (submit and complete
+//! paths, one request at a time), and writes them to target/bench/oracle-cost.json.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -46,10 +47,32 @@ fn main() -> ExitCode {
             "ops_per_s_off": a.ops_per_s, "ops_per_s_on": b.ops_per_s, "slowdown": ratio,
         }));
     }
+    println!("\n== guest kernel instructions per request (COPY, one at a time, median)");
+    let mut counts = Vec::new();
+    for (len, ops) in [(4096u32, 300u32), (1 << 20, 30)] {
+        let mut o = VmOptions::new(&format!("oracle_count_{len}"), "load,serial_copies,unload");
+        o.oracle = true;
+        o.count_instructions = true;
+        o.append = format!("dmalab.len={len} dmalab.ops={ops}");
+        eprintln!("dmalab-oracle-cost: counting instructions, {ops} COPYs of {len} bytes");
+        let r = run(&o);
+        r.assert_clean();
+        let i = r
+            .oracle
+            .as_ref()
+            .and_then(|o| o.instructions.clone())
+            .unwrap_or_else(|| r.fail("the plugin counted no instructions"));
+        let b = r.one::<Bench>();
+        println!(
+            "  {len:>8} B: submit {} + complete {} instructions ({} requests; {:.0} ops/s under the oracle)",
+            i["submit_median"], i["complete_median"], i["requests"], b.ops_per_s
+        );
+        counts.push(serde_json::json!({"len": len, "instructions": i, "ops_per_s": b.ops_per_s}));
+    }
     let out = dmalab_tests::artifacts::root().join("target/bench/oracle-cost.json");
     let json = serde_json::json!({
         "suite_seconds_off": off, "suite_seconds_on": on, "suite_slowdown": on / off,
-        "throughput": rows,
+        "throughput": rows, "instructions_per_request": counts,
     });
     let _ = std::fs::create_dir_all(out.parent().unwrap());
     match std::fs::write(&out, format!("{json:#}\n")) {
