@@ -445,7 +445,7 @@ fn oracle_catches(bug: u32, delay_ms: u32, kinds: &[&str], function: Option<&str
 fn the_oracle_catches_a_write_to_a_buffer_after_it_was_posted() {
     oracle_catches(
         1,
-        300,
+        1000,
         &["cpu_write_to_read_owned"],
         Some("write_after_post"),
     );
@@ -455,7 +455,7 @@ fn the_oracle_catches_a_write_to_a_buffer_after_it_was_posted() {
 fn the_oracle_catches_a_read_of_the_result_before_the_completion() {
     oracle_catches(
         2,
-        300,
+        1000,
         &["cpu_read_of_write_owned"],
         Some("read_before_completion"),
     );
@@ -465,7 +465,7 @@ fn the_oracle_catches_a_read_of_the_result_before_the_completion() {
 fn the_oracle_catches_buffers_freed_on_a_timeout_while_the_device_owns_them() {
     oracle_catches(
         3,
-        1500,
+        3000,
         &["cpu_write_to_read_owned", "cpu_write_to_write_owned"],
         // the next request's copy-in (memcpy, called from the submit path) lands on them
         Some("Queue>::submit"),
@@ -476,7 +476,7 @@ fn the_oracle_catches_buffers_freed_on_a_timeout_while_the_device_owns_them() {
 fn the_oracle_catches_a_rewritten_posted_descriptor() {
     oracle_catches(
         4,
-        300,
+        1000,
         &["cpu_write_to_posted_descriptor"],
         Some("rewrite_descriptor"),
     );
@@ -486,7 +486,7 @@ fn the_oracle_catches_a_rewritten_posted_descriptor() {
 fn the_oracle_catches_a_buffer_reused_before_its_request_completed() {
     oracle_catches(
         5,
-        1000,
+        4000,
         &["cpu_write_to_read_owned", "cpu_write_to_write_owned"],
         Some("Queue>::submit"),
     );

@@ -174,7 +174,9 @@ fn dma_bug(module: &str) -> Result<(), String> {
                 let d = Dev::open(0)?;
                 Ok(verified(&d, abi::OP_COPY, 0, 4000, 0, 1, 0))
             });
-            std::thread::sleep(Duration::from_millis(200));
+            // long enough for the owner to have posted on a slow, shared machine; the host
+            // holds its completion back far longer
+            std::thread::sleep(Duration::from_millis(1000));
             let t = verified(&d, abi::OP_COPY, 0, 8192, 0, 2, 0);
             let o = owner.join().map_err(|_| "owner thread panicked")??;
             report_xfer(&o, "owner");
