@@ -68,6 +68,10 @@ impl irq::Handler for SharedIrq {
                     atomic_update(&self.dev.error_bits, |seen| seen | bits);
                     // write 1 to clear the bits just recorded, not ones raised since
                     let _ = bar.try_write_reg(error);
+                    if error.fatal() {
+                        // every queue is halted: fail what waits now, not at its timeout
+                        self.dev.fatal_error();
+                    }
                 }
             }
         }

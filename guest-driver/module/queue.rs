@@ -7,7 +7,7 @@ use kernel::{
     io::{io_write, Io},
     prelude::*,
     sync::{
-        atomic::Relaxed,
+        atomic::Acquire,
         barrier::{dma_mb, Write},
         CondVarTimeoutResult,
     },
@@ -20,7 +20,7 @@ use crate::bugs::{self, DmaBug};
 use crate::pool::{copy_in, segments, wait_for_resources, Pool, Segments, Side};
 use crate::regs;
 use crate::ring::{tag_for, Slot, SlotState};
-use crate::state::{reset_device, DevState, Queue};
+use crate::state::{reset_after_fatal, DevState, Queue};
 use crate::{DEFAULT_TIMEOUT_MS, PAGE, PAGES_PER_BLOCK, RING, SG_MAX, SLOTS};
 
 impl Queue {
@@ -324,9 +324,11 @@ impl Queue {
         }
         drop(st);
         self.ring_cv.notify_all();
-        if dev.needs_reset.cmpxchg(true, false, Relaxed).is_ok() {
-            // A fatal error halted every queue: reset the device and reprogram the queues.
-            let _ = reset_device(dev);
+        let failed_by_fatal = matches!(&result, Err(e) if e.to_errno() == EIO.to_errno());
+        if failed_by_fatal || dev.needs_reset.load(Acquire) {
+            // A fatal error halted every queue: reset the device and reprogram the queues (or
+            // wait for whoever is doing it) before the buffers go back to the pool.
+            let _ = reset_after_fatal(dev);
         }
         let ns = start.map_or(0, |t| t.elapsed().as_nanos());
         result.map(|c| (c, u64::try_from(ns).unwrap_or(0)))

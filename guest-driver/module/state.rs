@@ -90,6 +90,24 @@ impl DevState {
         self.mark_dead();
     }
 
+    /// The device halted on a fatal error (its error vector said so): every request in flight
+    /// fails with `EIO` now instead of waiting out its timeout, and the device is marked for a
+    /// reset, which the first of those waiters performs; the others wait for it before they give
+    /// their buffers back (the device may finish a DMA it had started). Interrupt context.
+    pub(crate) fn fatal_error(&self) {
+        self.needs_reset.store(true, Release);
+        for q in self.queues.iter() {
+            let mut st = q.ring.lock();
+            for slot in st.slots.iter_mut() {
+                if matches!(slot.state, SlotState::InFlight) {
+                    slot.state = SlotState::Failed(EIO);
+                }
+            }
+            drop(st);
+            q.ring_cv.notify_all();
+        }
+    }
+
     /// Counts an interrupt for queue `q` and reads its completions, under one lock.
     pub(crate) fn reap(&self, q: &Queue) {
         let mut st = q.ring.lock();
@@ -248,10 +266,27 @@ pub(crate) fn status_to_result(status: u32) -> Result {
     }
 }
 
-/// Device reset (from user space, or after a fatal error): every queue is reset and
-/// reprogrammed. Holds `ctrl` throughout, so teardown's reset never interleaves with it.
+/// Device reset from user space: every queue is reset and reprogrammed. Holds `ctrl`
+/// throughout, so teardown's reset never interleaves with it.
 pub(crate) fn reset_device(dev: &DevState) -> Result {
     let _ctrl = dev.ctrl.lock();
+    reset_device_locked(dev)
+}
+
+/// After a fatal error: resets the device unless another waiter already has. Returns only
+/// once no reset is in progress (`ctrl` is held throughout one), so a caller may then give
+/// its buffers back.
+pub(crate) fn reset_after_fatal(dev: &DevState) -> Result {
+    let _ctrl = dev.ctrl.lock();
+    if dev.needs_reset.cmpxchg(true, false, Relaxed).is_ok() {
+        reset_device_locked(dev)
+    } else {
+        Ok(())
+    }
+}
+
+/// [`reset_device`] with `ctrl` held.
+fn reset_device_locked(dev: &DevState) -> Result {
     if dev.is_dead() {
         return Err(ENODEV);
     }

@@ -32,7 +32,12 @@ fn expect(kind: &str, fault: &Value, x: &Xfer) -> (&'static str, bool) {
             "DMA_FAULT, as EIO",
             errno == EIO && status == u32::from(Status::DmaFault.raw()),
         ),
-        "drop_completion" | "stall" | "fatal" => ("ETIMEDOUT, then recovery", errno == ETIMEDOUT),
+        "drop_completion" | "stall" => ("ETIMEDOUT, then recovery", errno == ETIMEDOUT),
+        // the device raises its error vector: a correct driver fails the request at once
+        "fatal" => (
+            "EIO at once (the error vector), then a device reset",
+            errno == EIO,
+        ),
         "lost_irq" => (
             "completion or ETIMEDOUT, then recovery",
             verified || errno == ETIMEDOUT,
