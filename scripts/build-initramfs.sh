@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make initramfs: busybox-static + the guest agent + the driver module + /init.
-# Usage: build-initramfs.sh <kernel build dir> <agent binary> <dmalab.ko>; prints the cpio path.
+# Usage: build-initramfs.sh <kernel build dir> <agent binary> <dmalab.ko> [output dir];
+# prints the cpio path (default output dir: target/initramfs).
 source "$(dirname "$0")/lib.sh"
 kbuild=${1:?kernel build dir}; agent=${2:?agent binary}; module=${3:?module}
 gen="$kbuild/usr/gen_init_cpio"
@@ -17,7 +18,7 @@ if [ ! -x "$bb" ]; then
     rm -rf "$CACHE/busybox/x"
 fi
 
-out="$ROOT/target/initramfs"
+out="${4:-$ROOT/target/initramfs}"
 mkdir -p "$out"
 cat >"$out/list" <<LIST
 dir /bin 0755 0 0

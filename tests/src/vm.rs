@@ -45,6 +45,9 @@ pub struct VmOptions {
     /// With the oracle: also count kernel instructions per request (submit and complete
     /// paths; meaningful for one request at a time).
     pub count_instructions: bool,
+    /// Boot this initramfs instead of the built one (`dmalab check` puts a driver under test
+    /// in it).
+    pub initramfs: Option<PathBuf>,
 }
 
 impl VmOptions {
@@ -63,6 +66,7 @@ impl VmOptions {
             expected_device_errors: Vec::new(),
             oracle: false,
             count_instructions: false,
+            initramfs: None,
         }
     }
 }
@@ -239,7 +243,8 @@ fn start_device(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> PathBuf {
 /// Starts QEMU with the device attached over `sock`.
 fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
     let need = |n| artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
-    let (qemu, kernel, initramfs) = (need("qemu"), need("kernel"), need("initramfs"));
+    let (qemu, kernel) = (need("qemu"), need("kernel"));
+    let initramfs = opts.initramfs.clone().unwrap_or_else(|| need("initramfs"));
     let mut append = format!(
         "console=ttyS0 panic=-1 dmalab.run={} {}",
         opts.scenarios, opts.append

@@ -491,3 +491,24 @@ fn the_oracle_catches_a_buffer_reused_before_its_request_completed() {
         Some("Queue>::submit"),
     );
 }
+
+#[test]
+fn dmalab_check_grades_the_reference_driver_as_passing() {
+    // the checker boots its own VMs with the module it is given: ours must pass levels 1-3
+    let module = dmalab_tests::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
+        .args(["--level", "3", "--driver"])
+        .arg(&module)
+        .output()
+        .expect("run dmalab-check");
+    let card = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && card.contains("PASS") && !card.contains("FAIL"),
+        "dmalab check failed the reference driver:\n{card}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        card.lines().filter(|l| l.contains("PASS")).count() >= 9,
+        "{card}"
+    );
+}

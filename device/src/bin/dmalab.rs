@@ -42,6 +42,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Grade a driver you bring (boots the VM with it): dmalab check --driver my.ko [--level N]
+    Check {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Recent events (JSON lines), after sequence number --since
     Events {
         #[arg(long)]
@@ -187,24 +192,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{k:<18} {n}");
             }
         }
-        Cmd::Campaign { args } => {
-            // The campaign needs the VM harness, which lives in the dmalab-tests crate; its
-            // binary is built next to this one (`make artifacts` builds both).
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let campaign = exe.with_file_name("dmalab-campaign");
-            let status = std::process::Command::new(&campaign)
-                .args(&args)
-                .status()
-                .map_err(|e| {
-                    format!(
-                        "cannot run {}: {e} (build it with 'make artifacts')",
-                        campaign.display()
-                    )
-                })?;
-            if !status.success() {
-                return Err(format!("campaign failed ({status})"));
-            }
-        }
+        Cmd::Campaign { args } => harness_tool("dmalab-campaign", &args)?,
+        Cmd::Check { args } => harness_tool("dmalab-check", &args)?,
         Cmd::Oracle { dir, system_map } => oracle(&dir, system_map.as_deref())?,
         Cmd::Events { control, since } => {
             let v = ask(&control, json!({"cmd": "events", "since": since}))?;
@@ -217,6 +206,27 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Runs a tool of the VM harness, which lives in the dmalab-tests crate; its binaries are
+/// built next to this one (`make artifacts` builds them).
+fn harness_tool(name: &str, args: &[String]) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let tool = exe.with_file_name(name);
+    let status = std::process::Command::new(&tool)
+        .args(args)
+        .status()
+        .map_err(|e| {
+            format!(
+                "cannot run {}: {e} (build it with 'make artifacts')",
+                tool.display()
+            )
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{name} failed ({status})"))
+    }
 }
 
 /// Prints the oracle's findings in `dir`.

@@ -1,0 +1,358 @@
+//! `dmalab check --driver path/to/dmalab.ko`: grades a driver for the dmalab device that you
+//! bring (a rewrite, a C driver, a driver on a newer `kernel::dma`). It boots the VM with that
+//! module instead of ours, runs the checks of docs/contract.md level by level, and prints a
+//! report card; the exit status says pass or fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use dmalab_abi as abi;
+use dmalab_report::{Concurrent, Info, Insmod, Refused, Rmmod, Stats, Xfer};
+use dmalab_tests::vm::{run, Run, VmOptions};
+
+#[derive(clap::Parser, Debug)]
+#[command(about = "Grade a driver for the dmalab device (docs/contract.md)")]
+struct Args {
+    /// The module under test, built against the guest kernel (make prints its build directory)
+    #[arg(long)]
+    driver: PathBuf,
+    /// Run the checks of levels 1..=N only (1 binds, 2 transfers, 3 refusals, 4 faults,
+    /// 5 teardown, 6 DMA ownership)
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=6))]
+    level: u32,
+    /// Extra guest kernel command line (module parameters as dmalab.NAME=VALUE)
+    #[arg(long, default_value = "")]
+    append: String,
+}
+
+/// One graded check.
+struct Check {
+    level: u32,
+    name: &'static str,
+    /// Where the expected behaviour is explained.
+    see: &'static str,
+    result: Result<(), String>,
+}
+
+/// Runs one VM for `name` with `scenarios`, tuned by `tune`.
+fn boot(
+    args: &Args,
+    initramfs: &Path,
+    name: &str,
+    scenarios: &str,
+    tune: impl FnOnce(&mut VmOptions),
+) -> Run {
+    let mut o = VmOptions::new(&format!("check_{name}"), scenarios);
+    o.initramfs = Some(initramfs.to_path_buf());
+    o.append = args.append.clone();
+    tune(&mut o);
+    eprintln!("dmalab check: {name} ...");
+    run(&o)
+}
+
+/// Everything `Run::assert_clean` checks, as a result instead of a panic.
+fn clean(r: &Run) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.assert_clean())).map_err(|e| {
+        e.downcast_ref::<String>()
+            .map(|s| s.lines().next().unwrap_or("").to_string())
+            .unwrap_or_else(|| "the run was not clean".into())
+    })
+}
+
+fn ensure(cond: bool, why: impl Into<String>) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(why.into())
+    }
+}
+
+fn all_verified(r: &Run, min: usize) -> Result<(), String> {
+    let x = r.all::<Xfer>();
+    ensure(
+        x.len() >= min,
+        format!("{} transfers reported, expected {min}", x.len()),
+    )?;
+    match x.iter().find(|x| !x.ok()) {
+        Some(bad) => Err(format!(
+            "{} of {} bytes on queue {}: errno {}, status {}, verified {}",
+            bad.op, bad.len, bad.queue, bad.errno, bad.status, bad.verified
+        )),
+        None => Ok(()),
+    }
+}
+
+fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut add = |level, name, see, result| {
+        out.push(Check {
+            level,
+            name,
+            see,
+            result,
+        })
+    };
+    // 1: binds, identifies the device, unbinds
+    let r = boot(args, initramfs, "bind", "load,info,unload", |_| {});
+    add(1, "loads and creates /dev/dmalab0", "docs/contract.md#1", {
+        let ins = r.all::<Insmod>();
+        ensure(
+            ins.first().is_some_and(|i| i.ok),
+            "insmod failed or /dev/dmalab0 never appeared",
+        )
+    });
+    add(
+        1,
+        "IOC_INFO reports the ID and version registers",
+        "docs/datasheet.md#registers",
+        {
+            r.all::<Info>()
+                .first()
+                .map_or(Err("no IOC_INFO answer".into()), |i| {
+                    ensure(
+                        i.magic == abi::DEVICE_MAGIC
+                            && i.version >> 16 == u32::from(abi::VERSION_MAJOR),
+                        format!("ID {:#x} version {:#x}", i.magic, i.version),
+                    )
+                })
+        },
+    );
+    add(
+        1,
+        "unloads cleanly (kernel log, DMA-API debug, device account)",
+        "docs/contract.md#1",
+        {
+            ensure(
+                r.all::<Rmmod>()
+                    .first()
+                    .is_some_and(|m| m.ok && !m.still_loaded),
+                "rmmod failed",
+            )
+            .and_then(|_| clean(&r))
+        },
+    );
+    if args.level >= 2 {
+        let r = boot(
+            args,
+            initramfs,
+            "transfers",
+            "load,transfers,sg,concurrent,stats,unload",
+            |_| {},
+        );
+        add(
+            2,
+            "every opcode, size and queue, byte for byte",
+            "docs/datasheet.md#opcodes",
+            all_verified(&r, 25),
+        );
+        add(
+            2,
+            "concurrent requests on every queue",
+            "docs/contract.md#2",
+            {
+                r.all::<Concurrent>()
+                    .first()
+                    .map_or(Err("not run".into()), |c| {
+                        ensure(
+                            c.failed == 0,
+                            format!("{} of {} failed", c.failed, c.verified + c.failed),
+                        )
+                    })
+            },
+        );
+        add(
+            2,
+            "interrupts on every queue",
+            "docs/datasheet.md#interrupts",
+            {
+                r.all::<Stats>()
+                    .first()
+                    .map_or(Err("no IOC_STATS answer".into()), |s| {
+                        ensure(
+                            s.per_queue().iter().all(|q| q.completed > 0 && q.irqs > 0),
+                            "a queue saw no completion or no interrupt",
+                        )
+                    })
+            },
+        );
+        add(2, "the run is clean", "docs/contract.md#2", clean(&r));
+    }
+    if args.level >= 3 {
+        let r = boot(
+            args,
+            initramfs,
+            "refusals",
+            "load,errors,reset,unload",
+            |_| {},
+        );
+        add(
+            3,
+            "device refusals become errnos (INTERNAL_RANGE → ERANGE)",
+            "docs/driver.md#errors",
+            {
+                let f = r.all::<Refused>();
+                ensure(
+                    f.first().is_some_and(|x| x.errno == libc::ERANGE),
+                    format!("{:?}", f.first()),
+                )
+            },
+        );
+        add(
+            3,
+            "bad requests are refused with EINVAL before the device sees them",
+            "docs/contract.md#3",
+            {
+                let f = r.all::<Refused>();
+                ensure(
+                    f.len() == 3 && f[1].errno == libc::EINVAL && f[2].errno == libc::EINVAL,
+                    format!("{f:?}"),
+                )
+            },
+        );
+        add(3, "the run is clean", "docs/contract.md#3", clean(&r));
+    }
+    if args.level >= 4 {
+        let rules =
+            std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
+                .unwrap_or_default();
+        let mut o = VmOptions::new("check_faults", "load,campaign,stats,unload");
+        o.initramfs = Some(initramfs.to_path_buf());
+        o.faults = Some(dmalab_tests::campaign::with_seed(&rules, 1));
+        o.append = format!("dmalab.seed=1 dmalab.ops=120 {}", args.append);
+        eprintln!("dmalab check: faults ...");
+        let r = run(&o);
+        let faults = r.events("fault");
+        let xfers: Vec<&Xfer> = r
+            .all::<Xfer>()
+            .into_iter()
+            .filter(|x| x.scenario == "campaign")
+            .collect();
+        let verdicts = dmalab_tests::verdict::judge(&faults, &xfers);
+        let failed: Vec<_> = verdicts.iter().filter(|v| !v.pass).collect();
+        add(
+            4,
+            "every injected fault handled as docs/faults.md says",
+            "docs/faults.md",
+            {
+                ensure(!verdicts.is_empty(), "no fault was injected").and_then(|_| {
+                    match failed.first() {
+                        Some(v) => Err(format!(
+                            "{} of {}: {} expected {}, observed {}",
+                            failed.len(),
+                            verdicts.len(),
+                            v.kind,
+                            v.expected,
+                            v.observed
+                        )),
+                        None => Ok(()),
+                    }
+                })
+            },
+        );
+        add(
+            4,
+            "no request fails without a fault",
+            "docs/contract.md#4",
+            {
+                let u = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
+                ensure(u.is_empty(), format!("{} unexplained failures", u.len()))
+            },
+        );
+        add(4, "the run is clean", "docs/contract.md#4", clean(&r));
+    }
+    if args.level >= 5 {
+        let r = boot(
+            args,
+            initramfs,
+            "teardown",
+            "load,unbind_repeat,unload",
+            |o| {
+                o.append = format!("dmalab.rounds=6 {}", o.append);
+                o.faults = Some(
+                    "[[rule]]\nname = \"slow\"\nkind = \"delay_completion\"\nms = 20\n".into(),
+                );
+            },
+        );
+        add(5, "unbind with requests in flight: every waiter gets ENODEV, nothing touches the reset device", "docs/driver.md#binding", {
+            let b = r.all::<dmalab_report::UnbindBusy>();
+            ensure(
+                b.len() == 6 && b.iter().all(|x| x.other_errors == 0 && x.enodev == x.threads),
+                format!("{b:?}"),
+            )
+            .and_then(|_| clean(&r))
+        });
+    }
+    if args.level >= 6 {
+        let r = boot(
+            args,
+            initramfs,
+            "ownership",
+            "load,transfers,sg,unload",
+            |o| o.oracle = true,
+        );
+        add(
+            6,
+            "never touches memory the device owns",
+            "docs/oracle.md",
+            clean(&r),
+        );
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let args = <Args as clap::Parser>::parse();
+    let need = |n: &str| dmalab_tests::artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
+    let (kbuild, agent) = (need("kbuild"), need("agent"));
+    if !args.driver.exists() {
+        eprintln!(
+            "dmalab check: {} does not exist. Build your module against the guest kernel: make -C {} M=<your module dir> LLVM=-19 ARCH=x86_64 modules",
+            args.driver.display(),
+            kbuild.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let root = dmalab_tests::artifacts::root();
+    let dir = root.join("target/check");
+    let built = Command::new(root.join("scripts/build-initramfs.sh"))
+        .arg(&kbuild)
+        .arg(&agent)
+        .arg(&args.driver)
+        .arg(&dir)
+        .output();
+    let initramfs = match built {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        Ok(o) => {
+            eprintln!(
+                "dmalab check: initramfs: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("dmalab check: initramfs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = checks(&args, &initramfs);
+    println!("\n== dmalab check: {}", args.driver.display());
+    let mut passed = 0;
+    for c in &results {
+        match &c.result {
+            Ok(()) => {
+                passed += 1;
+                println!("  PASS  L{} {}", c.level, c.name);
+            }
+            Err(why) => println!("  FAIL  L{} {}: {why}  (see {})", c.level, c.name, c.see),
+        }
+    }
+    println!(
+        "  {passed}/{} checks passed; logs in target/e2e/check_*",
+        results.len()
+    );
+    if passed == results.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
