@@ -10,11 +10,6 @@ fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-/// Loads a module file (finit_module).
-pub fn insmod(path: &str) -> Result<(), String> {
-    insmod_with(path, "")
-}
-
 /// Loads a module file with module parameters (`name=value ...`).
 pub fn insmod_with(path: &str, params: &str) -> Result<(), String> {
     let f = File::open(path).map_err(|e| format!("open {path}: {e}"))?;

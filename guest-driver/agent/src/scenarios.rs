@@ -71,7 +71,7 @@ fn load(module: &str) -> Result<(), String> {
         return Ok(());
     }
     let t = Instant::now();
-    let r = dev::insmod(module);
+    let r = dev::insmod_with(module, &module_params());
     report(Report::Insmod(Insmod {
         ok: r.is_ok(),
         error: r.as_ref().err().map_or("", |e| e).to_string(),
@@ -186,6 +186,17 @@ fn dma_bug(module: &str) -> Result<(), String> {
     }
     drop(d);
     unload()
+}
+
+/// Module parameters from the kernel command line: `dmalab_module.NAME=VALUE` becomes
+/// `NAME=VALUE` (what modprobe does for `module.param`; the agent loads with finit_module).
+fn module_params() -> String {
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.strip_prefix("dmalab_module."))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn unload() -> Result<(), String> {

@@ -20,7 +20,7 @@ struct Args {
     /// 5 teardown, 6 DMA ownership)
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=6))]
     level: u32,
-    /// Extra guest kernel command line (module parameters as dmalab.NAME=VALUE)
+    /// Extra guest kernel command line (module parameters as dmalab_module.NAME=VALUE)
     #[arg(long, default_value = "")]
     append: String,
 }
@@ -53,8 +53,16 @@ fn boot(
 /// Everything `Run::assert_clean` checks, as a result instead of a panic.
 fn clean(r: &Run) -> Result<(), String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.assert_clean())).map_err(|e| {
+        // the message's first line says what, the next one names the first instance
         e.downcast_ref::<String>()
-            .map(|s| s.lines().next().unwrap_or("").to_string())
+            .map(|s| {
+                let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+                let what = lines.next().unwrap_or("");
+                match lines.next() {
+                    Some(first) if !first.starts_with("logs kept") => format!("{what} {first}"),
+                    _ => what.to_string(),
+                }
+            })
             .unwrap_or_else(|| "the run was not clean".into())
     })
 }
