@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Deliberate DMA bugs, for the ownership oracle's end-to-end test (`docs/oracle.md`): each
-//! is one classic mistake a driver makes with memory the device owns. Off unless the module
-//! parameter `dma_bug` names one; never use them for anything else.
+//! Deliberate bugs, each one classic mistake of a DMA driver, for the tests that prove the
+//! ownership oracle (`docs/oracle.md`, bugs 1-5) and `dmalab check` (`docs/contract.md`)
+//! catch them. Off unless the module parameter `dma_bug` names one; never use them for
+//! anything else.
 
 use kernel::{
     dma::Coherent,
@@ -30,6 +31,12 @@ pub(crate) enum DmaBug {
     /// Gives the buffers back as soon as the request is posted, so the next request reuses
     /// them while the device still works on the first.
     ReuseBuffer,
+    /// Ignores the completion's status: an error completion looks like success.
+    IgnoreStatus,
+    /// Matches a completion to the oldest request in flight instead of by its tag.
+    MatchByPosition,
+    /// Leaks the rings and bounce buffers at unbind.
+    LeakOnUnbind,
 }
 
 impl DmaBug {
@@ -41,6 +48,9 @@ impl DmaBug {
             3 => DmaBug::FreeOnTimeout,
             4 => DmaBug::RewriteDescriptor,
             5 => DmaBug::ReuseBuffer,
+            6 => DmaBug::IgnoreStatus,
+            7 => DmaBug::MatchByPosition,
+            8 => DmaBug::LeakOnUnbind,
             _ => DmaBug::None,
         }
     }

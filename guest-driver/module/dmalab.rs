@@ -465,7 +465,7 @@ kernel::module_pci_driver! {
         },
         dma_bug: u32 {
             default: 0,
-            description: "Testing only: commit DMA bug N (1..=5, see bugs.rs) for the ownership oracle",
+            description: "Testing only: commit bug N (1..=8, see bugs.rs) for the oracle and dmalab check tests",
         },
     },
 }

@@ -16,6 +16,7 @@ use kernel::{
 };
 
 use crate::abi::{self, Completion, DeviceInfo, Stats, Status};
+use crate::bugs::DmaBug;
 use crate::pool::Pool;
 use crate::regs;
 use crate::ring::{program_queue, reset_queue, slot_of, RingState, SlotState};
@@ -142,7 +143,17 @@ impl DevState {
                     st.phase = !st.phase;
                 }
                 moved = true;
-                let (s, generation) = slot_of(c.tag);
+                let (s, generation) = if DmaBug::active() == DmaBug::MatchByPosition {
+                    // bug: the oldest request in flight, whatever the completion's tag says
+                    st.slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, x)| matches!(x.state, SlotState::InFlight))
+                        .max_by_key(|(_, x)| x.start.map_or(0, |t| t.elapsed().as_nanos()))
+                        .map_or((usize::MAX, 0), |(i, x)| (i, x.generation))
+                } else {
+                    slot_of(c.tag)
+                };
                 match st.slots.get_mut(s) {
                     Some(slot)
                         if matches!(slot.state, SlotState::InFlight)
@@ -229,9 +240,15 @@ impl DevState {
             };
             q.ring_cv.notify_all();
             q.pool_cv.notify_all();
+            let blocks = q.pool.lock().blocks.take();
+            if DmaBug::active() == DmaBug::LeakOnUnbind {
+                // bug: never freed
+                core::mem::forget(rings);
+                core::mem::forget(blocks);
+                continue;
+            }
             // `dma_free_attrs` must not run with interrupts off: drop outside the spinlock.
             drop(rings);
-            let blocks = q.pool.lock().blocks.take();
             drop(blocks);
         }
     }

@@ -512,3 +512,35 @@ fn dmalab_check_grades_the_reference_driver_as_passing() {
         "{card}"
     );
 }
+
+#[test]
+fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
+    // our module with one deliberate bug each (module parameter dma_bug, guest-driver/module/
+    // bugs.rs): the checker must fail exactly the check that is about that bug
+    let module = dmalab_tests::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
+    for (bug, level, check) in [
+        (8, "1", "unloads cleanly"),
+        (6, "3", "device refusals become errnos"),
+        (7, "4", "completions are matched by tag"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
+            .args([
+                "--level",
+                level,
+                "--append",
+                &format!("dmalab_module.dma_bug={bug}"),
+            ])
+            .arg("--driver")
+            .arg(&module)
+            .output()
+            .expect("run dmalab-check");
+        let card = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success()
+                && card
+                    .lines()
+                    .any(|l| l.contains("FAIL") && l.contains(check)),
+            "dma_bug={bug}: expected the check '{check}' to fail:\n{card}"
+        );
+    }
+}

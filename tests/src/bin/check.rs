@@ -267,6 +267,31 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
             },
         );
         add(4, "the run is clean", "docs/contract.md#4", clean(&r));
+        let r = boot(args, initramfs, "reorder", "load,concurrent,unload", |o| {
+            o.faults = Some(
+                "[[rule]]\nname = \"reorder\"\nkind = \"out_of_order\"\nprobability = 0.3\n".into(),
+            );
+        });
+        add(
+            4,
+            "completions are matched by tag, not by position",
+            "docs/datasheet.md#completions",
+            {
+                r.all::<Concurrent>()
+                    .first()
+                    .map_or(Err("not run".into()), |c| {
+                        ensure(
+                            c.failed == 0,
+                            format!(
+                                "{} of {} requests got another request's completion",
+                                c.failed,
+                                c.verified + c.failed
+                            ),
+                        )
+                    })
+                    .and_then(|_| clean(&r))
+            },
+        );
     }
     if args.level >= 5 {
         let r = boot(
