@@ -44,6 +44,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "probe_unwind" => probe_unwind(module),
         "dma_bug" => dma_bug(module),
         "serial_copies" => serial_copies(),
+        "overlap" => overlap(),
         "hostile" => {
             crate::hostile::hostile(&bound_device()?)?;
             let o = verified(&Dev::open(0)?, abi::OP_COPY, 0, 65536, 0, 5, 0);
@@ -111,6 +112,21 @@ fn module_symbols() {
         module: "dmalab".into(),
         symbols,
     }));
+}
+
+/// Two COPYs on queue 0, the second posted 1 s after the first while the host holds the first
+/// one's completion back (and writes it twice): each must get its own completion, by tag.
+fn overlap() -> Result<(), String> {
+    let first = std::thread::spawn(|| -> Result<Outcome, String> {
+        let d = Dev::open(0)?;
+        Ok(verified(&d, abi::OP_COPY, 0, 4000, 0, 1, 0))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let second = verified(&Dev::open(0)?, abi::OP_COPY, 0, 8192, 0, 2, 0);
+    let first = first.join().map_err(|_| "thread panicked")??;
+    report_xfer(&first, "overlap_first");
+    report_xfer(&second, "overlap_second");
+    Ok(())
 }
 
 /// `dmalab.ops` COPYs of `dmalab.len` bytes (defaults 300 and 4096) on queue 0, one at a time
