@@ -6,11 +6,43 @@ use dmalab_report::Xfer;
 
 use crate::verdict::Verdict;
 
-fn esc(s: &str) -> String {
+/// `s` with HTML's special characters escaped.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// The report card of `dmalab check`: one row per check (level, name, pass or the reason it
+/// failed, where the expected behaviour is explained).
+pub fn report_card(driver: &str, rows: &[(u32, &str, Result<(), String>, &str)]) -> String {
+    let passed = rows.iter().filter(|r| r.2.is_ok()).count();
+    let mut h = format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>dmalab check</title><style>\
+         body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eee}}\
+         .pass{{color:#070}}.fail{{color:#b00;font-weight:bold}}</style></head><body>\
+         <h1>dmalab check</h1><p>{}: {passed} of {} checks passed</p><table><tr><th>level</th>\
+         <th>check</th><th>result</th><th>see</th></tr>",
+        esc(driver),
+        rows.len()
+    );
+    for (level, name, result, see) in rows {
+        let (class, text) = match result {
+            Ok(()) => ("pass", "pass".to_string()),
+            Err(why) => ("fail", format!("FAIL: {why}")),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{level}</td><td>{}</td><td class={class}>{}</td><td>{}</td></tr>",
+            esc(name),
+            esc(&text),
+            esc(see)
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    h
 }
 
 /// Renders the timeline (one row per queue: each request a mark, faults and failures coloured)
@@ -127,6 +159,23 @@ pub fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_report_card_lists_every_check_escaped() {
+        let rows = [
+            (1, "loads", Ok(()), "docs/contract.md"),
+            (
+                6,
+                "owns <nothing>",
+                Err("a & b".to_string()),
+                "docs/oracle.md",
+            ),
+        ];
+        let h = report_card("my.ko", &rows);
+        assert!(h.contains("1 of 2 checks passed"), "{h}");
+        assert!(h.contains("owns &lt;nothing&gt;") && h.contains("FAIL: a &amp; b"));
+        assert!(!h.contains("<script"));
+    }
     use serde_json::json;
 
     #[test]

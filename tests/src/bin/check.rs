@@ -381,6 +381,16 @@ fn main() -> ExitCode {
             Err(why) => println!("  FAIL  L{} {}: {why}  (see {})", c.level, c.name, c.see),
         }
     }
+    let rows: Vec<_> = results
+        .iter()
+        .map(|c| (c.level, c.name, c.result.clone(), c.see))
+        .collect();
+    let page = dmalab_tests::html::report_card(&args.driver.display().to_string(), &rows);
+    let html = dir.join("report.html");
+    match std::fs::write(&html, page) {
+        Ok(()) => println!("  report: {}", html.display()),
+        Err(e) => eprintln!("dmalab check: cannot write {}: {e}", html.display()),
+    }
     println!(
         "  {passed}/{} checks passed; logs in target/e2e/check_*",
         results.len()
