@@ -53,20 +53,12 @@ impl Symbols {
     /// Kernel symbols from `system_map` (if readable) and `(module, [(address, name)])` for
     /// each loaded module.
     pub fn new(system_map: Option<&Path>, modules: &[(&str, &[(u64, String)])]) -> Symbols {
-        let mut table = Vec::new();
-        if let Some(text) = system_map.and_then(|p| std::fs::read_to_string(p).ok()) {
-            for l in text.lines() {
-                let mut f = l.split_whitespace();
-                let (Some(a), Some(k), Some(n)) = (f.next(), f.next(), f.next()) else {
-                    continue;
-                };
-                if matches!(k, "t" | "T" | "w" | "W") {
-                    if let Ok(a) = u64::from_str_radix(a, 16) {
-                        table.push((a, n.to_string()));
-                    }
-                }
-            }
-        }
+        let text = system_map
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        let mut table: Vec<(u64, String)> = text_symbols(&text)
+            .map(|(a, n)| (a, n.to_string()))
+            .collect();
         for (module, symbols) in modules {
             for (a, n) in symbols.iter() {
                 table.push((*a, format!("{n} [{module}]")));
@@ -132,14 +124,21 @@ pub fn io_ranges(system_map: &Path) -> String {
 /// The plugin's `syscall=` argument for `count=on`: the system-call entry's address (hex).
 pub fn syscall_entry(system_map: &Path) -> String {
     let text = std::fs::read_to_string(system_map).unwrap_or_default();
-    text.lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let a = f.next()?;
-            let _kind = f.next()?;
-            (f.next()? == "entry_SYSCALL_64").then(|| a.to_string())
-        })
-        .unwrap_or_default()
+    let entry = text_symbols(&text)
+        .find(|(_, n)| *n == "entry_SYSCALL_64")
+        .map_or(String::new(), |(a, _)| format!("{a:x}"));
+    entry
+}
+
+/// The (address, name) of each code symbol in a `System.map` text (types t, T, w, W).
+fn text_symbols(system_map: &str) -> impl Iterator<Item = (u64, &str)> {
+    system_map.lines().filter_map(|l| {
+        let mut f = l.split_whitespace();
+        let a = u64::from_str_radix(f.next()?, 16).ok()?;
+        let k = f.next()?;
+        let n = f.next()?;
+        matches!(k, "t" | "T" | "w" | "W").then_some((a, n))
+    })
 }
 
 /// `start-end:...` of the text symbols of `system_map` that `wanted` picks.
@@ -147,16 +146,7 @@ fn ranges_of(system_map: &Path, wanted: impl Fn(&str) -> bool) -> String {
     let Ok(text) = std::fs::read_to_string(system_map) else {
         return String::new();
     };
-    let mut text_syms: Vec<(u64, &str)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let a = u64::from_str_radix(f.next()?, 16).ok()?;
-            let k = f.next()?;
-            let n = f.next()?;
-            matches!(k, "t" | "T" | "w" | "W").then_some((a, n))
-        })
-        .collect();
+    let mut text_syms: Vec<(u64, &str)> = text_symbols(&text).collect();
     text_syms.sort();
     let mut ranges = Vec::new();
     for (i, (a, n)) in text_syms.iter().enumerate() {

@@ -230,11 +230,6 @@ impl Publisher {
         self.close(|_| true);
     }
 
-    /// The live windows (for tests and the control socket).
-    pub fn live(&self) -> Vec<Window> {
-        self.windows.lock().unwrap().clone()
-    }
-
     fn close(&self, mut gone: impl FnMut(&Window) -> bool) {
         let mut w = self.windows.lock().unwrap();
         let before = w.len();

@@ -190,7 +190,7 @@ pub struct Xfer {
 impl Xfer {
     /// Submitted, completed with OK and verified byte for byte.
     pub fn ok(&self) -> bool {
-        self.errno == 0 && self.status == 0 && self.verified
+        self.errno == 0 && self.status == u32::from(abi::Status::Ok.raw()) && self.verified
     }
 }
 

@@ -16,7 +16,7 @@ pub struct Campaign {
 }
 
 /// The campaign's own requests among everything the agent reported.
-fn campaign_xfers(run: &Run) -> Vec<&Xfer> {
+pub fn campaign_xfers(run: &Run) -> Vec<&Xfer> {
     run.all::<Xfer>()
         .into_iter()
         .filter(|x| x.scenario == "campaign")

@@ -369,8 +369,9 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
             .and_then(|(_, q)| q.try_wait().ok().flatten());
         let reports = report_tail.poll();
         for line in tail.poll().into_iter().chain(reports) {
-            if let Some(Ok(r)) = Report::in_line(&line) {
-                if opts.echo.iter().any(|k| *k == r.kind()) {
+            if let Some(Ok(r)) = Report::in_line(&line).filter(|_| !opts.echo.is_empty()) {
+                let kind = r.kind();
+                if opts.echo.iter().any(|k| *k == kind) {
                     eprintln!("  [{:>4}s] {}", t0.elapsed().as_secs(), r.line());
                 }
             }

@@ -24,10 +24,7 @@ fn assert_transfers_verified(r: &Run, min: usize) {
         ),
     );
     for x in &xfers {
-        r.check(
-            x.errno == 0 && x.status == u32::from(Status::Ok.raw()) && x.verified,
-            &format!("transfer failed: {x:?}"),
-        );
+        r.check(x.ok(), &format!("transfer failed: {x:?}"));
     }
 }
 

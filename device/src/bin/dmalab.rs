@@ -232,21 +232,17 @@ fn harness_tool(name: &str, args: &[String]) -> Result<(), String> {
 /// Prints the oracle's findings in `dir`.
 fn oracle(dir: &std::path::Path, system_map: Option<&std::path::Path>) -> Result<(), String> {
     use dmalab_ownership::findings::{read, Symbols};
-    // the agent reports where the module was loaded: {"kind":"module_symbols",...}
+    use dmalab_report::{Kind, ModuleSymbols, Report};
+    // the agent reports where the module was loaded, after each load
     let reports = std::fs::read_to_string(dir.join("reports.log")).unwrap_or_default();
-    let loads: Vec<(String, Vec<(u64, String)>)> = reports
+    let loads: Vec<Report> = reports
         .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l.split_once(' ')?.1.trim()).ok())
-        .filter(|v| v["kind"] == "module_symbols")
-        .filter_map(|v| {
-            let module = v["module"].as_str()?.to_string();
-            let symbols = serde_json::from_value(v["symbols"].clone()).ok()?;
-            Some((module, symbols))
-        })
+        .filter_map(|l| Report::in_line(l)?.ok())
         .collect();
     let modules: Vec<(&str, &[(u64, String)])> = loads
         .iter()
-        .map(|(m, s)| (m.as_str(), s.as_slice()))
+        .filter_map(ModuleSymbols::of)
+        .map(|m| (m.module.as_str(), m.symbols.as_slice()))
         .collect();
     let symbols = Symbols::new(system_map, &modules);
     let found = read(dir, &symbols)

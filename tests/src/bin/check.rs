@@ -223,18 +223,18 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
         let rules =
             std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
                 .unwrap_or_default();
-        let mut o = VmOptions::new("check_faults", "load,campaign,stats,unload");
-        o.initramfs = Some(initramfs.to_path_buf());
-        o.faults = Some(dmalab_tests::campaign::with_seed(&rules, 1));
-        o.append = format!("dmalab.seed=1 dmalab.ops=120 {}", args.append);
-        eprintln!("dmalab check: faults ...");
-        let r = run(&o);
+        let r = boot(
+            args,
+            initramfs,
+            "faults",
+            "load,campaign,stats,unload",
+            |o| {
+                o.faults = Some(dmalab_tests::campaign::with_seed(&rules, 1));
+                o.append = format!("dmalab.seed=1 dmalab.ops=120 {}", o.append);
+            },
+        );
         let faults = r.events("fault");
-        let xfers: Vec<&Xfer> = r
-            .all::<Xfer>()
-            .into_iter()
-            .filter(|x| x.scenario == "campaign")
-            .collect();
+        let xfers = dmalab_tests::campaign::campaign_xfers(&r);
         let verdicts = dmalab_tests::verdict::judge(&faults, &xfers);
         let failed: Vec<_> = verdicts.iter().filter(|v| !v.pass).collect();
         add(
