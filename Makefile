@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
 
-.PHONY: bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver clean
+.PHONY: bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver exercises check-step clean
 
 all: artifacts
 
@@ -93,6 +93,18 @@ bench: bench-oracle
 # What the DMA ownership oracle costs: the same guest work with it off and on (docs/oracle.md).
 bench-oracle: artifacts
 	@cargo run --release -q -p dmalab-tests --bin dmalab-oracle-cost
+
+# The tutorial ladder (docs/tutorial/): build every step's solution and skeleton.
+exercises: kernel
+	@for d in exercises/solutions/step* exercises/skeletons/step*; do \
+		scripts/build-exercise.sh "$$(cat $(P)/kbuild)" "$$d" >/dev/null || exit 1; \
+		echo "built $$d"; done
+
+# Grade a tutorial module: make check-step STEP=N [DIR=your module dir, default the skeleton].
+check-step: artifacts
+	@[ -n "$(STEP)" ] || { echo "usage: make check-step STEP=N [DIR=module dir]"; exit 2; }
+	@ko=$$(scripts/build-exercise.sh "$$(cat $(P)/kbuild)" "$(or $(DIR),exercises/skeletons/step$(STEP))") \
+		&& target/release/dmalab-check --step $(STEP) --driver "$$ko"
 
 clean:
 	cargo clean

@@ -62,6 +62,40 @@ pub const REG_IRQ_CAUSE: usize = 0x030;
 /// RO: largest transfer length per descriptor in bytes ([`MAX_TRANSFER`]).
 pub const REG_CAP_MAX_XFER: usize = 0x034;
 
+/// RW: direct transfer source, bits 31:0: a guest bus address, or an internal-memory offset
+/// (by opcode, as a descriptor's `src`). The direct block is edu-style DMA: one transfer at a
+/// time, started by a register write and polled for, no rings, no interrupt.
+pub const REG_DMA_SRC_LO: usize = 0x040;
+/// RW: direct transfer source, bits 63:32.
+pub const REG_DMA_SRC_HI: usize = 0x044;
+/// RW: direct transfer destination, bits 31:0 (as a descriptor's `dst`).
+pub const REG_DMA_DST_LO: usize = 0x048;
+/// RW: direct transfer destination, bits 63:32.
+pub const REG_DMA_DST_HI: usize = 0x04c;
+/// RW: direct transfer length in bytes (1..=[`MAX_TRANSFER`]).
+pub const REG_DMA_LEN: usize = 0x050;
+/// RW: direct transfer FILL pattern (0 for other opcodes).
+pub const REG_DMA_PATTERN: usize = 0x054;
+/// WO (reads 0): bits 7:0 an `OP_*` opcode; the write starts the transfer. Bits 31:8 reserved.
+pub const REG_DMA_CMD: usize = 0x058;
+/// RO: direct transfer status ([`DMA_STATUS_BUSY`], [`DMA_STATUS_DONE`], bits 31:16 a `CS_*`
+/// code once done).
+pub const REG_DMA_STATUS: usize = 0x05c;
+/// RO: the finished transfer's result (the CRC32C for [`OP_CHECKSUM`], else 0).
+pub const REG_DMA_RESULT: usize = 0x060;
+/// RO: bytes the finished transfer moved.
+pub const REG_DMA_BYTES: usize = 0x064;
+
+/// [`REG_DMA_STATUS`] bit 0: a transfer is running; its registers refuse writes.
+pub const DMA_STATUS_BUSY: u32 = 1 << 0;
+/// [`REG_DMA_STATUS`] bit 1: the last transfer finished; bits 31:16 hold its `CS_*` status.
+pub const DMA_STATUS_DONE: u32 = 1 << 1;
+/// [`REG_DMA_STATUS`]: shift of the `CS_*` status code.
+pub const DMA_STATUS_CODE_SHIFT: u32 = 16;
+/// The direct block's number where a queue's would be: in the event log's `queue` fields and in
+/// fault rules (`queue = 8`).
+pub const DIRECT_QUEUE: u16 = MAX_QUEUES as u16;
+
 /// [`REG_DEV_CTRL`] bit 0: write 1 to reset the whole device; reads back 0 once done.
 pub const CTRL_RESET: u32 = 1 << 0;
 /// [`REG_DEV_STATUS`] bit 0: the device is out of reset and accepts work.
@@ -206,6 +240,37 @@ macro_rules! bar0_registers {
             }
             /// Largest transfer per descriptor in bytes.
             pub CAP_MAX_XFER(u32) @ 0x034 { 31:0 bytes; }
+
+            /// Direct transfer source address, bits 31:0.
+            pub DMA_SRC_LO(u32) @ 0x040 { 31:0 addr; }
+            /// Direct transfer source address, bits 63:32.
+            pub DMA_SRC_HI(u32) @ 0x044 { 31:0 addr; }
+            /// Direct transfer destination address, bits 31:0.
+            pub DMA_DST_LO(u32) @ 0x048 { 31:0 addr; }
+            /// Direct transfer destination address, bits 63:32.
+            pub DMA_DST_HI(u32) @ 0x04c { 31:0 addr; }
+            /// Direct transfer length in bytes.
+            pub DMA_LEN(u32) @ 0x050 { 31:0 bytes; }
+            /// Direct transfer FILL pattern.
+            pub DMA_PATTERN(u32) @ 0x054 { 31:0 pattern; }
+            /// Direct transfer command: writing it starts the transfer.
+            pub DMA_CMD(u32) @ 0x058 {
+                /// An `OP_*` opcode.
+                7:0 opcode;
+            }
+            /// Direct transfer status.
+            pub DMA_STATUS(u32) @ 0x05c {
+                /// The finished transfer's `CS_*` status (valid with `done`).
+                31:16 code;
+                /// The last transfer finished ([`DMA_STATUS_DONE`]).
+                1:1 done => bool;
+                /// A transfer is running ([`DMA_STATUS_BUSY`]).
+                0:0 busy => bool;
+            }
+            /// The finished transfer's result word.
+            pub DMA_RESULT(u32) @ 0x060 { 31:0 value; }
+            /// Bytes the finished transfer moved.
+            pub DMA_BYTES(u32) @ 0x064 { 31:0 bytes; }
 
             /// Queue q: submission ring address, bits 31:0 (64-byte aligned).
             pub Q_SQ_BASE_LO(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x100 { 31:0 addr; }

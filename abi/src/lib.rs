@@ -79,6 +79,16 @@ mod tests {
             ("IRQ_COALESCE", REG_IRQ_COALESCE),
             ("IRQ_CAUSE", REG_IRQ_CAUSE),
             ("CAP_MAX_XFER", REG_CAP_MAX_XFER),
+            ("DMA_SRC_LO", REG_DMA_SRC_LO),
+            ("DMA_SRC_HI", REG_DMA_SRC_HI),
+            ("DMA_DST_LO", REG_DMA_DST_LO),
+            ("DMA_DST_HI", REG_DMA_DST_HI),
+            ("DMA_LEN", REG_DMA_LEN),
+            ("DMA_PATTERN", REG_DMA_PATTERN),
+            ("DMA_CMD", REG_DMA_CMD),
+            ("DMA_STATUS", REG_DMA_STATUS),
+            ("DMA_RESULT", REG_DMA_RESULT),
+            ("DMA_BYTES", REG_DMA_BYTES),
         ];
         let queue = [
             ("Q_SQ_BASE_LO", Q_SQ_BASE_LO),
@@ -135,6 +145,10 @@ mod tests {
             ("VERSION", "minor", 0xffff),
             ("IRQ_COALESCE", "count", 0xffff),
             ("IRQ_COALESCE", "time_us", 0xffff_0000),
+            ("DMA_STATUS", "busy", DMA_STATUS_BUSY),
+            ("DMA_STATUS", "done", DMA_STATUS_DONE),
+            ("DMA_STATUS", "code", 0xffff << DMA_STATUS_CODE_SHIFT),
+            ("DMA_CMD", "opcode", 0xff),
         ];
         for (r, f, mask) in bits {
             assert_eq!(reg(r).mask(f), mask, "{r}.{f}");

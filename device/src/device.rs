@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use dmalab_abi as abi;
 use log::{debug, warn};
 
+use crate::direct::{self, DirectShared};
 use crate::engine::InternalMemory;
 use crate::eventlog::{Event, EventLog};
 use crate::faults::{Injector, RuleSet};
@@ -70,6 +71,7 @@ impl Device {
         let internal = InternalMemory::new(cfg.internal_mem)?;
         let (queues, receivers): (Vec<_>, Vec<_>) =
             (0..cfg.queues).map(|_| QueueShared::new()).unzip();
+        let (direct, direct_rx) = DirectShared::new();
         let shared = Arc::new(Shared {
             mem,
             irq,
@@ -77,13 +79,14 @@ impl Device {
             internal,
             faults: Injector::new(&cfg.faults),
             queues,
+            direct,
             error: AtomicU32::new(0),
             status: AtomicU32::new(DevStatus::new().with_ready(true).into_bits()),
             coalesce: AtomicU32::new(0),
             irq_cause: AtomicU32::new(0),
             oracle: std::sync::OnceLock::new(),
         });
-        let workers = receivers
+        let mut workers = receivers
             .into_iter()
             .enumerate()
             .map(|(i, rx)| {
@@ -92,7 +95,13 @@ impl Device {
                     .name(format!("dmalab-q{i}"))
                     .spawn(move || w.run())
             })
-            .collect::<std::io::Result<_>>()?;
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let s = shared.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name("dmalab-direct".into())
+                .spawn(move || direct::run(s, direct_rx))?,
+        );
         Ok(Self { shared, workers })
     }
 
@@ -210,6 +219,7 @@ impl Device {
             abi::REG_IRQ_COALESCE => s.coalesce.load(Ordering::SeqCst),
             abi::REG_IRQ_CAUSE => s.irq_cause.load(Ordering::SeqCst),
             abi::REG_CAP_MAX_XFER => abi::MAX_TRANSFER,
+            abi::REG_DMA_SRC_LO..=abi::REG_DMA_BYTES => s.direct.read(off),
             o if (abi::QUEUE_BASE..abi::QUEUE_BASE + abi::QUEUE_STRIDE * s.queues.len())
                 .contains(&o) =>
             {
@@ -252,6 +262,7 @@ impl Device {
                 s.error.fetch_and(!v, Ordering::SeqCst);
             }
             abi::REG_IRQ_COALESCE => s.coalesce.store(v, Ordering::SeqCst),
+            abi::REG_DMA_SRC_LO..=abi::REG_DMA_BYTES => self.write_direct(off, v),
             abi::REG_IRQ_CAUSE => {
                 s.irq_cause.fetch_and(!v, Ordering::SeqCst);
             }
@@ -275,6 +286,36 @@ impl Device {
         });
         self.shared
             .set_error(ErrorBits::new().with_bad_doorbell(true));
+    }
+
+    fn write_direct(&self, reg: usize, v: u32) {
+        let s = &self.shared;
+        if matches!(
+            reg,
+            abi::REG_DMA_STATUS | abi::REG_DMA_RESULT | abi::REG_DMA_BYTES
+        ) {
+            return debug!("direct block: write to read-only register {reg:#x} ignored");
+        }
+        match s.direct.write(reg, v) {
+            Err(direct::Busy) => self.bad_doorbell(format!(
+                "direct transfer: register {reg:#x} written while a transfer runs"
+            )),
+            Ok(Some(d)) => {
+                if let Some(o) = s.oracle.get() {
+                    // Published before the MMIO write completes (see mmio_write): the guest
+                    // cannot touch the buffers before the oracle knows the device owns them.
+                    let view = s.mem.view();
+                    o.open(&crate::ownership::windows_of_descriptor(
+                        &view,
+                        abi::DIRECT_QUEUE,
+                        0,
+                        &d,
+                        None,
+                    ));
+                }
+            }
+            Ok(None) => {}
+        }
     }
 
     fn write_queue(&self, qi: usize, reg: usize, v: u32) {
@@ -413,6 +454,7 @@ impl Device {
         for q in &s.queues {
             discarded += q.reset();
         }
+        s.direct.reset();
         if let Some(o) = s.oracle.get() {
             o.close_all();
         }
@@ -438,6 +480,7 @@ impl Device {
         for q in &self.shared.queues {
             q.stop();
         }
+        self.shared.direct.stop();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }

@@ -2,10 +2,14 @@
 //! the worker step that applies them: fetch, execute, result, complete, interrupt. A new fault
 //! kind adds one arm to [`FaultPlan::add`] and is applied at one of these hook points.
 
-use dmalab_abi as abi;
+use std::sync::atomic::Ordering;
+
+use dmalab_abi::{self as abi, Descriptor};
 
 use crate::engine::Tweak;
-use crate::faults::{self, FaultKind};
+use crate::eventlog::Event;
+use crate::faults::{self, FaultKind, Occurrence};
+use crate::shared::Shared;
 
 /// Right after the descriptor is fetched.
 #[derive(Debug, Default)]
@@ -65,6 +69,31 @@ pub(crate) struct FaultPlan {
 }
 
 impl FaultPlan {
+    /// Asks the injector about descriptor `d`, fetched from slot `index` of `queue` (or the
+    /// direct block's transfer number `index`, with `queue` [`abi::DIRECT_QUEUE`]), logs every
+    /// fault that fires and folds them into one plan.
+    pub fn for_descriptor(dev: &Shared, queue: u16, index: u32, d: &Descriptor) -> Self {
+        let mut plan = Self::default();
+        let occ = Occurrence {
+            queue,
+            index,
+            opcode: d.opcode,
+            len: d.len,
+        };
+        for inj in dev.faults.on_descriptor(occ) {
+            dev.log.counters.faults.fetch_add(1, Ordering::Relaxed);
+            dev.log.record(|| Event::Fault {
+                queue,
+                index,
+                tag: d.tag,
+                rule: inj.rule.clone(),
+                fault: inj.kind,
+            });
+            plan.add(inj.kind);
+        }
+        plan
+    }
+
     /// Folds one injected fault into the plan. Sums are capped at the per-rule limits, so many
     /// rules together cannot exceed what one may ask for.
     pub fn add(&mut self, kind: FaultKind) {

@@ -371,11 +371,11 @@ impl RuleSet {
                 }
             }
             if let Some(q) = r.queue {
-                if usize::from(q) >= abi::MAX_QUEUES {
+                if q > abi::DIRECT_QUEUE {
                     return Err(bad(
                         "queue",
                         q.to_string(),
-                        "beyond the largest queue index (7)",
+                        "beyond the largest queue index (7) and the direct block (8)",
                     ));
                 }
             }

@@ -177,6 +177,18 @@ fn settle(dev: &Device, q: usize, tail: u32) {
     }
 }
 
+/// A DMA_CMD write is coming: the destination the direct block's registers name now may be
+/// written (as the harness reads them back, whatever wrote them).
+fn allow_direct(dev: &Device, guest: &mut Guest) {
+    let read = |reg: usize| {
+        let mut b = [0u8; 4];
+        dev.mmio_read(reg as u64, &mut b);
+        u64::from(u32::from_le_bytes(b))
+    };
+    let dst = read(abi::REG_DMA_DST_LO) | read(abi::REG_DMA_DST_HI) << 32;
+    guest.allow(dst, read(abi::REG_DMA_LEN));
+}
+
 /// BAR0 register writes plus descriptor, SG-list and ring contents, against guest RAM full of
 /// canaries: fails on a panic, a hang, or any write to a byte that nothing names.
 pub fn bar_and_rings(data: &[u8]) {
@@ -218,6 +230,9 @@ pub fn bar_and_rings(data: &[u8]) {
             1 => {
                 let off = (u64::from(input.u16()) % abi::BAR0_SIZE as u64) & !3;
                 let v = input.u32();
+                if off == abi::REG_DMA_CMD as u64 {
+                    allow_direct(dev, guest);
+                }
                 dev.mmio_write(off, &v.to_le_bytes());
             }
             // Enable, disable or reset the queue.
@@ -275,12 +290,27 @@ pub fn bar_and_rings(data: &[u8]) {
                 dev.mmio_write(reg(abi::Q_CQ_HEAD) as u64, &v.to_le_bytes());
                 settle(dev, q, tails[q]);
             }
-            // Device-level registers: reset, error clear, coalescing.
+            // Device-level registers: reset, error clear, coalescing; a direct transfer.
             _ => {
-                let (r, v) = match input.u8() % 3 {
+                let (r, v) = match input.u8() % 4 {
                     0 => (abi::REG_DEV_CTRL, input.u32()),
                     1 => (abi::REG_ERROR, input.u32()),
-                    _ => (abi::REG_IRQ_COALESCE, input.u32() & 0x00ff_00ff),
+                    2 => (abi::REG_IRQ_COALESCE, input.u32() & 0x00ff_00ff),
+                    _ => {
+                        let (src, dst) = (input.addr(), input.addr());
+                        for (r, v) in [
+                            (abi::REG_DMA_SRC_LO, src as u32),
+                            (abi::REG_DMA_SRC_HI, (src >> 32) as u32),
+                            (abi::REG_DMA_DST_LO, dst as u32),
+                            (abi::REG_DMA_DST_HI, (dst >> 32) as u32),
+                            (abi::REG_DMA_LEN, input.len()),
+                            (abi::REG_DMA_PATTERN, input.u32()),
+                        ] {
+                            dev.mmio_write(r as u64, &v.to_le_bytes());
+                        }
+                        allow_direct(dev, guest);
+                        (abi::REG_DMA_CMD, u32::from(input.u8() % 7))
+                    }
                 };
                 dev.mmio_write(r as u64, &v.to_le_bytes());
             }

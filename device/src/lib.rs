@@ -14,6 +14,7 @@
 #[allow(unsafe_code)]
 pub mod control;
 pub mod device;
+mod direct;
 mod engine;
 pub mod eventlog;
 mod fault_plan;

@@ -6,7 +6,7 @@
 //! the scatter-gather lists it names (the CPU must not write them), the buffers the device reads
 //! (the CPU must not write them) and the buffers it writes (the CPU must not touch them).
 
-use dmalab_abi::{self as abi, Opcode};
+use dmalab_abi::{self as abi, Descriptor, Opcode};
 use dmalab_ownership::{Kind, Window};
 
 use crate::memory::MemView;
@@ -23,7 +23,24 @@ pub(crate) fn windows_of(view: &MemView, queue: u16, slot: u32, desc_addr: u64) 
     if view.read(desc_addr, &mut raw).is_err() {
         return Vec::new();
     }
-    let d = wire::decode_descriptor(&raw);
+    windows_of_descriptor(
+        view,
+        queue,
+        slot,
+        &wire::decode_descriptor(&raw),
+        Some(desc_addr),
+    )
+}
+
+/// The windows of descriptor `d` as the device will use it: its ring slot at `desc_addr` (none
+/// for a direct transfer, whose operands are registers), its SG lists and its buffers.
+pub(crate) fn windows_of_descriptor(
+    view: &MemView,
+    queue: u16,
+    slot: u32,
+    d: &Descriptor,
+    desc_addr: Option<u64>,
+) -> Vec<Window> {
     let mut out = Vec::new();
     let mut add = |addr: u64, len: u64, kind: Kind| {
         for (start, len) in view.physical(addr, len) {
@@ -39,7 +56,9 @@ pub(crate) fn windows_of(view: &MemView, queue: u16, slot: u32, desc_addr: u64) 
             }
         }
     };
-    add(desc_addr, abi::DESC_SIZE as u64, Kind::Descriptor);
+    if let Some(a) = desc_addr {
+        add(a, abi::DESC_SIZE as u64, Kind::Descriptor);
+    }
     let Some(op) = Opcode::from_raw(d.opcode) else {
         return out;
     };

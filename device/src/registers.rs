@@ -44,6 +44,17 @@ pub struct IrqCoalesce {
     pub time_us: u16,
 }
 
+/// `REG_DMA_STATUS`.
+#[bitfield(u32)]
+pub struct DmaStatus {
+    pub busy: bool,
+    pub done: bool,
+    #[bits(14)]
+    __: u16,
+    /// The finished transfer's `CS_*` status.
+    pub code: u16,
+}
+
 /// Queue `Q_CTRL`.
 #[bitfield(u32)]
 pub struct QueueCtrl {
@@ -71,6 +82,9 @@ const _: () = {
     assert!(ErrorBits::new().with_bad_doorbell(true).into_bits() == abi::ERR_BAD_DOORBELL);
     assert!(ErrorBits::new().with_dma_violation(true).into_bits() == abi::ERR_DMA_VIOLATION);
     assert!(ErrorBits::new().with_fatal(true).into_bits() == abi::ERR_FATAL);
+    assert!(DmaStatus::new().with_busy(true).into_bits() == abi::DMA_STATUS_BUSY);
+    assert!(DmaStatus::new().with_done(true).into_bits() == abi::DMA_STATUS_DONE);
+    assert!(DmaStatus::new().with_code(1).into_bits() == 1 << abi::DMA_STATUS_CODE_SHIFT);
     assert!(QueueCtrl::new().with_enable(true).into_bits() == abi::QCTRL_ENABLE);
     assert!(QueueCtrl::new().with_reset(true).into_bits() == abi::QCTRL_RESET);
     assert!(QueueStatus::new().with_enabled(true).into_bits() == abi::QSTATUS_ENABLED);

@@ -4,14 +4,16 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use dmalab_abi as abi;
+use dmalab_abi::{self as abi, Descriptor};
 
+use crate::direct::DirectShared;
 use crate::engine::InternalMemory;
 use crate::eventlog::{Event, EventLog};
 use crate::faults::Injector;
 use crate::interrupts::InterruptSink;
-use crate::memory::DmaMemory;
+use crate::memory::{Dir, DmaMemory, MemView};
 use crate::queue::QueueShared;
 use crate::registers::{DevStatus, ErrorBits};
 
@@ -24,6 +26,8 @@ pub struct Shared {
     /// Fault rules and their counters.
     pub faults: Injector,
     pub(crate) queues: Vec<QueueShared>,
+    /// The direct-transfer block (`DMA_*` registers).
+    pub(crate) direct: DirectShared,
     pub(crate) error: AtomicU32,
     pub(crate) status: AtomicU32,
     pub(crate) coalesce: AtomicU32,
@@ -52,6 +56,35 @@ impl Shared {
         self.raise(q, abi::irq_cause_queue(usize::from(q)));
     }
 
+    /// A faulty device reaching past descriptor `d` of `queue` (an injected `dma_outside`):
+    /// the model refuses the access (nothing is written) and reports it as a DMA violation.
+    pub(crate) fn dma_outside(
+        &self,
+        view: &MemView,
+        queue: u16,
+        d: &Descriptor,
+        offset: u64,
+        len: u64,
+    ) {
+        // just past the descriptor's guest-memory side (its destination if it writes the guest)
+        let writes_guest = abi::Opcode::from_raw(d.opcode).is_some_and(abi::Opcode::dst_in_guest);
+        let base = if writes_guest { d.dst } else { d.src };
+        let addr = base.wrapping_add(u64::from(d.len)).wrapping_add(offset);
+        let mapped = view.slices(addr, len, Dir::ToGuest).is_ok();
+        let what = format!(
+            "queue {queue}: refused a device DMA of {len} bytes at {addr:#x}, outside descriptor {} ({})",
+            d.tag,
+            if mapped { "mapped guest memory" } else { "unmapped IOVA" }
+        );
+        self.log.record(|| Event::Error {
+            queue: Some(queue),
+            tag: Some(d.tag),
+            status: None,
+            what,
+        });
+        self.set_error(ErrorBits::new().with_dma_violation(true));
+    }
+
     /// Sets sticky error bits and raises the error vector.
     pub(crate) fn set_error(&self, bits: ErrorBits) {
         self.error.fetch_or(bits.into_bits(), Ordering::SeqCst);
@@ -62,5 +95,21 @@ impl Shared {
             );
         }
         self.raise(self.nqueues(), abi::IRQ_CAUSE_ERROR);
+    }
+}
+
+/// Sleeps for `d` unless `stop` says so first (checked every 5 ms); true if it slept it all.
+/// Injected delays wait here, so that a reset cuts them short.
+pub(crate) fn sleep_unless(d: Duration, stop: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if stop() {
+            return false;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(5)));
     }
 }

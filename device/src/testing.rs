@@ -261,6 +261,46 @@ impl Rig {
         ok
     }
 
+    /// Starts a direct transfer (DMA_* registers) with `d`'s operands and the command word
+    /// `cmd` (the opcode, maybe with reserved bits).
+    pub fn direct_start(&self, d: &Descriptor, cmd: u32) {
+        self.write32(abi::REG_DMA_SRC_LO, d.src as u32);
+        self.write32(abi::REG_DMA_SRC_HI, (d.src >> 32) as u32);
+        self.write32(abi::REG_DMA_DST_LO, d.dst as u32);
+        self.write32(abi::REG_DMA_DST_HI, (d.dst >> 32) as u32);
+        self.write32(abi::REG_DMA_LEN, d.len);
+        self.write32(abi::REG_DMA_PATTERN, d.pattern);
+        self.write32(abi::REG_DMA_CMD, cmd);
+    }
+
+    /// Polls DMA_STATUS until DONE, for at most `limit`: the finished transfer's (status,
+    /// result, bytes), or `None` if it was still busy.
+    pub fn direct_wait(&self, limit: Duration) -> Option<(u16, u32, u32)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.read32(abi::REG_DMA_STATUS);
+            if s & abi::DMA_STATUS_DONE != 0 {
+                assert_eq!(s & abi::DMA_STATUS_BUSY, 0, "DONE and BUSY at once");
+                return Some((
+                    (s >> abi::DMA_STATUS_CODE_SHIFT) as u16,
+                    self.read32(abi::REG_DMA_RESULT),
+                    self.read32(abi::REG_DMA_BYTES),
+                ));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// One direct transfer of `d` (its opcode as the command), waited for up to 30 s.
+    pub fn direct(&self, d: &Descriptor) -> (u16, u32, u32) {
+        self.direct_start(d, u32::from(d.opcode));
+        self.direct_wait(Duration::from_secs(30))
+            .expect("direct transfer not done after 30 s")
+    }
+
     /// Submits one descriptor and waits for its completion.
     pub fn run_one(&self, ring: &mut Ring, d: Descriptor) -> Completion {
         self.submit(ring, &[d]);

@@ -6,17 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use dmalab_abi::{self as abi, Completion, Descriptor};
+use dmalab_abi::{self as abi, Completion};
 
 use crate::engine::{self, Ctx, Outcome};
 use crate::eventlog::Event;
 use crate::fault_plan::FaultPlan;
-use crate::faults::Occurrence;
 use crate::interrupts::Coalescer;
-use crate::memory::{Dir, MemView};
+use crate::memory::MemView;
 use crate::queue::{Msg, QueueShared};
 use crate::registers::{ErrorBits, IrqCoalesce};
-use crate::shared::Shared;
+use crate::shared::{sleep_unless, Shared};
 use crate::wire;
 
 /// The worker of queue `index`.
@@ -152,7 +151,7 @@ impl Worker {
                 tag: d.tag,
                 len: d.len,
             });
-            let plan = self.fault_plan(&d, r.sq_head);
+            let plan = FaultPlan::for_descriptor(&self.dev, q, r.sq_head, &d);
             if plan.fetch.spurious_irq {
                 self.dev.raise_queue_irq(q);
             }
@@ -193,7 +192,7 @@ impl Worker {
                     .set_error(ErrorBits::new().with_dma_violation(true));
             }
             if let Some((offset, len)) = plan.result.outside {
-                self.dma_outside(&view, &d, offset, len);
+                self.dev.dma_outside(&view, q, &d, offset, len);
             }
             if plan.result.unreported_short {
                 out.bytes = d.len;
@@ -223,9 +222,8 @@ impl Worker {
                 // and a reset cuts the wait short: the completion is then discarded with the
                 // rest of the queue.
                 drop(view);
-                if !self
-                    .sleep_unless_reset(Duration::from_millis(u64::from(plan.complete.delay_ms)))
-                {
+                let delay = Duration::from_millis(u64::from(plan.complete.delay_ms));
+                if !sleep_unless(delay, || self.queue().reset_requested()) {
                     break;
                 }
                 view = self.view();
@@ -267,21 +265,6 @@ impl Worker {
         // An idle worker holds no view, so an unmap never waits for it.
         self.view = None;
         self.dev.log.flush();
-    }
-
-    /// Sleeps for `d` unless a reset of the queue is requested first; true if it slept it all.
-    fn sleep_unless_reset(&self, d: Duration) -> bool {
-        let end = Instant::now() + d;
-        loop {
-            if self.queue().reset_requested() {
-                return false;
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return true;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(5)));
-        }
     }
 
     fn has_cq_space(&self) -> bool {
@@ -363,54 +346,6 @@ impl Worker {
             self.raise();
         }
         true
-    }
-
-    /// Asks the injector about a fetched descriptor and folds its answer into one plan.
-    fn fault_plan(&self, d: &Descriptor, index: u32) -> FaultPlan {
-        let mut plan = FaultPlan::default();
-        let q = self.index;
-        let occ = Occurrence {
-            queue: q,
-            index,
-            opcode: d.opcode,
-            len: d.len,
-        };
-        for inj in self.dev.faults.on_descriptor(occ) {
-            self.dev.log.counters.faults.fetch_add(1, Ordering::Relaxed);
-            self.dev.log.record(|| Event::Fault {
-                queue: q,
-                index,
-                tag: d.tag,
-                rule: inj.rule.clone(),
-                fault: inj.kind,
-            });
-            plan.add(inj.kind);
-        }
-        plan
-    }
-
-    /// A faulty device reaching past its descriptor: the model refuses the access (nothing is
-    /// written) and reports it as a DMA violation.
-    fn dma_outside(&self, view: &MemView, d: &Descriptor, offset: u64, len: u64) {
-        // just past the descriptor's guest-memory side (its destination if it writes the guest)
-        let writes_guest = abi::Opcode::from_raw(d.opcode).is_some_and(abi::Opcode::dst_in_guest);
-        let base = if writes_guest { d.dst } else { d.src };
-        let addr = base.wrapping_add(u64::from(d.len)).wrapping_add(offset);
-        let mapped = view.slices(addr, len, Dir::ToGuest).is_ok();
-        let what = format!(
-            "queue {}: refused a device DMA of {len} bytes at {addr:#x}, outside descriptor {} ({})",
-            self.index,
-            d.tag,
-            if mapped { "mapped guest memory" } else { "unmapped IOVA" }
-        );
-        self.dev.log.record(|| Event::Error {
-            queue: Some(self.index),
-            tag: Some(d.tag),
-            status: None,
-            what,
-        });
-        self.dev
-            .set_error(ErrorBits::new().with_dma_violation(true));
     }
 
     fn halt(&mut self, bits: ErrorBits, what: String) {

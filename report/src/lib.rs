@@ -29,6 +29,8 @@ pub enum Report {
     Insmod(Insmod),
     /// The driver module was unloaded.
     Rmmod(Rmmod),
+    /// Which driver the dmalab device is bound to, and its PCI command register.
+    Bound(Bound),
     /// The DMA-API debug error count at some point.
     DmaApi(DmaApi),
     /// `IOC_INFO`.
@@ -124,6 +126,26 @@ pub struct Rmmod {
     pub error: String,
     /// The module is still listed in `/proc/modules` afterwards.
     pub still_loaded: bool,
+}
+
+/// See [`Report::Bound`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bound {
+    /// When it was looked at (`loaded`, `unloaded`).
+    pub when: String,
+    /// The PCI address of the dmalab device (`0000:00:03.0`).
+    pub bdf: String,
+    /// The name of the driver bound to it, if any.
+    pub driver: Option<String>,
+    /// Its PCI command register (bit 1 memory space, bit 2 bus master).
+    pub command: u16,
+}
+
+impl Bound {
+    /// The command register enables memory decoding and bus mastering.
+    pub fn enabled(&self) -> bool {
+        self.command & 0b110 == 0b110
+    }
 }
 
 /// See [`Report::DmaApi`].
@@ -460,6 +482,7 @@ kinds! {
     Done => Done, "done";
     Insmod => Insmod, "insmod";
     Rmmod => Rmmod, "rmmod";
+    Bound => Bound, "bound";
     DmaApi => DmaApi, "dma_api";
     Info => Info, "info";
     Xfer => Xfer, "xfer";

@@ -7,6 +7,7 @@ pub mod campaign;
 pub mod html;
 pub mod kernel_log;
 pub mod oracle;
+pub mod tutorial;
 pub mod verdict;
 pub mod vm;
 

@@ -541,3 +541,74 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
         );
     }
 }
+
+/// Builds a tutorial module directory against the guest kernel; the path of its .ko.
+fn build_exercise(dir: &std::path::Path) -> std::path::PathBuf {
+    let kbuild = dmalab_tests::artifacts::path("kbuild").unwrap_or_else(|e| panic!("{e}"));
+    let root = dmalab_tests::artifacts::root();
+    let out = std::process::Command::new(root.join("scripts/build-exercise.sh"))
+        .arg(&kbuild)
+        .arg(dir)
+        .output()
+        .expect("run build-exercise.sh");
+    assert!(
+        out.status.success(),
+        "{} does not build:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// `dmalab check --step N` on a module: (passed, report card).
+fn check_step(step: u32, module: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
+        .args(["--step", &step.to_string(), "--driver"])
+        .arg(module)
+        .output()
+        .expect("run dmalab-check");
+    let card = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("dmalab check"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    (out.status.success(), card)
+}
+
+#[test]
+fn every_tutorial_solution_passes_its_step_and_every_skeleton_fails_it_helpfully() {
+    let root = dmalab_tests::artifacts::root();
+    let mut steps = 0;
+    for step in 1..=dmalab_tests::tutorial::STEPS {
+        let solution = dmalab_tests::tutorial::solution_dir(&root, step);
+        if !solution.exists() {
+            continue;
+        }
+        steps += 1;
+        // the solution passes every check of steps 1..=N
+        let (passed, card) = check_step(step, &build_exercise(&solution));
+        assert!(
+            passed && !card.contains("FAIL"),
+            "the step {step} solution fails its step:\n{card}"
+        );
+        // the skeleton as given fails, and every failure says why and where to read up
+        let skeleton = dmalab_tests::tutorial::skeleton_dir(&root, step);
+        let (passed, card) = check_step(step, &build_exercise(&skeleton));
+        let fails: Vec<&str> = card.lines().filter(|l| l.contains("FAIL")).collect();
+        assert!(
+            !passed && !fails.is_empty(),
+            "the step {step} skeleton passes its step:\n{card}"
+        );
+        for l in fails {
+            assert!(
+                l.contains(": ") && l.contains("(see docs/"),
+                "step {step} skeleton: a failure without a reason or a pointer: {l}"
+            );
+        }
+    }
+    assert!(steps >= 2, "no tutorial solutions found");
+}

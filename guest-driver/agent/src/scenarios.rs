@@ -18,6 +18,8 @@ const FAULT_TIMEOUT_MS: u32 = 5000;
 pub fn run(name: &str, module: &str) -> Result<(), String> {
     match name {
         "load" => load(module),
+        "bind" => bind(module),
+        "basic" => basic(),
         "unload" => unload(),
         "firstlight" => {
             load(module)?;
@@ -90,6 +92,63 @@ fn load(module: &str) -> Result<(), String> {
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Ladder step 1: loads the module (which need not create `/dev/dmalab0`), reports the driver
+/// bound to the device and its command register, unloads it and reports again.
+fn bind(module: &str) -> Result<(), String> {
+    let bdf = dev::dmalab_devices()
+        .into_iter()
+        .next()
+        .ok_or("no dmalab device on the PCI bus")?;
+    let look = |when: &str| {
+        let driver = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver"))
+            .ok()
+            .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()));
+        let config =
+            std::fs::read(format!("/sys/bus/pci/devices/{bdf}/config")).unwrap_or_default();
+        let command = config
+            .get(4..6)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+        report(Report::Bound(Bound {
+            when: when.into(),
+            bdf: bdf.clone(),
+            driver,
+            command,
+        }));
+    };
+    let t = Instant::now();
+    let r = dev::insmod_with(module, &module_params());
+    report(Report::Insmod(Insmod {
+        ok: r.is_ok(),
+        error: r.as_ref().err().map_or("", |e| e).to_string(),
+        us: t.elapsed().as_micros() as u64,
+    }));
+    r?;
+    module_symbols();
+    look("loaded");
+    dma_api("loaded");
+    unload()?;
+    look("unloaded");
+    Ok(())
+}
+
+/// Ladder steps 2 and 3: every opcode on queue 0 at a few sizes up to 64 KiB, one request at a
+/// time, then 100 small COPYs in a row (more than a ring of a few dozen entries holds, so a
+/// ring driver must wrap its rings and follow the completion phase).
+fn basic() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    for (i, &len) in [1usize, 100, 4096, 65536].iter().enumerate() {
+        for op in OPS {
+            let o = verified(&d, op, 0, len, 0, (i * 7) as u32 + u32::from(op), 0);
+            report_xfer(&o, "basic");
+        }
+    }
+    for i in 0..100 {
+        let o = verified(&d, abi::OP_COPY, 0, 512, 0, 1000 + i, 0);
+        report_xfer(&o, "basic_wrap");
     }
     Ok(())
 }

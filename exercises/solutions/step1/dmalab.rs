@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! dmalab tutorial, step 1: bind to the device, enable it, check what it is, unbind cleanly.
+//! The chapter is docs/tutorial/01-bind.md; `dmalab check --step 1` grades this module.
+
+use kernel::{device::Core, io::Io, pci, prelude::*};
+
+/// The device's registers, constants and ioctl structures (docs/datasheet.md), shared verbatim
+/// with the device model and the test agent.
+#[macro_use]
+pub mod abi {
+    include!("../../../abi/regs.rs");
+}
+
+mod regs;
+
+/// BAR0 as the driver sees it: a mapped I/O region of exactly the datasheet's size, so every
+/// register access is bounds-checked at compile time.
+type Bar0<'a> = pci::Bar<'a, { abi::BAR0_SIZE }>;
+
+struct DmalabDriver;
+
+// ANCHOR: data
+/// What one bound device owns. Dropping it (on unbind) undoes the binding: the BAR is unmapped
+/// and its region released.
+struct DmalabData<'bound> {
+    _bar: Bar0<'bound>,
+    pdev: &'bound pci::Device,
+}
+// ANCHOR_END: data
+
+// ANCHOR: table
+kernel::pci_device_table!(
+    PCI_TABLE,
+    <DmalabDriver as pci::Driver>::IdInfo,
+    [(
+        pci::DeviceId::from_id(pci::Vendor::REDHAT, abi::PCI_DEVICE_ID as u32),
+        ()
+    )]
+);
+// ANCHOR_END: table
+
+// ANCHOR: probe
+/// Binds one device: enable it, map BAR0, check the ID and VERSION registers.
+fn probe<'bound>(pdev: &'bound pci::Device<Core<'_>>) -> Result<DmalabData<'bound>> {
+    // EXERCISE: Enable the device (memory decoding and bus mastering), map BAR0 and read its
+    // ID and VERSION registers. Refuse (ENODEV) a device whose ID is not DEVICE_MAGIC or whose
+    // major version is not VERSION_MAJOR, and say why with dev_err!. On success, log the
+    // version as "v<major>.<minor>" with dev_info! and keep the BAR in DmalabData.
+    // STUB: dev_err!(pdev, "step 1: probe() is not written yet (see its TODO)\n");
+    // STUB: Err(ENOSYS)
+    pdev.enable_device_mem()?;
+    pdev.set_master();
+    let bar = pdev.iomap_region_sized::<{ abi::BAR0_SIZE }>(0, c"dmalab")?;
+
+    let magic = bar.read(regs::ID).magic().get();
+    if magic != abi::DEVICE_MAGIC {
+        dev_err!(pdev, "not a dmalab device: ID reads {:#x}\n", magic);
+        return Err(ENODEV);
+    }
+    let version = bar.read(regs::VERSION);
+    let (major, minor) = (version.major().get(), version.minor().get());
+    if major != u32::from(abi::VERSION_MAJOR) {
+        dev_err!(
+            pdev,
+            "interface v{}.{} is not supported (this driver speaks v{}.x)\n",
+            major,
+            minor,
+            abi::VERSION_MAJOR
+        );
+        return Err(ENODEV);
+    }
+    dev_info!(pdev, "dmalab device v{}.{} bound\n", major, minor);
+    Ok(DmalabData { _bar: bar, pdev })
+    // END EXERCISE
+}
+// ANCHOR_END: probe
+
+impl pci::Driver for DmalabDriver {
+    type IdInfo = ();
+    type Data<'bound> = DmalabData<'bound>;
+    const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
+
+    fn probe<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+        _info: Option<&'bound Self::IdInfo>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        probe(pdev)
+    }
+}
+
+// ANCHOR: unbind
+impl Drop for DmalabData<'_> {
+    /// Runs on unbind (and rmmod), before the fields drop and release the BAR.
+    fn drop(&mut self) {
+        dev_info!(self.pdev, "dmalab device unbound\n");
+    }
+}
+// ANCHOR_END: unbind
+
+kernel::module_pci_driver! {
+    type: DmalabDriver,
+    name: "dmalab",
+    authors: ["dmalab developers"],
+    description: "dmalab tutorial, step 1: bind and identify",
+    license: "GPL v2",
+}

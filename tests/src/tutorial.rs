@@ -1,0 +1,313 @@
+//! The tutorial ladder's sources stay in one place: the reference solutions in
+//! `exercises/solutions/stepN/`. The skeletons in `exercises/skeletons/stepN/` and the code
+//! listings in `docs/tutorial/*.md` are made from them, and the unit tests check that what is
+//! committed is what would be made (`DMALAB_BLESS=1 cargo test -p dmalab-tests --lib tutorial`
+//! rewrites both after a solution changed).
+//!
+//! Markers in a solution file:
+//!
+//! ```text
+//!     // EXERCISE: what to write, for the student (continued on further `// ` lines)
+//!     // STUB: code the skeleton has instead (compiles, and fails the step's checks)
+//!     ...the solution...
+//!     // END EXERCISE
+//!
+//! // ANCHOR: name          a listing a chapter includes
+//! // ANCHOR_END: name
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// Steps of the ladder.
+pub const STEPS: u32 = 8;
+
+const EXERCISE: &str = "// EXERCISE: ";
+const STUB: &str = "// STUB: ";
+const END_EXERCISE: &str = "// END EXERCISE";
+const ANCHOR: &str = "// ANCHOR: ";
+const ANCHOR_END: &str = "// ANCHOR_END: ";
+
+fn is_anchor(line: &str) -> bool {
+    let t = line.trim_start();
+    t.starts_with(ANCHOR) || t.starts_with(ANCHOR_END)
+}
+
+/// The skeleton of a solution file of step `step`: each exercise region becomes its TODO text
+/// and its stub; anchors go. Errors name the line of a malformed region.
+pub fn skeleton_of(solution: &str, step: u32) -> Result<String, String> {
+    let mut out = String::new();
+    let mut lines = solution.lines().enumerate().peekable();
+    while let Some((n, line)) = lines.next() {
+        let t = line.trim_start();
+        let indent = &line[..line.len() - t.len()];
+        if is_anchor(line) {
+            continue;
+        }
+        if t.starts_with(END_EXERCISE) || t.starts_with(STUB) {
+            return Err(format!("line {}: `{t}` outside an exercise", n + 1));
+        }
+        let Some(what) = t.strip_prefix(EXERCISE) else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        out.push_str(&format!("{indent}// TODO(step {step}): {what}\n"));
+        // the rest of the text, then the stub
+        while let Some((_, l)) = lines.peek() {
+            let lt = l.trim_start();
+            if lt.starts_with("// ") && !lt.starts_with(STUB) && !lt.starts_with(END_EXERCISE) {
+                out.push_str(l);
+                out.push('\n');
+                lines.next();
+            } else {
+                break;
+            }
+        }
+        let mut stub = false;
+        while let Some((_, l)) = lines.peek() {
+            let Some(code) = l.trim_start().strip_prefix(STUB) else {
+                break;
+            };
+            out.push_str(&format!("{indent}{code}\n"));
+            stub = true;
+            lines.next();
+        }
+        if !stub {
+            return Err(format!(
+                "line {}: an exercise without a `// STUB:` line",
+                n + 1
+            ));
+        }
+        loop {
+            match lines.next() {
+                Some((_, l)) if l.trim_start().starts_with(END_EXERCISE) => break,
+                Some((m, l)) if l.trim_start().starts_with(EXERCISE) => {
+                    return Err(format!("line {}: `{}` inside an exercise", m + 1, l.trim()))
+                }
+                Some(_) => {}
+                None => return Err(format!("line {}: exercise never ends", n + 1)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The code between `// ANCHOR: name` and `// ANCHOR_END: name` of a solution file, with other
+/// anchors and the exercise markers left out and the common indentation removed.
+pub fn listing(solution: &str, name: &str) -> Option<String> {
+    let start = format!("{ANCHOR}{name}");
+    let end = format!("{ANCHOR_END}{name}");
+    let mut lines = solution.lines();
+    lines.by_ref().find(|l| l.trim() == start)?;
+    let mut body: Vec<String> = Vec::new();
+    for l in lines.by_ref() {
+        if l.trim() == end {
+            let indent = body
+                .iter()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.len() - l.trim_start().len())
+                .min()
+                .unwrap_or(0);
+            let text: Vec<&str> = body
+                .iter()
+                .map(|l| l.get(indent..).unwrap_or(l.trim_start()))
+                .collect();
+            return Some(text.join("\n") + "\n");
+        }
+        let t = l.trim_start();
+        if is_anchor(l) || t.starts_with(STUB) || t.starts_with(END_EXERCISE) {
+            continue;
+        }
+        let indent = &l[..l.len() - t.len()];
+        body.push(match t.strip_prefix(EXERCISE) {
+            Some(what) => format!("{indent}// You write: {what}"),
+            None => l.to_string(),
+        });
+    }
+    None
+}
+
+/// The marker line before a listing in a chapter: `<!-- listing PATH ANCHOR -->`.
+const LISTING: &str = "<!-- listing ";
+
+/// A chapter with every listing replaced by the current text of its anchor (paths relative to
+/// `root`). Errors name a listing whose file or anchor does not exist or that has no code block.
+pub fn refresh_chapter(chapter: &str, root: &Path) -> Result<String, String> {
+    let mut out = String::new();
+    let mut lines = chapter.lines();
+    while let Some(line) = lines.next() {
+        out.push_str(line);
+        out.push('\n');
+        let Some(spec) = line
+            .strip_prefix(LISTING)
+            .and_then(|s| s.strip_suffix(" -->"))
+        else {
+            continue;
+        };
+        let (path, anchor) = spec
+            .split_once(' ')
+            .ok_or_else(|| format!("`{line}`: want `<!-- listing PATH ANCHOR -->`"))?;
+        let text = std::fs::read_to_string(root.join(path)).map_err(|e| format!("{path}: {e}"))?;
+        let code =
+            listing(&text, anchor).ok_or_else(|| format!("{path} has no anchor {anchor}"))?;
+        match lines.next() {
+            Some(fence) if fence.starts_with("```") => {}
+            _ => return Err(format!("`{line}` is not followed by a code block")),
+        }
+        for l in lines.by_ref() {
+            if l.starts_with("```") {
+                break;
+            }
+        }
+        out.push_str("```rust\n");
+        out.push_str(&code);
+        out.push_str("```\n");
+    }
+    Ok(out)
+}
+
+/// `exercises/solutions/stepN` under `root`.
+pub fn solution_dir(root: &Path, step: u32) -> PathBuf {
+    root.join(format!("exercises/solutions/step{step}"))
+}
+
+/// `exercises/skeletons/stepN` under `root`.
+pub fn skeleton_dir(root: &Path, step: u32) -> PathBuf {
+    root.join(format!("exercises/skeletons/step{step}"))
+}
+
+/// Every file a step's skeleton directory should hold, with its contents (made from the
+/// solution directory: `.rs` files through [`skeleton_of`], others copied).
+pub fn skeleton_files(root: &Path, step: u32) -> Result<Vec<(String, String)>, String> {
+    let dir = solution_dir(root, step);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".rs") || n == "Kbuild" || n == "Makefile")
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(dir.join(&n)).map_err(|e| format!("{n}: {e}"))?;
+            let body = if n.ends_with(".rs") {
+                skeleton_of(&text, step).map_err(|e| format!("step {step} {n}: {e}"))?
+            } else {
+                text
+            };
+            Ok((n, body))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOLUTION: &str = "\
+fn probe() -> Result {
+    // ANCHOR: body
+    let x = 1;
+    // EXERCISE: Read the ID register.
+    // Then check it.
+    // STUB: Err(ENOSYS)
+    let id = read();
+    check(id)
+    // END EXERCISE
+    // ANCHOR_END: body
+}
+";
+
+    #[test]
+    fn a_skeleton_keeps_the_text_and_the_stub_and_drops_the_solution() {
+        let s = skeleton_of(SOLUTION, 1).unwrap();
+        assert_eq!(
+            s,
+            "fn probe() -> Result {\n    let x = 1;\n    // TODO(step 1): Read the ID register.\n    // Then check it.\n    Err(ENOSYS)\n}\n"
+        );
+    }
+
+    #[test]
+    fn malformed_exercises_are_named() {
+        let no_stub = "// EXERCISE: a\nx();\n// END EXERCISE\n";
+        assert!(skeleton_of(no_stub, 1)
+            .unwrap_err()
+            .contains("without a `// STUB:`"));
+        let open = "// EXERCISE: a\n// STUB: x\ny();\n";
+        assert!(skeleton_of(open, 1).unwrap_err().contains("never ends"));
+        assert!(skeleton_of("// END EXERCISE\n", 1)
+            .unwrap_err()
+            .contains("outside"));
+    }
+
+    #[test]
+    fn a_listing_is_the_anchor_without_markers() {
+        assert_eq!(
+            listing(SOLUTION, "body").unwrap(),
+            "let x = 1;\n// You write: Read the ID register.\n// Then check it.\nlet id = read();\ncheck(id)\n"
+        );
+        assert!(listing(SOLUTION, "nothing").is_none());
+    }
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    fn bless() -> bool {
+        std::env::var_os("DMALAB_BLESS").is_some()
+    }
+
+    /// The committed skeletons are made from the committed solutions.
+    #[test]
+    fn every_skeleton_is_made_from_its_solution() {
+        let root = root();
+        for step in 1..=STEPS {
+            if !solution_dir(&root, step).exists() {
+                continue;
+            }
+            let dir = skeleton_dir(&root, step);
+            for (name, want) in skeleton_files(&root, step).unwrap() {
+                let path = dir.join(&name);
+                if bless() {
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::fs::write(&path, &want).unwrap();
+                    continue;
+                }
+                let have = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    have == want,
+                    "{} is not made from its solution: run DMALAB_BLESS=1 cargo test -p dmalab-tests --lib tutorial",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    /// Every chapter's listings are the current text of the solution files they name.
+    #[test]
+    fn every_listing_is_the_solution_text() {
+        let root = root();
+        let dir = root.join("docs/tutorial");
+        let mut chapters: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "md"))
+            .collect();
+        chapters.sort();
+        assert!(!chapters.is_empty());
+        for path in chapters {
+            let have = std::fs::read_to_string(&path).unwrap();
+            let want =
+                refresh_chapter(&have, &root).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if bless() {
+                std::fs::write(&path, want).unwrap();
+                continue;
+            }
+            assert!(
+                have == want,
+                "{}: a listing differs from its solution file: run DMALAB_BLESS=1 cargo test -p dmalab-tests --lib tutorial",
+                path.display()
+            );
+        }
+    }
+}
