@@ -140,15 +140,26 @@ fn bind(module: &str) -> Result<(), String> {
 /// ring driver must wrap its rings and follow the completion phase).
 fn basic() -> Result<(), String> {
     let d = Dev::open(0)?;
+    // A module under construction fails the same way every time (often after a timeout):
+    // the first failure is reported and the scenario stops there.
+    let one = |op, len, seed, scenario| {
+        let o = verified(&d, op, 0, len, 0, seed, 0);
+        report_xfer(&o, scenario);
+        if o.verified {
+            Ok(())
+        } else {
+            Err(format!(
+                "stopped after the first failed transfer ({scenario})"
+            ))
+        }
+    };
     for (i, &len) in [1usize, 100, 4096, 65536].iter().enumerate() {
         for op in OPS {
-            let o = verified(&d, op, 0, len, 0, (i * 7) as u32 + u32::from(op), 0);
-            report_xfer(&o, "basic");
+            one(op, len, (i * 7) as u32 + u32::from(op), "basic")?;
         }
     }
     for i in 0..100 {
-        let o = verified(&d, abi::OP_COPY, 0, 512, 0, 1000 + i, 0);
-        report_xfer(&o, "basic_wrap");
+        one(abi::OP_COPY, 512, 1000 + i, "basic_wrap")?;
     }
     Ok(())
 }

@@ -151,7 +151,7 @@ fn all_verified_in(r: &Run, scenario: &str, min: usize) -> Result<(), String> {
         None => ensure(
             x.len() >= min,
             format!(
-                "{} transfers reported, expected {min}{}",
+                "{} transfers reported, expected {min} (the agent stops at the first failure){}",
                 x.len(),
                 driver_complaints(r)
             ),
@@ -172,12 +172,7 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
             result,
         })
     };
-    let scenarios = if step >= 2 {
-        "bind,load,basic,unload"
-    } else {
-        "bind"
-    };
-    let r = boot(args, initramfs, &format!("step{step}"), scenarios, |_| {});
+    let r = boot(args, initramfs, "step1", "bind", |_| {});
     let bound = |when: &str| {
         r.all::<dmalab_report::Bound>()
             .into_iter()
@@ -260,6 +255,13 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
         },
     );
     if step >= 2 {
+        let r = boot(
+            args,
+            initramfs,
+            &format!("step{step}"),
+            "load,basic,unload",
+            |_| {},
+        );
         add(
             2,
             "/dev/dmalab0 appears",
