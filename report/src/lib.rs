@@ -31,6 +31,8 @@ pub enum Report {
     Rmmod(Rmmod),
     /// Which driver the dmalab device is bound to, and its PCI command register.
     Bound(Bound),
+    /// The driver's lines of `/proc/interrupts`.
+    Interrupts(Interrupts),
     /// The DMA-API debug error count at some point.
     DmaApi(DmaApi),
     /// `IOC_INFO`.
@@ -146,6 +148,14 @@ impl Bound {
     pub fn enabled(&self) -> bool {
         self.command & 0b110 == 0b110
     }
+}
+
+/// See [`Report::Interrupts`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interrupts {
+    /// Each `/proc/interrupts` line naming `dmalab`: (IRQ number, interrupts summed over CPUs,
+    /// the line's last word: the handler's name).
+    pub lines: Vec<(String, u64, String)>,
 }
 
 /// See [`Report::DmaApi`].
@@ -483,6 +493,7 @@ kinds! {
     Insmod => Insmod, "insmod";
     Rmmod => Rmmod, "rmmod";
     Bound => Bound, "bound";
+    Interrupts => Interrupts, "interrupts";
     DmaApi => DmaApi, "dma_api";
     Info => Info, "info";
     Xfer => Xfer, "xfer";

@@ -20,6 +20,8 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "load" => load(module),
         "bind" => bind(module),
         "basic" => basic(),
+        "queues" => queues(),
+        "interrupts" => interrupts(),
         "unload" => unload(),
         "firstlight" => {
             load(module)?;
@@ -161,6 +163,41 @@ fn basic() -> Result<(), String> {
     for i in 0..100 {
         one(abi::OP_COPY, 512, 1000 + i, "basic_wrap")?;
     }
+    Ok(())
+}
+
+/// Ladder step 4: every opcode at 4 KiB on every queue the driver uses, one at a time.
+fn queues() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let nq = d.info()?.queues.clamp(1, abi::MAX_QUEUES as u32) as u8;
+    for q in 0..nq {
+        for op in OPS {
+            let o = verified(&d, op, q, 4096, 0, u32::from(q) * 10 + u32::from(op), 0);
+            report_xfer(&o, "queues");
+            if !o.verified {
+                return Err("stopped after the first failed transfer (queues)".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The driver's lines of `/proc/interrupts`: which vectors it registered and how often each
+/// fired.
+fn interrupts() -> Result<(), String> {
+    let text = std::fs::read_to_string("/proc/interrupts").map_err(|e| e.to_string())?;
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("dmalab"))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let irq = words.next()?.trim_end_matches(':').to_string();
+            let count = words.clone().map_while(|w| w.parse::<u64>().ok()).sum();
+            let name = l.split_whitespace().last()?.to_string();
+            Some((irq, count, name))
+        })
+        .collect();
+    report(Report::Interrupts(Interrupts { lines }));
     Ok(())
 }
 

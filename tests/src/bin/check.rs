@@ -22,7 +22,7 @@ struct Args {
     level: u32,
     /// Grade a tutorial module instead (docs/tutorial/): the checks of ladder steps 1..=N,
     /// which need only the part of the contract those steps build
-    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=3))]
+    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=4))]
     step: Option<u32>,
     /// Extra guest kernel command line (module parameters as dmalab_module.NAME=VALUE)
     #[arg(long, default_value = "")]
@@ -259,7 +259,11 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
             args,
             initramfs,
             &format!("step{step}"),
-            "load,basic,unload",
+            if step >= 4 {
+                "load,info,basic,queues,concurrent,interrupts,unload"
+            } else {
+                "load,basic,unload"
+            },
             |_| {},
         );
         add(
@@ -313,6 +317,73 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
                     on(0) >= 120,
                     format!("the device fetched {} descriptors from queue 0", on(0)),
                 ),
+            );
+        }
+        if step >= 4 {
+            let info = r.all::<Info>().first().map(|i| (*i).clone());
+            let nq = info.as_ref().map_or(0, |i| i.queues);
+            add(
+                4,
+                "IOC_INFO: MSI-X, a vector per queue and one for errors",
+                "docs/tutorial/04-msix.md#vectors",
+                match &info {
+                    Some(i) => ensure(
+                        i.irq_mode == "msix" && i.vectors > i.queues && i.queues >= 1,
+                        format!(
+                            "{} queues, {} vectors, mode {}",
+                            i.queues, i.vectors, i.irq_mode
+                        ),
+                    ),
+                    None => Err(format!("no IOC_INFO answer{}", driver_complaints(&r))),
+                },
+            );
+            add(
+                4,
+                "every opcode on every queue",
+                "docs/tutorial/04-msix.md",
+                all_verified_in(&r, "queues", 5 * nq.max(1) as usize),
+            );
+            add(
+                4,
+                "threads on every queue at once",
+                "docs/tutorial/04-msix.md#waiting",
+                r.all::<Concurrent>()
+                    .first()
+                    .map_or(Err("not run".into()), |c| {
+                        ensure(
+                            c.failed == 0 && c.verified > 0,
+                            format!("{} of {} failed", c.failed, c.verified + c.failed),
+                        )
+                    }),
+            );
+            add(
+                4,
+                "each queue's vector fires and its handler runs",
+                "docs/datasheet.md#interrupts",
+                {
+                    let irq = |q: u32| {
+                        r.events("irq").iter().any(|e| {
+                            e["vector"].as_u64() == Some(u64::from(q))
+                                && e["delivered"].as_bool() == Some(true)
+                        })
+                    };
+                    let lines = r
+                        .all::<dmalab_report::Interrupts>()
+                        .first()
+                        .map(|i| i.lines.clone())
+                        .unwrap_or_default();
+                    let firing = lines.iter().filter(|l| l.1 > 0).count();
+                    match (0..nq).find(|&q| !irq(q)) {
+                        Some(q) => Err(format!("the device raised no interrupt on vector {q}")),
+                        None => ensure(
+                            nq > 0 && firing >= nq as usize,
+                            format!(
+                                "{firing} of the driver's {} interrupt lines counted interrupts, expected {nq}",
+                                lines.len()
+                            ),
+                        ),
+                    }
+                },
             );
         }
         add(2, "the run is clean", "docs/contract.md#1", clean(&r));
