@@ -22,7 +22,7 @@ struct Args {
     level: u32,
     /// Grade a tutorial module instead (docs/tutorial/): the checks of ladder steps 1..=N,
     /// which need only the part of the contract those steps build
-    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=4))]
+    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=5))]
     step: Option<u32>,
     /// Extra guest kernel command line (module parameters as dmalab_module.NAME=VALUE)
     #[arg(long, default_value = "")]
@@ -259,7 +259,9 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
             args,
             initramfs,
             &format!("step{step}"),
-            if step >= 4 {
+            if step >= 5 {
+                "load,info,basic,queues,concurrent,interrupts,transfers,sg,unload"
+            } else if step >= 4 {
                 "load,info,basic,queues,concurrent,interrupts,unload"
             } else {
                 "load,basic,unload"
@@ -384,6 +386,57 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
                         ),
                     }
                 },
+            );
+        }
+        if step >= 5 {
+            add(
+                5,
+                "IOC_INFO: a 64-bit DMA mask",
+                "docs/tutorial/05-sg.md#the-dma-mask",
+                r.all::<Info>()
+                    .first()
+                    .map_or(Err("no IOC_INFO answer".into()), |i| {
+                        ensure(
+                            i.dma_mask_bits == 64,
+                            format!("a {}-bit mask", i.dma_mask_bits),
+                        )
+                    }),
+            );
+            add(
+                5,
+                "1 MiB requests on every queue, byte for byte",
+                "docs/tutorial/05-sg.md",
+                all_verified_in(&r, "transfers", 25),
+            );
+            add(
+                5,
+                "scatter-gather lists of 16 to 256 segments",
+                "docs/datasheet.md#scatter-gather-entry-16-bytes",
+                all_verified_in(&r, "sg", 16).and_then(|_| {
+                    let lists = r
+                        .events("fetch")
+                        .iter()
+                        .filter(|e| {
+                            e["flags"].as_u64().unwrap_or(0)
+                                & u64::from(abi::DESC_SRC_SG | abi::DESC_DST_SG)
+                                != 0
+                        })
+                        .count();
+                    match r
+                        .all::<Xfer>()
+                        .iter()
+                        .find(|x| x.scenario == "sg" && x.segments < 16)
+                    {
+                        Some(x) => Err(format!(
+                            "a {}-byte {} asked for at least 16 segments and used {}",
+                            x.len, x.op, x.segments
+                        )),
+                        None => ensure(
+                            lists >= 16,
+                            format!("the device saw {lists} descriptors with SG lists"),
+                        ),
+                    }
+                }),
             );
         }
         add(2, "the run is clean", "docs/contract.md#1", clean(&r));
@@ -638,6 +691,8 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
 
 fn main() -> ExitCode {
     let args = <Args as clap::Parser>::parse();
+    // A failed check is caught and reported on the card (see `clean`), not as a panic.
+    std::panic::set_hook(Box::new(|_| {}));
     let need = |n: &str| dmalab_tests::artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
     let (kbuild, agent) = (need("kbuild"), need("agent"));
     if !args.driver.exists() {
