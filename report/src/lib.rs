@@ -165,6 +165,10 @@ pub struct DmaApi {
     pub when: String,
     /// DMA-API debug's error count; `None` when DMA-API debug is not available.
     pub errors: Option<u64>,
+    /// Live coherent allocations and mappings of the dmalab device then (DMA-API debug's
+    /// dump); `None` when DMA-API debug is not available.
+    #[serde(default)]
+    pub entries: Option<usize>,
 }
 
 /// See [`Report::Info`].

@@ -337,16 +337,14 @@ fn unload() -> Result<(), String> {
 }
 
 fn dma_api(when: &str) {
-    match dev::dma_api_errors() {
-        Some(n) => report(Report::DmaApi(DmaApi {
-            when: when.to_string(),
-            errors: Some(n),
-        })),
-        None => report(Report::DmaApi(DmaApi {
-            when: when.to_string(),
-            errors: None,
-        })),
-    }
+    let entries = dev::dmalab_devices()
+        .first()
+        .and_then(|bdf| dev::dma_api_entries(bdf));
+    report(Report::DmaApi(DmaApi {
+        when: when.to_string(),
+        errors: dev::dma_api_errors(),
+        entries,
+    }));
 }
 
 fn info() -> Result<(), String> {

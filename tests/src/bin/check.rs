@@ -22,7 +22,7 @@ struct Args {
     level: u32,
     /// Grade a tutorial module instead (docs/tutorial/): the checks of ladder steps 1..=N,
     /// which need only the part of the contract those steps build
-    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=5))]
+    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=6))]
     step: Option<u32>,
     /// Extra guest kernel command line (module parameters as dmalab_module.NAME=VALUE)
     #[arg(long, default_value = "")]
@@ -440,6 +440,44 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
             );
         }
         add(2, "the run is clean", "docs/contract.md#1", clean(&r));
+    }
+    if step >= 6 {
+        let r = boot(
+            args,
+            initramfs,
+            &format!("step{step}_iommu"),
+            "load,transfers,sg,unload",
+            |o| o.iommu = true,
+        );
+        add(
+            6,
+            "behind a vIOMMU: 1 MiB and scatter-gather transfers, byte for byte",
+            "docs/tutorial/06-iommu.md",
+            all_verified_in(&r, "transfers", 25).and_then(|_| all_verified_in(&r, "sg", 16)),
+        );
+        add(
+            6,
+            "unbind behind a vIOMMU: the device is stopped before its memory is unmapped",
+            "docs/tutorial/06-iommu.md#teardown",
+            clean(&r),
+        );
+        add(
+            6,
+            "no DMA memory left allocated or mapped after unbind",
+            "docs/tutorial/06-iommu.md#teardown",
+            {
+                let after = r
+                    .all::<dmalab_report::DmaApi>()
+                    .into_iter()
+                    .find(|d| d.when == "unloaded")
+                    .and_then(|d| d.entries);
+                match after {
+                    Some(0) => Ok(()),
+                    Some(n) => Err(format!("DMA-API debug lists {n} entries for the device")),
+                    None => Err("DMA-API debug was not read after the unload".into()),
+                }
+            },
+        );
     }
     out
 }

@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One queue pair: its rings (shared with its interrupt handler), its data buffers, and the
+//! request path: post, ring the doorbell, sleep until the handler says the completion is in.
+
+use kernel::{
+    dma::Coherent,
+    io::io_read,
+    prelude::*,
+    sync::{atomic::Acquire, CondVar, CondVarTimeoutResult, Mutex, SpinLockIrq},
+    time::msecs_to_jiffies,
+    uaccess::{UserPtr, UserSlice},
+};
+
+use crate::abi::{self, Completion, Descriptor, Opcode, Request, SgEntry, Status};
+use crate::ring::Rings;
+use crate::sg::{build_list, Blocks, SG_MAX};
+use crate::{with_bar, DevState, DEFAULT_TIMEOUT_MS};
+
+/// A queue's data memory: a source and a destination side, and a scatter-gather table with
+/// room for a list per side.
+pub(crate) struct Buffers {
+    pub(crate) src: Blocks,
+    pub(crate) dst: Blocks,
+    pub(crate) sg: Coherent<[SgEntry]>,
+}
+
+/// What the request path and the interrupt handler share, under the queue's spinlock.
+pub(crate) struct RingState {
+    /// `None` once unbind has freed them.
+    pub(crate) rings: Option<Rings>,
+    /// The tag of the request in flight, if one is.
+    pub(crate) waiting: Option<u32>,
+    /// Its completion, once the handler found it.
+    pub(crate) done: Option<Completion>,
+}
+
+/// One queue pair.
+#[pin_data]
+pub(crate) struct Queue {
+    pub(crate) index: usize,
+    /// The data buffers; the lock makes requests one at a time per queue.
+    #[pin]
+    pub(crate) bufs: Mutex<Option<Buffers>>,
+    /// Taken by the interrupt handler too, so interrupts are off while it is held.
+    #[pin]
+    pub(crate) ring: SpinLockIrq<RingState>,
+    /// Signalled by the handler when `done` is set.
+    #[pin]
+    pub(crate) done_cv: CondVar,
+    /// The next tag.
+    pub(crate) next_tag: kernel::sync::atomic::Atomic<u32>,
+}
+
+impl Queue {
+    /// Called by the queue's interrupt handler: takes every new completion off the ring,
+    /// hands the awaited one to its waiter and gives the slots back to the device.
+    pub(crate) fn reap(&self, dev: &DevState) {
+        let mut st = self.ring.lock();
+        let st = &mut *st;
+        let Some(rings) = st.rings.as_mut() else {
+            return;
+        };
+        let mut took = false;
+        while let Ok(Some(c)) = rings.take() {
+            took = true;
+            if st.waiting == Some(c.tag) {
+                st.done = Some(c);
+            }
+        }
+        if took {
+            let _ = with_bar(dev, |bar| rings.return_completions(bar, self.index));
+            self.done_cv.notify_all();
+        }
+    }
+
+    /// Runs one request on this queue.
+    pub(crate) fn transfer(&self, dev: &DevState, req: &mut Request) -> Result {
+        let op = Opcode::from_raw(req.opcode).ok_or(EINVAL)?;
+        let len = req.len as usize;
+        if len == 0 || req.len > abi::MAX_REQUEST || usize::from(req.nseg) > SG_MAX {
+            return Err(EINVAL);
+        }
+        let timeout_ms = match req.timeout_ms {
+            0 => DEFAULT_TIMEOUT_MS,
+            ms => ms,
+        };
+        let bufs = self.bufs.lock();
+        let Some(bufs) = &*bufs else {
+            return Err(ENODEV);
+        };
+        if dev.dead.load(Acquire) {
+            // unbind has begun: it waits for this lock, then stops the device
+            return Err(ENODEV);
+        }
+        if op.src_in_guest() {
+            let mut staged = KVVec::new();
+            staged.resize(len, 0, GFP_KERNEL)?;
+            UserSlice::new(UserPtr::from_addr(req.src as usize), len)
+                .reader()
+                .read_slice(&mut staged)?;
+            bufs.src.fill(&staged)?;
+        }
+        // Each guest-memory side: one segment is a plain address, more are a list in the
+        // queue's SG table (source lists from entry 0, destination lists from entry SG_MAX).
+        let want = usize::from(req.nseg).max(1);
+        let mut flags = 0;
+        let mut side = |blocks: &Blocks, at: usize, sg_flag: u8| -> Result<(u64, u16)> {
+            let n = build_list(blocks, len, want, &bufs.sg, at)?;
+            if n == 1 {
+                return Ok((io_read!(bufs.sg, [try: at].addr), 0));
+            }
+            flags |= sg_flag;
+            let table = bufs.sg.dma_address() + (at * core::mem::size_of::<SgEntry>()) as u64;
+            Ok((table, n as u16))
+        };
+        let (src, src_nseg) = match (op.src_in_guest(), op.has_src()) {
+            (true, _) => side(&bufs.src, 0, abi::DESC_SRC_SG)?,
+            (false, true) => (req.dev_offset, 0),
+            (false, false) => (0, 0),
+        };
+        let (dst, dst_nseg) = match (op.dst_in_guest(), op.has_dst()) {
+            (true, _) => side(&bufs.dst, SG_MAX, abi::DESC_DST_SG)?,
+            (false, true) => (req.dev_offset, 0),
+            (false, false) => (0, 0),
+        };
+        let tag = self.next_tag.load(kernel::sync::atomic::Relaxed);
+        self.next_tag
+            .store(tag.wrapping_add(1), kernel::sync::atomic::Relaxed);
+        let d = Descriptor {
+            opcode: op.raw(),
+            tag,
+            flags,
+            src_nseg,
+            dst_nseg,
+            len: req.len,
+            src,
+            dst,
+            pattern: if op == Opcode::Fill { req.pattern } else { 0 },
+            ..Descriptor::default()
+        };
+
+        let mut st = self.ring.lock();
+        let tail = st.rings.as_mut().ok_or(ENODEV)?.post(&d)?;
+        st.waiting = Some(tag);
+        st.done = None;
+        with_bar(dev, |bar| Rings::ring_doorbell(bar, self.index, tail))??;
+        let c = loop {
+            if let Some(c) = st.done.take() {
+                break c;
+            }
+            let woke = self
+                .done_cv
+                .wait_interruptible_timeout(&mut st, msecs_to_jiffies(timeout_ms));
+            let failed = match woke {
+                CondVarTimeoutResult::Woken { .. } => continue,
+                CondVarTimeoutResult::Timeout => ETIMEDOUT,
+                CondVarTimeoutResult::Signal { .. } => EINTR,
+            };
+            if let Some(c) = st.done.take() {
+                break c;
+            }
+            st.waiting = None;
+            let q = self.index;
+            if let Some(rings) = st.rings.as_mut() {
+                with_bar(dev, |bar| {
+                    rings.reset(bar, q).and_then(|()| rings.program(bar, q))
+                })??;
+            }
+            return Err(failed);
+        };
+        st.waiting = None;
+        drop(st);
+
+        req.tag = c.tag;
+        req.status = u32::from(c.status);
+        req.result = c.result;
+        req.bytes = c.bytes;
+        req.segments = u32::from(src_nseg.max(dst_nseg).max(1));
+        if op.dst_in_guest() && c.status == Status::Ok.raw() {
+            let mut w = UserSlice::new(UserPtr::from_addr(req.dst as usize), len).writer();
+            bufs.dst.copy_out(&mut w, len)?;
+        }
+        Ok(())
+    }
+}
