@@ -1066,11 +1066,40 @@ fn unbind_stalled() -> Result<(), String> {
 /// A device reset from user space, then the device must work as before.
 fn reset() -> Result<(), String> {
     let d = Dev::open(0)?;
+    // A device reset zeroes the internal memory: something written before must read back as
+    // zeros after, or the reset never reached the device.
+    let before = data(4096, 3);
+    let mut w = Request {
+        opcode: abi::OP_WRITE,
+        len: 4096,
+        src: before.as_ptr() as u64,
+        dev_offset: 0,
+        ..Default::default()
+    };
+    let written = submit(&d, &mut w) == 0;
     let r = d.reset();
     report(Report::Reset(ResetOutcome {
         ok: r.is_ok(),
         error: r.err().map(|e| e.to_string()).unwrap_or_default(),
     }));
+    let mut after = vec![0xffu8; 4096];
+    let mut rd = Request {
+        opcode: abi::OP_READ,
+        len: 4096,
+        dst: after.as_mut_ptr() as u64,
+        dev_offset: 0,
+        ..Default::default()
+    };
+    let errno = submit(&d, &mut rd);
+    report_xfer(
+        &Outcome {
+            req: rd,
+            errno,
+            verified: written && errno == 0 && after.iter().all(|&b| b == 0),
+            detail: "internal memory reads zeros after IOC_RESET".into(),
+        },
+        "reset_cleared",
+    );
     let o = verified(&d, abi::OP_COPY, 0, 4096, 0, 77, 0);
     report_xfer(&o, "reset");
     Ok(())

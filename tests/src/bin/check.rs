@@ -22,7 +22,7 @@ struct Args {
     level: u32,
     /// Grade a tutorial module instead (docs/tutorial/): the checks of ladder steps 1..=N,
     /// which need only the part of the contract those steps build
-    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=6))]
+    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=7))]
     step: Option<u32>,
     /// Extra guest kernel command line (module parameters as dmalab_module.NAME=VALUE)
     #[arg(long, default_value = "")]
@@ -156,6 +156,34 @@ fn all_verified_in(r: &Run, scenario: &str, min: usize) -> Result<(), String> {
                 driver_complaints(r)
             ),
         ),
+    }
+}
+
+/// A fatal device error on the first request of queue 1, in 24 requests over every queue: that
+/// request must fail with EIO (the driver acted on the error vector instead of waiting for its
+/// timeout, which would say ETIMEDOUT), and every other request must succeed (the driver reset
+/// the device and reprogrammed its queues).
+fn fatal_check(args: &Args, initramfs: &Path, name: &str) -> Result<(), String> {
+    let r = boot(args, initramfs, name, "load,campaign,unload", |o| {
+        o.faults =
+            Some("[[rule]]\nname = \"fatal\"\nkind = \"fatal\"\nqueue = 1\ntimes = 1\n".into());
+        o.append = format!("dmalab.seed=3 dmalab.ops=24 {}", o.append);
+    });
+    let faults = r.events("fault");
+    let xfers = dmalab_tests::campaign::campaign_xfers(&r);
+    let verdicts = dmalab_tests::verdict::judge(&faults, &xfers);
+    let unexplained = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
+    match verdicts.first() {
+        None => Err(format!(
+            "the fault was never injected{}",
+            driver_complaints(&r)
+        )),
+        Some(v) if !v.pass => Err(format!("expected {}, observed {}", v.expected, v.observed)),
+        Some(_) if !unexplained.is_empty() => Err(format!(
+            "{} later requests failed (was the device reset and its queues reprogrammed?)",
+            unexplained.len()
+        )),
+        Some(_) => clean(&r),
     }
 }
 
@@ -479,6 +507,141 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
             },
         );
     }
+    if step >= 7 {
+        let r = boot(
+            args,
+            initramfs,
+            "step7_refusals",
+            "load,errors,reset,unload",
+            |_| {},
+        );
+        add(
+            7,
+            "device error statuses become errnos (INTERNAL_RANGE: ERANGE)",
+            "docs/tutorial/07-errors.md#statuses",
+            {
+                let f = r.all::<Refused>();
+                ensure(
+                    f.first().is_some_and(|x| x.errno == libc::ERANGE),
+                    format!("{:?}{}", f.first(), driver_complaints(&r)),
+                )
+            },
+        );
+        add(
+            7,
+            "bad requests are refused with EINVAL before the device sees them",
+            "docs/contract.md#3",
+            {
+                let f = r.all::<Refused>();
+                ensure(
+                    f.len() == 3 && f[1].errno == libc::EINVAL && f[2].errno == libc::EINVAL,
+                    format!("{f:?}"),
+                )
+            },
+        );
+        add(
+            7,
+            "IOC_RESET resets the device and it works afterwards",
+            "docs/tutorial/07-errors.md#device-reset",
+            {
+                let reset = r.all::<dmalab_report::ResetOutcome>();
+                ensure(
+                    reset.first().is_some_and(|x| x.ok),
+                    format!("IOC_RESET: {:?}", reset.first().map(|x| &x.error)),
+                )
+                .and_then(|_| {
+                    all_verified_in(&r, "reset_cleared", 1)
+                        .map_err(|e| format!("the device was not reset: {e}"))
+                })
+                .and_then(|_| all_verified_in(&r, "reset", 1))
+                .and_then(|_| clean(&r))
+            },
+        );
+        let rules =
+            std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
+                .unwrap_or_default();
+        let r = boot(
+            args,
+            initramfs,
+            "step7_faults",
+            "load,campaign,unload",
+            |o| {
+                o.faults = Some(dmalab_tests::campaign::with_seed(&rules, 1));
+                o.append = format!("dmalab.seed=1 dmalab.ops=120 {}", o.append);
+            },
+        );
+        let faults = r.events("fault");
+        let xfers = dmalab_tests::campaign::campaign_xfers(&r);
+        let verdicts = dmalab_tests::verdict::judge(&faults, &xfers);
+        add(
+            7,
+            "every injected fault handled as docs/faults.md says",
+            "docs/faults.md",
+            match verdicts
+                .iter()
+                .filter(|v| !v.pass)
+                .collect::<Vec<_>>()
+                .first()
+            {
+                _ if verdicts.is_empty() => Err("no fault was injected".into()),
+                Some(v) => Err(format!(
+                    "{} on queue {} tag {}: expected {}, observed {}",
+                    v.kind, v.queue, v.tag, v.expected, v.observed
+                )),
+                None => Ok(()),
+            },
+        );
+        add(
+            7,
+            "no request fails without a fault, the run is clean",
+            "docs/tutorial/07-errors.md",
+            {
+                let u = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
+                ensure(u.is_empty(), format!("{} unexplained failures", u.len()))
+                    .and_then(|_| clean(&r))
+            },
+        );
+        add(
+            7,
+            "a fatal error: the request fails with EIO at once, the device is reset, all goes on",
+            "docs/tutorial/07-errors.md#fatal-errors",
+            fatal_check(args, initramfs, "step7_fatal"),
+        );
+        let r = boot(
+            args,
+            initramfs,
+            "step7_removal",
+            "load,removal,unload",
+            |o| {
+                o.kill_device_on = Some("\"kind\":\"remove_me\"".into());
+            },
+        );
+        add(
+            7,
+            "surprise removal: requests fail with ENODEV, rmmod works",
+            "docs/tutorial/07-errors.md#surprise-removal",
+            {
+                let after = r.all::<dmalab_report::AfterRemoval>();
+                ensure(
+                    after.len() == 4 && [libc::ENODEV, libc::ETIMEDOUT].contains(&after[0].errno),
+                    format!("after the removal: {after:?}"),
+                )
+                .and_then(|_| {
+                    ensure(
+                        after[1..].iter().all(|a| a.errno == libc::ENODEV),
+                        format!("then fast ENODEV expected: {after:?}"),
+                    )
+                })
+                .and_then(|_| {
+                    ensure(
+                        r.all::<Rmmod>().first().is_some_and(|m| m.ok),
+                        "rmmod failed after the removal",
+                    )
+                })
+                .and_then(|_| clean(&r))
+            },
+        );
+    }
     out
 }
 
@@ -659,6 +822,12 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
             },
         );
         add(4, "the run is clean", "docs/contract.md#4", clean(&r));
+        add(
+            4,
+            "a fatal error: the request fails with EIO at once, the device is reset, all goes on",
+            "docs/faults.md",
+            fatal_check(args, initramfs, "fatal"),
+        );
         let r = boot(args, initramfs, "reorder", "load,overlap,unload", |o| {
             // the first request's completion comes 3 s late, and twice, while the second waits
             // behind it: a driver that matches by position gives the second the first's
