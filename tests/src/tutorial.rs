@@ -311,3 +311,46 @@ fn probe() -> Result {
         }
     }
 }
+
+#[cfg(test)]
+mod pointers {
+    use std::path::PathBuf;
+
+    /// GitHub's anchor of a Markdown heading: lower case, spaces to dashes, punctuation gone.
+    fn anchor(heading: &str) -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every "see docs/..." pointer of `dmalab check`'s report card names a file that exists
+    /// and, after `#`, one of its headings.
+    #[test]
+    fn every_pointer_on_the_report_card_leads_somewhere() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let source = std::fs::read_to_string(root.join("tests/src/bin/check.rs")).unwrap();
+        let mut seen = 0;
+        for piece in source.split('"').filter(|p| p.starts_with("docs/")) {
+            let (file, section) = piece.split_once('#').unwrap_or((piece, ""));
+            let text = std::fs::read_to_string(root.join(file))
+                .unwrap_or_else(|e| panic!("{piece}: {file}: {e}"));
+            if !section.is_empty() {
+                let found = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix('#'))
+                    .map(|h| anchor(h.trim_start_matches('#')))
+                    .any(|a| a == section);
+                assert!(found, "{piece}: {file} has no heading #{section}");
+            }
+            seen += 1;
+        }
+        assert!(seen > 20, "only {seen} pointers found");
+    }
+}

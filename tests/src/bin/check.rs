@@ -467,7 +467,12 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
                 }),
             );
         }
-        add(2, "the run is clean", "docs/contract.md#1", clean(&r));
+        add(
+            2,
+            "the run is clean",
+            "docs/contract.md#1--binds",
+            clean(&r),
+        );
     }
     if step >= 6 {
         let r = boot(
@@ -486,13 +491,13 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
         add(
             6,
             "unbind behind a vIOMMU: the device is stopped before its memory is unmapped",
-            "docs/tutorial/06-iommu.md#teardown",
+            "docs/tutorial/06-iommu.md#teardown-as-a-guard",
             clean(&r),
         );
         add(
             6,
             "no DMA memory left allocated or mapped after unbind",
-            "docs/tutorial/06-iommu.md#teardown",
+            "docs/tutorial/06-iommu.md#teardown-as-a-guard",
             {
                 let after = r
                     .all::<dmalab_report::DmaApi>()
@@ -530,7 +535,7 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
         add(
             7,
             "bad requests are refused with EINVAL before the device sees them",
-            "docs/contract.md#3",
+            "docs/contract.md#3--refusals",
             {
                 let f = r.all::<Refused>();
                 ensure(
@@ -659,7 +664,7 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
         add(
             8,
             "unbind releases a request stuck in the device at once, with ENODEV",
-            "docs/tutorial/08-teardown.md#waiters",
+            "docs/tutorial/08-teardown.md#releasing-every-waiter",
             match r.all::<dmalab_report::UnbindStalled>().first() {
                 None => Err(format!(
                     "the scenario did not finish{}",
@@ -720,17 +725,22 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
     };
     // 1: binds, identifies the device, unbinds
     let r = boot(args, initramfs, "bind", "load,info,unload", |_| {});
-    add(1, "loads and creates /dev/dmalab0", "docs/contract.md#1", {
-        let ins = r.all::<Insmod>();
-        ensure(
-            ins.first().is_some_and(|i| i.ok),
-            "insmod failed or /dev/dmalab0 never appeared",
-        )
-    });
+    add(
+        1,
+        "loads and creates /dev/dmalab0",
+        "docs/contract.md#1--binds",
+        {
+            let ins = r.all::<Insmod>();
+            ensure(
+                ins.first().is_some_and(|i| i.ok),
+                "insmod failed or /dev/dmalab0 never appeared",
+            )
+        },
+    );
     add(
         1,
         "IOC_INFO reports the ID and version registers",
-        "docs/datasheet.md#registers",
+        "docs/datasheet.md#bar0-register-map",
         {
             r.all::<Info>()
                 .first()
@@ -746,7 +756,7 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
     add(
         1,
         "unloads cleanly (kernel log, DMA-API debug, device account)",
-        "docs/contract.md#1",
+        "docs/contract.md#1--binds",
         {
             ensure(
                 r.all::<Rmmod>()
@@ -774,7 +784,7 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
         add(
             2,
             "concurrent requests on every queue",
-            "docs/contract.md#2",
+            "docs/contract.md#2--transfers",
             {
                 r.all::<Concurrent>()
                     .first()
@@ -801,7 +811,12 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
                     })
             },
         );
-        add(2, "the run is clean", "docs/contract.md#2", clean(&r));
+        add(
+            2,
+            "the run is clean",
+            "docs/contract.md#2--transfers",
+            clean(&r),
+        );
     }
     if args.level >= 3 {
         let r = boot(
@@ -814,7 +829,7 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
         add(
             3,
             "device refusals become errnos (INTERNAL_RANGE → ERANGE)",
-            "docs/driver.md#errors",
+            "docs/driver.md#request",
             {
                 let f = r.all::<Refused>();
                 ensure(
@@ -826,7 +841,7 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
         add(
             3,
             "bad requests are refused with EINVAL before the device sees them",
-            "docs/contract.md#3",
+            "docs/contract.md#3--refusals",
             {
                 let f = r.all::<Refused>();
                 ensure(
@@ -835,7 +850,12 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
                 )
             },
         );
-        add(3, "the run is clean", "docs/contract.md#3", clean(&r));
+        add(
+            3,
+            "the run is clean",
+            "docs/contract.md#3--refusals",
+            clean(&r),
+        );
     }
     if args.level >= 4 {
         let rules =
@@ -878,13 +898,18 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
         add(
             4,
             "no request fails without a fault",
-            "docs/contract.md#4",
+            "docs/contract.md#4--faults",
             {
                 let u = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
                 ensure(u.is_empty(), format!("{} unexplained failures", u.len()))
             },
         );
-        add(4, "the run is clean", "docs/contract.md#4", clean(&r));
+        add(
+            4,
+            "the run is clean",
+            "docs/contract.md#4--faults",
+            clean(&r),
+        );
         add(
             4,
             "a fatal error: the request fails with EIO at once, the device is reset, all goes on",
@@ -903,7 +928,7 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
         add(
             4,
             "completions are matched by tag, not by position",
-            "docs/datasheet.md#completions",
+            "docs/datasheet.md#completion-16-bytes",
             all_verified(&r, 2)
                 .and_then(
                     |_| match r.all::<Xfer>().iter().find(|x| x.bytes != x.len) {
