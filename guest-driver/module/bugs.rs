@@ -37,6 +37,12 @@ pub(crate) enum DmaBug {
     MatchByPosition,
     /// Leaks the rings and bounce buffers at unbind.
     LeakOnUnbind,
+    /// Waits for a completion without a timeout: a request the device never completes hangs
+    /// its caller (until a signal or an unbind).
+    NoTimeout,
+    /// Keeps a failed request's bounce pages (the bounce-buffer counterpart of a missing
+    /// `dma_unmap` on an error path): each error shrinks the queue's pool until it runs dry.
+    LeakOnError,
 }
 
 impl DmaBug {
@@ -51,6 +57,8 @@ impl DmaBug {
             6 => DmaBug::IgnoreStatus,
             7 => DmaBug::MatchByPosition,
             8 => DmaBug::LeakOnUnbind,
+            9 => DmaBug::NoTimeout,
+            10 => DmaBug::LeakOnError,
             _ => DmaBug::None,
         }
     }

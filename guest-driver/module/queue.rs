@@ -116,6 +116,11 @@ impl Queue {
             }
             Err(e) => Err(e),
         };
+        let failed = out.is_err() || req.status != u32::from(Status::Ok.raw());
+        if failed && DmaBug::active() == DmaBug::LeakOnError {
+            // bug: the error path forgets to give the request's pages back
+            return out;
+        }
         self.release(&src, &dst);
         out
     }
@@ -300,9 +305,15 @@ impl Queue {
                     dev.reset_queue_locked(self, &mut st, ETIMEDOUT);
                 }
                 SlotState::InFlight => {
+                    // bug: "no timeout" is 49 days
+                    let wait_ms = if bug == DmaBug::NoTimeout {
+                        u32::MAX
+                    } else {
+                        timeout_ms
+                    };
                     let res = self
                         .ring_cv
-                        .wait_interruptible_timeout(&mut st, msecs_to_jiffies(timeout_ms));
+                        .wait_interruptible_timeout(&mut st, msecs_to_jiffies(wait_ms));
                     match res {
                         CondVarTimeoutResult::Timeout => timed_out = true,
                         // The device may still be writing our pages: only a queue reset makes

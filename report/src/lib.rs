@@ -33,6 +33,8 @@ pub enum Report {
     Bound(Bound),
     /// The driver's lines of `/proc/interrupts`.
     Interrupts(Interrupts),
+    /// A request the device stalls, and the queue afterwards.
+    Stalled(Stalled),
     /// The DMA-API debug error count at some point.
     DmaApi(DmaApi),
     /// `IOC_INFO`.
@@ -148,6 +150,17 @@ impl Bound {
     pub fn enabled(&self) -> bool {
         self.command & 0b110 == 0b110
     }
+}
+
+/// See [`Report::Stalled`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stalled {
+    /// The stalled request returned within 20 s (its timeout is 2 s).
+    pub returned: bool,
+    /// Its errno, if it returned.
+    pub errno: i32,
+    /// How long it took, in milliseconds (20000 if it never returned).
+    pub ms: u64,
 }
 
 /// See [`Report::Interrupts`].
@@ -498,6 +511,7 @@ kinds! {
     Rmmod => Rmmod, "rmmod";
     Bound => Bound, "bound";
     Interrupts => Interrupts, "interrupts";
+    Stalled => Stalled, "stalled";
     DmaApi => DmaApi, "dma_api";
     Info => Info, "info";
     Xfer => Xfer, "xfer";

@@ -21,6 +21,8 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "bind" => bind(module),
         "basic" => basic(),
         "queues" => queues(),
+        "stall_recovery" => stall_recovery(),
+        "error_paths" => error_paths(),
         "interrupts" => interrupts(),
         "unload" => unload(),
         "firstlight" => {
@@ -179,6 +181,47 @@ fn queues() -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+/// The host stalls queue 1's first request: it must come back within its timeout (2 s) as
+/// ETIMEDOUT, and the queue must work again afterwards (the driver reset it). The request runs
+/// in a thread, so a driver that never times out is reported instead of hanging the agent.
+fn stall_recovery() -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = Instant::now();
+    std::thread::spawn(move || {
+        let Ok(d) = Dev::open(0) else {
+            return;
+        };
+        let o = verified_with(&d, abi::OP_COPY, 1, 4096, 0, 1, 0, 2000);
+        let _ = tx.send(o.errno);
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(20)).ok();
+    report(Report::Stalled(Stalled {
+        returned: answer.is_some(),
+        errno: answer.unwrap_or(0),
+        ms: t.elapsed().as_millis() as u64,
+    }));
+    if answer.is_none() {
+        return Err("the stalled request never returned".into());
+    }
+    let o = verified_with(&Dev::open(0)?, abi::OP_COPY, 1, 4096, 0, 2, 0, 5000);
+    report_xfer(&o, "after_stall");
+    Ok(())
+}
+
+/// The host fails every 64 KiB request on queue 0 (error_status): 40 of them take more bounce
+/// memory in all than the queue has, so a driver that does not give a failed request's buffers
+/// back runs dry; a request after them must still succeed.
+fn error_paths() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    for i in 0..40 {
+        let o = verified_with(&d, abi::OP_COPY, 0, 65536, 0, i, 0, 2000);
+        report_xfer(&o, "error_paths");
+    }
+    let o = verified_with(&d, abi::OP_COPY, 0, 60000, 0, 99, 0, 5000);
+    report_xfer(&o, "after_errors");
     Ok(())
 }
 

@@ -20,6 +20,10 @@ struct Args {
     /// 5 teardown, 6 DMA ownership)
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=6))]
     level: u32,
+    /// Start at level N instead of 1 (to look at one level of a driver known to pass the
+    /// earlier ones)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=6))]
+    from: u32,
     /// Grade a tutorial module instead (docs/tutorial/): the checks of ladder steps 1..=N,
     /// which need only the part of the contract those steps build
     #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=8))]
@@ -127,6 +131,7 @@ fn errno_hint(errno: i32) -> &'static str {
             " (ETIMEDOUT: DONE or a completion never came; was the transfer started?)"
         }
         libc::EINVAL => " (EINVAL: the driver refused the request)",
+        libc::EBUSY => " (EBUSY: the driver ran out of DMA memory for the request)",
         _ => "",
     }
 }
@@ -185,6 +190,103 @@ fn fatal_check(args: &Args, initramfs: &Path, name: &str) -> Result<(), String> 
         )),
         Some(_) => clean(&r),
     }
+}
+
+/// How the stall check says that the driver never gave up on a request.
+const NEVER_RETURNED: &str = "a stalled request never returned";
+
+/// A seeded campaign of 120 requests with every kind of fault of `campaigns/mix.toml`:
+/// (every fault handled as its verdict says, no request failing without a fault, a clean run).
+type Graded = Result<(), String>;
+fn campaign_checks(args: &Args, initramfs: &Path, name: &str) -> (Graded, Graded, Graded) {
+    let rules = std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
+        .unwrap_or_default();
+    let r = boot(args, initramfs, name, "load,campaign,unload", |o| {
+        o.faults = Some(dmalab_tests::campaign::with_seed(&rules, 1));
+        o.append = format!("dmalab.seed=1 dmalab.ops=120 {}", o.append);
+    });
+    let faults = r.events("fault");
+    let xfers = dmalab_tests::campaign::campaign_xfers(&r);
+    let verdicts = dmalab_tests::verdict::judge(&faults, &xfers);
+    let failed: Vec<_> = verdicts.iter().filter(|v| !v.pass).collect();
+    let handled = match failed.first() {
+        _ if verdicts.is_empty() => Err(format!("no fault was injected{}", driver_complaints(&r))),
+        Some(v) => Err(format!(
+            "{} of {}: {} on queue {} tag {}: expected {}, observed {}",
+            failed.len(),
+            verdicts.len(),
+            v.kind,
+            v.queue,
+            v.tag,
+            v.expected,
+            v.observed
+        )),
+        None => Ok(()),
+    };
+    let u = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
+    let explained = ensure(u.is_empty(), format!("{} unexplained failures", u.len()));
+    (handled, explained, clean(&r))
+}
+
+/// The device stalls queue 1's first request (2 s timeout): it must come back as ETIMEDOUT,
+/// and queue 1 must work again afterwards.
+fn stall_check(args: &Args, initramfs: &Path, name: &str) -> Result<(), String> {
+    let r = boot(args, initramfs, name, "load,stall_recovery,unload", |o| {
+        o.faults =
+            Some("[[rule]]\nname = \"stall\"\nkind = \"stall\"\nqueue = 1\ntimes = 1\n".into());
+    });
+    match r.all::<dmalab_report::Stalled>().first() {
+        None => Err(format!("the scenario did not run{}", driver_complaints(&r))),
+        Some(s) if !s.returned => Err(format!(
+            "{NEVER_RETURNED}: not after {} ms, its timeout being 2000 ms (does the driver time out at all?)",
+            s.ms
+        )),
+        Some(s) if s.errno != libc::ETIMEDOUT => Err(format!(
+            "the stalled request returned errno {}{}, expected ETIMEDOUT",
+            s.errno,
+            errno_hint(s.errno)
+        )),
+        Some(_) => all_verified_in(&r, "after_stall", 1)
+            .map_err(|e| format!("the queue stayed stuck after the timeout (was it reset?): {e}"))
+            .and_then(|_| clean(&r)),
+    }
+}
+
+/// 40 requests of 64 KiB fail on queue 0 (an injected error status), more bounce memory in all
+/// than a queue has: a request after them must still succeed, or an error path kept what it
+/// took.
+fn error_paths_check(args: &Args, initramfs: &Path, name: &str) -> Result<(), String> {
+    let r = boot(args, initramfs, name, "load,error_paths,unload", |o| {
+        o.faults = Some(
+            "[[rule]]\nname = \"fail\"\nkind = \"error_status\"\nqueue = 0\nsize = [65536, 65536]\n"
+                .into(),
+        );
+    });
+    let failed = r
+        .all::<Xfer>()
+        .into_iter()
+        .filter(|x| x.scenario == "error_paths")
+        .collect::<Vec<_>>();
+    match failed.iter().position(|x| x.errno != libc::EIO) {
+        Some(i) => Err(format!(
+            "request {} of {}: errno {}{}, expected EIO for the device's error status (did the earlier failures keep their buffers?)",
+            i + 1,
+            failed.len(),
+            failed[i].errno,
+            errno_hint(failed[i].errno)
+        )),
+        None => all_verified_in(&r, "after_errors", 1)
+            .map_err(|e| format!("after 40 failed requests: {e}"))
+            .and_then(|_| clean(&r)),
+    }
+}
+
+/// The ownership oracle on, and every completion 5 ms late: the device owns each request's
+/// memory long enough that a driver touching it meanwhile is caught every time, not only when
+/// it happens to be quicker than the device.
+fn oracle_with_late_completions(o: &mut VmOptions) {
+    o.oracle = true;
+    o.faults = Some("[[rule]]\nname = \"late\"\nkind = \"delay_completion\"\nms = 5\n".into());
 }
 
 /// The ladder's checks (`--step N`): steps 1..=N, in one boot. A step's own mechanism (the
@@ -562,55 +664,43 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
                 .and_then(|_| clean(&r))
             },
         );
-        let rules =
-            std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
-                .unwrap_or_default();
-        let r = boot(
-            args,
-            initramfs,
-            "step7_faults",
-            "load,campaign,unload",
-            |o| {
-                o.faults = Some(dmalab_tests::campaign::with_seed(&rules, 1));
-                o.append = format!("dmalab.seed=1 dmalab.ops=120 {}", o.append);
-            },
-        );
-        let faults = r.events("fault");
-        let xfers = dmalab_tests::campaign::campaign_xfers(&r);
-        let verdicts = dmalab_tests::verdict::judge(&faults, &xfers);
+        let stall = stall_check(args, initramfs, "step7_stall");
+        let (handled, explained, clean_run) = match &stall {
+            Err(e) if e.contains(NEVER_RETURNED) => {
+                let no = || Err(format!("not run: {NEVER_RETURNED} (the stall check)"));
+                (no(), no(), no())
+            }
+            _ => campaign_checks(args, initramfs, "step7_faults"),
+        };
         add(
             7,
             "every injected fault handled as docs/faults.md says",
             "docs/faults.md",
-            match verdicts
-                .iter()
-                .filter(|v| !v.pass)
-                .collect::<Vec<_>>()
-                .first()
-            {
-                _ if verdicts.is_empty() => Err("no fault was injected".into()),
-                Some(v) => Err(format!(
-                    "{} on queue {} tag {}: expected {}, observed {}",
-                    v.kind, v.queue, v.tag, v.expected, v.observed
-                )),
-                None => Ok(()),
-            },
+            handled,
         );
         add(
             7,
             "no request fails without a fault, the run is clean",
             "docs/tutorial/07-errors.md",
-            {
-                let u = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
-                ensure(u.is_empty(), format!("{} unexplained failures", u.len()))
-                    .and_then(|_| clean(&r))
-            },
+            explained.and(clean_run),
         );
         add(
             7,
             "a fatal error: the request fails with EIO at once, the device is reset, all goes on",
             "docs/tutorial/07-errors.md#fatal-errors",
             fatal_check(args, initramfs, "step7_fatal"),
+        );
+        add(
+            7,
+            "a stalled request times out with ETIMEDOUT and its queue works again",
+            "docs/tutorial/07-errors.md#timeouts",
+            stall,
+        );
+        add(
+            7,
+            "error paths give back what they took (40 failed requests, then one more)",
+            "docs/tutorial/07-errors.md#statuses",
+            error_paths_check(args, initramfs, "step7_error_paths"),
         );
         let r = boot(
             args,
@@ -683,7 +773,7 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
             initramfs,
             "step8_ownership",
             "load,transfers,sg,unload",
-            |o| o.oracle = true,
+            oracle_with_late_completions,
         );
         add(
             8,
@@ -723,51 +813,54 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
             result,
         })
     };
+    let run = |level: u32| (args.from..=args.level).contains(&level);
     // 1: binds, identifies the device, unbinds
-    let r = boot(args, initramfs, "bind", "load,info,unload", |_| {});
-    add(
-        1,
-        "loads and creates /dev/dmalab0",
-        "docs/contract.md#1--binds",
-        {
-            let ins = r.all::<Insmod>();
-            ensure(
-                ins.first().is_some_and(|i| i.ok),
-                "insmod failed or /dev/dmalab0 never appeared",
-            )
-        },
-    );
-    add(
-        1,
-        "IOC_INFO reports the ID and version registers",
-        "docs/datasheet.md#bar0-register-map",
-        {
-            r.all::<Info>()
-                .first()
-                .map_or(Err("no IOC_INFO answer".into()), |i| {
-                    ensure(
-                        i.magic == abi::DEVICE_MAGIC
-                            && i.version >> 16 == u32::from(abi::VERSION_MAJOR),
-                        format!("ID {:#x} version {:#x}", i.magic, i.version),
-                    )
-                })
-        },
-    );
-    add(
-        1,
-        "unloads cleanly (kernel log, DMA-API debug, device account)",
-        "docs/contract.md#1--binds",
-        {
-            ensure(
-                r.all::<Rmmod>()
+    if run(1) {
+        let r = boot(args, initramfs, "bind", "load,info,unload", |_| {});
+        add(
+            1,
+            "loads and creates /dev/dmalab0",
+            "docs/contract.md#1--binds",
+            {
+                let ins = r.all::<Insmod>();
+                ensure(
+                    ins.first().is_some_and(|i| i.ok),
+                    "insmod failed or /dev/dmalab0 never appeared",
+                )
+            },
+        );
+        add(
+            1,
+            "IOC_INFO reports the ID and version registers",
+            "docs/datasheet.md#bar0-register-map",
+            {
+                r.all::<Info>()
                     .first()
-                    .is_some_and(|m| m.ok && !m.still_loaded),
-                "rmmod failed",
-            )
-            .and_then(|_| clean(&r))
-        },
-    );
-    if args.level >= 2 {
+                    .map_or(Err("no IOC_INFO answer".into()), |i| {
+                        ensure(
+                            i.magic == abi::DEVICE_MAGIC
+                                && i.version >> 16 == u32::from(abi::VERSION_MAJOR),
+                            format!("ID {:#x} version {:#x}", i.magic, i.version),
+                        )
+                    })
+            },
+        );
+        add(
+            1,
+            "unloads cleanly (kernel log, DMA-API debug, device account)",
+            "docs/contract.md#1--binds",
+            {
+                ensure(
+                    r.all::<Rmmod>()
+                        .first()
+                        .is_some_and(|m| m.ok && !m.still_loaded),
+                    "rmmod failed",
+                )
+                .and_then(|_| clean(&r))
+            },
+        );
+    }
+    if run(2) {
         let r = boot(
             args,
             initramfs,
@@ -818,7 +911,7 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
             clean(&r),
         );
     }
-    if args.level >= 3 {
+    if run(3) {
         let r = boot(
             args,
             initramfs,
@@ -857,64 +950,52 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
             clean(&r),
         );
     }
-    if args.level >= 4 {
-        let rules =
-            std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
-                .unwrap_or_default();
-        let r = boot(
-            args,
-            initramfs,
-            "faults",
-            "load,campaign,stats,unload",
-            |o| {
-                o.faults = Some(dmalab_tests::campaign::with_seed(&rules, 1));
-                o.append = format!("dmalab.seed=1 dmalab.ops=120 {}", o.append);
-            },
-        );
-        let faults = r.events("fault");
-        let xfers = dmalab_tests::campaign::campaign_xfers(&r);
-        let verdicts = dmalab_tests::verdict::judge(&faults, &xfers);
-        let failed: Vec<_> = verdicts.iter().filter(|v| !v.pass).collect();
+    if run(4) {
+        // A driver that never times out would hang the campaign's VM until the harness gives
+        // up on it: the stall check finds that out in 20 s, and the campaign is skipped.
+        let stall = stall_check(args, initramfs, "stall");
+        let (handled, explained, clean_run) = match &stall {
+            Err(e) if e.contains(NEVER_RETURNED) => {
+                let no = || Err(format!("not run: {NEVER_RETURNED} (the stall check)"));
+                (no(), no(), no())
+            }
+            _ => campaign_checks(args, initramfs, "faults"),
+        };
         add(
             4,
             "every injected fault handled as docs/faults.md says",
             "docs/faults.md",
-            {
-                ensure(!verdicts.is_empty(), "no fault was injected").and_then(|_| {
-                    match failed.first() {
-                        Some(v) => Err(format!(
-                            "{} of {}: {} expected {}, observed {}",
-                            failed.len(),
-                            verdicts.len(),
-                            v.kind,
-                            v.expected,
-                            v.observed
-                        )),
-                        None => Ok(()),
-                    }
-                })
-            },
+            handled,
         );
         add(
             4,
             "no request fails without a fault",
             "docs/contract.md#4--faults",
-            {
-                let u = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
-                ensure(u.is_empty(), format!("{} unexplained failures", u.len()))
-            },
+            explained,
         );
         add(
             4,
             "the run is clean",
             "docs/contract.md#4--faults",
-            clean(&r),
+            clean_run,
         );
         add(
             4,
             "a fatal error: the request fails with EIO at once, the device is reset, all goes on",
             "docs/faults.md",
             fatal_check(args, initramfs, "fatal"),
+        );
+        add(
+            4,
+            "a stalled request times out with ETIMEDOUT and its queue works again",
+            "docs/faults.md",
+            stall,
+        );
+        add(
+            4,
+            "error paths give back what they took (40 failed requests, then one more)",
+            "docs/contract.md#4--faults",
+            error_paths_check(args, initramfs, "error_paths"),
         );
         let r = boot(args, initramfs, "reorder", "load,overlap,unload", |o| {
             // the first request's completion comes 3 s late, and twice, while the second waits
@@ -944,7 +1025,7 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
                 .and_then(|_| clean(&r)),
         );
     }
-    if args.level >= 5 {
+    if run(5) {
         add(
             5,
             "unbind with requests in flight: every waiter gets ENODEV, nothing touches the reset device",
@@ -952,13 +1033,13 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
             teardown_check(args, initramfs, "teardown"),
         );
     }
-    if args.level >= 6 {
+    if run(6) {
         let r = boot(
             args,
             initramfs,
             "ownership",
             "load,transfers,sg,unload",
-            |o| o.oracle = true,
+            oracle_with_late_completions,
         );
         add(
             6,
