@@ -35,6 +35,8 @@ pub enum Report {
     Interrupts(Interrupts),
     /// A request the device stalls, and the queue afterwards.
     Stalled(Stalled),
+    /// What kmemleak found.
+    Leaks(Leaks),
     /// The DMA-API debug error count at some point.
     DmaApi(DmaApi),
     /// `IOC_INFO`.
@@ -150,6 +152,15 @@ impl Bound {
     pub fn enabled(&self) -> bool {
         self.command & 0b110 == 0b110
     }
+}
+
+/// See [`Report::Leaks`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leaks {
+    /// Unreferenced objects kmemleak reports; `None` when kmemleak is off.
+    pub suspects: Option<u64>,
+    /// The first one's report, folded onto one line.
+    pub first: String,
 }
 
 /// See [`Report::Stalled`].
@@ -512,6 +523,7 @@ kinds! {
     Bound => Bound, "bound";
     Interrupts => Interrupts, "interrupts";
     Stalled => Stalled, "stalled";
+    Leaks => Leaks, "leaks";
     DmaApi => DmaApi, "dma_api";
     Info => Info, "info";
     Xfer => Xfer, "xfer";

@@ -21,6 +21,18 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "bind" => bind(module),
         "basic" => basic(),
         "queues" => queues(),
+        "kmemleak_clear" => {
+            dev::kmemleak_clear();
+            Ok(())
+        }
+        "kmemleak" => {
+            let found = kmemleak_suspects();
+            report(Report::Leaks(Leaks {
+                suspects: found.as_ref().map(|f| f.0),
+                first: found.map(|f| f.1).unwrap_or_default(),
+            }));
+            Ok(())
+        }
         "stall_recovery" => stall_recovery(),
         "error_paths" => error_paths(),
         "interrupts" => interrupts(),
@@ -863,6 +875,30 @@ fn timeout_late() -> Result<(), String> {
 /// Probe error paths: load the module with `probe_fail_step=1, 2, ...` until a probe succeeds.
 /// After each failed probe: no device node, no DMA-API entry left for the device, no new DMA-API
 /// error; at the end the probe that succeeds gives a device that transfers correctly, and
+/// kmemleak's suspects now and the first one's report, after waiting out its 5 s grace
+/// period and scanning twice (as its documentation advises, to settle transient references);
+/// `None` when kmemleak is off.
+fn kmemleak_suspects() -> Option<(u64, String)> {
+    std::thread::sleep(Duration::from_secs(6));
+    dev::kmemleak_scan()?;
+    let text = dev::kmemleak_scan()?;
+    let n = text.matches("unreferenced object").count() as u64;
+    if n > 0 {
+        eprintln!("kmemleak:\n{text}");
+    }
+    let first = text
+        .split("unreferenced object")
+        .nth(1)
+        .map(|t| {
+            format!(
+                "unreferenced object{}",
+                t.lines().take(12).collect::<Vec<_>>().join(" | ")
+            )
+        })
+        .unwrap_or_default();
+    Some((n, first))
+}
+
 /// kmemleak (when the kernel was booted with `kmemleak=on`) finds nothing leaked.
 fn probe_unwind(module: &str) -> Result<(), String> {
     unload()?;
@@ -917,16 +953,7 @@ fn probe_unwind(module: &str) -> Result<(), String> {
     unload()?;
     let errors_after = dev::dma_api_errors();
     let leaks = if kmemleak {
-        // kmemleak reports only objects older than 5 s; scan twice, as its documentation
-        // advises, to settle transient references.
-        std::thread::sleep(Duration::from_secs(6));
-        let _ = dev::kmemleak_scan();
-        let text = dev::kmemleak_scan().unwrap_or_default();
-        let n = text.matches("unreferenced object").count();
-        if n > 0 {
-            eprintln!("kmemleak:\n{text}");
-        }
-        Some(n as u64)
+        kmemleak_suspects().map(|(n, _)| n)
     } else {
         None
     };

@@ -192,6 +192,21 @@ fn fatal_check(args: &Args, initramfs: &Path, name: &str) -> Result<(), String> 
     }
 }
 
+/// kmemleak's verdict on a run that ended with the `kmemleak` scenario.
+fn leaks(r: &Run) -> Result<(), String> {
+    match r.all::<dmalab_report::Leaks>().first() {
+        None => Err("kmemleak was not read".into()),
+        Some(l) => match l.suspects {
+            None => Err("kmemleak is off in this kernel (boot with kmemleak=on)".into()),
+            Some(0) => Ok(()),
+            Some(n) => Err(format!(
+                "{n} unreferenced object(s); the first: {}",
+                l.first
+            )),
+        },
+    }
+}
+
 /// How the stall check says that the driver never gave up on a request.
 const NEVER_RETURNED: &str = "a stalled request never returned";
 
@@ -302,7 +317,13 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
             result,
         })
     };
-    let r = boot(args, initramfs, "step1", "bind", |_| {});
+    let r = boot(
+        args,
+        initramfs,
+        "step1",
+        "kmemleak_clear,bind,kmemleak",
+        |o| o.append = format!("kmemleak=on {}", o.append),
+    );
     let bound = |when: &str| {
         r.all::<dmalab_report::Bound>()
             .into_iter()
@@ -383,6 +404,12 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
             })
             .and_then(|_| clean(&r))
         },
+    );
+    add(
+        1,
+        "kmemleak finds nothing leaked after the unbind",
+        "docs/tutorial/01-bind.md#unbinding",
+        leaks(&r),
     );
     if step >= 2 {
         let r = boot(
@@ -816,7 +843,13 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
     let run = |level: u32| (args.from..=args.level).contains(&level);
     // 1: binds, identifies the device, unbinds
     if run(1) {
-        let r = boot(args, initramfs, "bind", "load,info,unload", |_| {});
+        let r = boot(
+            args,
+            initramfs,
+            "bind",
+            "kmemleak_clear,load,info,transfers,unload,kmemleak",
+            |o| o.append = format!("kmemleak=on {}", o.append),
+        );
         add(
             1,
             "loads and creates /dev/dmalab0",
@@ -858,6 +891,12 @@ fn checks(args: &Args, initramfs: &Path) -> Vec<Check> {
                 )
                 .and_then(|_| clean(&r))
             },
+        );
+        add(
+            1,
+            "kmemleak finds nothing leaked after a load, transfers and an unload",
+            "docs/contract.md#1--binds",
+            leaks(&r),
         );
     }
     if run(2) {
