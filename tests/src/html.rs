@@ -16,7 +16,11 @@ pub fn esc(s: &str) -> String {
 
 /// The report card of `dmalab check`: one row per check (level, name, pass or the reason it
 /// failed, where the expected behaviour is explained).
-pub fn report_card(driver: &str, rows: &[(u32, &str, Result<(), String>, &str)]) -> String {
+pub fn report_card(
+    driver: &str,
+    rows: &[(u32, &str, Result<(), String>, &str)],
+    notes: &[(String, String)],
+) -> String {
     let passed = rows.iter().filter(|r| r.2.is_ok()).count();
     let mut h = format!(
         "<!doctype html><html><head><meta charset=utf-8><title>dmalab check</title><style>\
@@ -41,7 +45,11 @@ pub fn report_card(driver: &str, rows: &[(u32, &str, Result<(), String>, &str)])
             esc(see)
         );
     }
-    h.push_str("</table></body></html>\n");
+    h.push_str("</table>");
+    for (heading, text) in notes {
+        let _ = write!(h, "<h2>{}</h2><p>{}</p>", esc(heading), esc(text));
+    }
+    h.push_str("</body></html>\n");
     h
 }
 
@@ -171,8 +179,13 @@ mod tests {
                 "docs/oracle.md",
             ),
         ];
-        let h = report_card("my.ko", &rows);
+        let notes = [(
+            "fault verdicts (x)".to_string(),
+            "stall 1/1 <b>".to_string(),
+        )];
+        let h = report_card("my.ko", &rows, &notes);
         assert!(h.contains("1 of 2 checks passed"), "{h}");
+        assert!(h.contains("stall 1/1 &lt;b&gt;"), "{h}");
         assert!(h.contains("owns &lt;nothing&gt;") && h.contains("FAIL: a &amp; b"));
         assert!(!h.contains("<script"));
     }

@@ -48,6 +48,8 @@ pub struct VmOptions {
     /// Boot this initramfs instead of the built one (`dmalab check` puts a driver under test
     /// in it).
     pub initramfs: Option<PathBuf>,
+    /// Boot this kernel image instead of the built one (`dmalab check --kernel`).
+    pub kernel: Option<PathBuf>,
 }
 
 impl VmOptions {
@@ -67,6 +69,7 @@ impl VmOptions {
             oracle: false,
             count_instructions: false,
             initramfs: None,
+            kernel: None,
         }
     }
 }
@@ -243,7 +246,8 @@ fn start_device(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> PathBuf {
 /// Starts QEMU with the device attached over `sock`.
 fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
     let need = |n| artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
-    let (qemu, kernel) = (need("qemu"), need("kernel"));
+    let qemu = need("qemu");
+    let kernel = opts.kernel.clone().unwrap_or_else(|| need("kernel"));
     let initramfs = opts.initramfs.clone().unwrap_or_else(|| need("initramfs"));
     let mut append = format!(
         "console=ttyS0 panic=-1 dmalab.run={} {}",

@@ -28,6 +28,11 @@ struct Args {
     /// which need only the part of the contract those steps build
     #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=8))]
     step: Option<u32>,
+    /// Boot this kernel image (bzImage) instead of the one the build made; the module must be
+    /// built against it, and its configuration must have what the checks read (see
+    /// guest-kernel/dmalab.config: DMA-API debug, lockdep, kmemleak, the IOMMU)
+    #[arg(long)]
+    kernel: Option<PathBuf>,
     /// Extra guest kernel command line (module parameters as dmalab_module.NAME=VALUE)
     #[arg(long, default_value = "")]
     append: String,
@@ -53,6 +58,7 @@ fn boot(
 ) -> Run {
     let mut o = VmOptions::new(&format!("check_{name}"), scenarios);
     o.initramfs = Some(initramfs.to_path_buf());
+    o.kernel = args.kernel.clone();
     o.append = args.append.clone();
     tune(&mut o);
     eprintln!("dmalab check: {name} ...");
@@ -240,7 +246,35 @@ fn campaign_checks(args: &Args, initramfs: &Path, name: &str) -> (Graded, Graded
     };
     let u = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
     let explained = ensure(u.is_empty(), format!("{} unexplained failures", u.len()));
+    note_verdicts(name, &verdicts);
     (handled, explained, clean(&r))
+}
+
+/// Notes printed under the report card: (heading, text).
+static NOTES: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Puts a campaign's verdicts on the card, kind by kind: "stall 2/2 · corrupt 3/3 · ...".
+fn note_verdicts(campaign: &str, verdicts: &[dmalab_tests::verdict::Verdict]) {
+    let mut kinds: Vec<(&str, usize, usize)> = Vec::new();
+    for v in verdicts {
+        match kinds.iter_mut().find(|k| k.0 == v.kind) {
+            Some(k) => {
+                k.1 += usize::from(v.pass);
+                k.2 += 1;
+            }
+            None => kinds.push((&v.kind, usize::from(v.pass), 1)),
+        }
+    }
+    kinds.sort();
+    let text = kinds
+        .iter()
+        .map(|(k, p, n)| format!("{k} {p}/{n}"))
+        .collect::<Vec<_>>()
+        .join(" · ");
+    NOTES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((format!("fault verdicts ({campaign})"), text));
 }
 
 /// The device stalls queue 1's first request (2 s timeout): it must come back as ETIMEDOUT,
@@ -1149,7 +1183,11 @@ fn main() -> ExitCode {
         .iter()
         .map(|c| (c.level, c.name, c.result.clone(), c.see))
         .collect();
-    let page = dmalab_tests::html::report_card(&args.driver.display().to_string(), &rows);
+    let notes = NOTES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (heading, text) in &notes {
+        println!("  {heading}: {text}");
+    }
+    let page = dmalab_tests::html::report_card(&args.driver.display().to_string(), &rows, &notes);
     let html = dir.join("report.html");
     match std::fs::write(&html, page) {
         Ok(()) => println!("  report: {}", html.display()),
