@@ -338,6 +338,12 @@ pub struct Progress {
     pub done: u64,
     /// Steps in all.
     pub total: u64,
+    /// Steps done that failed.
+    #[serde(default)]
+    pub failed: u64,
+    /// Milliseconds since the first step started (in the guest).
+    #[serde(default)]
+    pub ms: u64,
 }
 
 /// See [`Report::ProbeStep`].

@@ -59,6 +59,17 @@ pub fn with_seed(rules: &str, seed: u64) -> String {
     format!("seed = {seed}\n{}\n", body.join("\n"))
 }
 
+/// How a campaign shows its progress on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// Not at all (tests).
+    Off,
+    /// A line for people every tenth of the way.
+    Human,
+    /// The agent's progress reports as JSON lines, for tools.
+    Json,
+}
+
 /// Boots a VM whose device starts with `rules` (seeded with `seed`) and whose agent runs `ops`
 /// requests drawn from the same seed.
 pub fn campaign(
@@ -66,15 +77,16 @@ pub fn campaign(
     seed: u64,
     ops: u32,
     rules: &str,
-    progress: bool,
+    progress: Echo,
     oracle: bool,
 ) -> Campaign {
     let mut o = VmOptions::new(name, "load,campaign,stats,unload");
     o.oracle = oracle;
     o.faults = Some(with_seed(rules, seed));
     o.append = format!("dmalab.seed={seed} dmalab.ops={ops}");
-    if progress {
+    if progress != Echo::Off {
         o.echo = vec!["progress"];
+        o.echo_json = progress == Echo::Json;
     }
     let run = run(&o);
     let faults = run.events("fault");

@@ -35,6 +35,9 @@ pub struct VmOptions {
     pub kill_device_on: Option<String>,
     /// Report kinds printed (to stderr) as they arrive, e.g. "progress".
     pub echo: Vec<&'static str>,
+    /// Echo reports as their raw JSON lines, also `progress` (otherwise a progress report is
+    /// echoed as a line for people: done/total, rate, failures and faults so far, time left).
+    pub echo_json: bool,
     /// Device-side error events the test provokes on purpose beyond those an injected fault or
     /// a deliberately refused request explains: (text the event's `what` contains, why it is
     /// expected). Every other device error fails the run.
@@ -65,6 +68,7 @@ impl VmOptions {
             faults: None,
             kill_device_on: None,
             echo: Vec::new(),
+            echo_json: false,
             expected_device_errors: Vec::new(),
             oracle: false,
             count_instructions: false,
@@ -356,6 +360,32 @@ struct Watched {
     device_killed: bool,
 }
 
+/// A progress report for people: `[  42s] 120/300 (40%)  2.9 req/s  3 failed  5 faults  ~62 s
+/// left`, the rate from the guest's own clock (reports arrive in bursts).
+fn progress_line(p: &dmalab_report::Progress, t0: Instant, dir: &Path) -> String {
+    let pct = p.done * 100 / p.total.max(1);
+    let rate = p.done as f64 / (p.ms as f64 / 1000.0).max(1e-3);
+    let left = if rate > 0.0 {
+        format!(
+            "~{:.0} s left",
+            (p.total - p.done.min(p.total)) as f64 / rate
+        )
+    } else {
+        String::new()
+    };
+    // The device's log as written so far (it flushes whenever a queue goes idle).
+    let faults = std::fs::read_to_string(dir.join("events.jsonl"))
+        .map(|t| t.matches("\"event\":\"fault\"").count())
+        .unwrap_or(0);
+    format!(
+        "  [{:>4}s] {}/{} ({pct}%)  {rate:.1} req/s  {} failed  {faults} faults  {left}",
+        t0.elapsed().as_secs(),
+        p.done,
+        p.total,
+        p.failed
+    )
+}
+
 /// Follows the console and the report channel until QEMU exits (the guest powered off or
 /// panicked: -no-reboot) or the timeout: echoes chosen reports, and kills the device server
 /// when the surprise-removal marker appears.
@@ -371,12 +401,22 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
             .iter_mut()
             .find(|(n, _)| n == "qemu")
             .and_then(|(_, q)| q.try_wait().ok().flatten());
+        // Reports arrive on their own port and, as a copy for people, on the console: they are
+        // echoed from their port only (once), markers are looked for in both.
         let reports = report_tail.poll();
-        for line in tail.poll().into_iter().chain(reports) {
-            if let Some(Ok(r)) = Report::in_line(&line).filter(|_| !opts.echo.is_empty()) {
+        let echo = reports.len();
+        for (n, line) in reports.into_iter().chain(tail.poll()).enumerate() {
+            if let Some(Ok(r)) =
+                Report::in_line(&line).filter(|_| n < echo && !opts.echo.is_empty())
+            {
                 let kind = r.kind();
                 if opts.echo.iter().any(|k| *k == kind) {
-                    eprintln!("  [{:>4}s] {}", t0.elapsed().as_secs(), r.line());
+                    match &r {
+                        Report::Progress(p) if !opts.echo_json => {
+                            eprintln!("{}", progress_line(p, t0, dir));
+                        }
+                        _ => eprintln!("  [{:>4}s] {}", t0.elapsed().as_secs(), r.line()),
+                    }
                 }
             }
             if !device_killed

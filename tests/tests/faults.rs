@@ -249,9 +249,10 @@ fn a_campaign_is_reproducible_from_its_seed() {
         .unwrap();
     // the first run with the ownership oracle on: the reference driver must not touch memory
     // the device owns, whatever the faults do to it
-    let a = campaign("campaign_a", 11, 120, &rules, false, true);
-    let b = campaign("campaign_b", 11, 120, &rules, false, false);
-    let c = campaign("campaign_c", 12, 120, &rules, false, false);
+    use dmalab_tests::campaign::Echo;
+    let a = campaign("campaign_a", 11, 120, &rules, Echo::Off, true);
+    let b = campaign("campaign_b", 11, 120, &rules, Echo::Off, false);
+    let c = campaign("campaign_c", 12, 120, &rules, Echo::Off, false);
     for x in [&a, &b, &c] {
         let failed: Vec<_> = x.verdicts.iter().filter(|v| !v.pass).collect();
         x.run.check(

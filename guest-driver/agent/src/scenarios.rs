@@ -804,6 +804,8 @@ fn campaign() -> Result<(), String> {
         x ^= x << 17;
         x
     };
+    let mut failed = 0;
+    let t0 = Instant::now();
     for i in 0..ops {
         let op = OPS[(next() % OPS.len() as u64) as usize];
         let len = [64usize, 512, 4096, 12_347, 65_536][(next() % 5) as usize];
@@ -832,10 +834,13 @@ fn campaign() -> Result<(), String> {
         };
         o.detail = format!("op {i}");
         report_xfer(&o, "campaign");
+        failed += u64::from(!o.verified);
         if (i + 1) % (ops / 10).max(1) == 0 {
             report(Report::Progress(Progress {
                 done: u64::from(i + 1),
                 total: u64::from(ops),
+                failed,
+                ms: t0.elapsed().as_millis() as u64,
             }));
         }
     }

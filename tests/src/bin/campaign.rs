@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use dmalab_report::DmaApi;
-use dmalab_tests::campaign::campaign;
+use dmalab_tests::campaign::{campaign, Echo};
 use dmalab_tests::html;
 
 /// Many requests under seeded random faults in one VM; a verdict per fault kind on the
@@ -29,6 +29,9 @@ struct Args {
     /// Run the DMA ownership oracle too (docs/oracle.md)
     #[arg(long)]
     oracle: bool,
+    /// Progress as the agent's JSON reports instead of lines for people
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -57,7 +60,7 @@ fn main() -> ExitCode {
         seed,
         ops,
         &rules,
-        true,
+        if args.json { Echo::Json } else { Echo::Human },
         args.oracle,
     );
 
