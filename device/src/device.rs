@@ -166,6 +166,12 @@ impl Device {
 
     /// A BAR0 read. Registers are 32 bits wide; 64-bit reads return two registers.
     pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        self.shared
+            .log
+            .counters
+            .bar_reads
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.log.record(|| Event::BarRead { offset });
         let Some(off) = bar_offset(offset, data.len()) else {
             warn!(
                 "BAR0 read of {} bytes at {offset:#x} is not a 32/64-bit aligned access inside BAR0",

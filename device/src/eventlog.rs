@@ -101,6 +101,12 @@ pub enum Event {
         /// What was injected.
         fault: crate::faults::FaultKind,
     },
+    /// The guest read a BAR0 register (a round trip it waits for: none belongs on a driver's
+    /// data path).
+    BarRead {
+        /// The register's offset in BAR0.
+        offset: u64,
+    },
     /// Client DMA map-table change.
     Map {
         /// Start of the range (IOVA, or guest physical without an IOMMU).
@@ -139,6 +145,8 @@ pub struct Counters {
     pub ring_errors: AtomicU64,
     /// Faults injected.
     pub faults: AtomicU64,
+    /// BAR0 reads by the guest (each costs it a round trip; a driver's data path needs none).
+    pub bar_reads: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -155,6 +163,8 @@ pub struct CountersSnapshot {
     pub resets: u64,
     pub ring_errors: u64,
     pub faults: u64,
+    #[serde(default)]
+    pub bar_reads: u64,
 }
 
 impl Counters {
@@ -171,6 +181,7 @@ impl Counters {
             resets: self.resets.load(Relaxed),
             ring_errors: self.ring_errors.load(Relaxed),
             faults: self.faults.load(Relaxed),
+            bar_reads: self.bar_reads.load(Relaxed),
         }
     }
 }

@@ -220,3 +220,27 @@ fn the_event_log_names_the_block_as_queue_8() {
     assert!(has("\"event\":\"complete\""), "{log}");
     assert!(has("direct transfer 1 refused"), "{log}");
 }
+
+#[test]
+fn every_bar_read_is_counted_and_logged() {
+    // (here because this file already builds a rig with a log; the count is what the e2e
+    // data-path test relies on to say "zero")
+    let r = Rig::with_log(1, 1 << 20, EventLog::to_writer(Box::new(std::io::sink())));
+    let before = r.log.counters.snapshot().bar_reads;
+    r.read32(abi::REG_ID);
+    r.read32(abi::REG_DMA_STATUS);
+    r.write32(abi::REG_DMA_LEN, 5);
+    assert_eq!(r.log.counters.snapshot().bar_reads - before, 2);
+    let reads: Vec<String> = r
+        .log
+        .since(0)
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.contains("\"event\":\"bar_read\""))
+        .collect();
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert!(
+        reads[1].contains(&format!("\"offset\":{}", abi::REG_DMA_STATUS)),
+        "{reads:?}"
+    );
+}
