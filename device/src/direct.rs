@@ -133,11 +133,12 @@ impl DirectShared {
             // answers; the timeout only guards a dead thread.
             let _ = rx.recv_timeout(Duration::from_secs(30));
         }
-        let started = self.regs.lock().unwrap().started;
-        *self.regs.lock().unwrap() = DirectRegs {
-            started,
+        let mut r = self.regs.lock().unwrap();
+        *r = DirectRegs {
+            started: r.started,
             ..DirectRegs::default()
         };
+        drop(r);
         self.reset_requested.store(false, Ordering::SeqCst);
     }
 

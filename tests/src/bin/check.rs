@@ -90,19 +90,10 @@ fn ensure(cond: bool, why: impl Into<String>) -> Result<(), String> {
     }
 }
 
+/// Every transfer the agent reported, at least `min` of them, submitted, completed OK and
+/// verified byte for byte.
 fn all_verified(r: &Run, min: usize) -> Result<(), String> {
-    let x = r.all::<Xfer>();
-    ensure(
-        x.len() >= min,
-        format!("{} transfers reported, expected {min}", x.len()),
-    )?;
-    match x.iter().find(|x| !x.ok()) {
-        Some(bad) => Err(format!(
-            "{} of {} bytes on queue {}: errno {}, status {}, verified {}",
-            bad.op, bad.len, bad.queue, bad.errno, bad.status, bad.verified
-        )),
-        None => Ok(()),
-    }
+    verified_among(r, r.all::<Xfer>(), min)
 }
 
 /// The kernel's lines about the dmalab device or driver that say something went wrong (a probe
@@ -142,17 +133,22 @@ fn errno_hint(errno: i32) -> &'static str {
     }
 }
 
+/// As [`all_verified`], for the transfers of one scenario.
 fn all_verified_in(r: &Run, scenario: &str, min: usize) -> Result<(), String> {
-    let x: Vec<_> = r
+    let x = r
         .all::<Xfer>()
         .into_iter()
-        .filter(|x| x.scenario == scenario)
-        .collect();
+        .filter(|x| x.scenario == scenario);
+    verified_among(r, x.collect(), min)
+}
+
+fn verified_among(r: &Run, x: Vec<&Xfer>, min: usize) -> Result<(), String> {
     match x.iter().find(|x| !x.ok()) {
         Some(bad) => Err(format!(
-            "{} of {} bytes: errno {}{}, status {}, verified {} {}",
+            "{} of {} bytes on queue {}: errno {}{}, status {}, verified {} {}",
             bad.op,
             bad.len,
+            bad.queue,
             bad.errno,
             errno_hint(bad.errno),
             bad.status,
