@@ -85,6 +85,11 @@ pub const REG_DMA_STATUS: usize = 0x05c;
 pub const REG_DMA_RESULT: usize = 0x060;
 /// RO: bytes the finished transfer moved.
 pub const REG_DMA_BYTES: usize = 0x064;
+/// RW: fault-injection epoch, for test harnesses (no driver needs it). Writing `e` restarts the
+/// fault injector as if its rules had just been loaded with a seed made from the rules' seed and
+/// `e`: rule counters and every queue's random stream start afresh, so a campaign's unit `e`
+/// meets the same faults in whichever VM, shard or order it runs. Reads the last epoch written.
+pub const REG_FAULT_EPOCH: usize = 0x068;
 
 /// [`REG_DMA_STATUS`] bit 0: a transfer is running; its registers refuse writes.
 pub const DMA_STATUS_BUSY: u32 = 1 << 0;
@@ -271,6 +276,8 @@ macro_rules! bar0_registers {
             pub DMA_RESULT(u32) @ 0x060 { 31:0 value; }
             /// Bytes the finished transfer moved.
             pub DMA_BYTES(u32) @ 0x064 { 31:0 bytes; }
+            /// Fault-injection epoch (test harnesses).
+            pub FAULT_EPOCH(u32) @ 0x068 { 31:0 epoch; }
 
             /// Queue q: submission ring address, bits 31:0 (64-byte aligned).
             pub Q_SQ_BASE_LO(u32)[MAX_QUEUES, stride = QUEUE_STRIDE] @ 0x100 { 31:0 addr; }

@@ -89,6 +89,7 @@ mod tests {
             ("DMA_STATUS", REG_DMA_STATUS),
             ("DMA_RESULT", REG_DMA_RESULT),
             ("DMA_BYTES", REG_DMA_BYTES),
+            ("FAULT_EPOCH", REG_FAULT_EPOCH),
         ];
         let queue = [
             ("Q_SQ_BASE_LO", Q_SQ_BASE_LO),

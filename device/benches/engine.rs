@@ -3,7 +3,8 @@
 //! `cargo bench -p dmalab-device --bench engine` (or `make bench`). Prints, per size, the
 //! engine's COPY throughput through rings and worker thread (descriptor fetch, validation,
 //! completion write, interrupt accounting included), memcpy's throughput for the same size, and
-//! the ratio; then descriptors per second for 64-byte copies.
+//! the ratio; then descriptors per second for 64-byte copies. With `--bench`, also writes them to
+//! `target/bench/engine.json`, where `dmalab-bench` puts them in docs/performance.md.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -77,6 +78,7 @@ fn main() {
         "{:>9} {:>14} {:>14} {:>8}",
         "size", "engine MB/s", "memcpy MB/s", "ratio"
     );
+    let mut rows = Vec::new();
     for len in [4096u32, 65536, 1 << 20] {
         let (bps, _) = (0..3)
             .map(|_| engine(&rig, &mut ring, len, budget / 3))
@@ -89,7 +91,21 @@ fn main() {
             m / 1e6,
             100.0 * bps / m
         );
+        rows.push(serde_json::json!({
+            "len": len, "engine_bytes_per_s": bps, "memcpy_bytes_per_s": m,
+        }));
     }
     let (_, dps) = engine(&rig, &mut ring, 64, budget);
     println!("64-byte COPY descriptors: {dps:.0} per second");
+    if !quick {
+        // next to the workspace's target/, wherever cargo runs the bench from
+        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+        let json = serde_json::json!({"copy": rows, "descriptors_per_s_64b": dps});
+        let written = std::fs::create_dir_all(&out)
+            .and_then(|()| std::fs::write(out.join("engine.json"), format!("{json:#}\n")));
+        match written {
+            Ok(()) => println!("written to {}", out.join("engine.json").display()),
+            Err(e) => eprintln!("cannot write {}: {e}", out.display()),
+        }
+    }
 }

@@ -84,6 +84,7 @@ impl Device {
             status: AtomicU32::new(DevStatus::new().with_ready(true).into_bits()),
             coalesce: AtomicU32::new(0),
             irq_cause: AtomicU32::new(0),
+            fault_epoch: AtomicU32::new(0),
             oracle: std::sync::OnceLock::new(),
         });
         let mut workers = receivers
@@ -226,6 +227,7 @@ impl Device {
             abi::REG_IRQ_CAUSE => s.irq_cause.load(Ordering::SeqCst),
             abi::REG_CAP_MAX_XFER => abi::MAX_TRANSFER,
             abi::REG_DMA_SRC_LO..=abi::REG_DMA_BYTES => s.direct.read(off),
+            abi::REG_FAULT_EPOCH => s.fault_epoch.load(Ordering::SeqCst),
             o if (abi::QUEUE_BASE..abi::QUEUE_BASE + abi::QUEUE_STRIDE * s.queues.len())
                 .contains(&o) =>
             {
@@ -269,6 +271,11 @@ impl Device {
             }
             abi::REG_IRQ_COALESCE => s.coalesce.store(v, Ordering::SeqCst),
             abi::REG_DMA_SRC_LO..=abi::REG_DMA_BYTES => self.write_direct(off, v),
+            abi::REG_FAULT_EPOCH => {
+                s.fault_epoch.store(v, Ordering::SeqCst);
+                s.faults.begin_epoch(u64::from(v));
+                s.log.record(|| Event::Epoch { epoch: v });
+            }
             abi::REG_IRQ_CAUSE => {
                 s.irq_cause.fetch_and(!v, Ordering::SeqCst);
             }

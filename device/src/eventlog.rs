@@ -101,6 +101,11 @@ pub enum Event {
         /// What was injected.
         fault: crate::faults::FaultKind,
     },
+    /// `FAULT_EPOCH` was written: fault injection restarted for a campaign's unit.
+    Epoch {
+        /// The epoch written.
+        epoch: u32,
+    },
     /// The guest read a BAR0 register (a round trip it waits for: none belongs on a driver's
     /// data path).
     BarRead {

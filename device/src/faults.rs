@@ -5,7 +5,10 @@
 //! (which of the matching occurrences fire) and an optional predecessor (`after_rule`): a rule
 //! with a predecessor is armed only once that rule has fired, and counts its occurrences afresh
 //! every time the predecessor fires again, so "the second WRITE after each reset" can be said.
-//! Probabilities draw from one seeded generator, so a seed reproduces the injected sequence.
+//! Probabilities draw from seeded generators, one stream per queue (and one for resets), so a
+//! seed reproduces the injected sequence, and the faults one queue meets do not depend on how
+//! its requests interleave with other queues'. [`Injector::begin_epoch`] restarts the counters
+//! and streams for a campaign's unit (the `FAULT_EPOCH` register).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -513,9 +516,24 @@ struct RuleState {
     armed: bool,
 }
 
+/// Random streams: one per queue pair, one for the direct block, one for reset events.
+const STREAMS: usize = abi::MAX_QUEUES + 2;
+
 struct State {
     rules: Vec<RuleState>,
-    rng: u64,
+    /// The rule set's seed.
+    seed: u64,
+    rng: [u64; STREAMS],
+}
+
+/// Queue `q`'s stream starts here; queue 0's at the seed itself.
+fn stream_seeds(seed: u64) -> [u64; STREAMS] {
+    std::array::from_fn(|q| seed ^ (q as u64).wrapping_mul(0xd1b5_4a32_d192_ed03))
+}
+
+/// The stream an occurrence draws from.
+fn stream(o: Option<Occurrence>) -> usize {
+    o.map_or(STREAMS - 1, |o| usize::from(o.queue).min(STREAMS - 2))
 }
 
 /// The rules in force and their counters. Cheap when empty: one uncontended lock per event.
@@ -540,7 +558,8 @@ impl Injector {
         let inj = Self {
             state: Mutex::new(State {
                 rules: Vec::new(),
-                rng: set.seed,
+                seed: set.seed,
+                rng: stream_seeds(set.seed),
             }),
             count: AtomicUsize::new(0),
         };
@@ -605,6 +624,21 @@ impl Injector {
         st.rules.iter().map(|r| (r.name.clone(), r.fired)).collect()
     }
 
+    /// Restarts injection for epoch `epoch` (a campaign's unit): every rule's counters and
+    /// arming as freshly loaded, and every stream seeded from the rule set's seed and `epoch`.
+    /// Runs of the same epoch and the same per-queue requests meet the same faults, whatever
+    /// ran before. Rules added at run time keep their place and restart too.
+    pub fn begin_epoch(&self, epoch: u64) {
+        let mut st = self.state.lock().unwrap();
+        let mut s = st.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        st.rng = stream_seeds(next_random(&mut s));
+        for r in &mut st.rules {
+            r.seen = 0;
+            r.fired = 0;
+            r.armed = r.rule.after_rule.is_none();
+        }
+    }
+
     /// True when no rule is in force.
     pub fn is_empty(&self) -> bool {
         self.state.lock().unwrap().rules.is_empty()
@@ -628,7 +662,8 @@ impl Injector {
         if st.rules.is_empty() {
             return Vec::new();
         }
-        let State { rules, rng } = &mut *st;
+        let State { rules, rng, .. } = &mut *st;
+        let rng = &mut rng[stream(o)];
         let mut out = Vec::new();
         let mut fired_names = Vec::new();
         for r in rules.iter_mut() {
@@ -896,6 +931,41 @@ mod tests {
             [false, true],
             "counting starts afresh at each reset"
         );
+    }
+
+    #[test]
+    fn an_epoch_meets_the_same_faults_whatever_ran_before_and_however_queues_interleave() {
+        let rules = "seed = 5\n[[rule]]\nkind = \"corrupt\"\nprobability = 0.3\n\
+                     [[rule]]\nname = \"stall\"\nkind = \"stall\"\nqueue = 0\nnth = 3\n";
+        let inj = Injector::new(&RuleSet::from_toml(rules).unwrap());
+        // (queue, fired kinds) for 40 descriptors, alternating queues 0 and 1 in `order`
+        let unit = |inj: &Injector, epoch: u64, q1_first: bool| {
+            inj.begin_epoch(epoch);
+            let mut per_q: [Vec<Vec<String>>; 2] = Default::default();
+            for i in 0..40u16 {
+                let q = if q1_first { 1 - i % 2 } else { i % 2 };
+                let fired = inj.on_descriptor(occ(q, abi::OP_COPY, 8));
+                per_q[usize::from(q)].push(fired.iter().map(|f| f.rule.clone()).collect());
+            }
+            per_q
+        };
+        let first = unit(&inj, 7, false);
+        // other units in between, and the other interleaving: the same faults per queue
+        unit(&inj, 3, false);
+        let _ = fire_pattern(&inj, 13, occ(0, abi::OP_COPY, 8));
+        assert_eq!(unit(&inj, 7, true), first);
+        // a fresh injector (another VM) agrees
+        let other = Injector::new(&RuleSet::from_toml(rules).unwrap());
+        assert_eq!(unit(&other, 7, false), first);
+        // (counters such as `nth` count over all queues: exact under interleaving only with a
+        // `queue` filter, as here, or in a serial campaign)
+        // counters restart: `nth = 3` fires once per unit, in the third matching descriptor
+        let stalls = first
+            .iter()
+            .flatten()
+            .filter(|f| f.iter().any(|r| r == "stall"));
+        assert_eq!(stalls.count(), 1);
+        assert_ne!(unit(&inj, 8, false), first, "another epoch, other faults");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Shared {
     pub(crate) status: AtomicU32,
     pub(crate) coalesce: AtomicU32,
     pub(crate) irq_cause: AtomicU32,
+    /// The last `FAULT_EPOCH` written.
+    pub(crate) fault_epoch: AtomicU32,
     /// The ownership table of the oracle, when one is attached.
     pub(crate) oracle: OnceLock<Arc<dmalab_ownership::Publisher>>,
 }

@@ -71,6 +71,8 @@ pub enum Report {
     Reset(ResetOutcome),
     /// One throughput measurement.
     Bench(Bench),
+    /// A campaign unit ran to its end (its faults and requests are all reported).
+    UnitDone(UnitDone),
     /// The hostile-guest scenario's findings.
     Hostile(Hostile),
     /// Where the driver module's functions are, right after a load (`/proc/kallsyms`), so the
@@ -219,7 +221,7 @@ pub struct Info {
 }
 
 /// See [`Report::Xfer`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Xfer {
     /// The scenario (or step of one) that ran it.
     pub scenario: String,
@@ -245,6 +247,13 @@ pub struct Xfer {
     pub verified: bool,
     /// What was wrong, when something was.
     pub detail: String,
+    /// A campaign's request number (its opcode and size follow from the seed and this number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_index: Option<u64>,
+    /// The other half's tag of a WRITE + READ pair (same queue): a WRITE is only verified by
+    /// reading it back, so a fault on either half can explain the other's failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_tag: Option<u32>,
 }
 
 impl Xfer {
@@ -423,8 +432,19 @@ pub struct ResetOutcome {
     pub error: String,
 }
 
-/// See [`Report::Bench`].
+/// See [`Report::UnitDone`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitDone {
+    /// The unit (also the device's fault epoch while it ran).
+    pub unit: u64,
+    /// Its first request's number.
+    pub first: u64,
+    /// Requests it ran (numbers `first..first + ops`).
+    pub ops: u64,
+}
+
+/// See [`Report::Bench`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Bench {
     /// The opcode measured.
     pub op: String,
@@ -442,6 +462,25 @@ pub struct Bench {
     pub mb_per_s: f64,
     /// Requests per second.
     pub ops_per_s: f64,
+    /// What was measured: `dmalab` (this project's driver), `nvme` (QEMU's NVMe through the
+    /// kernel's driver, a namespace whose reads write zeroes into the buffer), `nvme-nodata`
+    /// (reads that move no data), `edu` (QEMU's edu, 4 KiB to the device and back),
+    /// `guest-memcpy` (a user-space memcpy of `len` bytes in the guest: what one bounce copy
+    /// costs). Empty in older reports means `dmalab`.
+    #[serde(default)]
+    pub device: String,
+    /// Queues the requests were spread over (0 in older reports: one).
+    #[serde(default)]
+    pub queues: u64,
+    /// Latency of one request as the submitting thread saw it, in microseconds: median.
+    #[serde(default)]
+    pub p50_us: f64,
+    /// 99th percentile.
+    #[serde(default)]
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    #[serde(default)]
+    pub p999_us: f64,
 }
 
 /// See [`Report::ModuleSymbols`].
@@ -546,6 +585,7 @@ kinds! {
     UnbindStalled => UnbindStalled, "unbind_stalled";
     ResetOutcome => Reset, "reset";
     Bench => Bench, "bench";
+    UnitDone => UnitDone, "unit_done";
     Hostile => Hostile, "hostile";
     ModuleSymbols => ModuleSymbols, "module_symbols";
 }

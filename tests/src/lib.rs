@@ -3,6 +3,7 @@
 //! down whatever happens. Every run keeps its logs in its own directory under `target/e2e/`.
 
 pub mod artifacts;
+pub mod bench;
 pub mod campaign;
 pub mod html;
 pub mod kernel_log;

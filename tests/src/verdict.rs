@@ -8,6 +8,19 @@ use dmalab_report::Xfer;
 use libc::{EIO, ETIMEDOUT};
 use serde_json::Value;
 
+/// Every reaction [`judge`] can expect, for reports that read verdicts back from JSON.
+pub const EXPECTATIONS: &[&str] = &[
+    "DMA_FAULT, as EIO",
+    "EIO at once (the error vector), then a device reset",
+    "ETIMEDOUT, then recovery",
+    "caught by the end-to-end check",
+    "completion or ETIMEDOUT, then recovery",
+    "success, every byte right",
+    "the short count reported",
+    "the status, as an errno",
+    "a guest request to judge",
+];
+
 /// One injected fault and how the driver took it.
 #[derive(Debug, Clone)]
 pub struct Verdict {
@@ -153,10 +166,12 @@ pub fn unexplained_failures<'a>(faults: &[&Value], xfers: &[&'a Xfer]) -> Vec<&'
             )
         })
         .collect();
+    // a WRITE + READ pair is verified as one: a fault on either half explains both
+    let partner = |x: &Xfer| x.partner_tag.map(|t| (u64::from(x.queue), u64::from(t)));
     xfers
         .iter()
         .filter(|x| !x.verified)
-        .filter(|x| !hit.contains(&key_of(x)))
+        .filter(|x| !hit.contains(&key_of(x)) && !partner(x).is_some_and(|p| hit.contains(&p)))
         .copied()
         .collect()
 }
@@ -187,6 +202,7 @@ mod tests {
             tag,
             verified,
             detail: String::new(),
+            ..Default::default()
         };
         let xfers = [
             xfer(0, 7, 110, 0, false, 0),

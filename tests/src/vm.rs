@@ -38,6 +38,8 @@ pub struct VmOptions {
     /// Echo reports as their raw JSON lines, also `progress` (otherwise a progress report is
     /// echoed as a line for people: done/total, rate, failures and faults so far, time left).
     pub echo_json: bool,
+    /// Put before every echoed line (several VMs echoing at once: `--jobs`).
+    pub echo_prefix: String,
     /// Device-side error events the test provokes on purpose beyond those an injected fault or
     /// a deliberately refused request explains: (text the event's `what` contains, why it is
     /// expected). Every other device error fails the run.
@@ -53,6 +55,10 @@ pub struct VmOptions {
     pub initramfs: Option<PathBuf>,
     /// Boot this kernel image instead of the built one (`dmalab check --kernel`).
     pub kernel: Option<PathBuf>,
+    /// Also attach the peers `make bench` compares with (docs/performance.md): QEMU's NVMe
+    /// with two RAM-less `null-co` namespaces (nsid 1 writes zeroes into every read's buffer,
+    /// nsid 2 moves no data) and QEMU's edu.
+    pub peers: bool,
 }
 
 impl VmOptions {
@@ -69,11 +75,13 @@ impl VmOptions {
             kill_device_on: None,
             echo: Vec::new(),
             echo_json: false,
+            echo_prefix: String::new(),
             expected_device_errors: Vec::new(),
             oracle: false,
             count_instructions: false,
             initramfs: None,
             kernel: None,
+            peers: false,
         }
     }
 }
@@ -339,6 +347,18 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
         })
         .to_string(),
     );
+    if opts.peers {
+        for (node, zeroes) in [("nvz", "on"), ("nvn", "off")] {
+            cmd.arg("-blockdev").arg(format!(
+                "driver=null-co,node-name={node},size=1073741824,read-zeroes={zeroes}"
+            ));
+        }
+        cmd.args(["-device", "nvme,id=nvme0,serial=dmalab-peer"])
+            .args(["-device", "nvme-ns,bus=nvme0,drive=nvz,nsid=1"])
+            .args(["-device", "nvme-ns,bus=nvme0,drive=nvn,nsid=2"])
+            // edu's default DMA mask is 28 bits; guest RAM reaches past it
+            .args(["-device", "edu,dma_mask=0xffffffff"]);
+    }
     cmd.arg("-append").arg(append.trim());
     std::fs::write(dir.join("qemu.cmdline"), format!("{cmd:?}\n")).ok();
     let q = cmd
@@ -413,9 +433,14 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
                 if opts.echo.iter().any(|k| *k == kind) {
                     match &r {
                         Report::Progress(p) if !opts.echo_json => {
-                            eprintln!("{}", progress_line(p, t0, dir));
+                            eprintln!("{}{}", opts.echo_prefix, progress_line(p, t0, dir));
                         }
-                        _ => eprintln!("  [{:>4}s] {}", t0.elapsed().as_secs(), r.line()),
+                        _ => eprintln!(
+                            "{}  [{:>4}s] {}",
+                            opts.echo_prefix,
+                            t0.elapsed().as_secs(),
+                            r.line()
+                        ),
                     }
                 }
             }

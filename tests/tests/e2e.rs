@@ -3,7 +3,7 @@
 
 use dmalab_abi::{self as abi, Status};
 use dmalab_report::{
-    Concurrent, CrcCheck, DmaApi, Hostile, Info, Insmod, ProbeStep, ProbeUnwind, Refused,
+    Bench, Concurrent, CrcCheck, DmaApi, Hostile, Info, Insmod, ProbeStep, ProbeUnwind, Refused,
     ResetOutcome, Rmmod, Stats, UnbindBusy, Xfer,
 };
 use dmalab_tests::vm::{run, Run, VmOptions};
@@ -74,20 +74,6 @@ fn first_light() {
     );
 }
 
-/// BAR0 reads the device saw from the first descriptor fetched to the first reset after it
-/// (`IOC_RESET`, a control path that reads registers back): the transfer, scatter-gather,
-/// concurrent and refusal scenarios. The offsets read.
-fn data_path_bar_reads(r: &Run) -> Vec<u64> {
-    let kind = |e: &Value| e["event"].as_str().unwrap_or("").to_string();
-    r.events
-        .iter()
-        .skip_while(|e| kind(e) != "fetch")
-        .take_while(|e| kind(e) != "reset")
-        .filter(|e| kind(e) == "bar_read")
-        .map(|e| e["offset"].as_u64().unwrap_or(u64::MAX))
-        .collect()
-}
-
 fn transfer_suite(name: &str, iommu: bool) -> Run {
     let mut o = VmOptions::new(
         name,
@@ -99,7 +85,7 @@ fn transfer_suite(name: &str, iommu: bool) -> Run {
     assert_transfers_verified(&r, 25 + 16);
     // Under TCG a register read costs the guest ~80 us: the data path uses rings and doorbells
     // (posted writes) only.
-    let reads = data_path_bar_reads(&r);
+    let reads = dmalab_tests::bench::data_path_bar_reads(&r.events);
     r.check(
         reads.is_empty() && r.events.iter().any(|e| e["event"] == "bar_read"),
         &format!(
@@ -647,4 +633,42 @@ fn every_tutorial_solution_passes_its_step_and_every_skeleton_fails_it_helpfully
         }
     }
     assert!(steps >= 2, "no tutorial solutions found");
+}
+
+/// `make bench`'s boot in miniature: every cell of its table runs (dmalab on one queue and on
+/// all, QEMU's NVMe on both namespaces through the kernel's driver, edu from user space, the
+/// guest's memcpy), moves the right bytes and fails no request, and dmalab's data path reads no
+/// register. (Speed is `make bench`'s business, never a test's.)
+#[test]
+fn bench_matrix_runs_every_peer_in_one_boot() {
+    let mut o = VmOptions::new("bench_smoke", "load,bench_matrix,unload");
+    o.peers = true;
+    o.append = "dmalab.bench_secs=0.1".into();
+    let r = run(&o);
+    r.assert_clean();
+    let cells = r.all::<Bench>();
+    let count = |d: &str| cells.iter().filter(|b| b.device == d).count();
+    // 3 sizes x depths 1, 8, 32; dmalab's all-queue cells at depths 8 and 32 only
+    for (device, n) in [
+        ("dmalab", 15),
+        ("nvme", 9),
+        ("nvme-nodata", 9),
+        ("guest-memcpy", 3),
+        ("edu", 1),
+    ] {
+        r.check(
+            count(device) == n,
+            &format!("{n} {device} cells, got {}", count(device)),
+        );
+    }
+    let bad: Vec<_> = cells
+        .iter()
+        .filter(|b| b.ops == 0 || b.failed > 0)
+        .collect();
+    r.check(bad.is_empty(), &format!("cells that failed: {bad:?}"));
+    let reads = dmalab_tests::bench::data_path_bar_reads(&r.events);
+    r.check(
+        reads.is_empty(),
+        &format!("{} BAR0 reads on the data path: {reads:x?}", reads.len()),
+    );
 }

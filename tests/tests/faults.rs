@@ -249,10 +249,12 @@ fn a_campaign_is_reproducible_from_its_seed() {
         .unwrap();
     // the first run with the ownership oracle on: the reference driver must not touch memory
     // the device owns, whatever the faults do to it
-    use dmalab_tests::campaign::Echo;
-    let a = campaign("campaign_a", 11, 120, &rules, Echo::Off, true);
-    let b = campaign("campaign_b", 11, 120, &rules, Echo::Off, false);
-    let c = campaign("campaign_c", 12, 120, &rules, Echo::Off, false);
+    use dmalab_tests::campaign::{Echo, Plan};
+    // concurrent (the default): the faults each request meets do not depend on how the
+    // queues interleave (one random stream per queue, restarted per unit)
+    let a = campaign("campaign_a", &Plan::new(11, 120, &rules), Echo::Off, true);
+    let b = campaign("campaign_b", &Plan::new(11, 120, &rules), Echo::Off, false);
+    let c = campaign("campaign_c", &Plan::new(12, 120, &rules), Echo::Off, false);
     for x in [&a, &b, &c] {
         let failed: Vec<_> = x.verdicts.iter().filter(|v| !v.pass).collect();
         x.run.check(

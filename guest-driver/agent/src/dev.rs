@@ -84,6 +84,77 @@ pub fn dmalab_devices() -> Vec<String> {
     found
 }
 
+/// A PCI device's BAR mapped into the agent through sysfs (`resourceN`), for registers no
+/// driver handles: QEMU's edu (which has no kernel driver), and dmalab's `FAULT_EPOCH` (a test
+/// harness register, written beside whatever driver is bound).
+pub struct MappedBar {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a device mapping; its accesses are volatile, whole registers.
+unsafe impl Send for MappedBar {}
+
+impl MappedBar {
+    /// Maps BAR `bar` of the device at sysfs path `dev` (`/sys/bus/pci/devices/...`).
+    pub fn open(dev: &str, bar: u8) -> Result<Self, String> {
+        let path = format!("{dev}/resource{bar}");
+        let res = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{path}: {e}"))?;
+        let len = res.metadata().map_err(|e| e.to_string())?.len() as usize;
+        // SAFETY: a fresh shared mapping of the BAR file; checked for failure below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                res.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(format!("mmap {path}: {}", errno()));
+        }
+        Ok(Self {
+            base: base.cast(),
+            len,
+        })
+    }
+
+    fn at<T>(&self, off: usize) -> *mut T {
+        assert!(
+            off.is_multiple_of(std::mem::size_of::<T>())
+                && off + std::mem::size_of::<T>() <= self.len,
+            "register {off:#x} outside the BAR or misaligned"
+        );
+        // SAFETY: in bounds of the mapping, checked above.
+        unsafe { self.base.add(off).cast() }
+    }
+
+    /// Writes a whole register (u32 or u64).
+    pub fn write<T: Copy>(&self, off: usize, v: T) {
+        // SAFETY: `at` checked bounds and alignment; device memory is accessed volatile only.
+        unsafe { std::ptr::write_volatile(self.at::<T>(off), v) }
+    }
+
+    /// Reads a whole register (u32 or u64).
+    pub fn read<T: Copy>(&self, off: usize) -> T {
+        // SAFETY: as in `write`.
+        unsafe { std::ptr::read_volatile(self.at::<T>(off)) }
+    }
+}
+
+impl Drop for MappedBar {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
 /// An open `/dev/dmalabN`.
 pub struct Dev {
     file: File,

@@ -6,8 +6,10 @@
 //! messages. Verdicts are the host's job; the agent reports facts (what it asked, what came
 //! back, whether the bytes matched). Finally it powers the VM off.
 
+mod bench;
 mod dev;
 mod hostile;
+mod pattern;
 mod report;
 mod scenarios;
 

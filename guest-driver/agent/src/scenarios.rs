@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use dmalab_abi::{self as abi, Request};
 
 use crate::dev::{self, Dev};
+use crate::pattern::data;
 use crate::report::report;
 use dmalab_report::*;
 
@@ -49,6 +50,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "concurrent" => concurrent(),
         "reload" => reload(module),
         "bench" => bench(),
+        "bench_matrix" => crate::bench::matrix(),
         "stats" => stats(),
         "errors" => errors(),
         "reset" => reset(),
@@ -317,6 +319,9 @@ fn serial_copies() -> Result<(), String> {
         seconds: secs,
         mb_per_s: f64::from(ops) * f64::from(len) / secs / 1e6,
         ops_per_s: f64::from(ops) / secs,
+        device: "dmalab".into(),
+        queues: 1,
+        ..Default::default()
     }));
     Ok(())
 }
@@ -422,19 +427,6 @@ fn info() -> Result<(), String> {
         bdf: i.bdf,
     }));
     Ok(())
-}
-
-/// Deterministic test data: differs per byte, per size and per seed.
-fn data(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 fn op_name(op: u8) -> &'static str {
@@ -550,7 +542,11 @@ fn verified_with(
 }
 
 fn report_xfer(o: &Outcome, scenario: &str) {
-    report(Report::Xfer(Xfer {
+    report(Report::Xfer(xfer_of(o, scenario)));
+}
+
+fn xfer_of(o: &Outcome, scenario: &str) -> Xfer {
+    Xfer {
         scenario: scenario.to_string(),
         op: op_name(o.req.opcode).to_string(),
         queue: o.req.queue,
@@ -563,7 +559,8 @@ fn report_xfer(o: &Outcome, scenario: &str) {
         tag: o.req.tag,
         verified: o.verified,
         detail: o.detail.clone(),
-    }));
+        ..Default::default()
+    }
 }
 
 const OPS: [u8; 5] = [
@@ -784,67 +781,185 @@ fn probe() -> Result<(), String> {
     Ok(())
 }
 
-/// A fault campaign: `dmalab.ops` requests (default 200) from one thread, round-robin over the
-/// queues, opcodes and sizes drawn from `dmalab.seed`, each checked byte for byte and reported
-/// with its tag. One thread at queue depth 1 makes the descriptor sequence, and therefore the
-/// injected faults, the same for the same seed.
+/// A seeded fault campaign, cut into units of `dmalab.unit` requests (default 20): before each
+/// unit the agent writes its number to the device's `FAULT_EPOCH`, so the faults a unit meets
+/// depend only on the seed and the unit, and any VM can run any unit (`--shard`, `--jobs`,
+/// resume). Request `i`'s opcode and size follow from the seed and `i`; it runs on queue
+/// `i % queues`. Concurrent (the default): one thread per queue, each running its queue's
+/// requests in order, so requests are in flight on every queue at once. `dmalab.mode=serial`:
+/// one request at a time, for exact reproduction. `dmalab.units=a-b` runs units a..b only.
 fn campaign() -> Result<(), String> {
-    let ops: u32 = crate::cmdline_param("dmalab.ops")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let seed: u32 = crate::cmdline_param("dmalab.seed")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let d = Dev::open(0)?;
-    let nq = d.info()?.queues as usize;
-    let mut x = u64::from(seed) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
+    let param = |k: &str, d: u64| {
+        crate::cmdline_param(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
     };
-    let mut failed = 0;
+    let (ops, seed, unit_ops) = (
+        param("dmalab.ops", 200),
+        param("dmalab.seed", 1),
+        param("dmalab.unit", 20).max(1),
+    );
+    let units = ops.div_ceil(unit_ops);
+    // "a-b,c-d": units a..b and c..d (the host's shard, or what a resumed run still lacks)
+    let list: Vec<std::ops::Range<u64>> = match crate::cmdline_param("dmalab.units") {
+        None => std::iter::once(0..units).collect(),
+        Some(v) => v
+            .split(',')
+            .map(|r| {
+                let (a, b) = r.split_once('-')?;
+                Some(a.parse().ok()?..b.parse::<u64>().ok()?.min(units))
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("dmalab.units={v}: expected ranges a-b,c-d"))?,
+    };
+    let serial = crate::cmdline_param("dmalab.mode").as_deref() == Some("serial");
+    let d = Dev::open(0)?;
+    let nq = u64::from(d.info()?.queues.max(1));
+    let bar = dev::MappedBar::open(&format!("/sys/bus/pci/devices/{}", bound_device()?), 0)?;
+    let unit_range = |u: u64| u * unit_ops..((u + 1) * unit_ops).min(ops);
+    let total: u64 = list
+        .iter()
+        .flat_map(|r| r.clone().map(|u| unit_range(u).count() as u64))
+        .sum();
+    let (mut done, mut failed) = (0u64, 0u64);
     let t0 = Instant::now();
-    for i in 0..ops {
-        let op = OPS[(next() % OPS.len() as u64) as usize];
-        let len = [64usize, 512, 4096, 12_347, 65_536][(next() % 5) as usize];
-        let mut o = match op {
-            // one request per op (verified() runs WRITE and READ as a pair)
-            abi::OP_WRITE | abi::OP_READ => verified_with(
-                &d,
-                abi::OP_COPY,
-                (i as usize % nq) as u8,
-                len,
-                0,
-                i,
-                0,
-                FAULT_TIMEOUT_MS,
-            ),
-            _ => verified_with(
-                &d,
-                op,
-                (i as usize % nq) as u8,
-                len,
-                0,
-                i,
-                0,
-                FAULT_TIMEOUT_MS,
-            ),
+    for u in list.into_iter().flatten() {
+        bar.write::<u32>(abi::REG_FAULT_EPOCH, u as u32);
+        let range = unit_range(u);
+        failed += if serial {
+            range.clone().map(|i| campaign_op(&d, seed, i, nq)).sum()
+        } else {
+            std::thread::scope(|s| {
+                let lanes: Vec<_> = (0..nq)
+                    .map(|q| {
+                        let lane: Vec<u64> = range.clone().filter(|i| i % nq == q).collect();
+                        s.spawn(move || match Dev::open(0) {
+                            Ok(d) => lane.iter().map(|&i| campaign_op(&d, seed, i, nq)).sum(),
+                            Err(_) => lane.len() as u64,
+                        })
+                    })
+                    .collect();
+                lanes
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or(1))
+                    .sum::<u64>()
+            })
         };
-        o.detail = format!("op {i}");
-        report_xfer(&o, "campaign");
-        failed += u64::from(!o.verified);
-        if (i + 1) % (ops / 10).max(1) == 0 {
-            report(Report::Progress(Progress {
-                done: u64::from(i + 1),
-                total: u64::from(ops),
-                failed,
-                ms: t0.elapsed().as_millis() as u64,
-            }));
-        }
+        done += range.clone().count() as u64;
+        report(Report::UnitDone(UnitDone {
+            unit: u,
+            first: range.start,
+            ops: range.count() as u64,
+        }));
+        report(Report::Progress(Progress {
+            done,
+            total,
+            failed,
+            ms: t0.elapsed().as_millis() as u64,
+        }));
     }
     Ok(())
+}
+
+/// splitmix64, for drawing a campaign request's parameters from (seed, request number).
+fn splitmix(s: &mut u64) -> u64 {
+    *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *s;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Campaign request `i`: its opcode and size drawn from (seed, i), queue `i % nq`. A WRITE or
+/// READ runs as a WRITE + READ pair at the queue's own stretch of internal memory (the only
+/// way to verify either); both halves are reported, each naming the other. Returns the number
+/// of reported requests that failed.
+fn campaign_op(d: &Dev, seed: u64, i: u64, nq: u64) -> u64 {
+    let mut s = seed ^ i.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let op = OPS[(splitmix(&mut s) % OPS.len() as u64) as usize];
+    let len = [64usize, 512, 4096, 12_347, 65_536][(splitmix(&mut s) % 5) as usize];
+    let queue = (i % nq) as u8;
+    let outcomes = match op {
+        abi::OP_WRITE | abi::OP_READ => {
+            write_read_pair(d, queue, len, i as u32, u64::from(queue) << 20)
+        }
+        _ => vec![verified_with(
+            d,
+            op,
+            queue,
+            len,
+            0,
+            i as u32,
+            0,
+            FAULT_TIMEOUT_MS,
+        )],
+    };
+    let tags: Vec<u32> = outcomes.iter().map(|o| o.req.tag).collect();
+    let mut failed = 0;
+    for (n, o) in outcomes.iter().enumerate() {
+        let mut x = xfer_of(o, "campaign");
+        x.op_index = Some(i);
+        x.partner_tag = (tags.len() == 2).then(|| tags[1 - n]);
+        x.detail = format!("op {i} {}", x.detail).trim_end().to_string();
+        failed += u64::from(!o.verified);
+        report(Report::Xfer(x));
+    }
+    failed
+}
+
+/// WRITE `len` bytes to internal memory at `dev_off`, READ them back: the WRITE's outcome and,
+/// if it succeeded, the READ's; both are verified only when the bytes came back right.
+fn write_read_pair(d: &Dev, queue: u8, len: usize, seed: u32, dev_off: u64) -> Vec<Outcome> {
+    let src = data(len, seed);
+    let mut dst = vec![0u8; len];
+    let mut w = Request {
+        opcode: abi::OP_WRITE,
+        queue,
+        len: len as u32,
+        dev_offset: dev_off,
+        src: src.as_ptr() as u64,
+        timeout_ms: FAULT_TIMEOUT_MS,
+        ..Default::default()
+    };
+    let we = submit(d, &mut w);
+    if we != 0 || !ok_status(w.status) {
+        let detail = format!("status {}", w.status);
+        return vec![Outcome {
+            req: w,
+            errno: we,
+            verified: false,
+            detail,
+        }];
+    }
+    let mut r = Request {
+        opcode: abi::OP_READ,
+        queue,
+        len: len as u32,
+        dev_offset: dev_off,
+        dst: dst.as_mut_ptr() as u64,
+        timeout_ms: FAULT_TIMEOUT_MS,
+        ..Default::default()
+    };
+    let re = submit(d, &mut r);
+    let verified = re == 0 && ok_status(r.status) && dst == src;
+    let detail = if verified {
+        String::new()
+    } else {
+        let first_bad = dst.iter().zip(src.iter()).position(|(a, b)| a != b);
+        format!(
+            "read back: status {} first differing byte {first_bad:?}",
+            r.status
+        )
+    };
+    [(w, 0), (r, re)]
+        .into_iter()
+        .map(|(req, errno)| Outcome {
+            req,
+            errno,
+            verified,
+            detail: detail.clone(),
+        })
+        .collect()
 }
 
 /// Queue resets after a timeout, with the late completion still to come: on every queue at
@@ -1233,6 +1348,9 @@ fn bench() -> Result<(), String> {
                 seconds: secs,
                 mb_per_s: n as f64 * len as f64 / secs / 1e6,
                 ops_per_s: n as f64 / secs,
+                device: "dmalab".into(),
+                queues: nq.min(depth) as u64,
+                ..Default::default()
             }));
         }
     }

@@ -1,29 +1,56 @@
-//! `dmalab-campaign --seed S --ops N --rules mix.toml`: many requests under random faults; a
-//! summary on the terminal and a self-contained HTML report.
+//! `dmalab-campaign --seed S --ops N --rules mix.toml [--jobs J] [--shard I/N] [--resume]`:
+//! many requests under seeded random faults, in units that any VM can run; a summary on the
+//! terminal, a JSON report and a self-contained HTML report. `dmalab-campaign merge DIR...`
+//! puts shards' results together into the report one run would have written (docs/campaigns.md).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use dmalab_report::DmaApi;
-use dmalab_tests::campaign::{campaign, Echo};
-use dmalab_tests::html;
+use dmalab_tests::campaign::{merge, run_units, Echo, Merged, Plan, Store};
 
-/// Many requests under seeded random faults in one VM; a verdict per fault kind on the
-/// terminal and a self-contained HTML report.
+/// Many requests under seeded random faults, concurrently on every queue (or one at a time),
+/// in one VM or several, on one machine or many.
 #[derive(clap::Parser, Debug)]
-#[command(name = "dmalab-campaign", version)]
+#[command(
+    name = "dmalab-campaign",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
-    /// Seed of the random fault choices (the same seed injects the same sequence)
+    #[command(subcommand)]
+    merge: Option<Cmd>,
+    /// Seed of the random fault choices and requests (the same seed, the same campaign)
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Number of requests
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
-    ops: u32,
+    /// Number of requests in the whole campaign
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    ops: u64,
+    /// Requests per unit: the device's fault epoch restarts at each, the unit of sharding
+    /// and resuming
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    unit: u64,
+    /// One request at a time: exact reproduction for every rule (default: one request in
+    /// flight on every queue at once)
+    #[arg(long)]
+    serial: bool,
     /// Fault rules (TOML, docs/faults.md) [default: campaigns/mix.toml]
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// HTML report [default: target/campaign-SEED.html]
+    /// VMs side by side on this machine, each running a slice of the units
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    jobs: u64,
+    /// Run only slice I of N (0-based) of the units; `merge` the N stores afterwards
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(u64, u64)>,
+    /// Where results are kept [default: target/campaigns/seed-S, or seed-S-shard-I-of-N]
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Keep the units already judged in --state (and those an interrupted run finished); run
+    /// only the rest
+    #[arg(long)]
+    resume: bool,
+    /// HTML report [default: next to the state, report.html]
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run the DMA ownership oracle too (docs/oracle.md)
@@ -34,136 +61,231 @@ struct Args {
     json: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Put shards' stores together into one report (identical to an unsharded run's)
+    Merge {
+        /// The shards' --state directories
+        #[arg(required = true)]
+        stores: Vec<PathBuf>,
+        /// Where the merged report goes (report.json and report.html)
+        #[arg(long, default_value = "target/campaigns/merged")]
+        out: PathBuf,
+    },
+}
+
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
+    let (i, n): (u64, u64) = (
+        i.parse().map_err(|_| "I is not a number")?,
+        n.parse().map_err(|_| "N is not a number")?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 <= I < N"));
+    }
+    Ok((i, n))
+}
+
 fn main() -> ExitCode {
     let args = <Args as clap::Parser>::parse();
+    let result = match &args.merge {
+        Some(Cmd::Merge { stores, out }) => merge(stores).and_then(|m| report(&m, out)),
+        None => run(&args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("dmalab-campaign: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<bool, String> {
     let root = dmalab_tests::artifacts::root();
-    let (seed, ops) = (args.seed, args.ops);
     let rules_path = args
         .rules
+        .clone()
         .unwrap_or_else(|| root.join("campaigns/mix.toml"));
-    let rules = match std::fs::read_to_string(&rules_path) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("dmalab-campaign: cannot read {}: {e}", rules_path.display());
-            return ExitCode::FAILURE;
-        }
+    let rules = std::fs::read_to_string(&rules_path)
+        .map_err(|e| format!("cannot read {}: {e}", rules_path.display()))?;
+    let plan = Plan {
+        unit: args.unit,
+        serial: args.serial,
+        ..Plan::new(args.seed, args.ops, &rules)
     };
+    let tag = match args.shard {
+        Some((i, n)) => format!("seed-{}-shard-{i}-of-{n}", args.seed),
+        None => format!("seed-{}", args.seed),
+    };
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| root.join("target/campaigns").join(&tag));
+    let store = Store::open(&state, &plan, args.resume)?;
+    let mine = match args.shard {
+        Some((i, n)) => plan.shard(i, n),
+        None => 0..plan.units(),
+    };
+    // a resumed run first keeps what its interrupted VMs finished
+    let vm_name = |job: u64| format!("campaign-{tag}-job{job}");
+    if args.resume {
+        for job in 0..64 {
+            let dir = root.join("target/e2e").join(vm_name(job));
+            if dir.exists() {
+                let kept = store.salvage(&vm_name(job), &dir)?;
+                if !kept.is_empty() {
+                    eprintln!(
+                        "dmalab-campaign: kept {} unit(s) an earlier run of job {job} finished",
+                        kept.len()
+                    );
+                }
+            }
+        }
+    }
+    let done = store.done();
+    let todo: Vec<u64> = mine.clone().filter(|u| !done.contains(u)).collect();
+    eprintln!(
+        "dmalab-campaign: seed {}, {} requests in {} units of {} ({}), rules {}; this run: {} of units {}..{}{}, {} VM(s); results in {}",
+        plan.seed,
+        plan.ops,
+        plan.units(),
+        plan.unit,
+        if plan.serial { "serial" } else { "concurrent" },
+        rules_path.display(),
+        todo.len(),
+        mine.start,
+        mine.end,
+        if todo.len() < mine.clone().count() { " (the rest already done)" } else { "" },
+        args.jobs.min(todo.len().max(1) as u64),
+        state.display()
+    );
+    let echo = if args.json { Echo::Json } else { Echo::Human };
+    let chunks = split(&todo, args.jobs);
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .enumerate()
+            .map(|(job, ranges)| {
+                let (plan, store, name) = (&plan, &store, vm_name(job as u64));
+                s.spawn(move || -> Result<(), String> {
+                    let r = run_units(plan, &name, ranges, echo, args.oracle, |o| {
+                        if args.jobs > 1 {
+                            o.echo_prefix = format!("[job {job}]");
+                        }
+                    });
+                    store.record(&name, &r).map(|_| ())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap_or(Err("a job panicked".into())).err())
+            .collect()
+    });
+    if let Some(e) = failures.first() {
+        return Err(e.clone());
+    }
+    if args.shard.is_some() {
+        let left: Vec<u64> = mine.filter(|u| !store.done().contains(u)).collect();
+        println!(
+            "\n== shard done: {} unit(s) judged in {}{}\n  put the shards together with: dmalab-campaign merge <each shard's state dir>",
+            store.done().len(),
+            state.display(),
+            if left.is_empty() { String::new() } else { format!(" ({} unit(s) unfinished: --resume)", left.len()) }
+        );
+        return Ok(left.is_empty());
+    }
+    let merged = merge(std::slice::from_ref(&state))?;
     let out = args
         .out
-        .unwrap_or_else(|| root.join(format!("target/campaign-{seed}.html")));
-    eprintln!(
-        "dmalab-campaign: seed {seed}, {ops} requests, rules {}",
-        rules_path.display()
-    );
-    let c = campaign(
-        &format!("campaign-{seed}"),
-        seed,
-        ops,
-        &rules,
-        if args.json { Echo::Json } else { Echo::Human },
-        args.oracle,
-    );
+        .clone()
+        .map(|o| o.with_extension(""))
+        .unwrap_or_else(|| state.join("report"));
+    report(&merged, &out)
+}
 
-    let xfers = c.xfers();
-    let mut by_kind: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
-    for v in &c.verdicts {
-        let e = by_kind.entry(v.kind.as_str()).or_default();
-        e.0 += 1;
-        e.1 += u32::from(v.pass);
-    }
-    println!(
-        "\n== campaign seed {seed}: {} requests, {} faults injected",
-        xfers.len(),
-        c.verdicts.len()
-    );
-    println!("  {:<22} {:>8} {:>8}", "fault", "injected", "handled");
-    for (k, (n, ok)) in &by_kind {
-        println!("  {k:<22} {n:>8} {ok:>8}");
-    }
-    let problems = dmalab_tests::kernel_log::problems(&c.run.console);
-    let dma: u64 = c
-        .run
-        .all::<DmaApi>()
-        .iter()
-        .filter_map(|d| d.errors)
-        .max()
-        .unwrap_or(0);
-    println!("  requests failed without a fault: {}", c.unexplained.len());
-    if c.run.oracle.is_some() {
-        println!(
-            "  ownership oracle: {} violation(s)",
-            c.oracle_violations().len()
-        );
-        for v in c.oracle_violations() {
-            println!(
-                "    {} queue {} tag {:#x} by {} ({} time(s))",
-                v.kind,
-                v.queue,
-                v.tag,
-                v.site(),
-                v.count
-            );
+/// `todo` (sorted units) cut into `jobs` contiguous slices, each as ranges.
+fn split(todo: &[u64], jobs: u64) -> Vec<Vec<Range<u64>>> {
+    let jobs = (jobs as usize).clamp(1, todo.len().max(1));
+    let mut out = Vec::new();
+    for j in 0..jobs {
+        let part = &todo[todo.len() * j / jobs..todo.len() * (j + 1) / jobs];
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for &u in part {
+            match ranges.last_mut() {
+                Some(r) if r.end == u => r.end = u + 1,
+                _ => ranges.push(u..u + 1),
+            }
+        }
+        if !ranges.is_empty() {
+            out.push(ranges);
         }
     }
-    let device_errors = c.run.unexplained_device_errors();
+    out
+}
+
+/// Prints the summary and writes `<out>.json` and `<out>.html` (`out` a directory: report.*
+/// inside it); true when the campaign passed.
+fn report(m: &Merged, out: &Path) -> Result<bool, String> {
+    let (json, html) = if out.extension().is_none() && (out.is_dir() || !out.exists()) {
+        let _ = std::fs::create_dir_all(out);
+        (out.join("report.json"), out.join("report.html"))
+    } else {
+        (out.with_extension("json"), out.with_extension("html"))
+    };
+    let requests = m.requests().count();
     println!(
-        "  kernel log problems: {}   DMA-API debug errors: {dma}   device-side errors no fault explains: {}",
-        problems.len(),
-        device_errors.len()
+        "\n== campaign seed {}: {} requests ({} with the READ halves of WRITE + READ pairs), {} faults injected",
+        m.plan.seed,
+        m.plan.ops,
+        requests,
+        m.verdicts().count()
     );
-    for e in device_errors.iter().take(10) {
-        println!("    {e}");
+    println!("  {:<22} {:>8} {:>8}", "fault", "injected", "handled");
+    for (k, (n, ok)) in m.by_kind() {
+        println!("  {k:<22} {n:>8} {ok:>8}");
     }
-    for v in c.verdicts.iter().filter(|v| !v.pass) {
+    let h = &m.health;
+    println!(
+        "  requests failed without a fault: {}",
+        m.requests().filter(|r| r.unexplained).count()
+    );
+    println!(
+        "  kernel log problems: {}   DMA-API debug errors: {}   device-side errors no fault explains: {}   oracle violations: {}   runs that did not finish: {}",
+        h.kernel_log_problems, h.dma_api_errors, h.device_errors_unexplained, h.oracle_violations, h.runs_incomplete
+    );
+    for v in m.verdicts().filter(|v| !v.pass) {
         println!(
-            "  FAIL {} ({}) queue {} tag {:#x}: expected {}, observed {}",
-            v.rule, v.kind, v.queue, v.tag, v.expected, v.observed
+            "  FAIL {} ({}) request {}{}: expected {}, observed {}",
+            v.rule,
+            v.kind,
+            v.op,
+            if v.half == 1 { " (its READ)" } else { "" },
+            v.expected,
+            v.observed
         );
     }
-    let summary = vec![
-        ("seed".to_string(), seed.to_string()),
-        ("requests".to_string(), xfers.len().to_string()),
-        ("faults injected".to_string(), c.verdicts.len().to_string()),
-        (
-            "verdicts passed".to_string(),
-            format!(
-                "{}/{}",
-                c.verdicts.iter().filter(|v| v.pass).count(),
-                c.verdicts.len()
-            ),
-        ),
-        (
-            "requests failed without a fault".to_string(),
-            c.unexplained.len().to_string(),
-        ),
-        (
-            "kernel log problems".to_string(),
-            problems.len().to_string(),
-        ),
-        ("DMA-API debug errors".to_string(), dma.to_string()),
-        (
-            "device-side errors no fault explains".to_string(),
-            device_errors.len().to_string(),
-        ),
-        ("logs".to_string(), c.run.dir.display().to_string()),
-    ];
-    let queues = xfers.iter().map(|x| u64::from(x.queue)).max().unwrap_or(0) + 1;
-    let page = html::report(
-        &format!("dmalab campaign, seed {seed}"),
-        &summary,
-        &xfers,
-        &c.verdicts,
-        c.oracle_violations(),
-        queues,
-    );
-    match std::fs::write(&out, page) {
-        Ok(()) => println!("  report: {}", out.display()),
-        Err(e) => eprintln!("dmalab-campaign: cannot write {}: {e}", out.display()),
-    }
-    println!("  verdict: {}", if c.passed() { "PASS" } else { "FAIL" });
-    if c.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    std::fs::write(&json, m.json()).map_err(|e| format!("{}: {e}", json.display()))?;
+    let page = m.html(&format!("dmalab campaign, seed {}", m.plan.seed), &[]);
+    std::fs::write(&html, page).map_err(|e| format!("{}: {e}", html.display()))?;
+    println!("  report: {} ({})", html.display(), json.display());
+    println!("  verdict: {}", if m.passed() { "PASS" } else { "FAIL" });
+    Ok(m.passed())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn work_is_cut_into_contiguous_slices() {
+        assert_eq!(
+            super::split(&[0, 1, 2, 5, 6], 2),
+            vec![vec![0..2], vec![2..3, 5..7]]
+        );
+        assert_eq!(super::split(&[3], 4), vec![vec![3..4]]);
+        assert!(super::split(&[], 2).is_empty());
+        assert_eq!(super::parse_shard("1/4"), Ok((1, 4)));
+        assert!(super::parse_shard("4/4").is_err());
     }
 }

@@ -1,0 +1,459 @@
+//! `make bench`'s guest half: dmalab's driver, QEMU's NVMe (the kernel's own driver, O_DIRECT
+//! reads) and QEMU's edu (driven from user space) at the same sizes and queue depths, in one boot,
+//! so the ratios between them are what counts and the machine's speed cancels out.
+//!
+//! Queue depth is the number of threads each keeping one request in flight (the driver's ioctl
+//! and `pread` both block until their request completes). Every request's latency is what the
+//! submitting thread saw, syscall included.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use dmalab_abi::{self as abi, Request};
+use dmalab_report::{Bench, Report};
+
+use crate::dev::{Dev, MappedBar};
+use crate::pattern::data;
+use crate::report::report;
+
+const SIZES: [usize; 3] = [4096, 64 << 10, 1 << 20];
+const DEPTHS: [usize; 3] = [1, 8, 32];
+
+/// The namespaces `make bench` gives QEMU's NVMe (tests/src/vm.rs, `VmOptions::peers`), by
+/// namespace id: the kernel names the block devices in the order their scans finish.
+const NVME_ZEROES: u32 = 1;
+const NVME_NODATA: u32 = 2;
+
+/// The block device of NVMe namespace `nsid`.
+fn nvme_namespace(nsid: u32) -> Result<String, String> {
+    for e in std::fs::read_dir("/sys/block").map_err(|e| format!("/sys/block: {e}"))? {
+        let name = e.map_err(|e| e.to_string())?.file_name();
+        let name = name.to_string_lossy();
+        let id = std::fs::read_to_string(format!("/sys/block/{name}/nsid")).unwrap_or_default();
+        if name.starts_with("nvme") && id.trim() == nsid.to_string() {
+            return Ok(format!("/dev/{name}"));
+        }
+    }
+    Err(format!(
+        "no NVMe namespace {nsid} (is QEMU's NVMe attached? VmOptions::peers)"
+    ))
+}
+
+/// Seconds per measurement: `dmalab.bench_secs` (default 2; the e2e smoke uses less).
+fn budget() -> Duration {
+    let secs: f64 = crate::cmdline_param("dmalab.bench_secs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
+    Duration::from_secs_f64(secs.clamp(0.05, 60.0))
+}
+
+/// A page-aligned buffer (O_DIRECT needs it, and edu's DMA address is a page's).
+struct Aligned {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let layout = Layout::from_size_align(len.max(1), 4096).expect("layout");
+        // SAFETY: the layout's size is non-zero.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory");
+        Self { ptr, layout }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `layout.size()` initialised bytes while `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+// SAFETY: the buffer is owned; one thread uses it at a time.
+unsafe impl Send for Aligned {}
+
+/// One measured cell of the table.
+struct Cell {
+    device: &'static str,
+    len: usize,
+    depth: usize,
+    queues: usize,
+}
+
+/// One thread's share of a measurement.
+trait Worker: Send {
+    /// One request, start to completion: `true` when it succeeded.
+    fn run(&mut self) -> bool;
+    /// After the clock stops: the bytes the last request produced are right.
+    fn verify(&mut self) -> bool {
+        true
+    }
+}
+
+/// Runs `cell.depth` threads, each with the worker `worker(thread)` builds, for the budget, and
+/// reports the cell. A worker that cannot be built (a device missing) fails the cell.
+fn measure<W: Worker + 'static>(
+    cell: Cell,
+    worker: impl Fn(usize) -> Result<W, String>,
+) -> Result<(), String> {
+    let budget = budget();
+    let start = Arc::new(Barrier::new(cell.depth + 1));
+    let mut handles = Vec::new();
+    for t in 0..cell.depth {
+        let mut w = worker(t)?;
+        let start = start.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut lat_ns = Vec::with_capacity(4096);
+            let mut failed = 0u64;
+            start.wait();
+            let t0 = Instant::now();
+            while t0.elapsed() < budget {
+                let t = Instant::now();
+                if w.run() {
+                    lat_ns.push(t.elapsed().as_nanos() as u64);
+                } else {
+                    failed += 1;
+                }
+            }
+            // the bytes are checked once, after the clock stops (a thread the budget ended
+            // before its first request has nothing to check)
+            if !lat_ns.is_empty() {
+                failed += u64::from(!w.verify());
+            }
+            (lat_ns, failed)
+        }));
+    }
+    start.wait();
+    let t0 = Instant::now();
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for h in handles {
+        let (l, f) = h.join().map_err(|_| "bench thread panicked")?;
+        lat.extend(l);
+        failed += f;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1e3
+    };
+    let ops = lat.len() as u64;
+    report(Report::Bench(Bench {
+        op: if cell.device.starts_with("nvme") {
+            "read"
+        } else {
+            "copy"
+        }
+        .into(),
+        len: cell.len as u64,
+        depth: cell.depth as u64,
+        ops,
+        failed,
+        seconds: secs,
+        mb_per_s: ops as f64 * cell.len as f64 / secs / 1e6,
+        ops_per_s: ops as f64 / secs,
+        device: cell.device.into(),
+        queues: cell.queues as u64,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+    }));
+    Ok(())
+}
+
+/// dmalab: COPY of `len` bytes on queue `thread % queues`, through the driver's ioctl.
+struct DmalabWorker {
+    dev: Dev,
+    queue: u8,
+    src: Vec<u8>,
+    dst: Vec<u8>,
+}
+
+impl DmalabWorker {
+    fn new(len: usize, queues: usize, thread: usize) -> Result<Self, String> {
+        Ok(Self {
+            dev: Dev::open(0)?,
+            queue: (thread % queues) as u8,
+            src: data(len, thread as u32 + 1),
+            dst: vec![0u8; len],
+        })
+    }
+}
+
+impl Worker for DmalabWorker {
+    fn run(&mut self) -> bool {
+        let mut r = Request {
+            opcode: abi::OP_COPY,
+            queue: self.queue,
+            len: self.src.len() as u32,
+            src: self.src.as_ptr() as u64,
+            dst: self.dst.as_mut_ptr() as u64,
+            timeout_ms: 30_000,
+            ..Default::default()
+        };
+        self.dev.submit(&mut r).is_ok() && r.status == u32::from(abi::Status::Ok.raw())
+    }
+
+    fn verify(&mut self) -> bool {
+        self.dst == self.src
+    }
+}
+
+/// NVMe: O_DIRECT reads of `len` bytes, each thread walking its own stretch of the namespace.
+struct NvmeWorker {
+    file: File,
+    zeroes: bool,
+    buf: Aligned,
+    slots: u64,
+    next: u64,
+}
+
+impl NvmeWorker {
+    fn new(nsid: u32, len: usize, thread: usize) -> Result<Self, String> {
+        let path = nvme_namespace(nsid)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .map_err(|e| format!("open {path}: {e}"))?;
+        let size = block_size(&file).ok_or_else(|| format!("{path}: no size"))?;
+        let mut buf = Aligned::new(len);
+        buf.as_mut_slice().fill(0xa5);
+        Ok(Self {
+            file,
+            zeroes: nsid == NVME_ZEROES,
+            buf,
+            slots: (size / len as u64).max(1),
+            next: thread as u64 * 97,
+        })
+    }
+}
+
+impl Worker for NvmeWorker {
+    fn run(&mut self) -> bool {
+        self.next = (self.next + 1) % self.slots;
+        let len = self.buf.layout.size();
+        let off = self.next * len as u64;
+        matches!(self.file.read_at(self.buf.as_mut_slice(), off), Ok(n) if n == len)
+    }
+
+    /// Reads from the zeroes namespace must really have written the buffer.
+    fn verify(&mut self) -> bool {
+        !self.zeroes || self.buf.as_slice().iter().all(|&b| b == 0)
+    }
+}
+
+/// A block device's size (BLKGETSIZE64): `metadata().len()` is 0 for device nodes.
+fn block_size(f: &File) -> Option<u64> {
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size = 0u64;
+    // SAFETY: the ioctl writes one u64 through the pointer, which lives across the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
+    (r == 0 && size > 0).then_some(size)
+}
+
+/// A user-space memcpy of `len` bytes in the guest, one at a time: what each of the driver's
+/// two bounce copies (user -> pool, pool -> user) costs under TCG.
+struct MemcpyWorker {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+}
+
+impl Worker for MemcpyWorker {
+    fn run(&mut self) -> bool {
+        self.dst.copy_from_slice(std::hint::black_box(&self.src));
+        std::hint::black_box(&self.dst);
+        true
+    }
+
+    fn verify(&mut self) -> bool {
+        self.dst == self.src
+    }
+}
+
+/// The whole table: every size and depth through dmalab on one queue and on all queues, QEMU's
+/// NVMe on both namespaces, edu at 4 KiB, and the guest's own memcpy.
+pub fn matrix() -> Result<(), String> {
+    let queues = Dev::open(0)?.info()?.queues as usize;
+    for len in SIZES {
+        for depth in DEPTHS {
+            let cell = |device, queues| Cell {
+                device,
+                len,
+                depth,
+                queues,
+            };
+            measure(cell("dmalab", 1), |t| DmalabWorker::new(len, 1, t))?;
+            if depth > 1 {
+                measure(cell("dmalab", queues), |t| {
+                    DmalabWorker::new(len, queues, t)
+                })?;
+            }
+            measure(cell("nvme", 1), |t| NvmeWorker::new(NVME_ZEROES, len, t))?;
+            measure(cell("nvme-nodata", 1), |t| {
+                NvmeWorker::new(NVME_NODATA, len, t)
+            })?;
+        }
+        measure(
+            Cell {
+                device: "guest-memcpy",
+                len,
+                depth: 1,
+                queues: 1,
+            },
+            |_| {
+                Ok(MemcpyWorker {
+                    src: data(len, 9),
+                    dst: vec![0u8; len],
+                })
+            },
+        )?;
+    }
+    measure(
+        Cell {
+            device: "edu",
+            len: edu::LEN,
+            depth: 1,
+            queues: 1,
+        },
+        |_| edu::Edu::new(),
+    )
+}
+
+/// QEMU's `edu` (docs/specs/edu.rst), driven the way its teaching drivers do: program source,
+/// destination and count, start, poll until the run bit clears; 4 KiB from memory into the
+/// device's buffer and back out to a second page, checked. No kernel driver exists for it, so
+/// the agent maps its BAR through sysfs and gives it physical addresses from
+/// `/proc/self/pagemap` (no IOMMU in this boot, so bus addresses are physical).
+mod edu {
+    use super::*;
+
+    pub const LEN: usize = 4096;
+    const DMA_SRC: usize = 0x80;
+    const DMA_DST: usize = 0x88;
+    const DMA_CNT: usize = 0x90;
+    const DMA_CMD: usize = 0x98;
+    const CMD_RUN: u64 = 1;
+    const CMD_TO_RAM: u64 = 2;
+    /// Where edu's 4 KiB buffer sits in its DMA address space.
+    const BUF: u64 = 0x40000;
+
+    fn find() -> Result<String, String> {
+        for e in std::fs::read_dir("/sys/bus/pci/devices").map_err(|e| e.to_string())? {
+            let p = e.map_err(|e| e.to_string())?.path();
+            let id = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+            if id("vendor").trim() == "0x1234" && id("device").trim() == "0x11e8" {
+                return Ok(p.display().to_string());
+            }
+        }
+        Err("no edu device (VmOptions::peers adds one)".into())
+    }
+
+    /// The physical address of the page holding `p` (locked, so it stays).
+    fn phys(p: *const u8) -> Result<u64, String> {
+        let f = File::open("/proc/self/pagemap").map_err(|e| format!("pagemap: {e}"))?;
+        let mut e = [0u8; 8];
+        f.read_exact_at(&mut e, (p as u64 / 4096) * 8)
+            .map_err(|e| format!("pagemap: {e}"))?;
+        let e = u64::from_le_bytes(e);
+        let pfn = e & ((1 << 55) - 1);
+        if e >> 63 == 0 || pfn == 0 {
+            return Err("pagemap gave no frame (not root, or page not present)".into());
+        }
+        Ok(pfn * 4096)
+    }
+
+    /// One DMA: program, start, poll (edu runs it 100 ms of virtual time later).
+    fn dma(bar: &MappedBar, src: u64, dst: u64, cmd: u64) -> bool {
+        bar.write(DMA_SRC, src);
+        bar.write(DMA_DST, dst);
+        bar.write(DMA_CNT, LEN as u64);
+        bar.write(DMA_CMD, cmd | CMD_RUN);
+        let t = Instant::now();
+        while bar.read::<u64>(DMA_CMD) & CMD_RUN != 0 {
+            if t.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// edu, mapped and bus-mastering, with a source page and a destination page locked.
+    pub struct Edu {
+        bar: MappedBar,
+        src: Aligned,
+        dst: Aligned,
+        src_pa: u64,
+        dst_pa: u64,
+    }
+
+    impl Edu {
+        pub fn new() -> Result<Self, String> {
+            let dev = find()?;
+            // memory decoding on (pci_enable_device), then bus mastering in the command register
+            std::fs::write(format!("{dev}/enable"), "1").map_err(|e| format!("enable: {e}"))?;
+            let cfg = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("{dev}/config"))
+                .map_err(|e| format!("config: {e}"))?;
+            let mut cmd = [0u8; 2];
+            cfg.read_exact_at(&mut cmd, 4).map_err(|e| e.to_string())?;
+            let cmd = u16::from_le_bytes(cmd) | 0x6; // memory space + bus master
+            cfg.write_all_at(&cmd.to_le_bytes(), 4)
+                .map_err(|e| e.to_string())?;
+            let bar = MappedBar::open(&dev, 0)?;
+            let mut src = Aligned::new(LEN);
+            src.as_mut_slice().copy_from_slice(&data(LEN, 11));
+            let dst = Aligned::new(LEN);
+            for p in [src.ptr, dst.ptr] {
+                // SAFETY: locks the pages of a live allocation; touches no memory.
+                if unsafe { libc::mlock(p.cast(), LEN) } != 0 {
+                    return Err(format!("mlock: {}", std::io::Error::last_os_error()));
+                }
+            }
+            let (src_pa, dst_pa) = (phys(src.ptr)?, phys(dst.ptr)?);
+            Ok(Self {
+                bar,
+                src,
+                dst,
+                src_pa,
+                dst_pa,
+            })
+        }
+    }
+
+    impl Worker for Edu {
+        fn run(&mut self) -> bool {
+            dma(&self.bar, self.src_pa, BUF, 0) && dma(&self.bar, BUF, self.dst_pa, CMD_TO_RAM)
+        }
+
+        fn verify(&mut self) -> bool {
+            // volatile: the device wrote the page behind the compiler's back
+            (0..LEN).all(|i| {
+                // SAFETY: in bounds of our own live allocation.
+                unsafe { std::ptr::read_volatile(self.dst.ptr.add(i)) == *self.src.ptr.add(i) }
+            })
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! What `make bench` measures in the VM and how it is judged (docs/performance.md): the guest
+//! agent's `bench_matrix` cells, the device's own view of each request from its event log,
+//! guest instructions per request from the TCG plugin, and the goals the issue set, each met or
+//! missed by a stated margin.
+
+use std::collections::HashMap;
+
+use dmalab_report::Bench;
+use serde_json::Value;
+
+use crate::vm::{run, VmOptions};
+
+/// BAR0 reads the device saw from the first descriptor fetched to the first reset after it
+/// (a reset is a control path that reads registers back): the offsets read. Under TCG a
+/// register read costs the guest ~80 us, so the data path must do none.
+pub fn data_path_bar_reads(events: &[Value]) -> Vec<u64> {
+    let kind = |e: &Value| e["event"].as_str().unwrap_or("").to_string();
+    events
+        .iter()
+        .skip_while(|e| kind(e) != "fetch")
+        .take_while(|e| kind(e) != "reset")
+        .filter(|e| kind(e) == "bar_read")
+        .map(|e| e["offset"].as_u64().unwrap_or(u64::MAX))
+        .collect()
+}
+
+/// The device's own time per request of `len` bytes on the ring queues, from descriptor fetch
+/// to completion written (microseconds, median over the run), and how many were seen.
+pub fn device_time_us(events: &[Value], len: u64) -> Option<(f64, usize)> {
+    let mut fetched: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut times = Vec::new();
+    for e in events {
+        let key = (
+            e["queue"].as_u64().unwrap_or(99),
+            e["tag"].as_u64().unwrap_or(0),
+        );
+        let t = e["t_us"].as_u64().unwrap_or(0);
+        match e["event"].as_str() {
+            Some("fetch") if e["len"].as_u64() == Some(len) => {
+                fetched.insert(key, t);
+            }
+            Some("complete") => {
+                if let Some(t0) = fetched.remove(&key) {
+                    times.push(t.saturating_sub(t0));
+                }
+            }
+            _ => {}
+        }
+    }
+    times.sort_unstable();
+    (!times.is_empty()).then(|| (times[times.len() / 2] as f64, times.len()))
+}
+
+/// Guest kernel instructions per request on the submit and complete paths (the TCG plugin
+/// counts them between the ioctl's entry and the driver's return, one request at a time):
+/// `ops` COPYs of `len` bytes under the oracle. The plugin's JSON and the ops/s it ran at.
+pub fn instructions_per_request(len: u32, ops: u32) -> (Value, f64) {
+    let mut o = VmOptions::new(&format!("bench_count_{len}"), "load,serial_copies,unload");
+    o.oracle = true;
+    o.count_instructions = true;
+    o.append = format!("dmalab.len={len} dmalab.ops={ops}");
+    eprintln!("dmalab-bench: counting guest instructions, {ops} COPYs of {len} bytes");
+    let r = run(&o);
+    r.assert_clean();
+    let i = r
+        .oracle
+        .as_ref()
+        .and_then(|o| o.instructions.clone())
+        .unwrap_or_else(|| r.fail("the plugin counted no instructions"));
+    (i, r.one::<Bench>().ops_per_s)
+}
+
+/// The cells of one `bench_matrix` run, looked up by (device, len, depth, spread over all
+/// queues).
+pub struct Cells<'a>(pub Vec<&'a Bench>);
+
+impl<'a> Cells<'a> {
+    pub fn get(&self, device: &str, len: u64, depth: u64, all_queues: bool) -> Option<&'a Bench> {
+        self.0.iter().copied().find(|b| {
+            b.device == device && b.len == len && b.depth == depth && (b.queues > 1) == all_queues
+        })
+    }
+
+    /// dmalab's best at this size and depth, on one queue or spread over all.
+    pub fn dmalab_best(&self, len: u64, depth: u64) -> Option<&'a Bench> {
+        [false, true]
+            .iter()
+            .filter_map(|&all| self.get("dmalab", len, depth, all))
+            .max_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s))
+    }
+}
+
+/// One goal of the issue, judged on this run's figures.
+#[derive(Debug, Clone)]
+pub struct Goal {
+    pub goal: String,
+    /// What was measured against what was asked, e.g. "1.42x (goal 2.5x)".
+    pub measured: String,
+    pub met: bool,
+}
+
+impl Goal {
+    pub fn json(&self) -> Value {
+        serde_json::json!({"goal": self.goal, "measured": self.measured, "met": self.met})
+    }
+}
+
+fn goal(goal: impl Into<String>, ratio: f64, want: f64) -> Goal {
+    Goal {
+        goal: goal.into(),
+        measured: format!("{ratio:.2}x (goal {want}x)"),
+        met: ratio >= want,
+    }
+}
+
+/// The goals that can be judged from the matrix (the engine and BAR-read goals are judged by
+/// the caller, which has those figures).
+pub fn goals(c: &Cells) -> Vec<Goal> {
+    let mut out = Vec::new();
+    for len in [4096u64, 64 << 10, 1 << 20] {
+        for depth in [1u64, 8, 32] {
+            if let (Some(d), Some(n)) =
+                (c.dmalab_best(len, depth), c.get("nvme", len, depth, false))
+            {
+                out.push(goal(
+                    format!("{} at depth {depth}: dmalab ahead of QEMU NVMe", size(len)),
+                    d.ops_per_s / n.ops_per_s.max(1e-9),
+                    1.0,
+                ));
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (c.dmalab_best(4096, 32), c.get("dmalab", 4096, 1, false)) {
+        out.push(goal(
+            "4 KiB: depth 32 at least 2.5x depth 1",
+            a.ops_per_s / b.ops_per_s.max(1e-9),
+            2.5,
+        ));
+    }
+    for len in [4096u64, 64 << 10, 1 << 20] {
+        if let (Some(a), Some(b)) = (c.dmalab_best(len, 32), c.get("dmalab", len, 1, false)) {
+            out.push(goal(
+                format!("{}: depth 32 never slower than depth 1", size(len)),
+                a.ops_per_s / b.ops_per_s.max(1e-9),
+                1.0,
+            ));
+        }
+    }
+    out
+}
+
+pub fn size(len: u64) -> String {
+    match len {
+        l if l >= 1 << 20 && l % (1 << 20) == 0 => format!("{} MiB", l >> 20),
+        l if l >= 1024 && l % 1024 == 0 => format!("{} KiB", l >> 10),
+        l => format!("{l} B"),
+    }
+}
+
+/// The end-to-end table in Markdown: one row per size and depth, dmalab (one queue, all
+/// queues) against NVMe (zeroes written; no data) with the ratio, and latency percentiles.
+pub fn markdown_table(c: &Cells) -> String {
+    let mut t = String::from(
+        "| size | depth | dmalab 1 queue MB/s (ops/s) | dmalab all queues MB/s | NVMe MB/s (ops/s) | NVMe no-data MB/s | dmalab / NVMe | dmalab p50 / p99 / p99.9 µs | NVMe p50 / p99 / p99.9 µs |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mbs = |b: Option<&Bench>| b.map_or("–".into(), |b| format!("{:.0}", b.mb_per_s));
+    let lat = |b: Option<&Bench>| {
+        b.map_or("–".into(), |b| {
+            format!("{:.0} / {:.0} / {:.0}", b.p50_us, b.p99_us, b.p999_us)
+        })
+    };
+    for len in [4096u64, 64 << 10, 1 << 20] {
+        for depth in [1u64, 8, 32] {
+            let one = c.get("dmalab", len, depth, false);
+            let nvme = c.get("nvme", len, depth, false);
+            let ratio = match (c.dmalab_best(len, depth), nvme) {
+                (Some(d), Some(n)) => format!("**{:.2}×**", d.ops_per_s / n.ops_per_s.max(1e-9)),
+                _ => "–".into(),
+            };
+            t.push_str(&format!(
+                "| {} | {depth} | {} ({}) | {} | {} ({}) | {} | {ratio} | {} | {} |\n",
+                size(len),
+                mbs(one),
+                one.map_or("–".into(), |b| format!("{:.0}", b.ops_per_s)),
+                mbs(c.get("dmalab", len, depth, true)),
+                mbs(nvme),
+                nvme.map_or("–".into(), |b| format!("{:.0}", b.ops_per_s)),
+                mbs(c.get("nvme-nodata", len, depth, false)),
+                lat(one),
+                lat(nvme),
+            ));
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cell(device: &str, len: u64, depth: u64, queues: u64, ops_per_s: f64) -> Bench {
+        Bench {
+            device: device.into(),
+            len,
+            depth,
+            queues,
+            ops_per_s,
+            mb_per_s: ops_per_s * len as f64 / 1e6,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn goals_are_judged_on_the_best_dmalab_cell_and_can_fail() {
+        let cells = [
+            cell("dmalab", 4096, 1, 1, 5000.0),
+            cell("dmalab", 4096, 32, 1, 6000.0),
+            cell("dmalab", 4096, 32, 4, 14000.0),
+            cell("nvme", 4096, 1, 1, 4000.0),
+            cell("nvme", 4096, 32, 1, 20000.0),
+        ];
+        let g = goals(&Cells(cells.iter().collect()));
+        let find = |s: &str| g.iter().find(|g| g.goal.contains(s)).unwrap().clone();
+        assert!(find("4 KiB at depth 1").met);
+        let d32 = find("4 KiB at depth 32");
+        assert!(!d32.met, "{d32:?}");
+        assert_eq!(d32.measured, "0.70x (goal 1x)");
+        // the all-queues cell (14000) is the best at depth 32: 2.8x
+        assert!(find("at least 2.5x").met);
+        assert!(find("never slower").met);
+    }
+
+    #[test]
+    fn device_time_pairs_fetch_and_completion_by_queue_and_tag() {
+        let ev = [
+            json!({"t_us": 10, "event": "fetch", "queue": 0, "tag": 1, "len": 4096}),
+            json!({"t_us": 12, "event": "fetch", "queue": 1, "tag": 1, "len": 4096}),
+            json!({"t_us": 20, "event": "complete", "queue": 1, "tag": 1}),
+            json!({"t_us": 40, "event": "complete", "queue": 0, "tag": 1}),
+            json!({"t_us": 50, "event": "fetch", "queue": 0, "tag": 2, "len": 8}),
+            json!({"t_us": 51, "event": "complete", "queue": 0, "tag": 2}),
+        ];
+        assert_eq!(device_time_us(&ev, 4096), Some((30.0, 2)));
+        assert_eq!(device_time_us(&ev, 8), Some((1.0, 1)));
+        assert_eq!(device_time_us(&ev, 1), None);
+    }
+
+    #[test]
+    fn bar_reads_are_counted_from_the_first_fetch_to_the_first_reset() {
+        let ev = [
+            json!({"event": "bar_read", "offset": 0}),
+            json!({"event": "fetch"}),
+            json!({"event": "bar_read", "offset": 36}),
+            json!({"event": "reset"}),
+            json!({"event": "bar_read", "offset": 4}),
+        ];
+        assert_eq!(data_path_bar_reads(&ev), vec![36]);
+    }
+}
