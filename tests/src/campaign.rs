@@ -45,6 +45,16 @@ impl Plan {
         }
     }
 
+    /// A short name for the plan (FNV-1a of its JSON): VM run directories carry it, so a
+    /// resumed run only salvages runs of the same campaign.
+    pub fn id(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        let h = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{:08x}", h >> 32)
+    }
+
     pub fn units(&self) -> u64 {
         self.ops.div_ceil(self.unit.max(1))
     }
@@ -262,6 +272,28 @@ fn judge_unit(unit: u64, faults: &[&Value], xfers: &[&Xfer]) -> UnitResult {
     }
 }
 
+/// The most queues that had a request in flight at once (fetched, not yet completed), from the
+/// device's event log: what shows that a campaign really overlapped its requests.
+pub fn max_queues_in_flight(events: &[Value]) -> usize {
+    let mut open: HashMap<u64, usize> = HashMap::new();
+    let mut most = 0;
+    for e in events {
+        let q = e["queue"].as_u64().unwrap_or(u64::MAX);
+        match e["event"].as_str() {
+            Some("fetch") => *open.entry(q).or_default() += 1,
+            Some("complete") => {
+                if let Some(n) = open.get_mut(&q) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            Some("reset") => open.clear(),
+            _ => {}
+        }
+        most = most.max(open.values().filter(|&&n| n > 0).count());
+    }
+    most
+}
+
 /// How a campaign shows its progress on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Echo {
@@ -438,8 +470,18 @@ impl Store {
     }
 
     /// As [`record`](Self::record), from the logs an interrupted run left in its directory
-    /// (`reports.log`, `events.jsonl`): the units it finished are kept, the rest run again.
+    /// (`reports.log`, `events.jsonl`, `console.log`): the units it finished are kept, the rest
+    /// run again. Its health is what its logs show (kernel log problems, DMA-API errors); that
+    /// it was cut short is not held against the campaign, which finishes on resume.
     pub fn salvage(&self, run_name: &str, dir: &Path) -> Result<Vec<UnitResult>, String> {
+        let record = self.dir.join(format!("run-{run_name}.json"));
+        let finished = std::fs::read_to_string(&record)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Health>(&t).ok())
+            .is_some_and(|h| h.runs_incomplete == 0);
+        if finished {
+            return Ok(Vec::new()); // recorded whole when it ended
+        }
         let reports: Vec<Report> = std::fs::read_to_string(dir.join("reports.log"))
             .unwrap_or_default()
             .lines()
@@ -450,8 +492,25 @@ impl Store {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        // its health is unknown (it never finished): what the finished units showed is kept
-        self.record_logs(run_name, &reports, &events, None)
+        let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+        let health = Health {
+            kernel_log_problems: crate::kernel_log::problems(&console).len() as u64,
+            dma_api_errors: reports
+                .iter()
+                .filter_map(|r| match r {
+                    Report::DmaApi(d) => d.errors,
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0),
+            ..Health::default()
+        };
+        let units = self.record_logs(run_name, &reports, &events, None)?;
+        // replaces the interrupted run's own record, if it made one; the resumed VM reuses
+        // the name, so the salvaged part is kept under its own
+        let _ = std::fs::remove_file(record);
+        self.save_health(&format!("{run_name}-salvaged"), &health)?;
+        Ok(units)
     }
 
     fn record_logs(

@@ -268,6 +268,11 @@ fn a_campaign_is_reproducible_from_its_seed() {
     }
     a.run
         .check(!a.sequence.is_empty(), "the mix injected nothing");
+    let overlap = dmalab_tests::campaign::max_queues_in_flight(&a.run.events);
+    a.run.check(
+        overlap >= 2,
+        &format!("requests overlapped on at most {overlap} queue(s) at once"),
+    );
     a.run.check(
         a.sequence == b.sequence,
         &format!(
@@ -295,4 +300,58 @@ fn unbind_releases_a_stalled_waiter_at_once() {
     // (ENODEV, not ETIMEDOUT, is what shows the unbind released it: no timing assertion needed)
     let x = r.all::<Xfer>();
     r.check(x.len() == 1 && x[0].verified, "the rebound device works");
+}
+
+/// Shards and resumption change nothing: a serial campaign run whole, run as two shards and
+/// merged, and run in two halves into one store (an interrupted run resumed) all give the same
+/// report, byte for byte.
+#[test]
+fn a_sharded_or_resumed_campaign_merges_into_the_unsharded_report() {
+    use dmalab_tests::campaign::{merge, run_units, Echo, Plan, Store};
+    let rules = std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
+        .unwrap();
+    let plan = Plan {
+        unit: 10,
+        serial: true,
+        ..Plan::new(5, 60, &rules)
+    };
+    let base = dmalab_tests::artifacts::root().join("target/e2e/campaign_merge");
+    let store = |name: &str| Store::open(&base.join(name), &plan, false).unwrap();
+    let into = |s: &Store, name: &str, units: std::ops::Range<u64>| {
+        let r = run_units(&plan, name, &[units], Echo::Off, false, |_| {});
+        r.assert_ran_cleanly();
+        s.record(name, &r).unwrap()
+    };
+    let whole = store("whole");
+    into(&whole, "campaign_merge_whole", 0..plan.units());
+    let shards: Vec<_> = (0..2)
+        .map(|i| {
+            let s = store(&format!("shard{i}"));
+            into(&s, &format!("campaign_merge_shard{i}"), plan.shard(i, 2));
+            s.dir
+        })
+        .collect();
+    let resumed = store("resumed");
+    into(&resumed, "campaign_merge_first", 0..2);
+    into(&resumed, "campaign_merge_rest", 2..plan.units());
+
+    let whole = merge(&[whole.dir]).unwrap();
+    assert!(whole.passed(), "the campaign itself failed: {whole:#?}");
+    assert!(whole.verdicts().count() > 5, "the mix injected too little");
+    assert!(
+        whole.requests().any(|r| r.opcode == "write") && whole.requests().any(|r| r.half == 1),
+        "WRITE + READ pairs ran"
+    );
+    let sharded = merge(&shards).unwrap();
+    let resumed = merge(&[resumed.dir]).unwrap();
+    for (what, m) in [("sharded", &sharded), ("resumed", &resumed)] {
+        assert!(
+            m.json() == whole.json(),
+            "{what} and whole campaigns differ: see {}",
+            base.display()
+        );
+        assert_eq!(m.html("t", &[]), whole.html("t", &[]));
+    }
+    // a store missing a shard is refused, not merged into a smaller report
+    assert!(merge(&shards[..1]).is_err());
 }

@@ -129,7 +129,7 @@ fn run(args: &Args) -> Result<bool, String> {
         None => 0..plan.units(),
     };
     // a resumed run first keeps what its interrupted VMs finished
-    let vm_name = |job: u64| format!("campaign-{tag}-job{job}");
+    let vm_name = |job: u64| format!("campaign-{tag}-{}-job{job}", plan.id());
     if args.resume {
         for job in 0..64 {
             let dir = root.join("target/e2e").join(vm_name(job));
