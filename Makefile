@@ -83,12 +83,20 @@ fuzz:
 fuzz-smoke:
 	@scripts/fuzz.sh 10
 
+# A seeded fault campaign (docs/campaigns.md): SEED, OPS, RULES, JOBS (VMs side by side),
+# SHARD=I/N (one slice; `dmalab-campaign merge` the shards), SERIAL=1, RESUME=1.
 campaign: artifacts
 	@cargo run --release -q -p dmalab-tests --bin dmalab-campaign -- --seed $(or $(SEED),1) --ops $(or $(OPS),300) \
-		$(if $(RULES),--rules $(RULES))
+		$(if $(RULES),--rules $(RULES)) --jobs $(or $(JOBS),1) $(if $(SHARD),--shard $(SHARD)) \
+		$(if $(SERIAL),--serial) $(if $(RESUME),--resume)
 
-bench: bench-oracle
+# docs/performance.md: the device library against memcpy, then one boot with dmalab, QEMU's
+# NVMe and edu side by side, instruction counts, campaign throughput; then the oracle's cost.
+# Figures: target/bench/*.json and the generated part of docs/performance.md.
+bench: artifacts
 	cargo bench -p dmalab-device --bench engine
+	@cargo run --release -q -p dmalab-tests --bin dmalab-bench
+	@$(MAKE) -s bench-oracle
 
 # What the DMA ownership oracle costs: the same guest work with it off and on (docs/oracle.md).
 bench-oracle: artifacts

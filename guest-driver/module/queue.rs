@@ -17,7 +17,7 @@ use kernel::{
 
 use crate::abi::{self, Completion, Descriptor, Opcode, Request, Status};
 use crate::bugs::{self, DmaBug};
-use crate::pool::{copy_in, segments, wait_for_resources, Pool, Segments, Side};
+use crate::pool::{copy_in_from_user, segments, wait_for_resources, Pool, Segments, Side};
 use crate::regs;
 use crate::ring::{tag_for, Slot, SlotState};
 use crate::state::{reset_after_fatal, DevState, Queue};
@@ -40,29 +40,35 @@ impl Queue {
         if dev.is_dead() {
             return Err(ENODEV);
         }
-        // User data first, before any lock: a fault here must not stall the queue.
-        let mut staged = KVVec::new();
-        if src_guest {
-            staged.resize(len, 0, GFP_KERNEL)?;
-            UserSlice::new(UserPtr::from_addr(req.src as usize), len)
-                .reader()
-                .read_slice(&mut staged)?;
-        }
         let npages = len.div_ceil(PAGE);
         let need = npages * (usize::from(src_guest) + usize::from(dst_guest));
         let (mut src, mut dst) = (Side { pages: KVec::new() }, Side { pages: KVec::new() });
         let want = usize::from(req.nseg).max(1);
         let (src_segs, dst_segs) = {
             let mut guard = self.pool.lock();
+            // Waiters are woken one at a time (`release`), and each passes the wake-up on when
+            // it leaves pages free or gives up: waking them all at every release made 31
+            // threads at queue depth 32 wake, find too little, and sleep again.
             while guard.blocks.is_some() && guard.free.count() < need {
-                wait_for_resources(&self.pool_cv, &mut guard, timeout_ms)?;
+                if let Err(e) = wait_for_resources(&self.pool_cv, &mut guard, timeout_ms) {
+                    self.pool_cv.notify_one();
+                    return Err(e);
+                }
             }
             let Pool { blocks, free } = &mut *guard;
             let blocks = blocks.as_ref().ok_or(ENODEV)?;
             let mut build = || -> Result<(Segments, Segments)> {
                 if src_guest {
                     free.take(npages, &mut src.pages)?;
-                    copy_in(blocks, &src.pages, &staged)?;
+                    // Straight from the user into our pages, under the pool lock like the copy
+                    // out (`copy_out`): a user page fault here delays this queue's other
+                    // submitters, never the device or other queues.
+                    copy_in_from_user(
+                        blocks,
+                        &src.pages,
+                        UserPtr::from_addr(req.src as usize),
+                        len,
+                    )?;
                 }
                 if dst_guest {
                     free.take(npages, &mut dst.pages)?;
@@ -79,7 +85,11 @@ impl Queue {
                 };
                 Ok((s, d))
             };
-            match build() {
+            let built = build();
+            if free.count() > 0 {
+                self.pool_cv.notify_one();
+            }
+            match built {
                 Ok(v) if DmaBug::active() == DmaBug::ReuseBuffer => {
                     // bug: the pages look free while the device works on them
                     free.give_back(&src.pages);
@@ -149,7 +159,7 @@ impl Queue {
         pool.free.give_back(&src.pages);
         pool.free.give_back(&dst.pages);
         drop(pool);
-        self.pool_cv.notify_all();
+        self.pool_cv.notify_one();
     }
 
     /// Writes the descriptor (and SG tables), rings the doorbell and waits for the completion.
@@ -289,6 +299,8 @@ impl Queue {
         }
         // wait for the completion
         let mut timed_out = false;
+        // this call reset the queue, failing the other requests in flight: wake them
+        let mut reset = false;
         let result = loop {
             match st.slots[slot].state {
                 SlotState::Done(c) => break Ok(c),
@@ -303,6 +315,7 @@ impl Queue {
                     // No completion in time: reset the queue, failing everything in flight.
                     st.stats.timeouts += 1;
                     dev.reset_queue_locked(self, &mut st, ETIMEDOUT);
+                    reset = true;
                 }
                 SlotState::InFlight => {
                     // bug: "no timeout" is 49 days
@@ -311,8 +324,7 @@ impl Queue {
                     } else {
                         timeout_ms
                     };
-                    let res = self
-                        .ring_cv
+                    let res = self.done_cv[slot]
                         .wait_interruptible_timeout(&mut st, msecs_to_jiffies(wait_ms));
                     match res {
                         CondVarTimeoutResult::Timeout => timed_out = true,
@@ -320,6 +332,7 @@ impl Queue {
                         // it safe to give them back, so a signal costs the queue a reset.
                         CondVarTimeoutResult::Signal { .. } => {
                             dev.reset_queue_locked(self, &mut st, EINTR);
+                            reset = true;
                         }
                         CondVarTimeoutResult::Woken { .. } => {}
                     }
@@ -334,7 +347,12 @@ impl Queue {
             }
         }
         drop(st);
-        self.ring_cv.notify_all();
+        if reset {
+            self.wake_all();
+        } else {
+            // our slot is free again
+            self.ring_cv.notify_all();
+        }
         let failed_by_fatal = matches!(&result, Err(e) if e.to_errno() == EIO.to_errno());
         if failed_by_fatal || dev.needs_reset.load(Acquire) {
             // A fatal error halted every queue: reset the device and reprogram the queues (or

@@ -20,7 +20,7 @@ use crate::bugs::DmaBug;
 use crate::pool::Pool;
 use crate::regs;
 use crate::ring::{program_queue, reset_queue, slot_of, RingState, SlotState};
-use crate::RING;
+use crate::{RING, SLOTS};
 
 /// One queue pair: its rings and bounce pool, each with the condition variable its waiters
 /// sleep on. The request path is in `queue.rs`.
@@ -29,13 +29,29 @@ pub(crate) struct Queue {
     pub(crate) index: u16,
     #[pin]
     pub(crate) ring: SpinLockIrq<RingState>,
-    /// Signalled when a slot changes state or ring space frees up.
+    /// Signalled when ring space or a slot frees up: submitters waiting for room.
     #[pin]
     pub(crate) ring_cv: CondVar,
+    /// `done_cv[i]` is signalled when slot `i`'s request completes or fails: its waiter alone
+    /// wakes. (One condition variable for the whole queue woke every request in flight on each
+    /// completion: at queue depth 32, 31 needless wake-ups and context switches per request.)
+    #[pin]
+    pub(crate) done_cv: [CondVar; SLOTS],
     #[pin]
     pub(crate) pool: Mutex<Pool>,
     #[pin]
     pub(crate) pool_cv: CondVar,
+}
+
+impl Queue {
+    /// Wakes every waiter of the queue: after requests were failed wholesale (a reset, a
+    /// fatal error, teardown).
+    pub(crate) fn wake_all(&self) {
+        self.ring_cv.notify_all();
+        for cv in self.done_cv.iter() {
+            cv.notify_all();
+        }
+    }
 }
 
 /// State shared by the PCI driver, the interrupt handlers and open files.
@@ -105,7 +121,7 @@ impl DevState {
                 }
             }
             drop(st);
-            q.ring_cv.notify_all();
+            q.wake_all();
         }
     }
 
@@ -118,6 +134,8 @@ impl DevState {
         }
         st.stats.irqs += 1;
         let mut moved = false;
+        // the slots whose requests completed: their waiters are woken, one each
+        let mut done: u64 = 0;
         {
             let st = &mut *st;
             let Some(rings) = st.rings.as_ref() else {
@@ -160,6 +178,7 @@ impl DevState {
                             && slot.generation == generation =>
                     {
                         slot.state = SlotState::Done(c);
+                        done |= 1 << s;
                         st.outstanding = st.outstanding.saturating_sub(1);
                         st.stats.completed += 1;
                         if c.status != Status::Ok.raw() {
@@ -177,6 +196,12 @@ impl DevState {
                 }
             }
             drop(st);
+            for (i, cv) in q.done_cv.iter().enumerate() {
+                if done & (1 << i) != 0 {
+                    cv.notify_one();
+                }
+            }
+            // ring space freed up
             q.ring_cv.notify_all();
         }
     }
@@ -238,7 +263,7 @@ impl DevState {
                 }
                 st.rings.take()
             };
-            q.ring_cv.notify_all();
+            q.wake_all();
             q.pool_cv.notify_all();
             let blocks = q.pool.lock().blocks.take();
             if DmaBug::active() == DmaBug::LeakOnUnbind {
@@ -311,7 +336,7 @@ fn reset_device_locked(dev: &DevState) -> Result {
         let mut st = q.ring.lock();
         dev.reset_queue_locked(q, &mut st, ECANCELED);
         drop(st);
-        q.ring_cv.notify_all();
+        q.wake_all();
     }
     let bar = dev.bar.try_access().ok_or(ENODEV)?;
     // The queues are halted; now reset the rest (errors, coalescing, internal memory).

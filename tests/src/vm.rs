@@ -12,6 +12,12 @@ use serde_json::Value;
 
 use crate::artifacts;
 
+/// The guest CPU model. `max` without FSRM and ERMS: a CPU that advertises them gets
+/// `rep movsb` from the kernel's memcpy and copy_{to,from}_user and from glibc, which TCG runs
+/// one byte at a time: about 8x slower copies than the `rep movsq` and unrolled loops used
+/// otherwise (docs/performance.md has the profile). `DMALAB_CPU=max` restores them.
+pub const GUEST_CPU: &str = "max,fsrm=off,erms=off";
+
 /// How to boot.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
@@ -274,7 +280,7 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
         "-accel",
         "tcg",
         "-cpu",
-        "max",
+        &std::env::var("DMALAB_CPU").unwrap_or(GUEST_CPU.into()),
         "-smp",
         "1",
     ])

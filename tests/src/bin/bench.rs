@@ -4,6 +4,7 @@
 //! `docs/performance.md`. Ratios measured in one boot are the figures that count.
 
 use std::process::ExitCode;
+use std::time::Instant;
 
 use dmalab_report::Bench;
 use dmalab_tests::bench::{self, size, Cells, Goal};
@@ -69,16 +70,32 @@ fn main() -> ExitCode {
         });
     }
 
+    let campaigns: Vec<Value> = [1u64, 2]
+        .iter()
+        .map(|&jobs| campaign_throughput(jobs))
+        .collect();
+
     let profile = profile(&cells, &r.events, &counts);
     let edu = cells.get("edu", 4096, 1, false);
     let dmalab_4k = cells.get("dmalab", 4096, 1, false);
-    let md = render(&cells, &goals, &profile, edu, dmalab_4k, engine.as_ref());
+    let mut md = render(&cells, &goals, &profile, edu, dmalab_4k, engine.as_ref());
+    md.push_str("\n### Campaigns on one machine (`campaigns/mix.toml`, concurrent, 600 requests)\n\n| VMs side by side | wall time s | requests per hour | faults injected per hour | verdict |\n|---|---|---|---|---|\n");
+    for c in &campaigns {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0} | {} |\n",
+            c["jobs"],
+            c["seconds"].as_f64().unwrap_or(0.0),
+            c["requests_per_hour"].as_f64().unwrap_or(0.0),
+            c["faults_per_hour"].as_f64().unwrap_or(0.0),
+            if c["passed"] == true { "PASS" } else { "FAIL" }
+        ));
+    }
     println!("\n{md}");
 
     let json = json!({
         "cells": cells.0, "goals": goals.iter().map(Goal::json).collect::<Vec<_>>(), "profile": profile,
         "bar_reads_on_data_path": reads.len(), "instructions_per_request": counts,
-        "engine": engine,
+        "engine": engine, "campaigns": campaigns,
     });
     let out = root.join("target/bench/bench.json");
     let doc = root.join("docs/performance.md");
@@ -98,6 +115,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A 600-request campaign (the mix, concurrent) split over `jobs` VMs side by side, timed
+/// from the first boot to the last power-off: requests and injected faults per hour.
+fn campaign_throughput(jobs: u64) -> Value {
+    use dmalab_tests::campaign::{merge, run_units, Echo, Plan, Store};
+    let root = dmalab_tests::artifacts::root();
+    let rules = std::fs::read_to_string(root.join("campaigns/mix.toml")).unwrap_or_default();
+    let plan = Plan::new(7, 600, &rules);
+    let dir = root.join(format!("target/bench/campaign-jobs{jobs}"));
+    let store = Store::open(&dir, &plan, false).expect("campaign store");
+    eprintln!("dmalab-bench: campaign throughput, 600 requests on {jobs} VM(s)");
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for j in 0..jobs {
+            let (plan, store) = (&plan, &store);
+            s.spawn(move || {
+                let name = format!("bench_campaign_{jobs}_{j}");
+                let r = run_units(
+                    plan,
+                    &name,
+                    &[plan.shard(j, jobs)],
+                    Echo::Off,
+                    false,
+                    |_| {},
+                );
+                store.record(&name, &r).expect("record the campaign");
+            });
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let m = merge(&[dir]).expect("every unit ran");
+    let faults = m.verdicts().count() as f64;
+    json!({
+        "jobs": jobs, "seconds": secs, "requests": 600,
+        "requests_per_hour": 600.0 * 3600.0 / secs, "faults": faults,
+        "faults_per_hour": faults * 3600.0 / secs, "passed": m.passed(),
+    })
 }
 
 /// Where a request's time goes, one at a time (depth 1, one queue): the end-to-end median, the

@@ -198,11 +198,7 @@ fn run(args: &Args) -> Result<bool, String> {
         return Ok(left.is_empty());
     }
     let merged = merge(std::slice::from_ref(&state))?;
-    let out = args
-        .out
-        .clone()
-        .map(|o| o.with_extension(""))
-        .unwrap_or_else(|| state.join("report"));
+    let out = args.out.clone().unwrap_or_else(|| state.join("report"));
     report(&merged, &out)
 }
 
