@@ -687,8 +687,25 @@ pub struct Request {
     pub latency_ns: u64,
     /// Out: the descriptor tag the driver used (the device's event log names it too).
     pub tag: u32,
-    /// Reserved, 0.
-    pub rsvd: u32,
+    /// Out, [`IOC_SUBMIT_BATCH`] only: this request's errno as a positive number (0: it
+    /// succeeded, status OK). [`IOC_SUBMIT`] leaves it 0: the ioctl's own return says it.
+    pub error: u32,
+}
+
+/// Largest number of requests in one [`IOC_SUBMIT_BATCH`].
+pub const MAX_BATCH: u32 = 32;
+
+/// Argument of [`IOC_SUBMIT_BATCH`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// In: user address of an array of `count` [`Request`]s. Each is written back as
+    /// [`IOC_SUBMIT`] would write it, with its own outcome in [`Request::error`].
+    pub requests: u64,
+    /// In: how many (1..=[`MAX_BATCH`]).
+    pub count: u32,
+    /// Out: how many succeeded.
+    pub done: u32,
 }
 
 /// Per-queue counters in [`Stats`].
@@ -737,6 +754,12 @@ pub const IOC_SUBMIT: u32 = ioc(3, IOC_TYPE, 2, core::mem::size_of::<Request>())
 pub const IOC_STATS: u32 = ioc(2, IOC_TYPE, 3, core::mem::size_of::<Stats>());
 /// `_IO('D', 4)`: reset the device (fails requests in flight with ECANCELED).
 pub const IOC_RESET: u32 = ioc(0, IOC_TYPE, 4, 0);
+/// `_IOWR('D', 5, Batch)`: run up to [`MAX_BATCH`] requests, on any queues, with as many in
+/// flight at once as the rings and bounce pools allow; wait for all. One system call and one
+/// doorbell per queue for the lot: how a single thread reaches a queue depth above one.
+/// Fails only when the batch itself is malformed (`EINVAL`, `EFAULT`); each request's outcome
+/// is in its [`Request::error`].
+pub const IOC_SUBMIT_BATCH: u32 = ioc(3, IOC_TYPE, 5, core::mem::size_of::<Batch>());
 
 // Layout checks, compiled by every user of this file (the kernel module `include!`s it too), so
 // the safety arguments that rely on these layouts hold in every build. Each size is the
@@ -753,6 +776,7 @@ const _: () =
 const _: () = assert!((MSIX_PBA_OFFSET as usize) + 8 <= BAR0_SIZE);
 const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 48);
 const _: () = assert!(core::mem::size_of::<Request>() == 72);
+const _: () = assert!(core::mem::size_of::<Batch>() == 16);
 const _: () = assert!(core::mem::size_of::<QueueStats>() == 64);
 const _: () = assert!(core::mem::size_of::<Stats>() == 64 * MAX_QUEUES + 24);
 const _: () = assert!(irq_cause_queue(MAX_QUEUES - 1) < IRQ_CAUSE_ERROR);

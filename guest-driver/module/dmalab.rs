@@ -42,10 +42,10 @@ use pin_init::pin_init_array_from_fn;
 pub mod abi {
     include!("../../abi/regs.rs");
 }
-use abi::{Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats};
+use abi::{Batch, Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats};
 
 // SAFETY: the ABI types below are `#[repr(C)]`, made only of integers (every bit pattern is
-// valid) and have no padding: their sizes (64, 16, 16, 48, 72 and 64 * MAX_QUEUES + 24 bytes,
+// valid) and have no padding: their sizes (64, 16, 16, 48, 72, 16 and 64 * MAX_QUEUES + 24 bytes,
 // each the sum of its fields) are asserted by `const` items at the end of `abi/regs.rs`, which
 // this build compiles with the rest of that file.
 unsafe impl kernel::transmute::FromBytes for Descriptor {}
@@ -65,6 +65,10 @@ unsafe impl kernel::transmute::AsBytes for DeviceInfo {}
 unsafe impl kernel::transmute::FromBytes for Request {}
 // SAFETY: see above.
 unsafe impl kernel::transmute::AsBytes for Request {}
+// SAFETY: see above.
+unsafe impl kernel::transmute::FromBytes for Batch {}
+// SAFETY: see above.
+unsafe impl kernel::transmute::AsBytes for Batch {}
 // SAFETY: see above.
 unsafe impl kernel::transmute::AsBytes for Stats {}
 

@@ -11,8 +11,9 @@ use kernel::{
     uaccess::{UserPtr, UserSlice},
 };
 
-use crate::abi::{self, DeviceInfo, Request, Stats};
+use crate::abi::{self, Batch, DeviceInfo, Request, Stats};
 use crate::bugs::DmaBug;
+use crate::queue::submit_batch;
 use crate::state::{reset_device, status_to_result, DevState};
 
 /// Per open file of `/dev/dmalabN`.
@@ -68,6 +69,29 @@ impl MiscDevice for DmalabFile {
                 if DmaBug::active() != DmaBug::IgnoreStatus {
                     status_to_result(req.status)?;
                 }
+            }
+            abi::IOC_SUBMIT_BATCH => {
+                let (mut r, mut w) =
+                    UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Batch>())
+                        .reader_writer();
+                let mut batch: Batch = r.read()?;
+                if batch.count == 0 || batch.count > abi::MAX_BATCH {
+                    return Err(EINVAL);
+                }
+                let n = batch.count as usize;
+                let at = UserPtr::from_addr(usize::try_from(batch.requests).map_err(|_| EFAULT)?);
+                let (mut rr, mut rw) =
+                    UserSlice::new(at, n * core::mem::size_of::<Request>()).reader_writer();
+                let mut reqs = KVec::with_capacity(n, GFP_KERNEL)?;
+                for _ in 0..n {
+                    reqs.push(rr.read::<Request>()?, GFP_KERNEL)?;
+                }
+                batch.done = submit_batch(dev, &mut reqs)?;
+                // every request goes back, each with its own outcome in `error`
+                for req in reqs.iter() {
+                    rw.write(req)?;
+                }
+                w.write(&batch)?;
             }
             abi::IOC_STATS => {
                 let w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Stats>());

@@ -20,11 +20,48 @@ use crate::bugs::{self, DmaBug};
 use crate::pool::{copy_in_from_user, segments, wait_for_resources, Pool, Segments, Side};
 use crate::regs;
 use crate::ring::{tag_for, Slot, SlotState};
-use crate::state::{reset_after_fatal, DevState, Queue};
+use crate::state::{reset_after_fatal, status_to_result, DevState, Queue};
 use crate::{DEFAULT_TIMEOUT_MS, PAGE, PAGES_PER_BLOCK, RING, SG_MAX, SLOTS};
 
+/// A request made ready for the device: its bounce pages taken (and filled, for data the device
+/// reads), its DMA segments built.
+pub(crate) struct Prepared {
+    src: Side,
+    dst: Side,
+    src_segs: Segments,
+    dst_segs: Segments,
+    timeout_ms: u32,
+}
+
+impl Prepared {
+    /// The first bounce page of each side (the debug-only `dma_bug` variants touch them).
+    fn first_pages(&self) -> (Option<u16>, Option<u16>) {
+        (
+            self.src.pages.first().copied(),
+            self.dst.pages.first().copied(),
+        )
+    }
+}
+
 impl Queue {
+    /// Runs one request and waits for it: prepare, post (with its doorbell), wait, finish.
     pub(crate) fn submit(&self, dev: &DevState, req: &mut Request) -> Result {
+        let p = self.prepare(dev, req, true)?;
+        let result = self
+            .post(dev, req, &p, true)
+            .and_then(|slot| self.wait(dev, slot, p.timeout_ms));
+        self.finish(req, p, result)
+    }
+
+    /// Checks `req`, takes its bounce pages and copies the user's data in. With `may_wait`
+    /// false, fails with `EAGAIN` instead of waiting for pages (a batch first waits for its own
+    /// requests, which may hold them).
+    pub(crate) fn prepare(
+        &self,
+        dev: &DevState,
+        req: &mut Request,
+        may_wait: bool,
+    ) -> Result<Prepared> {
         let op = req.opcode;
         let len = req.len as usize;
         let opcode = Opcode::from_raw(op).ok_or(EINVAL)?;
@@ -50,6 +87,9 @@ impl Queue {
             // it leaves pages free or gives up: waking them all at every release made 31
             // threads at queue depth 32 wake, find too little, and sleep again.
             while guard.blocks.is_some() && guard.free.count() < need {
+                if !may_wait {
+                    return Err(EAGAIN);
+                }
                 if let Err(e) = wait_for_resources(&self.pool_cv, &mut guard, timeout_ms) {
                     self.pool_cv.notify_one();
                     return Err(e);
@@ -109,9 +149,24 @@ impl Queue {
             return Err(EINVAL);
         }
         req.segments = src_segs.len().max(dst_segs.len()) as u32;
+        Ok(Prepared {
+            src,
+            dst,
+            src_segs,
+            dst_segs,
+            timeout_ms,
+        })
+    }
 
-        let pages = (src.pages.first().copied(), dst.pages.first().copied());
-        let result = self.post_and_wait(dev, req, &src_segs, &dst_segs, timeout_ms, pages);
+    /// Passes the device's answer (or the error) back in `req`, copies its output to the user
+    /// and gives the bounce pages back.
+    pub(crate) fn finish(
+        &self,
+        req: &mut Request,
+        p: Prepared,
+        result: Result<(Completion, u64)>,
+    ) -> Result {
+        let dst_guest = Opcode::from_raw(req.opcode).is_some_and(|o| o.dst_in_guest());
         let out = match result {
             Ok((c, ns)) => {
                 req.latency_ns = ns;
@@ -119,7 +174,7 @@ impl Queue {
                 req.bytes = c.bytes;
                 req.result = c.result;
                 if c.status == Status::Ok.raw() && dst_guest && req.dst != 0 {
-                    self.copy_out(req, &dst, len)
+                    self.copy_out(req, &p.dst, req.len as usize)
                 } else {
                     Ok(())
                 }
@@ -131,7 +186,7 @@ impl Queue {
             // bug: the error path forgets to give the request's pages back
             return out;
         }
-        self.release(&src, &dst);
+        self.release(&p.src, &p.dst);
         out
     }
 
@@ -162,16 +217,16 @@ impl Queue {
         self.pool_cv.notify_one();
     }
 
-    /// Writes the descriptor (and SG tables), rings the doorbell and waits for the completion.
-    pub(crate) fn post_and_wait(
+    /// Writes the descriptor (and SG tables) into a free slot and, with `doorbell`, rings the
+    /// doorbell (a batch rings once per queue: [`Queue::ring_doorbell`]). Returns the slot.
+    pub(crate) fn post(
         &self,
         dev: &DevState,
         req: &mut Request,
-        src: &[(u64, u32)],
-        dst: &[(u64, u32)],
-        timeout_ms: u32,
-        pages: (Option<u16>, Option<u16>),
-    ) -> Result<(Completion, u64)> {
+        p: &Prepared,
+        doorbell: bool,
+    ) -> Result<usize> {
+        let (src, dst, timeout_ms) = (&p.src_segs[..], &p.dst_segs[..], p.timeout_ms);
         let bug = DmaBug::active();
         let qi = self.index as usize;
         // `submit` checked it; an unknown opcode never reaches the ring
@@ -270,23 +325,25 @@ impl Queue {
                 start: Some(Instant::now()),
             };
             st.stats.submitted += 1;
-            // Descriptor and SG tables must be visible to the device before the doorbell.
-            dma_mb(Write);
-            let bar = dev.bar.try_access().ok_or(ENODEV)?;
-            bar.try_write(
-                regs::queue(qi)?,
-                regs::Q_SQ_TAIL::zeroed().with_index(st.sq_tail),
-            )?;
+            if doorbell {
+                // Descriptor and SG tables must be visible to the device before the doorbell.
+                dma_mb(Write);
+                let bar = dev.bar.try_access().ok_or(ENODEV)?;
+                bar.try_write(
+                    regs::queue(qi)?,
+                    regs::Q_SQ_TAIL::zeroed().with_index(st.sq_tail),
+                )?;
+            }
             if bug == DmaBug::RewriteDescriptor {
                 bugs::rewrite_descriptor(&rings.sq, i, tag ^ 0x8000);
             }
         }
+        drop(st);
         if matches!(bug, DmaBug::WriteAfterPost | DmaBug::ReadBeforeCompletion) {
-            drop(st);
             {
                 let pool = self.pool.lock();
                 if let Some(blocks) = pool.blocks.as_ref() {
-                    match (bug, pages) {
+                    match (bug, p.first_pages()) {
                         (DmaBug::WriteAfterPost, (Some(p), _)) => bugs::write_after_post(blocks, p),
                         (DmaBug::ReadBeforeCompletion, (_, Some(p))) => {
                             let _ = bugs::read_before_completion(blocks, p);
@@ -295,8 +352,35 @@ impl Queue {
                     }
                 }
             }
-            st = self.ring.lock();
         }
+        Ok(slot)
+    }
+
+    /// Rings the queue's doorbell with the current submission tail: every descriptor posted so
+    /// far goes to the device.
+    pub(crate) fn ring_doorbell(&self, dev: &DevState) -> Result {
+        let st = self.ring.lock();
+        if dev.is_dead() {
+            return Err(ENODEV);
+        }
+        // Descriptors and SG tables must be visible to the device before the doorbell.
+        dma_mb(Write);
+        let bar = dev.bar.try_access().ok_or(ENODEV)?;
+        bar.try_write(
+            regs::queue(self.index as usize)?,
+            regs::Q_SQ_TAIL::zeroed().with_index(st.sq_tail),
+        )
+    }
+
+    /// Waits for the completion of the request in `slot`; after `timeout_ms`, resets the queue.
+    pub(crate) fn wait(
+        &self,
+        dev: &DevState,
+        slot: usize,
+        timeout_ms: u32,
+    ) -> Result<(Completion, u64)> {
+        let bug = DmaBug::active();
+        let mut st = self.ring.lock();
         // wait for the completion
         let mut timed_out = false;
         // this call reset the queue, failing the other requests in flight: wake them
@@ -362,4 +446,80 @@ impl Queue {
         let ns = start.map_or(0, |t| t.elapsed().as_nanos());
         result.map(|c| (c, u64::try_from(ns).unwrap_or(0)))
     }
+}
+
+/// Runs a batch of requests (`IOC_SUBMIT_BATCH`) with as many in flight at once as the rings
+/// and pools allow: the requests are prepared and posted in order, each queue's doorbell is
+/// rung once per wave, then the wave's requests are waited for and finished in order. A request
+/// that would have to wait for bounce pages ends the wave first: the pages it waits for may be
+/// held by its own batch's earlier requests. Each request's outcome goes in its `error` field;
+/// returns how many succeeded.
+pub(crate) fn submit_batch(dev: &DevState, reqs: &mut [Request]) -> Result<u32> {
+    // (request index, slot, prepared): reserved up front, so a push never allocates
+    let mut wave = KVec::with_capacity(reqs.len(), GFP_KERNEL)?;
+    let mut done = 0;
+    for i in 0..reqs.len() {
+        let Some(q) = dev.queues.get(usize::from(reqs[i].queue)) else {
+            reqs[i].error = errno(EINVAL);
+            continue;
+        };
+        let prepared = loop {
+            match q.prepare(dev, &mut reqs[i], wave.is_empty()) {
+                Err(e) if e.to_errno() == EAGAIN.to_errno() && !wave.is_empty() => {
+                    done += drain(dev, reqs, &mut wave);
+                }
+                other => break other,
+            }
+        };
+        match prepared {
+            Err(e) => reqs[i].error = errno(e),
+            Ok(p) => match q.post(dev, &mut reqs[i], &p, false) {
+                Ok(slot) => wave.push((i, slot, p), GFP_KERNEL)?,
+                Err(e) => {
+                    let r = q.finish(&mut reqs[i], p, Err(e));
+                    reqs[i].error = outcome(&reqs[i], r);
+                }
+            },
+        }
+    }
+    done += drain(dev, reqs, &mut wave);
+    Ok(done)
+}
+
+/// Rings the doorbell of every queue the wave posted to, then waits for and finishes its
+/// requests in order; returns how many succeeded.
+fn drain(dev: &DevState, reqs: &mut [Request], wave: &mut KVec<(usize, usize, Prepared)>) -> u32 {
+    let mut rung = 0u32;
+    for &(i, _, _) in wave.iter() {
+        let q = usize::from(reqs[i].queue);
+        if rung & (1 << q) == 0 {
+            rung |= 1 << q;
+            // A device that is gone fails the waits below (teardown releases them).
+            let _ = dev.queues[q].ring_doorbell(dev);
+        }
+    }
+    let mut ok = 0;
+    for (i, slot, p) in wave.drain_all() {
+        let q = &dev.queues[usize::from(reqs[i].queue)];
+        let result = q.wait(dev, slot, p.timeout_ms);
+        let r = q.finish(&mut reqs[i], p, result);
+        reqs[i].error = outcome(&reqs[i], r);
+        ok += u32::from(reqs[i].error == 0);
+    }
+    ok
+}
+
+/// An errno as `Request::error` (positive).
+fn errno(e: Error) -> u32 {
+    e.to_errno().unsigned_abs()
+}
+
+/// A finished request's outcome as `Request::error`: its failure's errno, or its status's
+/// (as `IOC_SUBMIT` would return it), 0 when it succeeded.
+fn outcome(req: &Request, r: Result) -> u32 {
+    let r = r.and_then(|()| match DmaBug::active() {
+        DmaBug::IgnoreStatus => Ok(()),
+        _ => status_to_result(req.status),
+    });
+    r.err().map_or(0, errno)
 }

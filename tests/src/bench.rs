@@ -81,11 +81,13 @@ impl<'a> Cells<'a> {
         })
     }
 
-    /// dmalab's best at this size and depth, on one queue or spread over all.
+    /// dmalab's best at this size and depth: on one queue or spread over all, from blocking
+    /// threads or one thread's batches.
     pub fn dmalab_best(&self, len: u64, depth: u64) -> Option<&'a Bench> {
-        [false, true]
+        ["dmalab", "dmalab-batch"]
             .iter()
-            .filter_map(|&all| self.get("dmalab", len, depth, all))
+            .flat_map(|d| [false, true].map(|all| self.get(d, len, depth, all)))
+            .flatten()
             .max_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s))
     }
 }
@@ -161,7 +163,7 @@ pub fn size(len: u64) -> String {
 /// queues) against NVMe (zeroes written; no data) with the ratio, and latency percentiles.
 pub fn markdown_table(c: &Cells) -> String {
     let mut t = String::from(
-        "| size | depth | dmalab 1 queue MB/s (ops/s) | dmalab all queues MB/s | NVMe MB/s (ops/s) | NVMe no-data MB/s | dmalab / NVMe | dmalab p50 / p99 / p99.9 µs | NVMe p50 / p99 / p99.9 µs |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| size | depth | dmalab 1 queue MB/s (ops/s) | dmalab all queues MB/s | dmalab batched, 1 queue / all MB/s | NVMe MB/s (ops/s) | NVMe no-data MB/s | best dmalab / NVMe | dmalab 1 queue p50 / p99 / p99.9 µs | NVMe p50 / p99 / p99.9 µs |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mbs = |b: Option<&Bench>| b.map_or("–".into(), |b| format!("{:.0}", b.mb_per_s));
     let lat = |b: Option<&Bench>| {
@@ -178,11 +180,13 @@ pub fn markdown_table(c: &Cells) -> String {
                 _ => "–".into(),
             };
             t.push_str(&format!(
-                "| {} | {depth} | {} ({}) | {} | {} ({}) | {} | {ratio} | {} | {} |\n",
+                "| {} | {depth} | {} ({}) | {} | {} / {} | {} ({}) | {} | {ratio} | {} | {} |\n",
                 size(len),
                 mbs(one),
                 one.map_or("–".into(), |b| format!("{:.0}", b.ops_per_s)),
                 mbs(c.get("dmalab", len, depth, true)),
+                mbs(c.get("dmalab-batch", len, depth, false)),
+                mbs(c.get("dmalab-batch", len, depth, true)),
                 mbs(nvme),
                 nvme.map_or("–".into(), |b| format!("{:.0}", b.ops_per_s)),
                 mbs(c.get("nvme-nodata", len, depth, false)),
@@ -217,6 +221,7 @@ mod tests {
             cell("dmalab", 4096, 1, 1, 5000.0),
             cell("dmalab", 4096, 32, 1, 6000.0),
             cell("dmalab", 4096, 32, 4, 14000.0),
+            cell("dmalab-batch", 4096, 32, 1, 9000.0),
             cell("nvme", 4096, 1, 1, 4000.0),
             cell("nvme", 4096, 32, 1, 20000.0),
         ];

@@ -441,6 +441,19 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
                         Report::Progress(p) if !opts.echo_json => {
                             eprintln!("{}{}", opts.echo_prefix, progress_line(p, t0, dir));
                         }
+                        Report::Bench(b) if !opts.echo_json => eprintln!(
+                            "{}  [{:>4}s] {:<12} {:>8} B  depth {:>2}  {} queue(s): {:>7.1} MB/s {:>7.0} ops/s  p50 {:.0} us{}",
+                            opts.echo_prefix,
+                            t0.elapsed().as_secs(),
+                            if b.device.is_empty() { "dmalab" } else { &b.device },
+                            b.len,
+                            b.depth,
+                            b.queues.max(1),
+                            b.mb_per_s,
+                            b.ops_per_s,
+                            b.p50_us,
+                            if b.failed > 0 { format!("  {} FAILED", b.failed) } else { String::new() }
+                        ),
                         _ => eprintln!(
                             "{}  [{:>4}s] {}",
                             opts.echo_prefix,

@@ -77,12 +77,13 @@ fn first_light() {
 fn transfer_suite(name: &str, iommu: bool) -> Run {
     let mut o = VmOptions::new(
         name,
-        "load,info,transfers,sg,concurrent,errors,reset,stats,unload",
+        "load,info,transfers,sg,concurrent,batch,errors,reset,stats,unload",
     );
     o.iommu = iommu;
     let r = run(&o);
     r.assert_clean();
-    assert_transfers_verified(&r, 25 + 16);
+    // transfers, SG lists, and the 40 requests of the two checked batches
+    assert_transfers_verified(&r, 25 + 16 + 40);
     // Under TCG a register read costs the guest ~80 us: the data path uses rings and doorbells
     // (posted writes) only.
     let reads = dmalab_tests::bench::data_path_bar_reads(&r.events);
@@ -380,13 +381,14 @@ fn every_probe_step_that_fails_undoes_what_came_before() {
 fn oracle_transfer_suite(name: &str, iommu: bool) {
     let mut o = VmOptions::new(
         name,
-        "load,info,transfers,sg,concurrent,errors,reset,stats,unload",
+        "load,info,transfers,sg,concurrent,batch,errors,reset,stats,unload",
     );
     o.oracle = true;
     o.iommu = iommu;
     let r = run(&o);
     r.assert_clean();
-    assert_transfers_verified(&r, 25 + 16);
+    // transfers, SG lists, and the 40 requests of the two checked batches
+    assert_transfers_verified(&r, 25 + 16 + 40);
     let o = r
         .oracle
         .as_ref()
@@ -475,8 +477,8 @@ fn the_oracle_catches_buffers_freed_on_a_timeout_while_the_device_owns_them() {
         3,
         3000,
         &["cpu_write_to_read_owned", "cpu_write_to_write_owned"],
-        // the next request's copy-in (memcpy, called from the submit path) lands on them
-        Some("Queue>::submit"),
+        // the next request's copy-in (copy_from_user, straight into the pool) lands on them
+        Some("_copy_from_user"),
     );
 }
 
@@ -496,7 +498,8 @@ fn the_oracle_catches_a_buffer_reused_before_its_request_completed() {
         5,
         4000,
         &["cpu_write_to_read_owned", "cpu_write_to_write_owned"],
-        Some("Queue>::submit"),
+        // the next request's copy-in (copy_from_user, straight into the pool) lands on them
+        Some("_copy_from_user"),
     );
 }
 
@@ -651,6 +654,8 @@ fn bench_matrix_runs_every_peer_in_one_boot() {
     // 3 sizes x depths 1, 8, 32; dmalab's all-queue cells at depths 8 and 32 only
     for (device, n) in [
         ("dmalab", 15),
+        // one thread's IOC_SUBMIT_BATCH at depths 8 and 32, on one queue and on all
+        ("dmalab-batch", 12),
         ("nvme", 9),
         ("nvme-nodata", 9),
         ("guest-memcpy", 3),

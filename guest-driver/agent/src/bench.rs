@@ -91,14 +91,22 @@ unsafe impl Send for Aligned {}
 struct Cell {
     device: &'static str,
     len: usize,
+    /// Requests in flight.
     depth: usize,
     queues: usize,
+    /// Threads keeping them in flight: `depth` blocking callers, or one caller of batches.
+    threads: usize,
 }
 
 /// One thread's share of a measurement.
 trait Worker: Send {
-    /// One request, start to completion: `true` when it succeeded.
+    /// One call, start to completion (of [`requests`](Self::requests) requests): `true` when
+    /// every request succeeded.
     fn run(&mut self) -> bool;
+    /// Requests one [`run`](Self::run) carries.
+    fn requests(&self) -> u64 {
+        1
+    }
     /// After the clock stops: the bytes the last request produced are right.
     fn verify(&mut self) -> bool {
         true
@@ -112,9 +120,9 @@ fn measure<W: Worker + 'static>(
     worker: impl Fn(usize) -> Result<W, String>,
 ) -> Result<(), String> {
     let budget = budget();
-    let start = Arc::new(Barrier::new(cell.depth + 1));
+    let start = Arc::new(Barrier::new(cell.threads + 1));
     let mut handles = Vec::new();
-    for t in 0..cell.depth {
+    for t in 0..cell.threads {
         let mut w = worker(t)?;
         let start = start.clone();
         handles.push(std::thread::spawn(move || {
@@ -124,10 +132,13 @@ fn measure<W: Worker + 'static>(
             let t0 = Instant::now();
             while t0.elapsed() < budget {
                 let t = Instant::now();
+                let n = w.requests();
                 if w.run() {
-                    lat_ns.push(t.elapsed().as_nanos() as u64);
+                    // each request of a batch waited as long as the batch
+                    let ns = t.elapsed().as_nanos() as u64;
+                    lat_ns.extend(std::iter::repeat_n(ns, n as usize));
                 } else {
-                    failed += 1;
+                    failed += n;
                 }
             }
             // the bytes are checked once, after the clock stops (a thread the budget ended
@@ -215,6 +226,54 @@ impl Worker for DmalabWorker {
 
     fn verify(&mut self) -> bool {
         self.dst == self.src
+    }
+}
+
+/// dmalab, one thread: batches of `depth` COPYs of `len` bytes spread over `queues` queues,
+/// through `IOC_SUBMIT_BATCH` (one system call and one doorbell per queue for the lot).
+struct BatchWorker {
+    dev: Dev,
+    reqs: Vec<Request>,
+    bufs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl BatchWorker {
+    fn new(len: usize, queues: usize, depth: usize) -> Result<Self, String> {
+        let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = (0..depth)
+            .map(|i| (data(len, i as u32 + 1), vec![0u8; len]))
+            .collect();
+        let reqs = bufs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (src, dst))| Request {
+                opcode: abi::OP_COPY,
+                queue: (i % queues) as u8,
+                len: len as u32,
+                src: src.as_ptr() as u64,
+                dst: dst.as_mut_ptr() as u64,
+                timeout_ms: 30_000,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Self {
+            dev: Dev::open(0)?,
+            reqs,
+            bufs,
+        })
+    }
+}
+
+impl Worker for BatchWorker {
+    fn run(&mut self) -> bool {
+        matches!(self.dev.submit_batch(&mut self.reqs), Ok(n) if n as usize == self.reqs.len())
+    }
+
+    fn requests(&self) -> u64 {
+        self.reqs.len() as u64
+    }
+
+    fn verify(&mut self) -> bool {
+        self.bufs.iter().all(|(src, dst)| src == dst)
     }
 }
 
@@ -314,12 +373,23 @@ pub fn matrix() -> Result<(), String> {
                 len,
                 depth,
                 queues,
+                threads: depth,
+            };
+            let batched = |queues| Cell {
+                device: "dmalab-batch",
+                len,
+                depth,
+                queues,
+                threads: 1,
             };
             measure(cell("dmalab", 1), |t| DmalabWorker::new(len, 1, t))?;
             if depth > 1 {
                 measure(cell("dmalab", queues), |t| {
                     DmalabWorker::new(len, queues, t)
                 })?;
+                for q in [1, queues] {
+                    measure(batched(q), |_| BatchWorker::new(len, q, depth))?;
+                }
             }
             measure(cell("nvme", 1), |t| NvmeWorker::new(NVME_ZEROES, len, t))?;
             measure(cell("nvme-nodata", 1), |t| {
@@ -332,6 +402,7 @@ pub fn matrix() -> Result<(), String> {
                 len,
                 depth: 1,
                 queues: 1,
+                threads: 1,
             },
             |_| {
                 Ok(MemcpyWorker {
@@ -347,6 +418,7 @@ pub fn matrix() -> Result<(), String> {
             len: edu::LEN,
             depth: 1,
             queues: 1,
+            threads: 1,
         },
         |_| edu::Edu::new(),
     )

@@ -183,6 +183,7 @@ const INFO: Ioctl<DeviceInfo> = Ioctl::new(abi::IOC_INFO);
 const STATS: Ioctl<Stats> = Ioctl::new(abi::IOC_STATS);
 const SUBMIT: Ioctl<Request> = Ioctl::new(abi::IOC_SUBMIT);
 const RESET: Ioctl<()> = Ioctl::new(abi::IOC_RESET);
+const SUBMIT_BATCH: Ioctl<abi::Batch> = Ioctl::new(abi::IOC_SUBMIT_BATCH);
 
 /// The one place an ioctl is issued.
 fn ioctl<T>(f: &File, ioc: &Ioctl<T>, arg: &mut T) -> std::io::Result<()> {
@@ -224,6 +225,19 @@ impl Dev {
     /// Runs one request; the errno is returned as an error.
     pub fn submit(&self, req: &mut Request) -> std::io::Result<()> {
         ioctl(&self.file, &SUBMIT, req)
+    }
+
+    /// `IOC_SUBMIT_BATCH`: runs `reqs` (at most `abi::MAX_BATCH`) with as many in flight at
+    /// once as the driver allows; each request's own outcome is in its `error` field. Returns
+    /// how many succeeded.
+    pub fn submit_batch(&self, reqs: &mut [Request]) -> std::io::Result<u32> {
+        let mut b = abi::Batch {
+            requests: reqs.as_mut_ptr() as u64,
+            count: reqs.len() as u32,
+            done: 0,
+        };
+        ioctl(&self.file, &SUBMIT_BATCH, &mut b)?;
+        Ok(b.done)
     }
 
     pub fn reset(&self) -> std::io::Result<()> {
