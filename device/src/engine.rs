@@ -379,37 +379,27 @@ pub fn execute(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
     log_side(ctx, d.tag, &plan.dst, Dir::ToGuest);
     let src = plan.src.as_ref().map(|s| truncate(&s.slices, n as usize));
     let dst = plan.dst.as_ref().map(|s| truncate(&s.slices, n as usize));
-    let internal =
-        |off| smallvec::smallvec![ctx.internal.slice(off, len).expect("validated by plan")];
-    let mut result = 0;
-    let out: Option<Slices> = match d.opcode {
-        abi::OP_COPY => {
-            copy_lists(src.as_ref().unwrap(), dst.as_ref().unwrap());
-            dst.clone()
-        }
-        abi::OP_WRITE => {
-            let to: Slices = internal(d.dst);
-            copy_lists(src.as_ref().unwrap(), &to);
-            Some(to)
-        }
-        abi::OP_READ => {
-            copy_lists(&internal(d.src), dst.as_ref().unwrap());
-            dst.clone()
-        }
-        abi::OP_FILL => {
-            fill(dst.as_ref().unwrap(), d.pattern);
-            dst.clone()
-        }
-        abi::OP_CHECKSUM => {
-            result = checksum(src.as_ref().unwrap());
-            None
-        }
-        _ => unreachable!("opcode validated by plan"),
+    let internal = |off| -> Slices {
+        smallvec::smallvec![ctx.internal.slice(off, len).expect("validated by plan")]
     };
+    let mut result = 0;
+    match d.opcode {
+        abi::OP_COPY => copy_lists(src.as_ref().unwrap(), dst.as_ref().unwrap()),
+        abi::OP_WRITE => copy_lists(src.as_ref().unwrap(), &internal(d.dst)),
+        abi::OP_READ => copy_lists(&internal(d.src), dst.as_ref().unwrap()),
+        abi::OP_FILL => fill(dst.as_ref().unwrap(), d.pattern),
+        abi::OP_CHECKSUM => result = checksum(src.as_ref().unwrap()),
+        _ => unreachable!("opcode validated by plan"),
+    }
     if tweak.corrupt_bits > 0 {
-        match out {
-            Some(list) => flip_bits(&list, n as usize, tweak.corrupt_bits),
-            None => result ^= (1u64 << tweak.corrupt_bits.min(32)).wrapping_sub(1) as u32,
+        // what the operation wrote: internal memory for WRITE, the result for CHECKSUM, else
+        // the guest destination (resolved again only here: no copy of it on the common path)
+        match d.opcode {
+            abi::OP_CHECKSUM => {
+                result ^= (1u64 << tweak.corrupt_bits.min(32)).wrapping_sub(1) as u32
+            }
+            abi::OP_WRITE => flip_bits(&internal(d.dst), n as usize, tweak.corrupt_bits),
+            _ => flip_bits(dst.as_ref().unwrap(), n as usize, tweak.corrupt_bits),
         }
     }
     use std::sync::atomic::Ordering::Relaxed;
