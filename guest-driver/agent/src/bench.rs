@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use dmalab_abi::{self as abi, Request};
 use dmalab_report::{Bench, Report};
 
-use crate::dev::{Dev, MappedBar};
+use crate::dev::Dev;
 use crate::pattern::data;
+use crate::pci_user::{enable_bus_master, MappedBar, Pages};
 use crate::report::report;
 
 const SIZES: [usize; 3] = [4096, 64 << 10, 1 << 20];
@@ -453,20 +454,6 @@ mod edu {
         Err("no edu device (VmOptions::peers adds one)".into())
     }
 
-    /// The physical address of the page holding `p` (locked, so it stays).
-    fn phys(p: *const u8) -> Result<u64, String> {
-        let f = File::open("/proc/self/pagemap").map_err(|e| format!("pagemap: {e}"))?;
-        let mut e = [0u8; 8];
-        f.read_exact_at(&mut e, (p as u64 / 4096) * 8)
-            .map_err(|e| format!("pagemap: {e}"))?;
-        let e = u64::from_le_bytes(e);
-        let pfn = e & ((1 << 55) - 1);
-        if e >> 63 == 0 || pfn == 0 {
-            return Err("pagemap gave no frame (not root, or page not present)".into());
-        }
-        Ok(pfn * 4096)
-    }
-
     /// One DMA: program, start, poll (edu runs it 100 ms of virtual time later).
     fn dma(bar: &MappedBar, src: u64, dst: u64, cmd: u64) -> bool {
         bar.write(DMA_SRC, src);
@@ -486,59 +473,31 @@ mod edu {
     /// edu, mapped and bus-mastering, with a source page and a destination page locked.
     pub struct Edu {
         bar: MappedBar,
-        src: Aligned,
-        dst: Aligned,
-        src_pa: u64,
-        dst_pa: u64,
+        /// Page 0: the source, page 1: the destination.
+        pages: Pages,
     }
 
     impl Edu {
         pub fn new() -> Result<Self, String> {
             let dev = find()?;
-            // memory decoding on (pci_enable_device), then bus mastering in the command register
-            std::fs::write(format!("{dev}/enable"), "1").map_err(|e| format!("enable: {e}"))?;
-            let cfg = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(format!("{dev}/config"))
-                .map_err(|e| format!("config: {e}"))?;
-            let mut cmd = [0u8; 2];
-            cfg.read_exact_at(&mut cmd, 4).map_err(|e| e.to_string())?;
-            let cmd = u16::from_le_bytes(cmd) | 0x6; // memory space + bus master
-            cfg.write_all_at(&cmd.to_le_bytes(), 4)
-                .map_err(|e| e.to_string())?;
+            enable_bus_master(&dev)?;
             let bar = MappedBar::open(&dev, 0)?;
-            let mut src = Aligned::new(LEN);
-            src.as_mut_slice().copy_from_slice(&data(LEN, 11));
-            let dst = Aligned::new(LEN);
-            for p in [src.ptr, dst.ptr] {
-                // SAFETY: locks the pages of a live allocation; touches no memory.
-                if unsafe { libc::mlock(p.cast(), LEN) } != 0 {
-                    return Err(format!("mlock: {}", std::io::Error::last_os_error()));
-                }
-            }
-            let (src_pa, dst_pa) = (phys(src.ptr)?, phys(dst.ptr)?);
-            Ok(Self {
-                bar,
-                src,
-                dst,
-                src_pa,
-                dst_pa,
-            })
+            let pages = Pages::new(2)?;
+            pages.write(0, 0, &data(LEN, 11));
+            pages.fill(1, 0);
+            Ok(Self { bar, pages })
         }
     }
 
     impl Worker for Edu {
         fn run(&mut self) -> bool {
-            dma(&self.bar, self.src_pa, BUF, 0) && dma(&self.bar, BUF, self.dst_pa, CMD_TO_RAM)
+            let (src, dst) = (self.pages.phys[0], self.pages.phys[1]);
+            dma(&self.bar, src, BUF, 0) && dma(&self.bar, BUF, dst, CMD_TO_RAM)
         }
 
         fn verify(&mut self) -> bool {
-            // volatile: the device wrote the page behind the compiler's back
-            (0..LEN).all(|i| {
-                // SAFETY: in bounds of our own live allocation.
-                unsafe { std::ptr::read_volatile(self.dst.ptr.add(i)) == *self.src.ptr.add(i) }
-            })
+            let want = data(LEN, 11);
+            (0..LEN).all(|i| self.pages.byte(1, i) == want[i])
         }
     }
 }

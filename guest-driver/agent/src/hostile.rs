@@ -3,13 +3,11 @@
 //! device wrote nothing outside what the descriptors and rings name (canary pages), then hand
 //! the device back to the driver.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use dmalab_abi as abi;
 
+use crate::pci_user::{enable_bus_master, MappedBar, Pages};
 use crate::report::report;
 use dmalab_report::{Hostile, Report};
 
@@ -17,44 +15,20 @@ const PAGE: usize = 4096;
 const CANARY: u8 = 0xa5;
 const PAGES: usize = 64;
 
-/// BAR0 mapped from sysfs.
-struct Bar {
-    ptr: *mut u32,
-}
+/// BAR0 mapped from sysfs, with the queue helpers the attack needs.
+struct Bar(MappedBar);
 
 impl Bar {
     fn map(bdf: &str) -> Result<Self, String> {
-        let path = format!("/sys/bus/pci/devices/{bdf}/resource0");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("{path}: {e}"))?;
-        // SAFETY: maps the BAR's sysfs file; the mapping outlives `f` (mmap keeps a reference).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                abi::BAR0_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
-        }
-        Ok(Self { ptr: p.cast() })
+        MappedBar::open(&format!("/sys/bus/pci/devices/{bdf}"), 0).map(Self)
     }
 
     fn read(&self, off: usize) -> u32 {
-        // SAFETY: off < BAR0_SIZE, 4-byte aligned; MMIO needs a volatile access.
-        unsafe { self.ptr.add(off / 4).read_volatile() }
+        self.0.read(off)
     }
 
     fn write(&self, off: usize, v: u32) {
-        // SAFETY: as in `read`.
-        unsafe { self.ptr.add(off / 4).write_volatile(v) }
+        self.0.write(off, v)
     }
 
     fn qwrite(&self, q: usize, reg: usize, v: u32) {
@@ -87,74 +61,6 @@ impl Bar {
     }
 }
 
-impl Drop for Bar {
-    fn drop(&mut self) {
-        // SAFETY: unmaps what `map` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), abi::BAR0_SIZE) };
-    }
-}
-
-/// Locked pages with their physical addresses (the bus addresses without an IOMMU).
-struct Pages {
-    base: *mut u8,
-    phys: Vec<u64>,
-}
-
-impl Pages {
-    fn new(n: usize) -> Result<Self, String> {
-        // SAFETY: a fresh anonymous mapping, populated and locked so the pages stay put.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                n * PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | libc::MAP_LOCKED,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-        }
-        let base = p.cast::<u8>();
-        let pagemap = File::open("/proc/self/pagemap").map_err(|e| format!("pagemap: {e}"))?;
-        let mut phys = Vec::with_capacity(n);
-        for i in 0..n {
-            // SAFETY: inside the mapping; a write makes the page present and private.
-            unsafe { base.add(i * PAGE).write_volatile(1) };
-            let va = base as u64 + (i * PAGE) as u64;
-            let mut e = [0u8; 8];
-            pagemap
-                .read_exact_at(&mut e, va / PAGE as u64 * 8)
-                .map_err(|e| format!("pagemap read: {e}"))?;
-            let e = u64::from_le_bytes(e);
-            if e >> 63 == 0 || e & ((1 << 55) - 1) == 0 {
-                return Err("pagemap shows no PFN (not root?)".into());
-            }
-            phys.push((e & ((1 << 55) - 1)) * PAGE as u64);
-        }
-        Ok(Self { base, phys })
-    }
-
-    fn fill(&self, page: usize, byte: u8) {
-        // SAFETY: page < n: inside the mapping.
-        unsafe { std::ptr::write_bytes(self.base.add(page * PAGE), byte, PAGE) };
-    }
-
-    fn write(&self, page: usize, off: usize, data: &[u8]) {
-        assert!(off + data.len() <= PAGE);
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: inside the page; volatile because the device reads it.
-            unsafe { self.base.add(page * PAGE + off + i).write_volatile(*b) };
-        }
-    }
-
-    fn byte(&self, page: usize, off: usize) -> u8 {
-        // SAFETY: inside the mapping; volatile because the device may write it.
-        unsafe { self.base.add(page * PAGE + off).read_volatile() }
-    }
-}
-
 fn descriptor(
     opcode: u8,
     flags: u8,
@@ -184,18 +90,8 @@ fn sysfs(path: &str, value: &str) -> Result<(), String> {
 pub fn hostile(bdf: &str) -> Result<(), String> {
     sysfs("/sys/bus/pci/drivers/dmalab/unbind", bdf)?;
     let dev = format!("/sys/bus/pci/devices/{bdf}");
-    sysfs(&format!("{dev}/enable"), "1")?;
-    // Bus mastering, so the device may DMA at all.
-    let cfg = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("{dev}/config"))
-        .map_err(|e| format!("config: {e}"))?;
-    let mut cmd = [0u8; 2];
-    cfg.read_exact_at(&mut cmd, 4).map_err(|e| e.to_string())?;
-    let cmd = u16::from_le_bytes(cmd) | 0x6;
-    cfg.write_all_at(&cmd.to_le_bytes(), 4)
-        .map_err(|e| e.to_string())?;
+    // the device may DMA at all
+    enable_bus_master(&dev)?;
 
     let pages = Pages::new(PAGES)?;
     // The ring page R must have a physically adjacent page of ours after it: that one is a

@@ -10,6 +10,7 @@ mod bench;
 mod dev;
 mod hostile;
 mod pattern;
+mod pci_user;
 mod report;
 mod scenarios;
 

@@ -931,7 +931,8 @@ fn campaign() -> Result<(), String> {
     let serial = crate::cmdline_param("dmalab.mode").as_deref() == Some("serial");
     let d = Dev::open(0)?;
     let nq = u64::from(d.info()?.queues.max(1));
-    let bar = dev::MappedBar::open(&format!("/sys/bus/pci/devices/{}", bound_device()?), 0)?;
+    let bar =
+        crate::pci_user::MappedBar::open(&format!("/sys/bus/pci/devices/{}", bound_device()?), 0)?;
     let unit_range = |u: u64| u * unit_ops..((u + 1) * unit_ops).min(ops);
     let total: u64 = list
         .iter()

@@ -50,24 +50,12 @@ fn main() -> ExitCode {
     println!("\n== guest kernel instructions per request (COPY, one at a time, median)");
     let mut counts = Vec::new();
     for (len, ops) in [(4096u32, 300u32), (1 << 20, 30)] {
-        let mut o = VmOptions::new(&format!("oracle_count_{len}"), "load,serial_copies,unload");
-        o.oracle = true;
-        o.count_instructions = true;
-        o.append = format!("dmalab.len={len} dmalab.ops={ops}");
-        eprintln!("dmalab-oracle-cost: counting instructions, {ops} COPYs of {len} bytes");
-        let r = run(&o);
-        r.assert_clean();
-        let i = r
-            .oracle
-            .as_ref()
-            .and_then(|o| o.instructions.clone())
-            .unwrap_or_else(|| r.fail("the plugin counted no instructions"));
-        let b = r.one::<Bench>();
+        let (i, ops_per_s) = dmalab_tests::bench::instructions_per_request(len, ops);
         println!(
-            "  {len:>8} B: submit {} + complete {} instructions ({} requests; {:.0} ops/s under the oracle)",
-            i["submit_median"], i["complete_median"], i["requests"], b.ops_per_s
+            "  {len:>8} B: submit {} + complete {} instructions ({} requests; {ops_per_s:.0} ops/s under the oracle)",
+            i["submit_median"], i["complete_median"], i["requests"]
         );
-        counts.push(serde_json::json!({"len": len, "instructions": i, "ops_per_s": b.ops_per_s}));
+        counts.push(serde_json::json!({"len": len, "instructions": i, "ops_per_s": ops_per_s}));
     }
     let out = dmalab_tests::artifacts::root().join("target/bench/oracle-cost.json");
     let json = serde_json::json!({
