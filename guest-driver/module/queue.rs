@@ -23,6 +23,17 @@ use crate::ring::{tag_for, Slot, SlotState};
 use crate::state::{reset_after_fatal, status_to_result, DevState, Queue};
 use crate::{DEFAULT_TIMEOUT_MS, PAGE, PAGES_PER_BLOCK, RING, SG_MAX, SLOTS};
 
+/// How [`Queue::post`] hands a descriptor to the device.
+#[derive(Clone, Copy)]
+pub(crate) enum Handover {
+    /// Ring the doorbell now; wait for a free slot if there is none (a single request).
+    Now,
+    /// Leave the doorbell to the batch ([`Queue::ring_doorbell`]). With `may_wait` false, fail
+    /// with `EAGAIN` instead of waiting for a free slot: the batch's own posted requests may
+    /// hold the slots, and they are not rung yet.
+    Batched { may_wait: bool },
+}
+
 /// A request made ready for the device: its bounce pages taken (and filled, for data the device
 /// reads), its DMA segments built.
 pub(crate) struct Prepared {
@@ -48,7 +59,7 @@ impl Queue {
     pub(crate) fn submit(&self, dev: &DevState, req: &mut Request) -> Result {
         let p = self.prepare(dev, req, true)?;
         let result = self
-            .post(dev, req, &p, true)
+            .post(dev, req, &p, Handover::Now)
             .and_then(|slot| self.wait(dev, slot, p.timeout_ms));
         self.finish(req, p, result)
     }
@@ -217,14 +228,14 @@ impl Queue {
         self.pool_cv.notify_one();
     }
 
-    /// Writes the descriptor (and SG tables) into a free slot and, with `doorbell`, rings the
-    /// doorbell (a batch rings once per queue: [`Queue::ring_doorbell`]). Returns the slot.
+    /// Writes the descriptor (and SG tables) into a free slot and hands it over as `handover`
+    /// says. Returns the slot.
     pub(crate) fn post(
         &self,
         dev: &DevState,
         req: &mut Request,
         p: &Prepared,
-        doorbell: bool,
+        handover: Handover,
     ) -> Result<usize> {
         let (src, dst, timeout_ms) = (&p.src_segs[..], &p.dst_segs[..], p.timeout_ms);
         let bug = DmaBug::active();
@@ -245,6 +256,9 @@ impl Queue {
                 {
                     break i;
                 }
+            }
+            if let Handover::Batched { may_wait: false } = handover {
+                return Err(EAGAIN);
             }
             wait_for_resources(&self.ring_cv, &mut st, timeout_ms)?;
         };
@@ -325,7 +339,7 @@ impl Queue {
                 start: Some(Instant::now()),
             };
             st.stats.submitted += 1;
-            if doorbell {
+            if let Handover::Now = handover {
                 // Descriptor and SG tables must be visible to the device before the doorbell.
                 dma_mb(Write);
                 let bar = dev.bar.try_access().ok_or(ENODEV)?;
@@ -451,8 +465,9 @@ impl Queue {
 /// Runs a batch of requests (`IOC_SUBMIT_BATCH`) with as many in flight at once as the rings
 /// and pools allow: the requests are prepared and posted in order, each queue's doorbell is
 /// rung once per wave, then the wave's requests are waited for and finished in order. A request
-/// that would have to wait for bounce pages ends the wave first: the pages it waits for may be
-/// held by its own batch's earlier requests. Each request's outcome goes in its `error` field;
+/// that would have to wait for bounce pages or a ring slot ends the wave first: what it waits
+/// for may be held by its own batch's earlier requests (or, for slots, by another batch's that
+/// it has not rung either). Each request's outcome goes in its `error` field;
 /// returns how many succeeded.
 pub(crate) fn submit_batch(dev: &DevState, reqs: &mut [Request]) -> Result<u32> {
     // (request index, slot, prepared): reserved up front, so a push never allocates
@@ -471,15 +486,30 @@ pub(crate) fn submit_batch(dev: &DevState, reqs: &mut [Request]) -> Result<u32> 
                 other => break other,
             }
         };
-        match prepared {
-            Err(e) => reqs[i].error = errno(e),
-            Ok(p) => match q.post(dev, &mut reqs[i], &p, false) {
-                Ok(slot) => wave.push((i, slot, p), GFP_KERNEL)?,
-                Err(e) => {
-                    let r = q.finish(&mut reqs[i], p, Err(e));
-                    reqs[i].error = outcome(&reqs[i], r);
+        let p = match prepared {
+            Err(e) => {
+                reqs[i].error = errno(e);
+                continue;
+            }
+            Ok(p) => p,
+        };
+        // likewise for a ring slot: several batches on one queue must not hold every slot
+        // with requests none of them has rung
+        let posted = loop {
+            let may_wait = wave.is_empty();
+            match q.post(dev, &mut reqs[i], &p, Handover::Batched { may_wait }) {
+                Err(e) if e.to_errno() == EAGAIN.to_errno() && !may_wait => {
+                    done += drain(dev, reqs, &mut wave);
                 }
-            },
+                other => break other,
+            }
+        };
+        match posted {
+            Ok(slot) => wave.push((i, slot, p), GFP_KERNEL)?,
+            Err(e) => {
+                let r = q.finish(&mut reqs[i], p, Err(e));
+                reqs[i].error = outcome(&reqs[i], r);
+            }
         }
     }
     done += drain(dev, reqs, &mut wave);

@@ -677,8 +677,9 @@ fn concurrent() -> Result<(), String> {
 
 /// `IOC_SUBMIT_BATCH`: 32 mixed requests over every queue, every byte checked; 8 MiB-sized
 /// COPYs on one queue (more than its bounce pool: the driver must run them in waves, not wait
-/// for pages its own batch holds); a bad request in the middle of a batch fails alone; a batch
-/// over `MAX_BATCH` is refused whole.
+/// for pages its own batch holds); a bad request in the middle of a batch fails alone; three
+/// threads' full batches on one queue at once (more than its ring slots); a batch over
+/// `MAX_BATCH` is refused whole.
 fn batch() -> Result<(), String> {
     let d = Dev::open(0)?;
     let nq = d.info()?.queues as usize;
@@ -779,6 +780,47 @@ fn batch() -> Result<(), String> {
             "a bad request in a batch: {done} done, errors {errors:?} (expected 2, [0, EINVAL, 0])"
         ));
     }
+    // three full batches on one queue at once: 96 requests for 63 ring slots, so a batch must
+    // ring what it posted rather than wait for a slot another batch holds unrung
+    let rounds = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..3u32)
+            .map(|t| {
+                s.spawn(move || -> Result<(), String> {
+                    let d = Dev::open(0)?;
+                    for round in 0..3u32 {
+                        let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = (0..abi::MAX_BATCH)
+                            .map(|i| (data(4096, 1000 * t + 100 * round + i), vec![0u8; 4096]))
+                            .collect();
+                        let mut rs: Vec<Request> = bufs
+                            .iter_mut()
+                            .map(|(src, dst)| Request {
+                                opcode: abi::OP_COPY,
+                                len: 4096,
+                                src: src.as_ptr() as u64,
+                                dst: dst.as_mut_ptr() as u64,
+                                timeout_ms: 30_000,
+                                ..Default::default()
+                            })
+                            .collect();
+                        let done = d.submit_batch(&mut rs).map_err(|e| e.to_string())?;
+                        let right = bufs.iter().filter(|(s, d)| s == d).count();
+                        if done != abi::MAX_BATCH || right != abi::MAX_BATCH as usize {
+                            let errors: Vec<u32> = rs.iter().map(|r| r.error).collect();
+                            return Err(format!(
+                                "thread {t} round {round}: {done} done, {right} right, errors {errors:?}"
+                            ));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())))
+            .collect::<Result<Vec<()>, String>>()
+    });
+    rounds.map_err(|e| format!("three batches on one queue: {e}"))?;
     // more than MAX_BATCH: refused whole
     let mut too_many = vec![Request::default(); abi::MAX_BATCH as usize + 1];
     match d.submit_batch(&mut too_many) {
