@@ -1071,14 +1071,17 @@ fn campaign_op(d: &Dev, seed: u64, i: u64, nq: u64) -> u64 {
 fn write_read_pair(d: &Dev, queue: u8, len: usize, seed: u32, dev_off: u64) -> Vec<Outcome> {
     let src = data(len, seed);
     let mut dst = vec![0u8; len];
-    let mut w = Request {
-        opcode: abi::OP_WRITE,
+    let base = Request {
         queue,
         len: len as u32,
         dev_offset: dev_off,
-        src: src.as_ptr() as u64,
         timeout_ms: FAULT_TIMEOUT_MS,
         ..Default::default()
+    };
+    let mut w = Request {
+        opcode: abi::OP_WRITE,
+        src: src.as_ptr() as u64,
+        ..base
     };
     let we = submit(d, &mut w);
     if we != 0 || !ok_status(w.status) {
@@ -1092,12 +1095,8 @@ fn write_read_pair(d: &Dev, queue: u8, len: usize, seed: u32, dev_off: u64) -> V
     }
     let mut r = Request {
         opcode: abi::OP_READ,
-        queue,
-        len: len as u32,
-        dev_offset: dev_off,
         dst: dst.as_mut_ptr() as u64,
-        timeout_ms: FAULT_TIMEOUT_MS,
-        ..Default::default()
+        ..base
     };
     let re = submit(d, &mut r);
     let verified = re == 0 && ok_status(r.status) && dst == src;
@@ -1313,11 +1312,17 @@ fn unbind_busy_round(bdf: &str) -> Result<(), String> {
     let nq = Dev::open(0)?.info()?.queues as usize;
     let threads = 2 * nq;
     let started = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
+    // Every worker's file is open before any request runs: a worker that opened its own could
+    // still be starting when the others' requests trigger the unbind, and find no device.
+    let devs = (0..threads)
+        .map(|_| Dev::open(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let handles: Vec<_> = devs
+        .into_iter()
+        .enumerate()
+        .map(|(t, d)| {
             let started = started.clone();
             std::thread::spawn(move || -> (u64, i32) {
-                let d = Dev::open(0).expect("open");
                 let src = data(65536, t as u32);
                 let mut dst = vec![0u8; 65536];
                 let mut ok = 0;
