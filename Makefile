@@ -88,7 +88,7 @@ fuzz-smoke:
 campaign: artifacts
 	@cargo run --release -q -p dmalab-tests --bin dmalab-campaign -- --seed $(or $(SEED),1) --ops $(or $(OPS),300) \
 		$(if $(RULES),--rules $(RULES)) --jobs $(or $(JOBS),1) $(if $(SHARD),--shard $(SHARD)) \
-		$(if $(SERIAL),--serial) $(if $(RESUME),--resume)
+		$(if $(SERIAL),--serial) $(if $(RESUME),--resume) $(if $(DMA_MODE),--dma-mode $(DMA_MODE))
 
 # docs/performance.md: the device library against memcpy, then one boot with dmalab, QEMU's
 # NVMe and edu side by side, instruction counts, campaign throughput; then the oracle's cost.

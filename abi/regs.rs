@@ -650,7 +650,29 @@ pub struct DeviceInfo {
     pub bdf: u32,
     /// Bytes of bounce-buffer pool per queue.
     pub pool_bytes: u32,
+    /// How requests reach the caller's memory: one of the `DMA_MODE_*` values (module
+    /// parameter `dma_mode`).
+    pub dma_mode: u32,
+    /// In [`DMA_MODE_AUTO`], the smallest request that goes zero-copy (module parameter
+    /// `zero_copy_min`).
+    pub zero_copy_min: u32,
 }
+
+/// [`DeviceInfo::dma_mode`]: zero-copy from [`DeviceInfo::zero_copy_min`] bytes up, the bounce
+/// pool below (the default).
+pub const DMA_MODE_AUTO: u32 = 0;
+/// [`DeviceInfo::dma_mode`]: every request through the bounce pool.
+pub const DMA_MODE_BOUNCE: u32 = 1;
+/// [`DeviceInfo::dma_mode`]: every request zero-copy where its memory allows.
+pub const DMA_MODE_ZERO_COPY: u32 = 2;
+
+/// [`Request::path`]: the request named no guest memory (FILL into internal memory, ...), or
+/// failed before choosing.
+pub const PATH_NONE: u32 = 0;
+/// [`Request::path`]: copied through the driver's bounce pool.
+pub const PATH_BOUNCE: u32 = 1;
+/// [`Request::path`]: the device worked on the caller's own pages (zero-copy).
+pub const PATH_ZERO_COPY: u32 = 2;
 
 /// Request of [`IOC_SUBMIT`]: one descriptor, built by the driver from user buffers.
 #[repr(C)]
@@ -690,6 +712,10 @@ pub struct Request {
     /// Out, [`IOC_SUBMIT_BATCH`] only: this request's errno as a positive number (0: it
     /// succeeded, status OK). [`IOC_SUBMIT`] leaves it 0: the ioctl's own return says it.
     pub error: u32,
+    /// Out: how the driver reached the caller's memory (`PATH_*`).
+    pub path: u32,
+    /// Out, zero-copy only: pages pinned (0 otherwise).
+    pub pinned_pages: u32,
 }
 
 /// Largest number of requests in one [`IOC_SUBMIT_BATCH`].
@@ -744,6 +770,14 @@ pub struct Stats {
     pub error_bits: u64,
     /// Device resets done by the driver.
     pub device_resets: u64,
+    /// Requests whose guest memory the device reached zero-copy.
+    pub zero_copy: u64,
+    /// Requests with guest memory copied through the bounce pool.
+    pub bounced: u64,
+    /// Of those, requests the mode wanted zero-copy but whose memory did not allow it (not
+    /// pinnable, a destination not cache-line aligned, source and destination overlapping,
+    /// too fragmented for one scatter-gather list, or a failed mapping).
+    pub zero_copy_fallbacks: u64,
 }
 
 /// `_IOR('D', 1, DeviceInfo)`: what the driver found at probe.
@@ -774,9 +808,9 @@ const _: () = assert!(queue_reg(MAX_QUEUES, 0) <= MSIX_TABLE_OFFSET as usize);
 const _: () =
     assert!((MSIX_VECTORS as usize) * 16 <= (MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) as usize);
 const _: () = assert!((MSIX_PBA_OFFSET as usize) + 8 <= BAR0_SIZE);
-const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 48);
-const _: () = assert!(core::mem::size_of::<Request>() == 72);
+const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 56);
+const _: () = assert!(core::mem::size_of::<Request>() == 80);
 const _: () = assert!(core::mem::size_of::<Batch>() == 16);
 const _: () = assert!(core::mem::size_of::<QueueStats>() == 64);
-const _: () = assert!(core::mem::size_of::<Stats>() == 64 * MAX_QUEUES + 24);
+const _: () = assert!(core::mem::size_of::<Stats>() == 64 * MAX_QUEUES + 48);
 const _: () = assert!(irq_cause_queue(MAX_QUEUES - 1) < IRQ_CAUSE_ERROR);

@@ -45,7 +45,7 @@ pub mod abi {
 use abi::{Batch, Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats};
 
 // SAFETY: the ABI types below are `#[repr(C)]`, made only of integers (every bit pattern is
-// valid) and have no padding: their sizes (64, 16, 16, 48, 72, 16 and 64 * MAX_QUEUES + 24 bytes,
+// valid) and have no padding: their sizes (64, 16, 16, 56, 80, 16 and 64 * MAX_QUEUES + 48 bytes,
 // each the sum of its fields) are asserted by `const` items at the end of `abi/regs.rs`, which
 // this build compiles with the rest of that file.
 unsafe impl kernel::transmute::FromBytes for Descriptor {}
@@ -81,6 +81,8 @@ mod queue;
 mod regs;
 mod ring;
 mod state;
+mod streaming;
+mod zerocopy;
 
 use file::MiscHolder;
 use guards::{DeviceHalt, MiscSlot};
@@ -233,6 +235,10 @@ impl DmalabDriver {
                 32
             }
         };
+        // SAFETY: as above. A scatter-gather entry's length is 32 bits wide (datasheet); one
+        // segment never needs to exceed the largest request. (The default, 64 KiB, would make
+        // the DMA API split zero-copy mappings of contiguous memory and DMA-API debug warn.)
+        unsafe { pdev.dma_set_max_seg_size(abi::MAX_REQUEST) };
         ProbeStep::Enable.check(pdev)?;
 
         let bar = pdev.iomap_region_sized::<{ abi::BAR0_SIZE }>(0, c"dmalab")?;
@@ -327,6 +333,8 @@ impl DmalabDriver {
             mem_size,
             bdf: u32::from(pdev.dev_id()),
             pool_bytes: (BLOCKS * BLOCK) as u32,
+            dma_mode: zerocopy::mode(),
+            zero_copy_min: zerocopy::threshold(),
         };
         let bar = bar.into_devres()?;
         let dev = Arc::pin_init(
@@ -341,6 +349,10 @@ impl DmalabDriver {
                 error_irqs: Atomic::new(0),
                 error_bits: Atomic::new(0u32),
                 device_resets: Atomic::new(0),
+                map_gate <- zerocopy::MapGate::new(),
+                zero_copy: Atomic::new(0),
+                bounced: Atomic::new(0),
+                zero_copy_fallbacks: Atomic::new(0),
             }),
             GFP_KERNEL,
         )?;
@@ -469,6 +481,14 @@ kernel::module_pci_driver! {
         probe_fail_step: u32 {
             default: 0,
             description: "Testing only: make probe step N (1..=9) fail, to exercise its undo path",
+        },
+        dma_mode: u32 {
+            default: 0,
+            description: "How requests reach user memory: 0 = auto (zero-copy from zero_copy_min bytes up), 1 = bounce pool, 2 = zero-copy where the memory allows",
+        },
+        zero_copy_min: u32 {
+            default: 16384,
+            description: "Auto mode: smallest request mapped zero-copy (smaller ones are copied; docs/performance.md)",
         },
         dma_bug: u32 {
             default: 0,

@@ -116,5 +116,8 @@ impl Drop for DeviceHalt<'_> {
         // 4. Fail every waiter and free the DMA memory; `irqs` is freed after this, as the
         //    fields drop.
         dev.release_dma();
+        // 5. The failed waiters unmap the callers' pages they had mapped (zero-copy): the
+        //    device must still be bound for that, so wait for the last of them.
+        dev.map_gate.wait_idle();
     }
 }

@@ -79,6 +79,16 @@ pub(crate) fn segments(
         }
         left -= n;
     }
+    split_to(&mut segs, want)?;
+    Ok(segs)
+}
+
+/// Splits the largest segment in two until there are at least `want` (or no segment can be
+/// split): a caller asking for a scatter-gather list of `want` entries gets one.
+pub(crate) fn split_to(segs: &mut Segments, want: usize) -> Result {
+    if segs.is_empty() {
+        return Ok(());
+    }
     while segs.len() < want {
         // split the largest segment in two
         let (i, _) = segs
@@ -99,7 +109,7 @@ pub(crate) fn segments(
                     .map_err(|_| ENOMEM)
             })?;
     }
-    Ok(segs)
+    Ok(())
 }
 
 /// Sleeps on `cv` until woken: `EBUSY` once `timeout_ms` has passed, `EINTR` on a signal.

@@ -7,7 +7,7 @@ use kernel::{
     io::{io_write, Io},
     prelude::*,
     sync::{
-        atomic::Acquire,
+        atomic::{Acquire, Relaxed},
         barrier::{dma_mb, Write},
         CondVarTimeoutResult,
     },
@@ -17,10 +17,14 @@ use kernel::{
 
 use crate::abi::{self, Completion, Descriptor, Opcode, Request, Status};
 use crate::bugs::{self, DmaBug};
-use crate::pool::{copy_in_from_user, segments, wait_for_resources, Pool, Segments, Side};
+use crate::pool::{
+    copy_in_from_user, segments, split_to, wait_for_resources, Pool, Segments, Side,
+};
 use crate::regs;
 use crate::ring::{tag_for, Slot, SlotState};
 use crate::state::{reset_after_fatal, status_to_result, DevState, Queue};
+use crate::streaming::DeviceDone;
+use crate::zerocopy::{self, ZeroCopy};
 use crate::{DEFAULT_TIMEOUT_MS, PAGE, PAGES_PER_BLOCK, RING, SG_MAX, SLOTS};
 
 /// How [`Queue::post`] hands a descriptor to the device.
@@ -34,23 +38,30 @@ pub(crate) enum Handover {
     Batched { may_wait: bool },
 }
 
-/// A request made ready for the device: its bounce pages taken (and filled, for data the device
-/// reads), its DMA segments built.
-pub(crate) struct Prepared {
-    src: Side,
-    dst: Side,
+/// Where a request's guest memory is while the device works on it.
+enum Buffers<'a> {
+    /// Copied into pages of the queue's bounce pool (and out again, for data the device writes).
+    Bounce { src: Side, dst: Side },
+    /// The caller's own pages, pinned and mapped.
+    ZeroCopy(ZeroCopy<'a>),
+}
+
+/// A request made ready for the device: its memory mapped or its bounce pages taken (and
+/// filled, for data the device reads), its DMA segments built.
+pub(crate) struct Prepared<'a> {
+    buffers: Buffers<'a>,
     src_segs: Segments,
     dst_segs: Segments,
     timeout_ms: u32,
 }
 
-impl Prepared {
+impl Prepared<'_> {
     /// The first bounce page of each side (the debug-only `dma_bug` variants touch them).
     fn first_pages(&self) -> (Option<u16>, Option<u16>) {
-        (
-            self.src.pages.first().copied(),
-            self.dst.pages.first().copied(),
-        )
+        match &self.buffers {
+            Buffers::Bounce { src, dst } => (src.pages.first().copied(), dst.pages.first().copied()),
+            Buffers::ZeroCopy(_) => (None, None),
+        }
     }
 }
 
@@ -58,21 +69,24 @@ impl Queue {
     /// Runs one request and waits for it: prepare, post (with its doorbell), wait, finish.
     pub(crate) fn submit(&self, dev: &DevState, req: &mut Request) -> Result {
         let p = self.prepare(dev, req, true)?;
-        let result = self
-            .post(dev, req, &p, Handover::Now)
-            .and_then(|slot| self.wait(dev, slot, p.timeout_ms));
-        self.finish(req, p, result)
+        let (result, done) = match self.post(dev, req, &p, Handover::Now) {
+            Ok(slot) => self.wait(dev, slot, p.timeout_ms),
+            // SAFETY: the request was not posted, the device never saw its memory.
+            Err(e) => (Err(e), unsafe { DeviceDone::new() }),
+        };
+        self.finish(req, p, result, &done)
     }
 
-    /// Checks `req`, takes its bounce pages and copies the user's data in. With `may_wait`
-    /// false, fails with `EAGAIN` instead of waiting for pages (a batch first waits for its own
-    /// requests, which may hold them).
-    pub(crate) fn prepare(
+    /// Checks `req` and makes its memory ready for the device: mapped where it is when the
+    /// mode and the memory allow (`zerocopy.rs`), else through bounce pages with the user's data
+    /// copied in. With `may_wait` false, fails with `EAGAIN` instead of waiting for bounce pages
+    /// (a batch first waits for its own requests, which may hold them).
+    pub(crate) fn prepare<'a>(
         &self,
-        dev: &DevState,
+        dev: &'a DevState,
         req: &mut Request,
         may_wait: bool,
-    ) -> Result<Prepared> {
+    ) -> Result<Prepared<'a>> {
         let op = req.opcode;
         let len = req.len as usize;
         let opcode = Opcode::from_raw(op).ok_or(EINVAL)?;
@@ -88,10 +102,40 @@ impl Queue {
         if dev.is_dead() {
             return Err(ENODEV);
         }
+        let want = usize::from(req.nseg).max(1);
+        req.path = abi::PATH_NONE;
+        req.pinned_pages = 0;
+        if (src_guest || dst_guest) && zerocopy::wanted(req) {
+            if let Some(zc) = ZeroCopy::try_map(&dev.map_gate, dev.bar.device(), req) {
+                let segs = zc.segments().and_then(|(mut s, mut d)| {
+                    split_to(&mut s, want)?;
+                    split_to(&mut d, want)?;
+                    Ok((s, d))
+                });
+                let (src_segs, dst_segs) = match segs {
+                    Ok(v) if v.0.len() <= SG_MAX && v.1.len() <= SG_MAX => v,
+                    other => {
+                        // SAFETY: not posted: the device never saw the mappings.
+                        zc.release(&unsafe { DeviceDone::new() });
+                        return Err(other.err().unwrap_or(EINVAL));
+                    }
+                };
+                req.segments = src_segs.len().max(dst_segs.len()) as u32;
+                req.path = abi::PATH_ZERO_COPY;
+                req.pinned_pages = zc.pinned_pages();
+                dev.zero_copy.fetch_add(1, Relaxed);
+                return Ok(Prepared {
+                    buffers: Buffers::ZeroCopy(zc),
+                    src_segs,
+                    dst_segs,
+                    timeout_ms,
+                });
+            }
+            dev.zero_copy_fallbacks.fetch_add(1, Relaxed);
+        }
         let npages = len.div_ceil(PAGE);
         let need = npages * (usize::from(src_guest) + usize::from(dst_guest));
         let (mut src, mut dst) = (Side { pages: KVec::new() }, Side { pages: KVec::new() });
-        let want = usize::from(req.nseg).max(1);
         let (src_segs, dst_segs) = {
             let mut guard = self.pool.lock();
             // Waiters are woken one at a time (`release`), and each passes the wake-up on when
@@ -160,9 +204,12 @@ impl Queue {
             return Err(EINVAL);
         }
         req.segments = src_segs.len().max(dst_segs.len()) as u32;
+        if src_guest || dst_guest {
+            req.path = abi::PATH_BOUNCE;
+            dev.bounced.fetch_add(1, Relaxed);
+        }
         Ok(Prepared {
-            src,
-            dst,
+            buffers: Buffers::Bounce { src, dst },
             src_segs,
             dst_segs,
             timeout_ms,
@@ -170,12 +217,14 @@ impl Queue {
     }
 
     /// Passes the device's answer (or the error) back in `req`, copies its output to the user
-    /// and gives the bounce pages back.
+    /// (bounce) and gives the memory back: bounce pages to the pool, or the caller's pages
+    /// unmapped and unpinned. `done` says the device no longer touches the memory.
     pub(crate) fn finish(
         &self,
         req: &mut Request,
-        p: Prepared,
+        p: Prepared<'_>,
         result: Result<(Completion, u64)>,
+        done: &DeviceDone,
     ) -> Result {
         let dst_guest = Opcode::from_raw(req.opcode).is_some_and(|o| o.dst_in_guest());
         let out = match result {
@@ -184,20 +233,27 @@ impl Queue {
                 req.status = u32::from(c.status);
                 req.bytes = c.bytes;
                 req.result = c.result;
-                if c.status == Status::Ok.raw() && dst_guest && req.dst != 0 {
-                    self.copy_out(req, &p.dst, req.len as usize)
-                } else {
-                    Ok(())
+                match &p.buffers {
+                    Buffers::Bounce { dst, .. }
+                        if c.status == Status::Ok.raw() && dst_guest && req.dst != 0 =>
+                    {
+                        self.copy_out(req, dst, req.len as usize)
+                    }
+                    _ => Ok(()),
                 }
             }
             Err(e) => Err(e),
         };
         let failed = out.is_err() || req.status != u32::from(Status::Ok.raw());
-        if failed && DmaBug::active() == DmaBug::LeakOnError {
+        let leak = failed && DmaBug::active() == DmaBug::LeakOnError;
+        match p.buffers {
             // bug: the error path forgets to give the request's pages back
-            return out;
+            Buffers::Bounce { .. } if leak => {}
+            Buffers::Bounce { src, dst } => self.release(&src, &dst),
+            // bug: the error path forgets the unmap (the mapping stays, the device unbinds)
+            Buffers::ZeroCopy(zc) if leak => zc.leak(),
+            Buffers::ZeroCopy(zc) => zc.release(done),
         }
-        self.release(&p.src, &p.dst);
         out
     }
 
@@ -234,7 +290,7 @@ impl Queue {
         &self,
         dev: &DevState,
         req: &mut Request,
-        p: &Prepared,
+        p: &Prepared<'_>,
         handover: Handover,
     ) -> Result<usize> {
         let (src, dst, timeout_ms) = (&p.src_segs[..], &p.dst_segs[..], p.timeout_ms);
@@ -387,12 +443,14 @@ impl Queue {
     }
 
     /// Waits for the completion of the request in `slot`; after `timeout_ms`, resets the queue.
+    /// Returns with the device done with the request's memory, whatever the outcome: its
+    /// completion was read, or its queue (or the device) was reset or halted.
     pub(crate) fn wait(
         &self,
         dev: &DevState,
         slot: usize,
         timeout_ms: u32,
-    ) -> Result<(Completion, u64)> {
+    ) -> (Result<(Completion, u64)>, DeviceDone) {
         let bug = DmaBug::active();
         let mut st = self.ring.lock();
         // wait for the completion
@@ -458,7 +516,14 @@ impl Queue {
             let _ = reset_after_fatal(dev);
         }
         let ns = start.map_or(0, |t| t.elapsed().as_nanos());
-        result.map(|c| (c, u64::try_from(ns).unwrap_or(0)))
+        // SAFETY: the loop above left only when the slot was done (its completion read: the
+        // device writes a request's completion after its last access to the request's memory,
+        // datasheet "Ordering"), or failed by a queue reset (done above or by another waiter),
+        // a fatal error (the device halted every queue; `reset_after_fatal` above) or teardown
+        // (the device reset and read back). The one exception is the deliberate `dma_bug`
+        // FreeOnTimeout, which breaks this promise on purpose for the oracle tests.
+        let done = unsafe { DeviceDone::new() };
+        (result.map(|c| (c, u64::try_from(ns).unwrap_or(0))), done)
     }
 }
 
@@ -507,7 +572,9 @@ pub(crate) fn submit_batch(dev: &DevState, reqs: &mut [Request]) -> Result<u32> 
         match posted {
             Ok(slot) => wave.push((i, slot, p), GFP_KERNEL)?,
             Err(e) => {
-                let r = q.finish(&mut reqs[i], p, Err(e));
+                // SAFETY: not posted: the device never saw the request's memory.
+                let done = unsafe { DeviceDone::new() };
+                let r = q.finish(&mut reqs[i], p, Err(e), &done);
                 reqs[i].error = outcome(&reqs[i], r);
             }
         }
@@ -518,7 +585,11 @@ pub(crate) fn submit_batch(dev: &DevState, reqs: &mut [Request]) -> Result<u32> 
 
 /// Rings the doorbell of every queue the wave posted to, then waits for and finishes its
 /// requests in order; returns how many succeeded.
-fn drain(dev: &DevState, reqs: &mut [Request], wave: &mut KVec<(usize, usize, Prepared)>) -> u32 {
+fn drain<'a>(
+    dev: &'a DevState,
+    reqs: &mut [Request],
+    wave: &mut KVec<(usize, usize, Prepared<'a>)>,
+) -> u32 {
     let mut rung = 0u32;
     for &(i, _, _) in wave.iter() {
         let q = usize::from(reqs[i].queue);
@@ -531,8 +602,8 @@ fn drain(dev: &DevState, reqs: &mut [Request], wave: &mut KVec<(usize, usize, Pr
     let mut ok = 0;
     for (i, slot, p) in wave.drain_all() {
         let q = &dev.queues[usize::from(reqs[i].queue)];
-        let result = q.wait(dev, slot, p.timeout_ms);
-        let r = q.finish(&mut reqs[i], p, result);
+        let (result, done) = q.wait(dev, slot, p.timeout_ms);
+        let r = q.finish(&mut reqs[i], p, result, &done);
         reqs[i].error = outcome(&reqs[i], r);
         ok += u32::from(reqs[i].error == 0);
     }

@@ -20,6 +20,7 @@ use crate::bugs::DmaBug;
 use crate::pool::Pool;
 use crate::regs;
 use crate::ring::{program_queue, reset_queue, slot_of, RingState, SlotState};
+use crate::zerocopy::MapGate;
 use crate::{RING, SLOTS};
 
 /// One queue pair: its rings and bounce pool, each with the condition variable its waiters
@@ -81,6 +82,12 @@ pub(crate) struct DevState {
     pub(crate) error_irqs: Atomic<u64>,
     pub(crate) error_bits: Atomic<u32>,
     pub(crate) device_resets: Atomic<u64>,
+    /// Keeps the device bound while requests hold zero-copy mappings for it.
+    #[pin]
+    pub(crate) map_gate: MapGate,
+    pub(crate) zero_copy: Atomic<u64>,
+    pub(crate) bounced: Atomic<u64>,
+    pub(crate) zero_copy_fallbacks: Atomic<u64>,
 }
 
 /// `*a = f(*a)`, atomically (the kernel's `Atomic` has no fetch_or/fetch_and).
@@ -286,6 +293,9 @@ impl DevState {
         s.error_irqs = self.error_irqs.load(Relaxed);
         s.error_bits = u64::from(self.error_bits.load(Relaxed));
         s.device_resets = self.device_resets.load(Relaxed);
+        s.zero_copy = self.zero_copy.load(Relaxed);
+        s.bounced = self.bounced.load(Relaxed);
+        s.zero_copy_fallbacks = self.zero_copy_fallbacks.load(Relaxed);
         s
     }
 }

@@ -247,6 +247,9 @@ pub struct Xfer {
     pub verified: bool,
     /// What was wrong, when something was.
     pub detail: String,
+    /// How the driver reached the caller's memory (`abi::PATH_*`: none, bounce, zero-copy).
+    #[serde(default)]
+    pub path: u32,
     /// A campaign's request number (its opcode and size follow from the seed and this number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op_index: Option<u64>,

@@ -32,6 +32,9 @@ pub struct Plan {
     pub serial: bool,
     /// The fault rules (TOML), with the seed in force.
     pub rules: String,
+    /// The driver's `dma_mode` (`abi::DMA_MODE_*`); `None`: its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dma_mode: Option<u32>,
 }
 
 impl Plan {
@@ -42,6 +45,7 @@ impl Plan {
             unit: 20,
             serial: false,
             rules: with_seed(rules, seed),
+            dma_mode: None,
         }
     }
 
@@ -80,7 +84,10 @@ impl Plan {
             self.unit,
             list.join(","),
             if self.serial { "serial" } else { "concurrent" }
-        )
+        ) + &self
+            .dma_mode
+            .map(|m| format!(" dmalab_module.dma_mode={m}"))
+            .unwrap_or_default()
     }
 }
 
@@ -316,6 +323,8 @@ pub fn run_units(
 ) -> Run {
     let mut o = VmOptions::new(name, "load,campaign,stats,unload");
     o.oracle = oracle;
+    // zero-copy: the memory the device owns is the application's, so its accesses count too
+    o.oracle_user = oracle && plan.dma_mode == Some(dmalab_abi::DMA_MODE_ZERO_COPY);
     o.faults = Some(plan.rules.clone());
     o.append = plan.append(units);
     // a campaign may run long: an hour per 2,000 requests is far beyond any healthy pace

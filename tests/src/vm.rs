@@ -65,6 +65,12 @@ pub struct VmOptions {
     /// with two RAM-less `null-co` namespaces (nsid 1 writes zeroes into every read's buffer,
     /// nsid 2 moves no data) and QEMU's edu.
     pub peers: bool,
+    /// The driver's `dma_mode` (`abi::DMA_MODE_*`: auto, bounce, zero-copy); `None`: its
+    /// default.
+    pub dma_mode: Option<u32>,
+    /// With the oracle: also check user-mode accesses (`user=on`): on the zero-copy path the
+    /// memory the device owns is the application's own.
+    pub oracle_user: bool,
 }
 
 impl VmOptions {
@@ -88,6 +94,8 @@ impl VmOptions {
             initramfs: None,
             kernel: None,
             peers: false,
+            dma_mode: None,
+            oracle_user: false,
         }
     }
 }
@@ -271,6 +279,9 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
         "console=ttyS0 panic=-1 dmalab.run={} {}",
         opts.scenarios, opts.append
     );
+    if let Some(m) = opts.dma_mode {
+        append.push_str(&format!(" dmalab_module.dma_mode={m}"));
+    }
     let mut cmd = Command::new(&qemu);
     // -nodefaults: q35's default CD-ROM costs ~30 s of firmware probing under TCG.
     cmd.args([
@@ -318,6 +329,9 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
                 .unwrap_or_default()
         };
         let mut helpers = String::new();
+        if opts.oracle_user {
+            helpers.push_str(",user=on");
+        }
         let syscall = if opts.count_instructions {
             ranges(crate::oracle::syscall_entry)
         } else {

@@ -74,13 +74,15 @@ fn first_light() {
     );
 }
 
-fn transfer_suite(name: &str, iommu: bool) -> Run {
+fn transfer_suite(name: &str, iommu: bool, mode: u32) -> Run {
     let mut o = VmOptions::new(
         name,
         "load,info,transfers,sg,concurrent,batch,errors,reset,stats,unload",
     );
     o.iommu = iommu;
+    o.dma_mode = Some(mode);
     let r = run(&o);
+    assert_paths(&r, mode);
     r.assert_clean();
     // transfers, SG lists, and the 40 requests of the two checked batches
     assert_transfers_verified(&r, 25 + 16 + 40);
@@ -131,9 +133,37 @@ fn transfer_suite(name: &str, iommu: bool) -> Run {
     r
 }
 
+/// The requests took the path `mode` asks for: in bounce mode none zero-copy; in zero-copy
+/// mode every opcode that names guest memory ran (and verified) zero-copy at least once.
+fn assert_paths(r: &Run, mode: u32) {
+    let xs = r.all::<Xfer>();
+    let stats = r.one::<Stats>().ioctl.clone();
+    let zero_copy = xs.iter().filter(|x| x.path == abi::PATH_ZERO_COPY).count();
+    match mode {
+        abi::DMA_MODE_BOUNCE => r.check(
+            zero_copy == 0 && stats.zero_copy == 0 && stats.bounced > 0,
+            &format!("bounce mode: {zero_copy} requests went zero-copy ({stats:?})"),
+        ),
+        abi::DMA_MODE_ZERO_COPY => {
+            for op in ["copy", "write", "read", "fill", "checksum"] {
+                r.check(
+                    xs.iter()
+                        .any(|x| x.op == op && x.path == abi::PATH_ZERO_COPY && x.ok()),
+                    &format!("zero-copy mode: no verified zero-copy {op}"),
+                );
+            }
+            r.check(
+                stats.zero_copy as usize >= zero_copy && zero_copy > 0,
+                &format!("zero-copy mode: {zero_copy} reported, driver counted {stats:?}"),
+            );
+        }
+        _ => {}
+    }
+}
+
 #[test]
 fn transfers_every_opcode_size_and_queue() {
-    let r = transfer_suite("transfers", false);
+    let r = transfer_suite("transfers", false, abi::DMA_MODE_BOUNCE);
     // scatter-gather really happened with many segments
     let max_seg = r
         .all::<Xfer>()
@@ -147,9 +177,37 @@ fn transfers_every_opcode_size_and_queue() {
     );
 }
 
+/// The same suite with every request's memory mapped where it is (the streaming DMA
+/// abstraction, docs/streaming-dma.md).
+#[test]
+fn transfers_zero_copy_every_opcode_size_and_queue() {
+    let r = transfer_suite("transfers_zero_copy", false, abi::DMA_MODE_ZERO_COPY);
+    let max_seg = r
+        .all::<Xfer>()
+        .iter()
+        .filter(|x| x.path == abi::PATH_ZERO_COPY)
+        .map(|x| x.segments)
+        .max()
+        .unwrap_or(0);
+    r.check(
+        max_seg >= 256,
+        &format!("largest zero-copy SG list had {max_seg} segments"),
+    );
+}
+
 #[test]
 fn transfers_behind_an_iommu() {
-    let r = transfer_suite("transfers_iommu", true);
+    let r = transfer_suite("transfers_iommu", true, abi::DMA_MODE_BOUNCE);
+    r.check(
+        r.console.contains("DMAR") || r.console.contains("IOMMU"),
+        "the guest did not bring up the IOMMU",
+    );
+}
+
+/// Zero-copy behind the vIOMMU: every request's user pages get IOVAs for the request's life.
+#[test]
+fn transfers_zero_copy_behind_an_iommu() {
+    let r = transfer_suite("transfers_zero_copy_iommu", true, abi::DMA_MODE_ZERO_COPY);
     r.check(
         r.console.contains("DMAR") || r.console.contains("IOMMU"),
         "the guest did not bring up the IOMMU",
@@ -378,14 +436,18 @@ fn every_probe_step_that_fails_undoes_what_came_before() {
     );
 }
 
-fn oracle_transfer_suite(name: &str, iommu: bool) {
+fn oracle_transfer_suite(name: &str, iommu: bool, mode: u32) {
     let mut o = VmOptions::new(
         name,
         "load,info,transfers,sg,concurrent,batch,errors,reset,stats,unload",
     );
     o.oracle = true;
     o.iommu = iommu;
+    o.dma_mode = Some(mode);
+    // zero-copy: the memory the device owns is the application's, so its accesses count too
+    o.oracle_user = mode == abi::DMA_MODE_ZERO_COPY;
     let r = run(&o);
+    assert_paths(&r, mode);
     r.assert_clean();
     // transfers, SG lists, and the 40 requests of the two checked batches
     assert_transfers_verified(&r, 25 + 16 + 40);
@@ -406,25 +468,43 @@ fn oracle_transfer_suite(name: &str, iommu: bool) {
 
 #[test]
 fn the_oracle_finds_no_ownership_violation_in_the_reference_driver() {
-    oracle_transfer_suite("oracle_transfers", false);
+    oracle_transfer_suite("oracle_transfers", false, abi::DMA_MODE_BOUNCE);
+}
+
+#[test]
+fn the_oracle_finds_no_ownership_violation_on_the_zero_copy_path() {
+    oracle_transfer_suite("oracle_transfers_zero_copy", false, abi::DMA_MODE_ZERO_COPY);
 }
 
 #[test]
 fn the_oracle_finds_no_ownership_violation_behind_an_iommu() {
-    oracle_transfer_suite("oracle_transfers_iommu", true);
+    oracle_transfer_suite("oracle_transfers_iommu", true, abi::DMA_MODE_ZERO_COPY);
 }
 
 /// Runs the driver with DMA bug `bug` (module parameter `dma_bug`) under the oracle and checks
 /// that the oracle names the bug: its kind, the request that owned the memory, and (when given)
 /// the function that made the access.
 fn oracle_catches(bug: u32, delay_ms: u32, kinds: &[&str], function: Option<&str>) {
-    let mut o = VmOptions::new(&format!("oracle_bug_{bug}"), "dma_bug");
+    let mut o = bug_options(&format!("oracle_bug_{bug}"), bug, delay_ms, 4000);
     o.oracle = true;
+    o.dma_mode = Some(abi::DMA_MODE_BOUNCE);
+    oracle_names(&run(&o), bug, kinds, function);
+}
+
+/// A VM that loads the driver with DMA bug `bug` while the host delays the completions of
+/// `size`-byte requests by `delay_ms`.
+fn bug_options(name: &str, bug: u32, delay_ms: u32, size: u32) -> VmOptions {
+    let mut o = VmOptions::new(name, "dma_bug");
     o.append = format!("dmalab.bug={bug}");
     o.faults = Some(format!(
-        "[[rule]]\nname = \"slow\"\nkind = \"delay_completion\"\nms = {delay_ms}\nsize = [4000, 4000]\n"
+        "[[rule]]\nname = \"slow\"\nkind = \"delay_completion\"\nms = {delay_ms}\nsize = [{size}, {size}]\n"
     ));
-    let r = run(&o);
+    o
+}
+
+/// The oracle found a violation of one of `kinds` on the request the agent reported as
+/// `owner`, made by `function` when given.
+fn oracle_names(r: &Run, bug: u32, kinds: &[&str], function: Option<&str>) {
     r.assert_ran_cleanly();
     let owner = r
         .all::<Xfer>()
@@ -479,6 +559,59 @@ fn the_oracle_catches_buffers_freed_on_a_timeout_while_the_device_owns_them() {
         &["cpu_write_to_read_owned", "cpu_write_to_write_owned"],
         // the next request's copy-in (copy_from_user, straight into the pool) lands on them
         Some("_copy_from_user"),
+    );
+}
+
+/// Zero-copy: on a timeout the driver unmaps and unpins the application's pages without
+/// stopping the device (an unmap before the completion, which no type can rule out: the timeout
+/// path needs `DeviceDone` and the bug makes one it has no right to). The application, told the
+/// request is over, writes its buffer: the oracle, watching user mode too, sees it write memory
+/// the device still owns.
+#[test]
+fn the_oracle_catches_an_unmap_before_the_completion_on_the_zero_copy_path() {
+    let mut o = bug_options("oracle_bug_3_zero_copy", 3, 1000, 4096);
+    o.oracle = true;
+    o.oracle_user = true;
+    o.dma_mode = Some(abi::DMA_MODE_ZERO_COPY);
+    let r = run(&o);
+    let owner = r
+        .all::<Xfer>()
+        .into_iter()
+        .find(|x| x.scenario == "owner")
+        .unwrap_or_else(|| r.fail("the agent reported no owner request"));
+    r.check(
+        owner.path == abi::PATH_ZERO_COPY && owner.errno == libc::ETIMEDOUT,
+        &format!("the owner must time out on the zero-copy path: {owner:?}"),
+    );
+    oracle_names(&r, 3, &["cpu_write_to_write_owned"], None);
+}
+
+/// The same bug behind a vIOMMU: the unmap took the IOVAs away, so the device's late write is
+/// refused (not a write into pages the application got back) and reported with its request.
+#[test]
+fn under_an_iommu_a_device_access_after_the_unmap_is_refused_and_reported() {
+    let mut o = bug_options("iommu_bug_3_zero_copy", 3, 1000, 4096);
+    o.iommu = true;
+    o.dma_mode = Some(abi::DMA_MODE_ZERO_COPY);
+    let r = run(&o);
+    r.assert_ran_cleanly();
+    let owner = r
+        .all::<Xfer>()
+        .into_iter()
+        .find(|x| x.scenario == "owner")
+        .unwrap_or_else(|| r.fail("the agent reported no owner request"));
+    r.check(
+        owner.path == abi::PATH_ZERO_COPY && owner.errno == libc::ETIMEDOUT,
+        &format!("the owner must time out on the zero-copy path: {owner:?}"),
+    );
+    let refused: Vec<_> = r
+        .events("error")
+        .into_iter()
+        .filter(|e| e["what"].as_str().unwrap_or("").contains("unmapped IOVA"))
+        .collect();
+    r.check(
+        !refused.is_empty(),
+        "the device must refuse the late write to the unmapped IOVAs and report it",
     );
 }
 

@@ -252,8 +252,19 @@ fn a_campaign_is_reproducible_from_its_seed() {
     use dmalab_tests::campaign::{Echo, Plan};
     // concurrent (the default): the faults each request meets do not depend on how the
     // queues interleave (one random stream per queue, restarted per unit)
-    let a = campaign("campaign_a", &Plan::new(11, 120, &rules), Echo::Off, true);
-    let b = campaign("campaign_b", &Plan::new(11, 120, &rules), Echo::Off, false);
+    // The same seed in both data paths: zero-copy under the oracle (the device's windows and
+    // the CPU's accesses, user mode included), the bounce pool without it. The faults a request
+    // meets do not depend on where its memory is.
+    let zero_copy = Plan {
+        dma_mode: Some(abi::DMA_MODE_ZERO_COPY),
+        ..Plan::new(11, 120, &rules)
+    };
+    let bounce = Plan {
+        dma_mode: Some(abi::DMA_MODE_BOUNCE),
+        ..Plan::new(11, 120, &rules)
+    };
+    let a = campaign("campaign_a", &zero_copy, Echo::Off, true);
+    let b = campaign("campaign_b", &bounce, Echo::Off, false);
     let c = campaign("campaign_c", &Plan::new(12, 120, &rules), Echo::Off, false);
     for x in [&a, &b, &c] {
         let failed: Vec<_> = x.verdicts.iter().filter(|v| !v.pass).collect();
@@ -268,6 +279,14 @@ fn a_campaign_is_reproducible_from_its_seed() {
     }
     a.run
         .check(!a.sequence.is_empty(), "the mix injected nothing");
+    let (za, zb) = (
+        a.run.one::<Stats>().ioctl.zero_copy,
+        b.run.one::<Stats>().ioctl.zero_copy,
+    );
+    a.run.check(
+        za > 0 && zb == 0,
+        &format!("zero-copy requests: {za} in the zero-copy run, {zb} in the bounce run"),
+    );
     let overlap = dmalab_tests::campaign::max_queues_in_flight(&a.run.events);
     a.run.check(
         overlap >= 2,

@@ -6,6 +6,7 @@
 //! messages. Verdicts are the host's job; the agent reports facts (what it asked, what came
 //! back, whether the bytes matched). Finally it powers the VM off.
 
+mod aligned;
 mod bench;
 mod dev;
 mod hostile;
@@ -25,6 +26,9 @@ pub fn cmdline_param(name: &str) -> Option<String> {
             .map(String::from)
     })
 }
+
+#[global_allocator]
+static ALLOC: aligned::Aligned = aligned::Aligned;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -335,7 +335,7 @@ fn dma_bug(module: &str) -> Result<(), String> {
         .and_then(|v| v.parse().ok())
         .ok_or("dma_bug needs dmalab.bug=N")?;
     unload()?;
-    dev::insmod_with(module, &format!("dma_bug={bug}"))?;
+    dev::insmod_with(module, &format!("dma_bug={bug} {}", module_params()))?;
     module_symbols();
     let d = Dev::open(0)?;
     match bug {
@@ -343,6 +343,40 @@ fn dma_bug(module: &str) -> Result<(), String> {
         1 | 2 | 4 => {
             let o = verified(&d, abi::OP_COPY, 0, 4000, 0, 1, 0);
             report_xfer(&o, "owner");
+        }
+        // zero-copy: the owner times out and the driver unmaps and unpins the application's
+        // pages without stopping the device (an unmap before the completion); the
+        // application, told the request is over, writes its buffer again
+        3 if d.info()?.dma_mode == abi::DMA_MODE_ZERO_COPY => {
+            let src = data(4096, 1);
+            let mut dst = vec![0u8; 4096];
+            let mut req = Request {
+                opcode: abi::OP_COPY,
+                len: 4096,
+                src: src.as_ptr() as u64,
+                dst: dst.as_mut_ptr() as u64,
+                timeout_ms: 300,
+                ..Default::default()
+            };
+            let errno = submit(&d, &mut req);
+            let detail = format!("path {}", req.path);
+            report_xfer(
+                &Outcome {
+                    req,
+                    errno,
+                    verified: false,
+                    detail,
+                },
+                "owner",
+            );
+            for b in dst.iter_mut() {
+                // SAFETY: `b` is a valid, exclusive reference; volatile so the stores happen.
+                unsafe { std::ptr::write_volatile(b, 0x5a) };
+            }
+            // the device's late completion lands meanwhile (the host delays it by a second)
+            std::thread::sleep(Duration::from_millis(1500));
+            let t = verified(&d, abi::OP_COPY, 0, 8192, 0, 2, 0);
+            report_xfer(&t, "trigger");
         }
         // the owner times out (the driver frees its pages without stopping the device), the
         // next request reuses them
@@ -560,6 +594,7 @@ fn xfer_of(o: &Outcome, scenario: &str) -> Xfer {
         tag: o.req.tag,
         verified: o.verified,
         detail: o.detail.clone(),
+        path: o.req.path,
         ..Default::default()
     }
 }

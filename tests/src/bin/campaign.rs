@@ -34,6 +34,9 @@ struct Args {
     /// flight on every queue at once)
     #[arg(long)]
     serial: bool,
+    /// How the driver reaches request memory: auto (its default), bounce, zero-copy
+    #[arg(long, value_parser = parse_dma_mode)]
+    dma_mode: Option<u32>,
     /// Fault rules (TOML, docs/faults.md) [default: campaigns/mix.toml]
     #[arg(long)]
     rules: Option<PathBuf>,
@@ -113,6 +116,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let plan = Plan {
         unit: args.unit,
         serial: args.serial,
+        dma_mode: args.dma_mode,
         ..Plan::new(args.seed, args.ops, &rules)
     };
     let tag = match args.shard {
@@ -283,5 +287,15 @@ mod tests {
         assert!(super::split(&[], 2).is_empty());
         assert_eq!(super::parse_shard("1/4"), Ok((1, 4)));
         assert!(super::parse_shard("4/4").is_err());
+    }
+}
+
+/// `auto`, `bounce` or `zero-copy` as the driver's `dma_mode` value.
+fn parse_dma_mode(s: &str) -> Result<u32, String> {
+    match s {
+        "auto" => Ok(dmalab_abi::DMA_MODE_AUTO),
+        "bounce" => Ok(dmalab_abi::DMA_MODE_BOUNCE),
+        "zero-copy" => Ok(dmalab_abi::DMA_MODE_ZERO_COPY),
+        other => Err(format!("{other}: expected auto, bounce or zero-copy")),
     }
 }

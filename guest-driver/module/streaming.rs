@@ -1,0 +1,441 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Streaming DMA of memory the driver does not own: a caller's pages, pinned, mapped for one
+//! device, and handed between the CPU and the device by type (docs/streaming-dma.md).
+//!
+//! Written against the kernel's C calls only (`pin_user_pages_fast`,
+//! `sg_alloc_table_from_pages_segment`, `dma_map_sgtable`, `dma_unmap_sgtable`,
+//! `__dma_sync_sg_for_cpu`/`_for_device`, `unpin_user_pages_dirty_lock`) and nothing of dmalab,
+//! as a candidate for `kernel::dma`. The rules it encodes are the DMA API's
+//! (`Documentation/core-api/dma-api-howto.rst`):
+//!
+//! - After the map, the **device** owns the memory. The CPU may touch it again only after a
+//!   sync for the CPU or the unmap, and gives it back with a sync for the device. Here the owner
+//!   is a type parameter ([`DeviceOwned`], [`CpuOwned`]): the CPU accessors exist only on a
+//!   [`CpuOwned`] mapping, and every hand-over consumes the mapping and returns it retyped, so
+//!   an old handle cannot be used after a hand-over.
+//! - Taking memory back from the device needs evidence that the device is done with it
+//!   ([`DeviceDone`]: its completion was seen, or its queue was reset). The evidence is made in
+//!   one `unsafe` place per driver, where that argument is written down.
+//! - The direction is a type parameter too ([`ToDevice`], [`FromDevice`], [`Bidirectional`]):
+//!   the CPU may only read a buffer the device writes ([`CpuReads`]) and only write one it reads
+//!   ([`CpuWrites`]); pages the device writes are pinned writable and marked dirty when
+//!   unpinned.
+//! - Dropping a [`DeviceOwned`] mapping cannot know whether the device still uses it, so it
+//!   leaks it: the pages stay pinned and mapped, which is safe (the memory is never reused while
+//!   the device may write it) and reported once. Dropping a [`CpuOwned`] mapping unmaps it.
+
+use core::{marker::PhantomData, mem::ManuallyDrop, ptr};
+use kernel::{
+    bindings,
+    device::{Bound, Device},
+    dma::DataDirection,
+    error::to_result,
+    prelude::*,
+    pr_warn_once,
+    sync::aref::ARef,
+    types::Opaque,
+    uaccess::UserPtr,
+};
+
+const PAGE_SIZE: usize = kernel::page::PAGE_SIZE;
+
+/// The C `struct device` of `dev` (`Device::as_raw` is private to the kernel crate).
+fn raw<Ctx: kernel::device::DeviceContext>(dev: &Device<Ctx>) -> *mut bindings::device {
+    // `Device` is `#[repr(transparent)]` over `Opaque<bindings::device>`.
+    ptr::from_ref(dev).cast_mut().cast()
+}
+
+mod sealed {
+    pub(crate) trait Sealed {}
+}
+
+/// Which way the data moves; fixed for the life of a mapping.
+pub(crate) trait Direction: sealed::Sealed {
+    /// The DMA API's direction.
+    const DIR: DataDirection;
+    /// The device writes the memory: the pages are pinned writable and dirtied when unpinned.
+    const DEVICE_WRITES: bool;
+}
+
+/// The device reads the memory (`DMA_TO_DEVICE`): a request's source.
+pub(crate) enum ToDevice {}
+/// The device writes the memory (`DMA_FROM_DEVICE`): a request's destination.
+pub(crate) enum FromDevice {}
+/// The device reads and writes the memory (`DMA_BIDIRECTIONAL`).
+pub(crate) enum Bidirectional {}
+
+impl sealed::Sealed for ToDevice {}
+impl sealed::Sealed for FromDevice {}
+impl sealed::Sealed for Bidirectional {}
+
+impl Direction for ToDevice {
+    const DIR: DataDirection = DataDirection::ToDevice;
+    const DEVICE_WRITES: bool = false;
+}
+impl Direction for FromDevice {
+    const DIR: DataDirection = DataDirection::FromDevice;
+    const DEVICE_WRITES: bool = true;
+}
+impl Direction for Bidirectional {
+    const DIR: DataDirection = DataDirection::Bidirectional;
+    const DEVICE_WRITES: bool = true;
+}
+
+/// Directions whose data the CPU may read back (the device wrote it).
+pub(crate) trait CpuReads: Direction {}
+impl CpuReads for FromDevice {}
+impl CpuReads for Bidirectional {}
+
+/// Directions whose data the CPU may write (for the device to read).
+pub(crate) trait CpuWrites: Direction {}
+impl CpuWrites for ToDevice {}
+impl CpuWrites for Bidirectional {}
+
+/// Who may touch a mapping's memory now.
+pub(crate) trait Owner: sealed::Sealed {
+    /// The device: the CPU must not touch the memory, and the mapping cannot be undone without
+    /// [`DeviceDone`].
+    const DEVICE: bool;
+}
+
+/// The device owns the memory (after the map, or a sync for the device).
+pub(crate) enum DeviceOwned {}
+/// The CPU owns the memory (after a sync for the CPU).
+pub(crate) enum CpuOwned {}
+
+impl sealed::Sealed for DeviceOwned {}
+impl sealed::Sealed for CpuOwned {}
+impl Owner for DeviceOwned {
+    const DEVICE: bool = true;
+}
+impl Owner for CpuOwned {
+    const DEVICE: bool = false;
+}
+
+/// Evidence that a device no longer accesses the memory of the mappings it is shown to.
+///
+/// Taking a mapping back from the device ([`Mapping::sync_for_cpu`], [`Mapping::unmap`]) needs
+/// one. A driver makes it where it knows the device is done: after reading the completion of
+/// the request that named the memory, or after a reset of the queue that held it.
+pub(crate) struct DeviceDone(());
+
+impl DeviceDone {
+    /// # Safety
+    ///
+    /// The device does not access the memory of any mapping this value is shown to, from now
+    /// until the mapping is handed back with [`Mapping::sync_for_device`] (or remapped).
+    pub(crate) unsafe fn new() -> Self {
+        Self(())
+    }
+}
+
+/// A caller's memory, pinned: its pages cannot be freed, swapped out or migrated until this
+/// value is dropped, whatever the caller does to its address space meanwhile.
+pub(crate) struct UserPages<D: Direction> {
+    pages: KVec<*mut bindings::page>,
+    /// Offset of the first byte in the first page.
+    offset: usize,
+    len: usize,
+    _dir: PhantomData<D>,
+}
+
+// SAFETY: the page pointers are owned references (pins) that any task may hold and drop.
+unsafe impl<D: Direction> Send for UserPages<D> {}
+
+impl<D: Direction> UserPages<D> {
+    /// Pins the `len` bytes at user address `addr` of the current task (writable when the device
+    /// writes them, `D::DEVICE_WRITES`).
+    ///
+    /// Fails with `EINVAL` for an empty or wrapping range and with `EFAULT` when part of the
+    /// range is not mapped (or not writable when it must be); nothing stays pinned then.
+    pub(crate) fn pin(addr: UserPtr, len: usize) -> Result<Self> {
+        let start = addr.as_const_ptr() as usize;
+        let end = start.checked_add(len).ok_or(EINVAL)?;
+        if len == 0 {
+            return Err(EINVAL);
+        }
+        let first = start & !(PAGE_SIZE - 1);
+        let count = (end - first).div_ceil(PAGE_SIZE);
+        let nr = i32::try_from(count).map_err(|_| EINVAL)?;
+        let mut pages = KVec::with_capacity(count, GFP_KERNEL)?;
+        let flags = if D::DEVICE_WRITES {
+            bindings::FOLL_WRITE
+        } else {
+            0
+        };
+        // SAFETY: `pages` has room for `count` pointers; `pin_user_pages_fast` writes at most
+        // `nr` of them and returns how many (or a negative errno, then none).
+        let got = unsafe {
+            bindings::pin_user_pages_fast(first, nr, flags, pages.as_mut_ptr())
+        };
+        if got < 0 {
+            return Err(Error::from_errno(got));
+        }
+        // SAFETY: the first `got` entries were initialised by `pin_user_pages_fast` above.
+        unsafe { pages.inc_len(got as usize) };
+        let this = Self {
+            pages,
+            offset: start - first,
+            len,
+            _dir: PhantomData,
+        };
+        if this.pages.len() != count {
+            // dropping `this` unpins the part that was pinned
+            return Err(EFAULT);
+        }
+        Ok(this)
+    }
+
+    /// Bytes pinned (the caller's length).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Maps the pages for `dev` and hands them to it. `max_segment` bounds each segment's length
+    /// (the device's limit); physically contiguous pages are merged up to it.
+    ///
+    /// On failure the pages are unpinned (`ENOMEM` for the table, or the DMA API's error).
+    pub(crate) fn map(self, dev: &Device<Bound>, max_segment: u32) -> Result<Mapping<D, DeviceOwned>> {
+        let mut pages = self;
+        let table = Opaque::<bindings::sg_table>::zeroed();
+        let n = u32::try_from(pages.pages.len())?;
+        // SAFETY: `table` is zeroed memory for a `struct sg_table`; `pages` holds `n` pinned
+        // pages, which outlive the table (the table goes first in every path below and in
+        // `Mapping`'s drop); offset and length lie within them (`pin`).
+        to_result(unsafe {
+            bindings::sg_alloc_table_from_pages_segment(
+                table.get(),
+                pages.pages.as_mut_ptr(),
+                n,
+                pages.offset as u32,
+                pages.len,
+                max_segment.max(PAGE_SIZE as u32),
+                bindings::GFP_KERNEL,
+            )
+        })?;
+        // SAFETY: `dev` is bound for the duration of the call; the table was just built from
+        // pinned pages.
+        let mapped =
+            to_result(unsafe { bindings::dma_map_sgtable(raw(dev), table.get(), D::DIR.into(), 0) });
+        if let Err(e) = mapped {
+            // SAFETY: the table was allocated above and is not mapped.
+            unsafe { bindings::sg_free_table(table.get()) };
+            return Err(e);
+        }
+        Ok(Mapping {
+            table,
+            dev: ManuallyDrop::new(dev.into()),
+            pages: ManuallyDrop::new(pages),
+            _owner: PhantomData,
+        })
+    }
+}
+
+impl<D: Direction> Drop for UserPages<D> {
+    fn drop(&mut self) {
+        // SAFETY: every entry is a page this value pinned and still holds the pin of.
+        unsafe {
+            bindings::unpin_user_pages_dirty_lock(
+                self.pages.as_mut_ptr(),
+                self.pages.len(),
+                D::DEVICE_WRITES,
+            )
+        };
+    }
+}
+
+/// Pinned pages mapped for one device, owned by `S` ([`DeviceOwned`] or [`CpuOwned`]).
+///
+/// The bus addresses ([`Mapping::segments`]) can be read in either state: they are what the
+/// driver writes into descriptors. The mapping must be undone before `dev` unbinds (the driver
+/// guarantees it; docs/streaming-dma.md says how dmalab's does).
+pub(crate) struct Mapping<D: Direction, S: Owner> {
+    table: Opaque<bindings::sg_table>,
+    // Both `ManuallyDrop`: a leaked device-owned mapping keeps its device reference and pins.
+    dev: ManuallyDrop<ARef<Device>>,
+    pages: ManuallyDrop<UserPages<D>>,
+    _owner: PhantomData<S>,
+}
+
+// SAFETY: the table and the pins may be used and dropped from any task; the DMA API calls made
+// through `&self` (none) or by value do not depend on the calling task.
+unsafe impl<D: Direction, S: Owner> Send for Mapping<D, S> {}
+
+/// One mapped segment: bus address and length.
+#[derive(Clone, Copy)]
+pub(crate) struct Segment {
+    pub(crate) addr: u64,
+    pub(crate) len: u32,
+}
+
+impl<D: Direction, S: Owner> Mapping<D, S> {
+    /// The mapped segments, in order (`nents` after merging; at most the page count).
+    pub(crate) fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
+        // SAFETY: the table is mapped (type invariant) and not changed while `self` is borrowed.
+        let (mut sg, n) = unsafe { ((*self.table.get()).sgl, (*self.table.get()).nents) };
+        (0..n).map(move |_| {
+            // SAFETY: `sg` is one of the table's first `nents` entries (the loop runs `nents`
+            // times, `sg_next` follows chains).
+            let s = unsafe {
+                Segment {
+                    addr: bindings::sg_dma_address(sg),
+                    len: bindings::sg_dma_len(sg),
+                }
+            };
+            // SAFETY: as above; past the last entry `sg_next` returns NULL, never dereferenced.
+            sg = unsafe { bindings::sg_next(sg) };
+            s
+        })
+    }
+
+    /// How many segments the device sees.
+    pub(crate) fn segment_count(&self) -> usize {
+        // SAFETY: the table is mapped (type invariant).
+        unsafe { (*self.table.get()).nents as usize }
+    }
+
+    /// Bytes mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Pages pinned under the mapping.
+    pub(crate) fn page_count(&self) -> usize {
+        self.pages.pages.len()
+    }
+
+    /// The same mapping with another owner, without a DMA API call: the hand-overs below are
+    /// the only callers and make the call themselves.
+    fn retype<T: Owner>(self) -> Mapping<D, T> {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: each field is read once out of `this`, which is never used or dropped again.
+        unsafe {
+            Mapping {
+                table: ptr::read(&this.table),
+                dev: ptr::read(&this.dev),
+                pages: ptr::read(&this.pages),
+                _owner: PhantomData,
+            }
+        }
+    }
+
+    /// Unmaps (the DMA API syncs for the CPU as part of it), frees the table and returns the
+    /// still-pinned pages.
+    fn undo(self) -> UserPages<D> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant); after
+        // the unmap it is freed, and `this` is never used again except to move the pages out.
+        unsafe {
+            bindings::dma_unmap_sgtable(raw(&this.dev), this.table.get(), D::DIR.into(), 0);
+            bindings::sg_free_table(this.table.get());
+            ManuallyDrop::drop(&mut this.dev);
+            ManuallyDrop::take(&mut this.pages)
+        }
+    }
+}
+
+impl<D: Direction> Mapping<D, DeviceOwned> {
+    /// Takes the memory back for the CPU, keeping the mapping (`dma_sync_sgtable_for_cpu`).
+    pub(crate) fn sync_for_cpu(self, _done: &DeviceDone) -> Mapping<D, CpuOwned> {
+        // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant).
+        unsafe {
+            let t = &*self.table.get();
+            bindings::__dma_sync_sg_for_cpu(raw(&self.dev), t.sgl, t.orig_nents as i32, D::DIR.into())
+        };
+        self.retype()
+    }
+
+    /// Undoes the mapping and returns the pinned pages, the device being done with them.
+    pub(crate) fn unmap(self, _done: &DeviceDone) -> UserPages<D> {
+        self.undo()
+    }
+}
+
+impl<D: Direction> Mapping<D, CpuOwned> {
+    /// Hands the memory (and whatever the CPU wrote into it) back to the device
+    /// (`dma_sync_sgtable_for_device`).
+    pub(crate) fn sync_for_device(self) -> Mapping<D, DeviceOwned> {
+        // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant).
+        unsafe {
+            let t = &*self.table.get();
+            bindings::__dma_sync_sg_for_device(raw(&self.dev), t.sgl, t.orig_nents as i32, D::DIR.into())
+        };
+        self.retype()
+    }
+
+    /// Undoes the mapping and returns the pinned pages.
+    pub(crate) fn unmap(self) -> UserPages<D> {
+        self.undo()
+    }
+
+    /// Runs `f` on each piece `(page address, byte count)` of `len` bytes at `offset`, through a
+    /// temporary kernel mapping of each page. `EINVAL` when the range is not inside the mapping.
+    fn each_piece(&self, offset: usize, len: usize, mut f: impl FnMut(*mut u8, usize)) -> Result {
+        let end = offset.checked_add(len).ok_or(EINVAL)?;
+        if end > self.pages.len {
+            return Err(EINVAL);
+        }
+        let mut at = self.pages.offset + offset;
+        let mut left = len;
+        while left > 0 {
+            let page = self.pages.pages[at / PAGE_SIZE];
+            let in_page = at % PAGE_SIZE;
+            let n = left.min(PAGE_SIZE - in_page);
+            // SAFETY: `page` is pinned for as long as `self` lives; the local mapping is undone
+            // below before the next one is made (kmap_local nests in LIFO order).
+            let va = unsafe { bindings::kmap_local_page(page) }.cast::<u8>();
+            // SAFETY: `in_page + n <= PAGE_SIZE`, inside the page just mapped.
+            f(unsafe { va.add(in_page) }, n);
+            // SAFETY: `va` is the address `kmap_local_page` returned above.
+            unsafe { bindings::kunmap_local(va.cast()) };
+            at += n;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+impl<D: CpuReads> Mapping<D, CpuOwned> {
+    /// Copies `out.len()` bytes at `offset` out of the memory the device wrote.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
+        let mut done = 0;
+        self.each_piece(offset, out.len(), |va, n| {
+            // SAFETY: the CPU owns the memory (type state) and `va` is valid for `n` bytes
+            // (`each_piece`); the user may write its own page concurrently, so this is a byte
+            // copy through raw pointers, never a reference into it.
+            unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
+            done += n;
+        })
+    }
+}
+
+impl<D: CpuWrites> Mapping<D, CpuOwned> {
+    /// Copies `data` into the memory at `offset`, for the device to read after
+    /// [`Mapping::sync_for_device`].
+    pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
+        let mut done = 0;
+        self.each_piece(offset, data.len(), |va, n| {
+            // SAFETY: as in `read`, the other way.
+            unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
+            done += n;
+        })
+    }
+}
+
+impl<D: Direction, S: Owner> Drop for Mapping<D, S> {
+    fn drop(&mut self) {
+        if S::DEVICE {
+            // The device may still use the memory: leaking pins and mapping is the safe choice.
+            pr_warn_once!("dmalab: a device-owned DMA mapping was dropped; leaking it\n");
+            return;
+        }
+        // SAFETY: as in `undo`; the fields are not used after this.
+        unsafe {
+            bindings::dma_unmap_sgtable(raw(&self.dev), self.table.get(), D::DIR.into(), 0);
+            bindings::sg_free_table(self.table.get());
+            ManuallyDrop::drop(&mut self.dev);
+            ManuallyDrop::drop(&mut self.pages);
+        }
+    }
+}
