@@ -734,6 +734,22 @@ pub struct Batch {
     pub done: u32,
 }
 
+/// Argument of [`IOC_DMA_SELFTEST`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelfTest {
+    /// In: user address of the buffer; cache-line (64-byte) aligned.
+    pub buf: u64,
+    /// In: its length in bytes: a multiple of 128, at most [`MAX_REQUEST`].
+    pub len: u32,
+    /// In: device operations to run on the one mapping (1..=64).
+    pub rounds: u32,
+    /// In: the queue to run them on.
+    pub queue: u32,
+    /// Out: rounds whose result the CPU read back (after syncing for the CPU) and found right.
+    pub verified: u32,
+}
+
 /// Per-queue counters in [`Stats`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -794,6 +810,12 @@ pub const IOC_RESET: u32 = ioc(0, IOC_TYPE, 4, 0);
 /// Fails only when the batch itself is malformed (`EINVAL`, `EFAULT`); each request's outcome
 /// is in its [`Request::error`].
 pub const IOC_SUBMIT_BATCH: u32 = ioc(3, IOC_TYPE, 5, core::mem::size_of::<Batch>());
+/// `_IOWR('D', 6, SelfTest)`: the streaming DMA API's whole cycle on one mapping of the
+/// caller's buffer (docs/streaming-dma.md): pinned and mapped once, then `rounds` times the
+/// device copies the first half onto the second, the driver syncs the mapping for the CPU,
+/// checks the copy, writes the next round's data and syncs it back for the device; unmapped at
+/// the end. Fails with `EINVAL` for a malformed argument, else the round's errno.
+pub const IOC_DMA_SELFTEST: u32 = ioc(3, IOC_TYPE, 6, core::mem::size_of::<SelfTest>());
 
 // Layout checks, compiled by every user of this file (the kernel module `include!`s it too), so
 // the safety arguments that rely on these layouts hold in every build. Each size is the
@@ -811,6 +833,7 @@ const _: () = assert!((MSIX_PBA_OFFSET as usize) + 8 <= BAR0_SIZE);
 const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 56);
 const _: () = assert!(core::mem::size_of::<Request>() == 80);
 const _: () = assert!(core::mem::size_of::<Batch>() == 16);
+const _: () = assert!(core::mem::size_of::<SelfTest>() == 24);
 const _: () = assert!(core::mem::size_of::<QueueStats>() == 64);
 const _: () = assert!(core::mem::size_of::<Stats>() == 64 * MAX_QUEUES + 48);
 const _: () = assert!(irq_cause_queue(MAX_QUEUES - 1) < IRQ_CAUSE_ERROR);

@@ -190,6 +190,10 @@ fn transfer(dev: &Shared, d: &Descriptor) {
     if plan.fetch.stall {
         return;
     }
+    let start = Duration::from_millis(u64::from(plan.execute.delay_ms));
+    if !sleep_unless(start, || dev.direct.reset_requested.load(Ordering::SeqCst)) {
+        return;
+    }
     let view = dev.mem.view();
     let ctx = Ctx {
         view: &view,

@@ -29,6 +29,8 @@ pub(crate) struct AtExecute {
     pub status: Option<u16>,
     /// Corruption and short transfers inside the engine.
     pub tweak: Tweak,
+    /// Wait this long before touching the descriptor's memory.
+    pub delay_ms: u32,
 }
 
 /// On the outcome, before the completion is built.
@@ -116,6 +118,9 @@ impl FaultPlan {
             FaultKind::DropCompletion => self.complete.drop = true,
             FaultKind::DelayCompletion { ms } => {
                 self.complete.delay_ms = (self.complete.delay_ms + ms).min(faults::LIMIT_DELAY_MS);
+            }
+            FaultKind::DelayStart { ms } => {
+                self.execute.delay_ms = (self.execute.delay_ms + ms).min(faults::LIMIT_DELAY_MS);
             }
             FaultKind::DuplicateCompletion => self.complete.duplicate = true,
             FaultKind::OutOfOrder => self.complete.out_of_order = true,

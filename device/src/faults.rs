@@ -51,6 +51,12 @@ pub enum FaultKind {
         /// How late, in milliseconds (at most one minute).
         ms: u32,
     },
+    /// The descriptor's memory is read and written `ms` milliseconds late (then the
+    /// completion follows): a slow device, whose DMA can outlive a driver that gave up early.
+    DelayStart {
+        /// How late, in milliseconds (at most one minute).
+        ms: u32,
+    },
     /// The completion is written twice.
     DuplicateCompletion,
     /// The completion is held back and written after the next descriptor's.
@@ -238,7 +244,7 @@ fn kind_fields(kind: &str) -> &'static [&'static str] {
         "error_status" => &["status"],
         "corrupt" => &["bits"],
         "short_transfer" => &["bytes", "reported"],
-        "delay_completion" => &["ms"],
+        "delay_completion" | "delay_start" => &["ms"],
         "irq_storm" => &["count"],
         "dma_outside" => &["offset", "len"],
         _ => &[],
@@ -469,7 +475,9 @@ impl RuleSet {
                 FaultKind::IrqStorm { count } if !LIMIT_STORM.contains(&count) => {
                     return Err(bad("count", count.to_string(), "must be within 1..=10000"))
                 }
-                FaultKind::DelayCompletion { ms } if ms > LIMIT_DELAY_MS => {
+                FaultKind::DelayCompletion { ms } | FaultKind::DelayStart { ms }
+                    if ms > LIMIT_DELAY_MS =>
+                {
                     return Err(bad("ms", ms.to_string(), "must be within 0..=60000"))
                 }
                 _ => {}

@@ -164,6 +164,18 @@ impl Worker {
                 self.queue().regs.lock().unwrap().stalled = true;
                 break;
             }
+            if plan.execute.delay_ms > 0 {
+                // As for a late completion: no view is held while waiting, and a reset cuts the
+                // wait short (the descriptor is then dropped with the rest of the queue). The
+                // memory is translated afresh afterwards: what the driver unmapped meanwhile
+                // is gone.
+                drop(view);
+                let delay = Duration::from_millis(u64::from(plan.execute.delay_ms));
+                if !sleep_unless(delay, || self.queue().reset_requested()) {
+                    break;
+                }
+                view = self.view();
+            }
             let ctx = Ctx {
                 view: &view,
                 internal: &self.dev.internal,
@@ -184,7 +196,14 @@ impl Worker {
                     queue: Some(q),
                     tag: Some(d.tag),
                     status: Some(out.status),
-                    what: format!("descriptor {} refused", r.sq_head),
+                    what: if out.violation {
+                        format!(
+                            "descriptor {} refused: its memory is not mapped for the device (unmapped IOVA or outside guest memory)",
+                            r.sq_head
+                        )
+                    } else {
+                        format!("descriptor {} refused", r.sq_head)
+                    },
                 });
             }
             if out.violation {

@@ -112,6 +112,27 @@ fn delayed_completion_arrives() {
     assert_eq!(r.run_one(&mut q, copy(1, 64)).status, abi::CS_OK);
 }
 
+/// A late start moves nothing until its delay is over, and a queue reset drops the descriptor
+/// without it ever touching memory (a driver that unmapped meanwhile is not written to).
+#[test]
+fn a_delayed_start_touches_memory_only_after_the_delay_and_never_after_a_reset() {
+    let (r, mut q) = rig("[[rule]]\nkind = \"delay_start\"\nms = 60000\ntimes = 1");
+    r.poke(B, &[0; 4096]);
+    r.submit(&mut q, &[copy(1, 4096)]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(r.peek(B, 4096), vec![0; 4096], "moved before its start");
+    r.write32(abi::queue_reg(0, abi::Q_CTRL), abi::QCTRL_RESET);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(r.peek(B, 4096), vec![0; 4096], "moved after the reset");
+    let mut q = r.setup_queue(0, 16);
+    still_works(&r, &mut q);
+
+    let (r, mut q) = rig("[[rule]]\nkind = \"delay_start\"\nms = 100\ntimes = 1");
+    r.poke(B, &[0; 4096]);
+    assert_eq!(r.run_one(&mut q, copy(2, 4096)).status, abi::CS_OK);
+    assert_eq!(r.peek(B, 4096), r.peek(A, 4096));
+}
+
 #[test]
 fn duplicate_and_out_of_order_completions() {
     let (r, mut q) = rig("[[rule]]\nkind = \"duplicate_completion\"\ntimes = 1");

@@ -12,6 +12,7 @@ use kernel::{
 };
 
 use crate::abi::Descriptor;
+use crate::streaming::{Direction, Mapping, Owner};
 use crate::{PAGE, PAGES_PER_BLOCK};
 
 /// The bug the `dma_bug` module parameter asks for.
@@ -43,6 +44,10 @@ pub(crate) enum DmaBug {
     /// Keeps a failed request's bounce pages (the bounce-buffer counterpart of a missing
     /// `dma_unmap` on an error path): each error shrinks the queue's pool until it runs dry.
     LeakOnError,
+    /// Reads the device's result from a streaming mapping without syncing it for the CPU
+    /// first (`IOC_DMA_SELFTEST`): right by luck on a DMA-coherent machine, stale data behind
+    /// bounce buffers or non-coherent caches.
+    SyncForgotten,
 }
 
 impl DmaBug {
@@ -59,6 +64,7 @@ impl DmaBug {
             8 => DmaBug::LeakOnUnbind,
             9 => DmaBug::NoTimeout,
             10 => DmaBug::LeakOnError,
+            11 => DmaBug::SyncForgotten,
             _ => DmaBug::None,
         }
     }
@@ -99,4 +105,21 @@ pub(crate) fn rewrite_descriptor(sq: &Coherent<[Descriptor]>, index: usize, tag:
         io_write!(sq, [try: index].tag, tag);
         Ok(())
     })();
+}
+
+/// Bug: the CPU reads a byte of a mapping the device still owns (no sync for the CPU first).
+#[inline(never)]
+pub(crate) fn read_without_sync<D: Direction, S: Owner>(m: &Mapping<D, S>, offset: usize) -> u8 {
+    let Some((page, in_page)) = m.page_at(offset) else {
+        return 0;
+    };
+    // SAFETY: memory-safe (the page is pinned while `m` lives, `kmap_local_page` maps it and
+    // `in_page` is inside it), and unmapped right after. What it breaks is the DMA API's rule
+    // that the device owns the memory until it is synced for the CPU: that is the bug.
+    unsafe {
+        let va = kernel::bindings::kmap_local_page(page).cast::<u8>();
+        let b = core::ptr::read_volatile(va.add(in_page));
+        kernel::bindings::kunmap_local(va.cast());
+        b
+    }
 }

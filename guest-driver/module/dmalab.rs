@@ -42,7 +42,9 @@ use pin_init::pin_init_array_from_fn;
 pub mod abi {
     include!("../../abi/regs.rs");
 }
-use abi::{Batch, Completion, Descriptor, DeviceInfo, QueueStats, Request, SgEntry, Stats};
+use abi::{
+    Batch, Completion, Descriptor, DeviceInfo, QueueStats, Request, SelfTest, SgEntry, Stats,
+};
 
 // SAFETY: the ABI types below are `#[repr(C)]`, made only of integers (every bit pattern is
 // valid) and have no padding: their sizes (64, 16, 16, 56, 80, 16 and 64 * MAX_QUEUES + 48 bytes,
@@ -71,6 +73,10 @@ unsafe impl kernel::transmute::FromBytes for Batch {}
 unsafe impl kernel::transmute::AsBytes for Batch {}
 // SAFETY: see above.
 unsafe impl kernel::transmute::AsBytes for Stats {}
+// SAFETY: see above (24 bytes).
+unsafe impl kernel::transmute::FromBytes for SelfTest {}
+// SAFETY: see above.
+unsafe impl kernel::transmute::AsBytes for SelfTest {}
 
 mod bugs;
 mod file;
@@ -80,6 +86,7 @@ mod pool;
 mod queue;
 mod regs;
 mod ring;
+mod selftest;
 mod state;
 mod streaming;
 mod zerocopy;
@@ -492,7 +499,7 @@ kernel::module_pci_driver! {
         },
         dma_bug: u32 {
             default: 0,
-            description: "Testing only: commit bug N (1..=10, see bugs.rs) for the oracle and dmalab check tests",
+            description: "Testing only: commit bug N (1..=11, see bugs.rs) for the oracle and dmalab check tests",
         },
     },
 }

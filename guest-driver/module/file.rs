@@ -11,7 +11,7 @@ use kernel::{
     uaccess::{UserPtr, UserSlice},
 };
 
-use crate::abi::{self, Batch, DeviceInfo, Request, Stats};
+use crate::abi::{self, Batch, DeviceInfo, Request, SelfTest, Stats};
 use crate::bugs::DmaBug;
 use crate::queue::submit_batch;
 use crate::state::{reset_device, status_to_result, DevState};
@@ -98,6 +98,15 @@ impl MiscDevice for DmalabFile {
                 w.writer().write(&dev.stats())?;
             }
             abi::IOC_RESET => reset_device(dev)?,
+            abi::IOC_DMA_SELFTEST => {
+                let (mut r, mut w) =
+                    UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<SelfTest>())
+                        .reader_writer();
+                let mut t: SelfTest = r.read()?;
+                let result = crate::selftest::run(dev, &mut t);
+                w.write(&t)?;
+                result?;
+            }
             _ => return Err(ENOTTY),
         }
         Ok(0)

@@ -44,6 +44,8 @@ enum Buffers<'a> {
     Bounce { src: Side, dst: Side },
     /// The caller's own pages, pinned and mapped.
     ZeroCopy(ZeroCopy<'a>),
+    /// Memory the caller of [`Queue::run_on`] mapped and gives back itself.
+    Lent,
 }
 
 /// A request made ready for the device: its memory mapped or its bounce pages taken (and
@@ -60,7 +62,7 @@ impl Prepared<'_> {
     fn first_pages(&self) -> (Option<u16>, Option<u16>) {
         match &self.buffers {
             Buffers::Bounce { src, dst } => (src.pages.first().copied(), dst.pages.first().copied()),
-            Buffers::ZeroCopy(_) => (None, None),
+            Buffers::ZeroCopy(_) | Buffers::Lent => (None, None),
         }
     }
 }
@@ -75,6 +77,44 @@ impl Queue {
             Err(e) => (Err(e), unsafe { DeviceDone::new() }),
         };
         self.finish(req, p, result, &done)
+    }
+
+    /// Runs one device operation on memory the caller mapped itself (`selftest.rs`): posts it
+    /// with these segments and waits. The caller keeps its memory and gives it back with the
+    /// returned evidence.
+    pub(crate) fn run_on(
+        &self,
+        dev: &DevState,
+        opcode: Opcode,
+        len: u32,
+        src_segs: Segments,
+        dst_segs: Segments,
+    ) -> (Result<Completion>, DeviceDone) {
+        let mut req = Request {
+            opcode: opcode.raw(),
+            queue: self.index as u8,
+            len,
+            ..Default::default()
+        };
+        let p = Prepared {
+            buffers: Buffers::Lent,
+            src_segs,
+            dst_segs,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        };
+        let posted = if p.src_segs.len() > SG_MAX || p.dst_segs.len() > SG_MAX {
+            Err(EINVAL)
+        } else {
+            self.post(dev, &mut req, &p, Handover::Now)
+        };
+        match posted {
+            Ok(slot) => {
+                let (result, done) = self.wait(dev, slot, p.timeout_ms);
+                (result.map(|(c, _)| c), done)
+            }
+            // SAFETY: not posted: the device never saw the memory.
+            Err(e) => (Err(e), unsafe { DeviceDone::new() }),
+        }
     }
 
     /// Checks `req` and makes its memory ready for the device: mapped where it is when the
@@ -253,6 +293,7 @@ impl Queue {
             // bug: the error path forgets the unmap (the mapping stays, the device unbinds)
             Buffers::ZeroCopy(zc) if leak => zc.leak(),
             Buffers::ZeroCopy(zc) => zc.release(done),
+            Buffers::Lent => {}
         }
         out
     }

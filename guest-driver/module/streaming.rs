@@ -192,6 +192,19 @@ impl<D: Direction> UserPages<D> {
         self.len
     }
 
+    /// Copies `data` into the pinned memory at `offset`: the CPU owns pages no mapping lends
+    /// to a device. `EINVAL` when the range is not inside.
+    pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
+        let mut done = 0;
+        each_piece(&self.pages, self.offset, self.len, offset, data.len(), |va, n| {
+            // SAFETY: `va` is valid for `n` bytes (`each_piece`); the user may touch its own
+            // page concurrently, so this is a byte copy through raw pointers, never a
+            // reference into it.
+            unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
+            done += n;
+        })
+    }
+
     /// Maps the pages for `dev` and hands them to it. `max_segment` bounds each segment's length
     /// (the device's limit); physically contiguous pages are merged up to it.
     ///
@@ -305,6 +318,39 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
         self.pages.pages.len()
     }
 
+    /// The segments covering `len` bytes at `offset` of the mapping, in order (pieces of
+    /// [`Mapping::segments`]): for a device operation on part of it. Empty when the range is
+    /// not inside the mapping.
+    pub(crate) fn segments_in(
+        &self,
+        offset: usize,
+        len: usize,
+    ) -> impl Iterator<Item = Segment> + '_ {
+        let inside = offset.checked_add(len).is_some_and(|end| end <= self.len());
+        let (from, to) = (offset as u64, (offset + if inside { len } else { 0 }) as u64);
+        let mut at = 0u64;
+        self.segments().filter_map(move |s| {
+            let (a, b) = (at, at + u64::from(s.len));
+            at = b;
+            let (lo, hi) = (a.max(from), b.min(to));
+            (lo < hi).then(|| Segment {
+                addr: s.addr + (lo - a),
+                len: (hi - lo) as u32,
+            })
+        })
+    }
+
+    /// The page under byte `offset` of the mapping and the offset inside that page: for tools
+    /// that look at the memory outside the types' rules (the deliberate `dma_bug`s). Touching
+    /// it is the caller's responsibility under the DMA API's ownership rules.
+    pub(crate) fn page_at(&self, offset: usize) -> Option<(*mut bindings::page, usize)> {
+        if offset >= self.len() {
+            return None;
+        }
+        let at = self.pages.offset + offset;
+        Some((self.pages.pages[at / PAGE_SIZE], at % PAGE_SIZE))
+    }
+
     /// The same mapping with another owner, without a DMA API call: the hand-overs below are
     /// the only callers and make the call themselves.
     fn retype<T: Owner>(self) -> Mapping<D, T> {
@@ -368,39 +414,13 @@ impl<D: Direction> Mapping<D, CpuOwned> {
     pub(crate) fn unmap(self) -> UserPages<D> {
         self.undo()
     }
-
-    /// Runs `f` on each piece `(page address, byte count)` of `len` bytes at `offset`, through a
-    /// temporary kernel mapping of each page. `EINVAL` when the range is not inside the mapping.
-    fn each_piece(&self, offset: usize, len: usize, mut f: impl FnMut(*mut u8, usize)) -> Result {
-        let end = offset.checked_add(len).ok_or(EINVAL)?;
-        if end > self.pages.len {
-            return Err(EINVAL);
-        }
-        let mut at = self.pages.offset + offset;
-        let mut left = len;
-        while left > 0 {
-            let page = self.pages.pages[at / PAGE_SIZE];
-            let in_page = at % PAGE_SIZE;
-            let n = left.min(PAGE_SIZE - in_page);
-            // SAFETY: `page` is pinned for as long as `self` lives; the local mapping is undone
-            // below before the next one is made (kmap_local nests in LIFO order).
-            let va = unsafe { bindings::kmap_local_page(page) }.cast::<u8>();
-            // SAFETY: `in_page + n <= PAGE_SIZE`, inside the page just mapped.
-            f(unsafe { va.add(in_page) }, n);
-            // SAFETY: `va` is the address `kmap_local_page` returned above.
-            unsafe { bindings::kunmap_local(va.cast()) };
-            at += n;
-            left -= n;
-        }
-        Ok(())
-    }
 }
 
 impl<D: CpuReads> Mapping<D, CpuOwned> {
     /// Copies `out.len()` bytes at `offset` out of the memory the device wrote.
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
         let mut done = 0;
-        self.each_piece(offset, out.len(), |va, n| {
+        each_piece(&self.pages.pages, self.pages.offset, self.pages.len, offset, out.len(), |va, n| {
             // SAFETY: the CPU owns the memory (type state) and `va` is valid for `n` bytes
             // (`each_piece`); the user may write its own page concurrently, so this is a byte
             // copy through raw pointers, never a reference into it.
@@ -415,7 +435,7 @@ impl<D: CpuWrites> Mapping<D, CpuOwned> {
     /// [`Mapping::sync_for_device`].
     pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
         let mut done = 0;
-        self.each_piece(offset, data.len(), |va, n| {
+        each_piece(&self.pages.pages, self.pages.offset, self.pages.len, offset, data.len(), |va, n| {
             // SAFETY: as in `read`, the other way.
             unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
             done += n;
@@ -438,4 +458,38 @@ impl<D: Direction, S: Owner> Drop for Mapping<D, S> {
             ManuallyDrop::drop(&mut self.pages);
         }
     }
+}
+
+/// Runs `f` on each piece `(address, byte count)` of `len` bytes at `offset` of the memory
+/// `pages` hold (starting `first` bytes into the first page, `total` bytes long), through a
+/// temporary kernel mapping of each page. `EINVAL` when the range is not inside.
+fn each_piece(
+    pages: &[*mut bindings::page],
+    first: usize,
+    total: usize,
+    offset: usize,
+    len: usize,
+    mut f: impl FnMut(*mut u8, usize),
+) -> Result {
+    let end = offset.checked_add(len).ok_or(EINVAL)?;
+    if end > total {
+        return Err(EINVAL);
+    }
+    let mut at = first + offset;
+    let mut left = len;
+    while left > 0 {
+        let page = pages[at / PAGE_SIZE];
+        let in_page = at % PAGE_SIZE;
+        let n = left.min(PAGE_SIZE - in_page);
+        // SAFETY: `page` is pinned by the caller's `UserPages`, which outlives this call; the
+        // local mapping is undone below before the next one is made (LIFO order).
+        let va = unsafe { bindings::kmap_local_page(page) }.cast::<u8>();
+        // SAFETY: `in_page + n <= PAGE_SIZE`, inside the page just mapped.
+        f(unsafe { va.add(in_page) }, n);
+        // SAFETY: `va` is the address `kmap_local_page` returned above.
+        unsafe { bindings::kunmap_local(va.cast()) };
+        at += n;
+        left -= n;
+    }
+    Ok(())
 }

@@ -94,7 +94,7 @@ pub(crate) struct MapTicket<'a> {
 
 impl MapTicket<'_> {
     /// The device, bound for as long as the ticket lives.
-    fn bound(&self) -> &Device<Bound> {
+    pub(crate) fn bound(&self) -> &Device<Bound> {
         // SAFETY: teardown runs before the device is unbound and does not return before every
         // ticket has been dropped (`MapGate::wait_idle`); the reference lives no longer than
         // `self`.

@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 use dmalab_abi as abi;
 use dmalab_ownership::{Kind, Reader, Window};
 
+use crate::dma_api::{Mappings, Range};
+
+/// The `queue` a violation of a DMA API mapping is reported with (no request owns it; its
+/// `tag` is the mapping's number).
+pub(crate) const MAPPING_QUEUE: u16 = u16::MAX;
+
 /// How long a vCPU waits for the device to handle a BAR0 store before the oracle gives up on
 /// that one (and says so in its summary): generous, a slow shared machine must not trip it.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +53,8 @@ pub(crate) struct Checker {
     sync_timeouts: AtomicU64,
     /// Instructions per request, when counting.
     counter: std::sync::OnceLock<std::sync::Arc<dmalab_ownership::counting::Counter>>,
+    /// The streaming mappings modules made through the DMA API, and who owns each.
+    pub(crate) mappings: Mappings,
 }
 
 thread_local! {
@@ -81,6 +89,7 @@ impl Checker {
             sync_waits: AtomicU64::new(0),
             sync_timeouts: AtomicU64::new(0),
             counter: std::sync::OnceLock::new(),
+            mappings: Mappings::default(),
         })
     }
 
@@ -136,6 +145,9 @@ impl Checker {
             self.register_store();
             return;
         }
+        if let Some(r) = self.mappings.breaks(gpa, size, store) {
+            self.record_mapping(&r, gpa, size, store, pc, caller);
+        }
         if self.table.count() == 0 {
             return;
         }
@@ -154,6 +166,32 @@ impl Checker {
         });
     }
 
+    /// An access to memory a DMA API mapping gives the device (no descriptor may name it).
+    fn record_mapping(
+        &self,
+        r: &Range,
+        gpa: u64,
+        size: u64,
+        store: bool,
+        pc: u64,
+        caller: &dyn Fn() -> Option<u64>,
+    ) {
+        let kind = if store {
+            "cpu_write_to_device_owned_mapping"
+        } else {
+            "cpu_read_of_device_owned_mapping"
+        };
+        let w = Window {
+            start: r.start,
+            len: r.len,
+            queue: MAPPING_QUEUE,
+            tag: r.id,
+            slot: 0,
+            kind: Kind::WriteOwned,
+        };
+        self.record_as(kind, &w, gpa, size, pc, caller);
+    }
+
     fn record(
         &self,
         w: &Window,
@@ -163,7 +201,18 @@ impl Checker {
         pc: u64,
         caller: &dyn Fn() -> Option<u64>,
     ) {
-        let kind = violation_kind(w.kind, store);
+        self.record_as(violation_kind(w.kind, store), w, gpa, size, pc, caller);
+    }
+
+    fn record_as(
+        &self,
+        kind: &'static str,
+        w: &Window,
+        gpa: u64,
+        size: u64,
+        pc: u64,
+        caller: &dyn Fn() -> Option<u64>,
+    ) {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let key = (kind, w.queue, w.tag, pc);
         if let Some(r) = records.get_mut(&key) {
@@ -209,13 +258,14 @@ impl Checker {
         }
         let _ = writeln!(
             out,
-            "{{\"event\":\"summary\",\"checked\":{},\"violations\":{},\"bar_stores\":{},\"sync_waits\":{},\"sync_timeouts\":{},\"table_overflow\":{}}}",
+            "{{\"event\":\"summary\",\"checked\":{},\"violations\":{},\"bar_stores\":{},\"sync_waits\":{},\"sync_timeouts\":{},\"table_overflow\":{},\"dma_api_calls\":{}}}",
             self.checked.load(Ordering::Relaxed),
             records.len(),
             self.bar_stores.load(Ordering::Relaxed),
             self.sync_waits.load(Ordering::Relaxed),
             self.sync_timeouts.load(Ordering::Relaxed),
-            self.table.overflow()
+            self.table.overflow(),
+            self.mappings.calls.load(Ordering::Relaxed)
         );
         let _ = out.flush();
     }

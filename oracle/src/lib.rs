@@ -21,6 +21,12 @@
 //!   kernel-mode code (slower, for DMA memory that core kernel code touches too);
 //! - `count=on` with `syscall=<hex address of entry_SYSCALL_64>`: also count kernel
 //!   instructions per request, split at the doorbell (see `counting.rs`).
+//! - `dma_map`, `dma_unmap`, `dma_unmap_sg`, `dma_sync_cpu`, `dma_sync_dev`: addresses
+//!   (`a:b`, hex) of the DMA API's streaming entry points (`dma_map_sgtable` and its Rust
+//!   helper, the Rust helper of `dma_unmap_sgtable`, `dma_unmap_sg_attrs`,
+//!   `__dma_sync_sg_for_cpu`, `__dma_sync_sg_for_device`), and `vmemmap` the address of
+//!   `vmemmap_base`: what a module maps stays the device's until it syncs it for the CPU or
+//!   unmaps it, descriptor or not (see `dma_api.rs`).
 //!
 //! Doorbell race: a posted MMIO store retires before the device server has handled it. After
 //! every store to the device's BAR0 the plugin holds the vCPU until the device reports that it
@@ -30,6 +36,7 @@
 #![deny(unsafe_code)]
 
 mod checker;
+mod dma_api;
 mod guest;
 
 use std::sync::{Arc, Mutex};
@@ -64,6 +71,8 @@ struct Oracle {
     counter: Option<(Arc<dmalab_ownership::counting::Counter>, u64)>,
     /// The stack pointer register (the guest has one vCPU).
     rsp: Arc<Mutex<Option<RegisterDescriptor<'static>>>>,
+    /// The first four argument registers (rdi, rsi, rdx, rcx), read at a DMA API hook.
+    args: Arc<Mutex<Vec<RegisterDescriptor<'static>>>>,
 }
 
 /// Parses `start-end:start-end...` (hex, `0x` optional).
@@ -84,6 +93,17 @@ fn return_address(rsp: &Mutex<Option<RegisterDescriptor<'static>>>) -> Option<u6
     let raw = rsp.as_ref()?.read().ok()?;
     let sp = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
     guest::read_u64(sp)
+}
+
+/// The first four integer arguments of the call whose first instruction is executing.
+fn read_args(regs: &Mutex<Vec<RegisterDescriptor<'static>>>) -> Option<dma_api::Call> {
+    let regs = regs.lock().ok()?;
+    let mut args = [0u64; 4];
+    for (a, r) in args.iter_mut().zip(regs.iter()) {
+        let raw = r.read().ok()?;
+        *a = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
+    }
+    (regs.len() == 4).then_some(dma_api::Call { args })
 }
 
 fn arg<'a>(args: &'a Args, key: &str) -> Option<&'a Value> {
@@ -131,10 +151,26 @@ impl Register for Oracle {
                 return Err(qemu_plugin::Error::PluginInstanceSetError);
             }
         };
-        let checker = Checker::new(cfg).map_err(|e| {
+        let mut checker = Checker::new(cfg).map_err(|e| {
             eprintln!("dmalab-oracle: {e}");
             qemu_plugin::Error::PluginInstanceSetError
         })?;
+        for (key, hook) in [
+            ("dma_map", dma_api::Hook::MapTable),
+            ("dma_unmap", dma_api::Hook::UnmapTable),
+            ("dma_unmap_sg", dma_api::Hook::UnmapSg),
+            ("dma_sync_cpu", dma_api::Hook::SyncForCpu),
+            ("dma_sync_dev", dma_api::Hook::SyncForDevice),
+        ] {
+            for a in string_arg(args, key)
+                .map(|s| dma_api::parse_addresses(&s))
+                .unwrap_or_default()
+            {
+                checker.mappings.hooks.push((a, hook));
+            }
+        }
+        checker.mappings.vmemmap_symbol = string_arg(args, "vmemmap")
+            .and_then(|s| dma_api::parse_addresses(&s).first().copied());
         if matches!(arg(args, "count"), Some(Value::Bool(true))) {
             let entry = string_arg(args, "syscall")
                 .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());
@@ -157,8 +193,16 @@ impl Register for Oracle {
 impl HasCallbacks for Oracle {
     fn on_vcpu_init(&mut self, _id: PluginId, _vcpu: VCPUIndex) -> qemu_plugin::Result<()> {
         let regs = qemu_plugin::qemu_plugin_get_registers()?;
-        if let Some(r) = regs.into_iter().find(|r| r.name == "rsp") {
+        let find = |name: &str| regs.iter().find(|r| r.name == name).cloned();
+        if let Some(r) = find("rsp") {
             *self.rsp.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+        let args: Vec<_> = ["rdi", "rsi", "rdx", "rcx"]
+            .into_iter()
+            .filter_map(find)
+            .collect();
+        if args.len() == 4 {
+            *self.args.lock().unwrap_or_else(|e| e.into_inner()) = args;
         }
         Ok(())
     }
@@ -191,6 +235,21 @@ impl HasCallbacks for Oracle {
         let in_ranges = |r: &[(u64, u64)], pc: u64| r.iter().any(|&(a, b)| (a..b).contains(&pc));
         for insn in tb.instructions() {
             let pc = insn.vaddr();
+            if let Some(hook) = checker.mappings.hook_at(pc) {
+                // a DMA API entry point: who calls, with what (only calls from modules count)
+                let (c, rsp, args) = (checker.clone(), self.rsp.clone(), self.args.clone());
+                insn.register_execute_callback_flags(
+                    move |_| {
+                        if !return_address(&rsp).is_some_and(|r| MODULES.contains(&r)) {
+                            return;
+                        }
+                        if let Some(call) = read_args(&args) {
+                            c.mappings.call(hook, &call);
+                        }
+                    },
+                    CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
+                );
+            }
             let checked = pc < KERNEL_BASE
                 || self.whole_kernel
                 || MODULES.contains(&pc)

@@ -130,6 +130,40 @@ pub fn syscall_entry(system_map: &Path) -> String {
     entry
 }
 
+/// The plugin's DMA API hooks (`dma_map=...,dma_unmap=...,...,vmemmap=...`, without a leading
+/// comma; empty without `System.map`): the streaming entry points a module calls, and the
+/// variable that locates `struct page`s.
+pub fn dma_api_args(system_map: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(system_map) else {
+        return String::new();
+    };
+    let find = |names: &[&str]| -> String {
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let a = f.next()?;
+                let _kind = f.next()?;
+                names.contains(&f.next()?).then_some(a)
+            })
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    [
+        ("dma_map", &["dma_map_sgtable", "rust_helper_dma_map_sgtable"][..]),
+        ("dma_unmap", &["rust_helper_dma_unmap_sgtable"]),
+        ("dma_unmap_sg", &["dma_unmap_sg_attrs"]),
+        ("dma_sync_cpu", &["__dma_sync_sg_for_cpu"]),
+        ("dma_sync_dev", &["__dma_sync_sg_for_device"]),
+        ("vmemmap", &["vmemmap_base"]),
+    ]
+    .iter()
+    .map(|(key, names)| (key, find(names)))
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(key, v)| format!("{key}={v}"))
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
 /// The (address, name) of each code symbol in a `System.map` text (types t, T, w, W).
 fn text_symbols(system_map: &str) -> impl Iterator<Item = (u64, &str)> {
     system_map.lines().filter_map(|l| {

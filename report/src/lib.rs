@@ -75,6 +75,8 @@ pub enum Report {
     UnitDone(UnitDone),
     /// The hostile-guest scenario's findings.
     Hostile(Hostile),
+    /// `IOC_DMA_SELFTEST`: one streaming mapping handed between CPU and device.
+    DmaSelfTest(DmaSelfTest),
     /// Where the driver module's functions are, right after a load (`/proc/kallsyms`), so the
     /// host can name the function behind a guest PC.
     ModuleSymbols(ModuleSymbols),
@@ -402,6 +404,19 @@ pub struct UnbindError {
     pub errno: i32,
 }
 
+/// See [`Report::DmaSelfTest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DmaSelfTest {
+    /// Bytes mapped (half copied onto the other half each round).
+    pub len: u32,
+    /// Rounds asked for.
+    pub rounds: u32,
+    /// Rounds whose result the driver read back after syncing for the CPU and found right.
+    pub verified: u32,
+    /// The ioctl's errno, 0 on success.
+    pub errno: i32,
+}
+
 /// See [`Report::UnbindBusy`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnbindBusy {
@@ -590,6 +605,7 @@ kinds! {
     Bench => Bench, "bench";
     UnitDone => UnitDone, "unit_done";
     Hostile => Hostile, "hostile";
+    DmaSelfTest => DmaSelfTest, "dma_self_test";
     ModuleSymbols => ModuleSymbols, "module_symbols";
 }
 

@@ -2,5 +2,5 @@
 //! with the driver module's symbols from the agent's reports.
 
 pub use dmalab_ownership::findings::{
-    helper_ranges, io_ranges, read, syscall_entry, OracleRun, Symbols, Violation,
+    dma_api_args, helper_ranges, io_ranges, read, syscall_entry, OracleRun, Symbols, Violation,
 };

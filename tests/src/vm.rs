@@ -332,6 +332,10 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
         if opts.oracle_user {
             helpers.push_str(",user=on");
         }
+        let dma = ranges(crate::oracle::dma_api_args);
+        if !dma.is_empty() {
+            helpers.push_str(&format!(",{dma}"));
+        }
         let syscall = if opts.count_instructions {
             ranges(crate::oracle::syscall_entry)
         } else {

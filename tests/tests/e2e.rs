@@ -3,7 +3,7 @@
 
 use dmalab_abi::{self as abi, Status};
 use dmalab_report::{
-    Bench, Concurrent, CrcCheck, DmaApi, Hostile, Info, Insmod, ProbeStep, ProbeUnwind, Refused,
+    Bench, Concurrent, CrcCheck, DmaApi, DmaSelfTest, Hostile, Info, Insmod, ProbeStep, ProbeUnwind, Refused,
     ResetOutcome, Rmmod, Stats, UnbindBusy, Xfer,
 };
 use dmalab_tests::vm::{run, Run, VmOptions};
@@ -77,7 +77,7 @@ fn first_light() {
 fn transfer_suite(name: &str, iommu: bool, mode: u32) -> Run {
     let mut o = VmOptions::new(
         name,
-        "load,info,transfers,sg,concurrent,batch,errors,reset,stats,unload",
+        "load,info,transfers,sg,concurrent,batch,selftest,errors,reset,stats,unload",
     );
     o.iommu = iommu;
     o.dma_mode = Some(mode);
@@ -136,6 +136,13 @@ fn transfer_suite(name: &str, iommu: bool, mode: u32) -> Run {
 /// The requests took the path `mode` asks for: in bounce mode none zero-copy; in zero-copy
 /// mode every opcode that names guest memory ran (and verified) zero-copy at least once.
 fn assert_paths(r: &Run, mode: u32) {
+    // whatever the mode: the streaming mapping's whole cycle (map, device, sync for the CPU,
+    // CPU, sync for the device, ..., unmap) works on every queue
+    let tests = r.all::<DmaSelfTest>();
+    r.check(
+        tests.len() >= 2 && tests.iter().all(|t| t.errno == 0 && t.verified == t.rounds),
+        &format!("DMA self-test: {tests:?}"),
+    );
     let xs = r.all::<Xfer>();
     let stats = r.one::<Stats>().ioctl.clone();
     let zero_copy = xs.iter().filter(|x| x.path == abi::PATH_ZERO_COPY).count();
@@ -439,7 +446,7 @@ fn every_probe_step_that_fails_undoes_what_came_before() {
 fn oracle_transfer_suite(name: &str, iommu: bool, mode: u32) {
     let mut o = VmOptions::new(
         name,
-        "load,info,transfers,sg,concurrent,batch,errors,reset,stats,unload",
+        "load,info,transfers,sg,concurrent,batch,selftest,errors,reset,stats,unload",
     );
     o.oracle = true;
     o.iommu = iommu;
@@ -463,6 +470,11 @@ fn oracle_transfer_suite(name: &str, iommu: bool, mode: u32) {
     r.check(
         s["bar_stores"].as_u64().unwrap_or(0) > 100 && s["checked"].as_u64().unwrap_or(0) > 0,
         &format!("the oracle saw nothing: {s}"),
+    );
+    // and it followed the driver's streaming mappings (map, sync, unmap calls)
+    r.check(
+        s["dma_api_calls"].as_u64().unwrap_or(0) > 0,
+        &format!("the oracle saw no DMA API call: {s}"),
     );
 }
 
@@ -590,7 +602,11 @@ fn the_oracle_catches_an_unmap_before_the_completion_on_the_zero_copy_path() {
 /// refused (not a write into pages the application got back) and reported with its request.
 #[test]
 fn under_an_iommu_a_device_access_after_the_unmap_is_refused_and_reported() {
+    // the device starts late: its DMA comes after the driver's premature unmap
     let mut o = bug_options("iommu_bug_3_zero_copy", 3, 1000, 4096);
+    o.faults = Some(
+        "[[rule]]\nname = \"slow\"\nkind = \"delay_start\"\nms = 1000\nsize = [4096, 4096]\n".into(),
+    );
     o.iommu = true;
     o.dma_mode = Some(abi::DMA_MODE_ZERO_COPY);
     let r = run(&o);
@@ -607,11 +623,47 @@ fn under_an_iommu_a_device_access_after_the_unmap_is_refused_and_reported() {
     let refused: Vec<_> = r
         .events("error")
         .into_iter()
-        .filter(|e| e["what"].as_str().unwrap_or("").contains("unmapped IOVA"))
+        .filter(|e| {
+            e["tag"].as_u64() == Some(u64::from(owner.tag))
+                && e["status"].as_u64() == Some(u64::from(abi::CS_DMA_FAULT))
+                && e["what"].as_str().unwrap_or("").contains("not mapped")
+        })
         .collect();
     r.check(
         !refused.is_empty(),
-        "the device must refuse the late write to the unmapped IOVAs and report it",
+        &format!(
+            "the device must refuse the owner's late DMA to the unmapped IOVAs and report it: {:?}",
+            r.events("error")
+        ),
+    );
+}
+
+/// The streaming mapping of `IOC_DMA_SELFTEST`, with the driver reading the device's result
+/// before syncing it for the CPU (debug-only `dma_bug=11`: the types demand the sync, the bug
+/// reaches the page around them). No descriptor owns the memory any more, the DMA API still
+/// gives it to the device: the oracle, which follows the driver's map, sync and unmap calls,
+/// names the read and the function that made it.
+#[test]
+fn the_oracle_catches_a_result_read_without_a_sync_for_the_cpu() {
+    let mut o = bug_options("oracle_bug_11", 11, 0, 1);
+    o.oracle = true;
+    let r = run(&o);
+    r.assert_ran_cleanly();
+    let tests = r.all::<DmaSelfTest>();
+    r.check(
+        !tests.is_empty() && tests.iter().all(|t| t.errno == 0 && t.verified == t.rounds),
+        &format!("the self-test itself must pass: {tests:?}"),
+    );
+    let found = r
+        .oracle
+        .as_ref()
+        .map(|o| o.violations.clone())
+        .unwrap_or_default();
+    r.check(
+        found.iter().any(|v| {
+            v.kind == "cpu_read_of_device_owned_mapping" && v.site().contains("read_without_sync")
+        }),
+        &format!("expected a read of a device-owned mapping by read_without_sync; the oracle found: {found:#?}"),
     );
 }
 

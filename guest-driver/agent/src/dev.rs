@@ -113,6 +113,7 @@ const STATS: Ioctl<Stats> = Ioctl::new(abi::IOC_STATS);
 const SUBMIT: Ioctl<Request> = Ioctl::new(abi::IOC_SUBMIT);
 const RESET: Ioctl<()> = Ioctl::new(abi::IOC_RESET);
 const SUBMIT_BATCH: Ioctl<abi::Batch> = Ioctl::new(abi::IOC_SUBMIT_BATCH);
+const DMA_SELFTEST: Ioctl<abi::SelfTest> = Ioctl::new(abi::IOC_DMA_SELFTEST);
 
 /// The one place an ioctl is issued.
 fn ioctl<T>(f: &File, ioc: &Ioctl<T>, arg: &mut T) -> std::io::Result<()> {
@@ -167,6 +168,19 @@ impl Dev {
         };
         ioctl(&self.file, &SUBMIT_BATCH, &mut b)?;
         Ok(b.done)
+    }
+
+    /// `IOC_DMA_SELFTEST` on `buf` (see the ABI): how many rounds the driver verified.
+    pub fn dma_selftest(&self, buf: &mut [u8], rounds: u32, queue: u32) -> std::io::Result<u32> {
+        let mut t = abi::SelfTest {
+            buf: buf.as_mut_ptr() as u64,
+            len: buf.len() as u32,
+            rounds,
+            queue,
+            verified: 0,
+        };
+        ioctl(&self.file, &DMA_SELFTEST, &mut t)?;
+        Ok(t.verified)
     }
 
     pub fn reset(&self) -> std::io::Result<()> {

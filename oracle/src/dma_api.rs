@@ -1,0 +1,217 @@
+//! The DMA API's own hand-overs of streaming mappings, for the memory a request's descriptor
+//! does not say (yet, or any more) the device owns.
+//!
+//! The device's windows (`checker.rs`) cover a request from its doorbell to its completion. The
+//! DMA API's rules are wider: from `dma_map_sgtable` until `dma_sync_*_for_cpu` or the unmap
+//! the memory is the device's, whether or not a descriptor names it. A driver that reads a
+//! result after the completion but before the sync for the CPU is wrong on every machine whose
+//! caches are not coherent with DMA, or whose DMA goes through bounce buffers, and right by
+//! luck on this one. The plugin sees those calls at their entry (addresses from `System.map`,
+//! arguments from the registers, the scatter-gather list from guest memory) when a module makes
+//! them, and keeps the device-owned ranges here; `checker.rs` checks accesses against them.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::guest;
+
+/// Which DMA API entry point an address is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hook {
+    /// `dma_map_sgtable(dev, sgt, dir, attrs)` (or its Rust helper).
+    MapTable,
+    /// `dma_unmap_sgtable(dev, sgt, dir, attrs)` (the Rust helper: the C one is inline).
+    UnmapTable,
+    /// `dma_unmap_sg_attrs(dev, sg, nents, dir, attrs)`.
+    UnmapSg,
+    /// `__dma_sync_sg_for_cpu(dev, sg, nelems, dir)`.
+    SyncForCpu,
+    /// `__dma_sync_sg_for_device(dev, sg, nelems, dir)`.
+    SyncForDevice,
+}
+
+/// `DMA_TO_DEVICE`: the device only reads, so the CPU reading is harmless.
+const DMA_TO_DEVICE: u64 = 1;
+/// `struct scatterlist` on x86-64: page_link, offset, length, dma_address, dma_length, flags.
+const SG_ENTRY: u64 = 32;
+/// `SG_CHAIN` and `SG_END` in `page_link`.
+const SG_CHAIN: u64 = 1;
+const SG_END: u64 = 2;
+/// `sizeof(struct page)` on x86-64 (the kernel keeps it at 64 bytes).
+const STRUCT_PAGE: u64 = 64;
+/// `vmemmap_base` without KASLR of memory regions.
+const VMEMMAP_DEFAULT: u64 = 0xffff_ea00_0000_0000;
+/// Scatter-gather entries walked at most per call (a corrupt list must not hang the guest).
+const MAX_ENTRIES: usize = 4096;
+
+/// One mapped range.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Range {
+    /// The mapping's scatter-gather list (its identity across calls).
+    pub(crate) sgl: u64,
+    /// The mapping's number, in map order (named in reports).
+    pub(crate) id: u32,
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    /// The device owns it now (mapped or synced for the device, not synced for the CPU).
+    pub(crate) device: bool,
+    /// The device only reads it (`DMA_TO_DEVICE`): the CPU may read it meanwhile.
+    pub(crate) to_device: bool,
+}
+
+impl Range {
+    pub(crate) fn forbids(&self, gpa: u64, size: u64, store: bool) -> bool {
+        self.device
+            && (store || !self.to_device)
+            && gpa < self.start.saturating_add(self.len)
+            && self.start < gpa.saturating_add(size)
+    }
+}
+
+thread_local! {
+    /// This vCPU thread's copy of the ranges, and the version it belongs to.
+    static RANGES: RefCell<(u64, Vec<Range>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+}
+
+/// The streaming mappings modules made, and who owns each.
+#[derive(Default)]
+pub(crate) struct Mappings {
+    /// Hook addresses.
+    pub(crate) hooks: Vec<(u64, Hook)>,
+    /// Address of the kernel's `vmemmap_base` variable (to turn a `struct page *` into a
+    /// guest-physical address), if `System.map` has it.
+    pub(crate) vmemmap_symbol: Option<u64>,
+    ranges: Mutex<Vec<Range>>,
+    version: AtomicU64,
+    /// Ranges the device owns now: accesses are checked only while this is non-zero.
+    pub(crate) device_owned: AtomicU64,
+    next_id: AtomicU64,
+    pub(crate) calls: AtomicU64,
+}
+
+/// Arguments of a hooked call, from the registers at its first instruction.
+pub(crate) struct Call {
+    pub(crate) args: [u64; 4],
+}
+
+impl Mappings {
+    /// The hook at `pc`, if any.
+    pub(crate) fn hook_at(&self, pc: u64) -> Option<Hook> {
+        self.hooks.iter().find(|(a, _)| *a == pc).map(|&(_, h)| h)
+    }
+
+    /// A hooked call was made from a module.
+    pub(crate) fn call(&self, hook: Hook, c: &Call) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let [_, a1, a2, a3] = c.args;
+        match hook {
+            Hook::MapTable => {
+                let Some(sgl) = guest::read_u64(a1) else { return };
+                let Some(orig) = guest::read_u64(a1 + 8).map(|v| v >> 32) else {
+                    return;
+                };
+                let entries = self.walk(sgl, orig as usize);
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u32;
+                let mut ranges = self.lock();
+                // a list mapped again (no unmap seen) starts over
+                ranges.retain(|r| r.sgl != sgl);
+                for (start, len) in entries {
+                    ranges.push(Range {
+                        sgl,
+                        id,
+                        start,
+                        len,
+                        device: true,
+                        to_device: a2 & 0xffff_ffff == DMA_TO_DEVICE,
+                    });
+                }
+                self.publish(&ranges);
+            }
+            Hook::UnmapTable => {
+                if let Some(sgl) = guest::read_u64(a1) {
+                    let mut ranges = self.lock();
+                    ranges.retain(|r| r.sgl != sgl);
+                    self.publish(&ranges);
+                }
+            }
+            Hook::UnmapSg => {
+                let mut ranges = self.lock();
+                ranges.retain(|r| r.sgl != a1);
+                self.publish(&ranges);
+            }
+            Hook::SyncForCpu | Hook::SyncForDevice => {
+                let _ = a3;
+                let mut ranges = self.lock();
+                for r in ranges.iter_mut().filter(|r| r.sgl == a1) {
+                    r.device = hook == Hook::SyncForDevice;
+                }
+                self.publish(&ranges);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Range>> {
+        self.ranges.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, ranges: &[Range]) {
+        self.device_owned
+            .store(ranges.iter().filter(|r| r.device).count() as u64, Ordering::Release);
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The (guest-physical start, length) of the first `n` entries of the list at `sgl`
+    /// (following chain links).
+    fn walk(&self, mut sg: u64, n: usize) -> Vec<(u64, u64)> {
+        let vmemmap = self
+            .vmemmap_symbol
+            .and_then(guest::read_u64)
+            .unwrap_or(VMEMMAP_DEFAULT);
+        let mut out = Vec::new();
+        let mut steps = 0;
+        while out.len() < n && steps < MAX_ENTRIES {
+            steps += 1;
+            let Some(link) = guest::read_u64(sg) else { break };
+            if link & SG_CHAIN != 0 {
+                sg = link & !(SG_CHAIN | SG_END);
+                continue;
+            }
+            let Some(ol) = guest::read_u64(sg + 8) else { break };
+            let (offset, len) = (ol & 0xffff_ffff, ol >> 32);
+            let page = link & !(SG_CHAIN | SG_END);
+            if page >= vmemmap {
+                let pfn = (page - vmemmap) / STRUCT_PAGE;
+                out.push(((pfn << 12) + offset, len));
+            }
+            if link & SG_END != 0 {
+                break;
+            }
+            sg += SG_ENTRY;
+        }
+        out
+    }
+
+    /// The device-owned range that an access breaks, if any.
+    pub(crate) fn breaks(&self, gpa: u64, size: u64, store: bool) -> Option<Range> {
+        if self.device_owned.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        RANGES.with(|cell| {
+            let mut cache = cell.borrow_mut();
+            let v = self.version.load(Ordering::Acquire);
+            if cache.0 != v {
+                cache.1 = self.lock().clone();
+                cache.0 = v;
+            }
+            cache.1.iter().find(|r| r.forbids(gpa, size, store)).copied()
+        })
+    }
+}
+
+/// Parses `a:b:...` (hex addresses).
+pub(crate) fn parse_addresses(s: &str) -> Vec<u64> {
+    s.split(':')
+        .filter_map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok())
+        .collect()
+}
