@@ -100,6 +100,10 @@ impl Violation {
 const HELPERS: &[&str] = &[
     "memcpy",
     "__memcpy",
+    // where `memcpy` and `memset` jump on CPUs without fast `rep movsb`/`stosb` (the guest
+    // runs with them off: docs/performance.md)
+    "memcpy_orig",
+    "memset_orig",
     "memmove",
     "__memmove",
     "memset",
