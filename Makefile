@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
 
-.PHONY: bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver exercises check-step clean
+.PHONY: bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver compile-fail exercises check-step clean
 
 all: artifacts
 
@@ -71,10 +71,15 @@ lint-host:
 lint-driver: kernel
 	@scripts/lint-driver.sh "$$(cat $(P)/kbuild)"
 
+# The streaming DMA abstraction's compile-fail examples (guest-driver/compile-fail/): each
+# misuse the types rule out must fail to build with its documented error.
+compile-fail: kernel
+	@scripts/compile-fail.sh "$$(cat $(P)/kbuild)"
+
 e2e: artifacts
 	$(CARGO_E2E) -- --test-threads=1
 
-test: lint-host unit fuzz-smoke lint-driver e2e
+test: lint-host unit fuzz-smoke lint-driver compile-fail e2e
 
 # Coverage-guided fuzzing (cargo-fuzz, stable toolchain): FUZZ_SECONDS per target.
 fuzz:

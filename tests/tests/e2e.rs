@@ -836,11 +836,14 @@ fn bench_matrix_runs_every_peer_in_one_boot() {
     r.assert_clean();
     let cells = r.all::<Bench>();
     let count = |d: &str| cells.iter().filter(|b| b.device == d).count();
-    // 3 sizes x depths 1, 8, 32; dmalab's all-queue cells at depths 8 and 32 only
+    // 3 sizes x depths 1, 8, 32; dmalab's all-queue cells at depths 8 and 32 only; then 4
+    // more sizes at depth 1 (the bounce / zero-copy crossover); each in both data paths
     for (device, n) in [
-        ("dmalab", 15),
+        ("dmalab", 15 + 4),
+        ("dmalab-zero-copy", 15 + 4),
         // one thread's IOC_SUBMIT_BATCH at depths 8 and 32, on one queue and on all
         ("dmalab-batch", 12),
+        ("dmalab-zero-copy-batch", 12),
         ("nvme", 9),
         ("nvme-nodata", 9),
         ("guest-memcpy", 3),

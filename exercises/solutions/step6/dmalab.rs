@@ -236,6 +236,9 @@ fn probe<'bound>(pdev: &'bound pci::Device<Core<'_>>) -> Result<DmalabData<'boun
         pool_bytes: 2 * abi::MAX_REQUEST,
         mem_size: regs::mem_size(&bar),
         bdf: u32::from(pdev.dev_id()),
+        // every request goes through the bounce pool
+        dma_mode: abi::DMA_MODE_BOUNCE,
+        zero_copy_min: 0,
     };
     let dev = Arc::pin_init(
         try_pin_init!(DevState {

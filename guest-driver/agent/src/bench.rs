@@ -23,6 +23,34 @@ use crate::report::report;
 
 const SIZES: [usize; 3] = [4096, 64 << 10, 1 << 20];
 const DEPTHS: [usize; 3] = [1, 8, 32];
+/// Sizes where copying through the bounce pool and mapping the caller's pages cost about the
+/// same: depth 1, one queue, both modes (the auto mode's threshold comes from here).
+const CROSSOVER: [usize; 4] = [8 << 10, 16 << 10, 32 << 10, 128 << 10];
+
+/// The driver's two data paths, as `make bench` names their cells: (`dma_mode`, blocking
+/// threads, one thread's batches).
+const MODES: [(u32, &str, &str); 2] = [
+    (abi::DMA_MODE_BOUNCE, "dmalab", "dmalab-batch"),
+    (
+        abi::DMA_MODE_ZERO_COPY,
+        "dmalab-zero-copy",
+        "dmalab-zero-copy-batch",
+    ),
+];
+
+/// Loads the driver again with `dma_mode=mode` (and the command line's other parameters).
+fn reload(module: &str, mode: u32) -> Result<(), String> {
+    crate::dev::rmmod("dmalab")?;
+    crate::dev::insmod_with(
+        module,
+        &format!("{} dma_mode={mode}", crate::scenarios::module_params()),
+    )?;
+    let got = Dev::open(0)?.info()?.dma_mode;
+    if got != mode {
+        return Err(format!("reloaded for dma_mode {mode}, the driver says {got}"));
+    }
+    Ok(())
+}
 
 /// The namespaces `make bench` gives QEMU's NVMe (tests/src/vm.rs, `VmOptions::peers`), by
 /// namespace id: the kernel names the block devices in the order their scans finish.
@@ -352,7 +380,7 @@ impl Worker for MemcpyWorker {
 
 /// The whole table: every size and depth through dmalab on one queue and on all queues, QEMU's
 /// NVMe on both namespaces, edu at 4 KiB, and the guest's own memcpy.
-pub fn matrix() -> Result<(), String> {
+pub fn matrix(module: &str) -> Result<(), String> {
     let queues = Dev::open(0)?.info()?.queues as usize;
     // Untimed warm-up: TCG translates each code path the first time it runs, which would
     // otherwise be charged to whichever cell comes first.
@@ -367,6 +395,54 @@ pub fn matrix() -> Result<(), String> {
             }
         }
     }
+    // dmalab in each data path: the driver reloaded with that `dma_mode`
+    for (mode, threads_name, batch_name) in MODES {
+        reload(module, mode)?;
+        for len in SIZES {
+            let mut w = DmalabWorker::new(len, 1, 0)?;
+            for _ in 0..20 {
+                w.run();
+            }
+        }
+        for len in SIZES {
+            for depth in DEPTHS {
+                let cell = |queues| Cell {
+                    device: threads_name,
+                    len,
+                    depth,
+                    queues,
+                    threads: depth,
+                };
+                let batched = |queues| Cell {
+                    device: batch_name,
+                    len,
+                    depth,
+                    queues,
+                    threads: 1,
+                };
+                measure(cell(1), |t| DmalabWorker::new(len, 1, t))?;
+                if depth > 1 {
+                    measure(cell(queues), |t| DmalabWorker::new(len, queues, t))?;
+                    for q in [1, queues] {
+                        measure(batched(q), |_| BatchWorker::new(len, q, depth))?;
+                    }
+                }
+            }
+        }
+        for len in CROSSOVER {
+            let cell = Cell {
+                device: threads_name,
+                len,
+                depth: 1,
+                queues: 1,
+                threads: 1,
+            };
+            measure(cell, |t| DmalabWorker::new(len, 1, t))?;
+        }
+    }
+    // back to the parameters the boot asked for
+    crate::dev::rmmod("dmalab")?;
+    crate::dev::insmod_with(module, &crate::scenarios::module_params())?;
     for len in SIZES {
         for depth in DEPTHS {
             let cell = |device, queues| Cell {
@@ -376,22 +452,6 @@ pub fn matrix() -> Result<(), String> {
                 queues,
                 threads: depth,
             };
-            let batched = |queues| Cell {
-                device: "dmalab-batch",
-                len,
-                depth,
-                queues,
-                threads: 1,
-            };
-            measure(cell("dmalab", 1), |t| DmalabWorker::new(len, 1, t))?;
-            if depth > 1 {
-                measure(cell("dmalab", queues), |t| {
-                    DmalabWorker::new(len, queues, t)
-                })?;
-                for q in [1, queues] {
-                    measure(batched(q), |_| BatchWorker::new(len, q, depth))?;
-                }
-            }
             measure(cell("nvme", 1), |t| NvmeWorker::new(NVME_ZEROES, len, t))?;
             measure(cell("nvme-nodata", 1), |t| {
                 NvmeWorker::new(NVME_NODATA, len, t)

@@ -52,7 +52,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "selftest" => selftest(),
         "reload" => reload(module),
         "bench" => bench(),
-        "bench_matrix" => crate::bench::matrix(),
+        "bench_matrix" => crate::bench::matrix(module),
         "stats" => stats(),
         "errors" => errors(),
         "reset" => reset(),
@@ -434,7 +434,7 @@ fn selftest() -> Result<(), String> {
 
 /// Module parameters from the kernel command line: `dmalab_module.NAME=VALUE` becomes
 /// `NAME=VALUE` (what modprobe does for `module.param`; the agent loads with finit_module).
-fn module_params() -> String {
+pub fn module_params() -> String {
     std::fs::read_to_string("/proc/cmdline")
         .unwrap_or_default()
         .split_whitespace()

@@ -96,6 +96,10 @@ fn main() -> ExitCode {
         "cells": cells.0, "goals": goals.iter().map(Goal::json).collect::<Vec<_>>(), "profile": profile,
         "bar_reads_on_data_path": reads.len(), "instructions_per_request": counts,
         "engine": engine, "campaigns": campaigns,
+        "crossover": {
+            "zero_copy_from": cells.crossover().0,
+            "ratios": cells.crossover().1,
+        },
     });
     let out = root.join("target/bench/bench.json");
     let doc = root.join("docs/performance.md");
@@ -193,6 +197,10 @@ fn render(
     let mut md = String::new();
     md.push_str("### End to end, one boot (TCG, 1 vCPU)\n\n");
     md.push_str(&bench::markdown_table(cells));
+    md.push_str("\n### The two data paths: bounce pool and zero-copy (same boot)\n\n");
+    md.push_str(&bench::markdown_modes_table(cells));
+    md.push_str("\n### Bounce or zero-copy: the crossover (depth 1, one queue)\n\n");
+    md.push_str(&bench::markdown_crossover(cells));
     if let (Some(e), Some(d)) = (edu, dmalab_4k) {
         md.push_str(&format!(
             "\nQEMU `edu`, 4 KiB to the device and back (two DMAs, polled): {:.1} ops/s, p50 {:.0} µs; dmalab's 4 KiB COPY at depth 1 in the same boot: {:.0} ops/s = **{:.0}×**.\n",
