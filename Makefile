@@ -56,7 +56,7 @@ run: artifacts
 	@cargo run --release -q -p dmalab-tests --bin dmalab-run
 
 unit:
-	cargo test --release -p dmalab-abi -p dmalab-device -p dmalab-agent
+	cargo test --release -p dmalab-abi -p dmalab-device -p dmalab-agent -p dmalab-ownership
 	cargo test --release -p dmalab-tests --lib
 	@echo "device tests again in a debug build (arithmetic overflow checks on)"
 	cargo test -q -p dmalab-device

@@ -61,7 +61,9 @@ impl Prepared<'_> {
     /// The first bounce page of each side (the debug-only `dma_bug` variants touch them).
     fn first_pages(&self) -> (Option<u16>, Option<u16>) {
         match &self.buffers {
-            Buffers::Bounce { src, dst } => (src.pages.first().copied(), dst.pages.first().copied()),
+            Buffers::Bounce { src, dst } => {
+                (src.pages.first().copied(), dst.pages.first().copied())
+            }
             Buffers::ZeroCopy(_) | Buffers::Lent => (None, None),
         }
     }

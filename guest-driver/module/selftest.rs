@@ -27,7 +27,11 @@ fn pattern(buf: &mut [u8], round: u32) {
 }
 
 /// The device segments of `len` bytes at `offset` of `m`.
-fn segments_of<S: Owner>(m: &Mapping<Bidirectional, S>, offset: usize, len: usize) -> Result<Segments> {
+fn segments_of<S: Owner>(
+    m: &Mapping<Bidirectional, S>,
+    offset: usize,
+    len: usize,
+) -> Result<Segments> {
     let mut v = KVec::new();
     for s in m.segments_in(offset, len) {
         v.push((s.addr, s.len), GFP_KERNEL)?;

@@ -31,8 +31,8 @@ use kernel::{
     device::{Bound, Device},
     dma::DataDirection,
     error::to_result,
-    prelude::*,
     pr_warn_once,
+    prelude::*,
     sync::aref::ARef,
     types::Opaque,
     uaccess::UserPtr,
@@ -166,9 +166,7 @@ impl<D: Direction> UserPages<D> {
         };
         // SAFETY: `pages` has room for `count` pointers; `pin_user_pages_fast` writes at most
         // `nr` of them and returns how many (or a negative errno, then none).
-        let got = unsafe {
-            bindings::pin_user_pages_fast(first, nr, flags, pages.as_mut_ptr())
-        };
+        let got = unsafe { bindings::pin_user_pages_fast(first, nr, flags, pages.as_mut_ptr()) };
         if got < 0 {
             return Err(Error::from_errno(got));
         }
@@ -196,20 +194,31 @@ impl<D: Direction> UserPages<D> {
     /// to a device. `EINVAL` when the range is not inside.
     pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
         let mut done = 0;
-        each_piece(&self.pages, self.offset, self.len, offset, data.len(), |va, n| {
-            // SAFETY: `va` is valid for `n` bytes (`each_piece`); the user may touch its own
-            // page concurrently, so this is a byte copy through raw pointers, never a
-            // reference into it.
-            unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
-            done += n;
-        })
+        each_piece(
+            &self.pages,
+            self.offset,
+            self.len,
+            offset,
+            data.len(),
+            |va, n| {
+                // SAFETY: `va` is valid for `n` bytes (`each_piece`); the user may touch its own
+                // page concurrently, so this is a byte copy through raw pointers, never a
+                // reference into it.
+                unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
+                done += n;
+            },
+        )
     }
 
     /// Maps the pages for `dev` and hands them to it. `max_segment` bounds each segment's length
     /// (the device's limit); physically contiguous pages are merged up to it.
     ///
     /// On failure the pages are unpinned (`ENOMEM` for the table, or the DMA API's error).
-    pub(crate) fn map(self, dev: &Device<Bound>, max_segment: u32) -> Result<Mapping<D, DeviceOwned>> {
+    pub(crate) fn map(
+        self,
+        dev: &Device<Bound>,
+        max_segment: u32,
+    ) -> Result<Mapping<D, DeviceOwned>> {
         let mut pages = self;
         let table = Opaque::<bindings::sg_table>::zeroed();
         let n = u32::try_from(pages.pages.len())?;
@@ -229,8 +238,9 @@ impl<D: Direction> UserPages<D> {
         })?;
         // SAFETY: `dev` is bound for the duration of the call; the table was just built from
         // pinned pages.
-        let mapped =
-            to_result(unsafe { bindings::dma_map_sgtable(raw(dev), table.get(), D::DIR.into(), 0) });
+        let mapped = to_result(unsafe {
+            bindings::dma_map_sgtable(raw(dev), table.get(), D::DIR.into(), 0)
+        });
         if let Err(e) = mapped {
             // SAFETY: the table was allocated above and is not mapped.
             unsafe { bindings::sg_free_table(table.get()) };
@@ -327,7 +337,10 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
         len: usize,
     ) -> impl Iterator<Item = Segment> + '_ {
         let inside = offset.checked_add(len).is_some_and(|end| end <= self.len());
-        let (from, to) = (offset as u64, (offset + if inside { len } else { 0 }) as u64);
+        let (from, to) = (
+            offset as u64,
+            (offset + if inside { len } else { 0 }) as u64,
+        );
         let mut at = 0u64;
         self.segments().filter_map(move |s| {
             let (a, b) = (at, at + u64::from(s.len));
@@ -387,7 +400,12 @@ impl<D: Direction> Mapping<D, DeviceOwned> {
         // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant).
         unsafe {
             let t = &*self.table.get();
-            bindings::__dma_sync_sg_for_cpu(raw(&self.dev), t.sgl, t.orig_nents as i32, D::DIR.into())
+            bindings::__dma_sync_sg_for_cpu(
+                raw(&self.dev),
+                t.sgl,
+                t.orig_nents as i32,
+                D::DIR.into(),
+            )
         };
         self.retype()
     }
@@ -405,7 +423,12 @@ impl<D: Direction> Mapping<D, CpuOwned> {
         // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant).
         unsafe {
             let t = &*self.table.get();
-            bindings::__dma_sync_sg_for_device(raw(&self.dev), t.sgl, t.orig_nents as i32, D::DIR.into())
+            bindings::__dma_sync_sg_for_device(
+                raw(&self.dev),
+                t.sgl,
+                t.orig_nents as i32,
+                D::DIR.into(),
+            )
         };
         self.retype()
     }
@@ -420,13 +443,20 @@ impl<D: CpuReads> Mapping<D, CpuOwned> {
     /// Copies `out.len()` bytes at `offset` out of the memory the device wrote.
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
         let mut done = 0;
-        each_piece(&self.pages.pages, self.pages.offset, self.pages.len, offset, out.len(), |va, n| {
-            // SAFETY: the CPU owns the memory (type state) and `va` is valid for `n` bytes
-            // (`each_piece`); the user may write its own page concurrently, so this is a byte
-            // copy through raw pointers, never a reference into it.
-            unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
-            done += n;
-        })
+        each_piece(
+            &self.pages.pages,
+            self.pages.offset,
+            self.pages.len,
+            offset,
+            out.len(),
+            |va, n| {
+                // SAFETY: the CPU owns the memory (type state) and `va` is valid for `n` bytes
+                // (`each_piece`); the user may write its own page concurrently, so this is a byte
+                // copy through raw pointers, never a reference into it.
+                unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
+                done += n;
+            },
+        )
     }
 }
 
@@ -435,11 +465,18 @@ impl<D: CpuWrites> Mapping<D, CpuOwned> {
     /// [`Mapping::sync_for_device`].
     pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
         let mut done = 0;
-        each_piece(&self.pages.pages, self.pages.offset, self.pages.len, offset, data.len(), |va, n| {
-            // SAFETY: as in `read`, the other way.
-            unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
-            done += n;
-        })
+        each_piece(
+            &self.pages.pages,
+            self.pages.offset,
+            self.pages.len,
+            offset,
+            data.len(),
+            |va, n| {
+                // SAFETY: as in `read`, the other way.
+                unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
+                done += n;
+            },
+        )
     }
 }
 

@@ -131,9 +131,7 @@ impl<'a> ZeroCopy<'a> {
         if !src_guest && !dst_guest {
             return None;
         }
-        if dst_guest
-            && (req.dst % CACHE_LINE != 0 || u64::from(req.len) % CACHE_LINE != 0)
-        {
+        if dst_guest && (req.dst % CACHE_LINE != 0 || u64::from(req.len) % CACHE_LINE != 0) {
             return None;
         }
         if src_guest && dst_guest {
@@ -147,7 +145,8 @@ impl<'a> ZeroCopy<'a> {
         let ticket = gate.enter(dev).ok()?;
         let bound = ticket.bound();
         let src = if src_guest {
-            let pages = UserPages::<ToDevice>::pin(UserPtr::from_addr(req.src as usize), len).ok()?;
+            let pages =
+                UserPages::<ToDevice>::pin(UserPtr::from_addr(req.src as usize), len).ok()?;
             Some(pages.map(bound, abi::MAX_REQUEST).ok()?)
         } else {
             None
@@ -172,8 +171,14 @@ impl<'a> ZeroCopy<'a> {
             dst,
             _ticket: ticket,
         };
-        let too_many = this.src.as_ref().is_some_and(|m| m.segment_count() > SG_MAX)
-            || this.dst.as_ref().is_some_and(|m| m.segment_count() > SG_MAX);
+        let too_many = this
+            .src
+            .as_ref()
+            .is_some_and(|m| m.segment_count() > SG_MAX)
+            || this
+                .dst
+                .as_ref()
+                .is_some_and(|m| m.segment_count() > SG_MAX);
         if too_many {
             // SAFETY: never named to the device.
             this.release(&unsafe { DeviceDone::new() });

@@ -14,6 +14,9 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+pub(crate) use dmalab_ownership::dma_api::{parse_addresses, Range};
+use dmalab_ownership::dma_api::{walk, DMA_TO_DEVICE, VMEMMAP_DEFAULT};
+
 use crate::guest;
 
 /// Which DMA API entry point an address is.
@@ -29,44 +32,6 @@ pub(crate) enum Hook {
     SyncForCpu,
     /// `__dma_sync_sg_for_device(dev, sg, nelems, dir)`.
     SyncForDevice,
-}
-
-/// `DMA_TO_DEVICE`: the device only reads, so the CPU reading is harmless.
-const DMA_TO_DEVICE: u64 = 1;
-/// `struct scatterlist` on x86-64: page_link, offset, length, dma_address, dma_length, flags.
-const SG_ENTRY: u64 = 32;
-/// `SG_CHAIN` and `SG_END` in `page_link`.
-const SG_CHAIN: u64 = 1;
-const SG_END: u64 = 2;
-/// `sizeof(struct page)` on x86-64 (the kernel keeps it at 64 bytes).
-const STRUCT_PAGE: u64 = 64;
-/// `vmemmap_base` without KASLR of memory regions.
-const VMEMMAP_DEFAULT: u64 = 0xffff_ea00_0000_0000;
-/// Scatter-gather entries walked at most per call (a corrupt list must not hang the guest).
-const MAX_ENTRIES: usize = 4096;
-
-/// One mapped range.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Range {
-    /// The mapping's scatter-gather list (its identity across calls).
-    pub(crate) sgl: u64,
-    /// The mapping's number, in map order (named in reports).
-    pub(crate) id: u32,
-    pub(crate) start: u64,
-    pub(crate) len: u64,
-    /// The device owns it now (mapped or synced for the device, not synced for the CPU).
-    pub(crate) device: bool,
-    /// The device only reads it (`DMA_TO_DEVICE`): the CPU may read it meanwhile.
-    pub(crate) to_device: bool,
-}
-
-impl Range {
-    pub(crate) fn forbids(&self, gpa: u64, size: u64, store: bool) -> bool {
-        self.device
-            && (store || !self.to_device)
-            && gpa < self.start.saturating_add(self.len)
-            && self.start < gpa.saturating_add(size)
-    }
 }
 
 thread_local! {
@@ -107,11 +72,17 @@ impl Mappings {
         let [_, a1, a2, a3] = c.args;
         match hook {
             Hook::MapTable => {
-                let Some(sgl) = guest::read_u64(a1) else { return };
+                let Some(sgl) = guest::read_u64(a1) else {
+                    return;
+                };
                 let Some(orig) = guest::read_u64(a1 + 8).map(|v| v >> 32) else {
                     return;
                 };
-                let entries = self.walk(sgl, orig as usize);
+                let vmemmap = self
+                    .vmemmap_symbol
+                    .and_then(guest::read_u64)
+                    .unwrap_or(VMEMMAP_DEFAULT);
+                let entries = walk(guest::read_u64, sgl, orig as usize, vmemmap);
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u32;
                 let mut ranges = self.lock();
                 // a list mapped again (no unmap seen) starts over
@@ -156,40 +127,11 @@ impl Mappings {
     }
 
     fn publish(&self, ranges: &[Range]) {
-        self.device_owned
-            .store(ranges.iter().filter(|r| r.device).count() as u64, Ordering::Release);
+        self.device_owned.store(
+            ranges.iter().filter(|r| r.device).count() as u64,
+            Ordering::Release,
+        );
         self.version.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// The (guest-physical start, length) of the first `n` entries of the list at `sgl`
-    /// (following chain links).
-    fn walk(&self, mut sg: u64, n: usize) -> Vec<(u64, u64)> {
-        let vmemmap = self
-            .vmemmap_symbol
-            .and_then(guest::read_u64)
-            .unwrap_or(VMEMMAP_DEFAULT);
-        let mut out = Vec::new();
-        let mut steps = 0;
-        while out.len() < n && steps < MAX_ENTRIES {
-            steps += 1;
-            let Some(link) = guest::read_u64(sg) else { break };
-            if link & SG_CHAIN != 0 {
-                sg = link & !(SG_CHAIN | SG_END);
-                continue;
-            }
-            let Some(ol) = guest::read_u64(sg + 8) else { break };
-            let (offset, len) = (ol & 0xffff_ffff, ol >> 32);
-            let page = link & !(SG_CHAIN | SG_END);
-            if page >= vmemmap {
-                let pfn = (page - vmemmap) / STRUCT_PAGE;
-                out.push(((pfn << 12) + offset, len));
-            }
-            if link & SG_END != 0 {
-                break;
-            }
-            sg += SG_ENTRY;
-        }
-        out
     }
 
     /// The device-owned range that an access breaks, if any.
@@ -204,14 +146,11 @@ impl Mappings {
                 cache.1 = self.lock().clone();
                 cache.0 = v;
             }
-            cache.1.iter().find(|r| r.forbids(gpa, size, store)).copied()
+            cache
+                .1
+                .iter()
+                .find(|r| r.forbids(gpa, size, store))
+                .copied()
         })
     }
-}
-
-/// Parses `a:b:...` (hex addresses).
-pub(crate) fn parse_addresses(s: &str) -> Vec<u64> {
-    s.split(':')
-        .filter_map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok())
-        .collect()
 }

@@ -169,8 +169,8 @@ impl Register for Oracle {
                 checker.mappings.hooks.push((a, hook));
             }
         }
-        checker.mappings.vmemmap_symbol = string_arg(args, "vmemmap")
-            .and_then(|s| dma_api::parse_addresses(&s).first().copied());
+        checker.mappings.vmemmap_symbol =
+            string_arg(args, "vmemmap").and_then(|s| dma_api::parse_addresses(&s).first().copied());
         if matches!(arg(args, "count"), Some(Value::Bool(true))) {
             let entry = string_arg(args, "syscall")
                 .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());

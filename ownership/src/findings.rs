@@ -153,7 +153,10 @@ pub fn dma_api_args(system_map: &Path) -> String {
             .join(":")
     };
     [
-        ("dma_map", &["dma_map_sgtable", "rust_helper_dma_map_sgtable"][..]),
+        (
+            "dma_map",
+            &["dma_map_sgtable", "rust_helper_dma_map_sgtable"][..],
+        ),
         ("dma_unmap", &["rust_helper_dma_unmap_sgtable"]),
         ("dma_unmap_sg", &["dma_unmap_sg_attrs"]),
         ("dma_sync_cpu", &["__dma_sync_sg_for_cpu"]),

@@ -31,6 +31,7 @@
 #![deny(unsafe_code)]
 
 pub mod counting;
+pub mod dma_api;
 pub mod findings;
 
 use std::fs::{File, OpenOptions};

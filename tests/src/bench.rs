@@ -84,7 +84,11 @@ impl<'a> Cells<'a> {
     /// dmalab's best at this size and depth, whichever data path: on one queue or spread over
     /// all, from blocking threads or one thread's batches.
     pub fn dmalab_best(&self, len: u64, depth: u64) -> Option<&'a Bench> {
-        self.best_of(&[BOUNCE, BOUNCE_BATCH, ZERO_COPY, ZERO_COPY_BATCH], len, depth)
+        self.best_of(
+            &[BOUNCE, BOUNCE_BATCH, ZERO_COPY, ZERO_COPY_BATCH],
+            len,
+            depth,
+        )
     }
 
     /// The bounce pool's best (`dma_mode=1`).
@@ -112,7 +116,7 @@ impl<'a> Cells<'a> {
             .0
             .iter()
             .filter(|b| b.device == ZERO_COPY && b.depth == 1 && b.queues == 1)
-            .map(|b| u64::from(b.len))
+            .map(|b| b.len)
             .collect();
         sizes.sort_unstable();
         sizes.dedup();
@@ -168,19 +172,25 @@ pub fn goals(c: &Cells) -> Vec<Goal> {
     // issue 14: the zero-copy path against QEMU's NVMe, and at 4 KiB against the bounce pool
     for len in [64u64 << 10, 1 << 20] {
         for depth in [1u64, 8, 32] {
-            if let (Some(z), Some(n)) =
-                (c.zero_copy_best(len, depth), c.get("nvme", len, depth, false))
-            {
+            if let (Some(z), Some(n)) = (
+                c.zero_copy_best(len, depth),
+                c.get("nvme", len, depth, false),
+            ) {
                 out.push(goal(
-                    format!("{} at depth {depth}: zero-copy ahead of QEMU NVMe", size(len)),
+                    format!(
+                        "{} at depth {depth}: zero-copy ahead of QEMU NVMe",
+                        size(len)
+                    ),
                     z.ops_per_s / n.ops_per_s.max(1e-9),
                     1.0,
                 ));
             }
         }
     }
-    if let (Some(z), Some(b)) = (c.get(ZERO_COPY, 4096, 1, false), c.get(BOUNCE, 4096, 1, false))
-    {
+    if let (Some(z), Some(b)) = (
+        c.get(ZERO_COPY, 4096, 1, false),
+        c.get(BOUNCE, 4096, 1, false),
+    ) {
         out.push(goal(
             "4 KiB at depth 1: zero-copy no slower than the bounce pool",
             z.ops_per_s / b.ops_per_s.max(1e-9),

@@ -782,6 +782,24 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_names_its_data_path_and_an_old_plan_keeps_its_id() {
+        let plain = Plan::new(7, 100, "");
+        let zero_copy = Plan {
+            dma_mode: Some(dmalab_abi::DMA_MODE_ZERO_COPY),
+            ..plain.clone()
+        };
+        assert!(!plain.append(&[0..5, 5..9]).contains("dma_mode"));
+        assert!(zero_copy
+            .append(&[0..5, 5..9])
+            .ends_with(" dmalab_module.dma_mode=2"));
+        // plans saved before the field existed load, and keep their id
+        let old: Plan = serde_json::from_str(&serde_json::to_string(&plain).unwrap()).unwrap();
+        assert_eq!(old.id(), plain.id());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("dma_mode"));
+        assert_ne!(zero_copy.id(), plain.id());
+    }
+
+    #[test]
     fn units_are_judged_from_their_own_epoch_and_named_by_request_number() {
         let reports = vec![
             xfer("copy", 0, 100, 0, None, true),

@@ -3,8 +3,8 @@
 
 use dmalab_abi::{self as abi, Status};
 use dmalab_report::{
-    Bench, Concurrent, CrcCheck, DmaApi, DmaSelfTest, Hostile, Info, Insmod, ProbeStep, ProbeUnwind, Refused,
-    ResetOutcome, Rmmod, Stats, UnbindBusy, Xfer,
+    Bench, Concurrent, CrcCheck, DmaApi, DmaSelfTest, Hostile, Info, Insmod, ProbeStep,
+    ProbeUnwind, Refused, ResetOutcome, Rmmod, Stats, UnbindBusy, Xfer,
 };
 use dmalab_tests::vm::{run, Run, VmOptions};
 use serde_json::Value;
@@ -605,7 +605,8 @@ fn under_an_iommu_a_device_access_after_the_unmap_is_refused_and_reported() {
     // the device starts late: its DMA comes after the driver's premature unmap
     let mut o = bug_options("iommu_bug_3_zero_copy", 3, 1000, 4096);
     o.faults = Some(
-        "[[rule]]\nname = \"slow\"\nkind = \"delay_start\"\nms = 1000\nsize = [4096, 4096]\n".into(),
+        "[[rule]]\nname = \"slow\"\nkind = \"delay_start\"\nms = 1000\nsize = [4096, 4096]\n"
+            .into(),
     );
     o.iommu = true;
     o.dma_mode = Some(abi::DMA_MODE_ZERO_COPY);

@@ -47,7 +47,9 @@ fn reload(module: &str, mode: u32) -> Result<(), String> {
     )?;
     let got = Dev::open(0)?.info()?.dma_mode;
     if got != mode {
-        return Err(format!("reloaded for dma_mode {mode}, the driver says {got}"));
+        return Err(format!(
+            "reloaded for dma_mode {mode}, the driver says {got}"
+        ));
     }
     Ok(())
 }

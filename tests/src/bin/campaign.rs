@@ -275,6 +275,16 @@ fn report(m: &Merged, out: &Path) -> Result<bool, String> {
     Ok(m.passed())
 }
 
+/// `auto`, `bounce` or `zero-copy` as the driver's `dma_mode` value.
+fn parse_dma_mode(s: &str) -> Result<u32, String> {
+    match s {
+        "auto" => Ok(dmalab_abi::DMA_MODE_AUTO),
+        "bounce" => Ok(dmalab_abi::DMA_MODE_BOUNCE),
+        "zero-copy" => Ok(dmalab_abi::DMA_MODE_ZERO_COPY),
+        other => Err(format!("{other}: expected auto, bounce or zero-copy")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -287,15 +297,5 @@ mod tests {
         assert!(super::split(&[], 2).is_empty());
         assert_eq!(super::parse_shard("1/4"), Ok((1, 4)));
         assert!(super::parse_shard("4/4").is_err());
-    }
-}
-
-/// `auto`, `bounce` or `zero-copy` as the driver's `dma_mode` value.
-fn parse_dma_mode(s: &str) -> Result<u32, String> {
-    match s {
-        "auto" => Ok(dmalab_abi::DMA_MODE_AUTO),
-        "bounce" => Ok(dmalab_abi::DMA_MODE_BOUNCE),
-        "zero-copy" => Ok(dmalab_abi::DMA_MODE_ZERO_COPY),
-        other => Err(format!("{other}: expected auto, bounce or zero-copy")),
     }
 }
