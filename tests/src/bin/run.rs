@@ -100,6 +100,10 @@ fn main() -> ExitCode {
             s.total().bytes
         );
         println!(
+            "  data paths: {} requests zero-copy (the device on the caller's own pages), {} through the bounce pool ({} of them could not go zero-copy); docs/streaming-dma.md",
+            s.ioctl.zero_copy, s.ioctl.bounced, s.ioctl.zero_copy_fallbacks
+        );
+        println!(
             "  device: {} descriptors, {} completions ({} with errors), {} interrupts raised, {} resets",
             u(&dev["descriptors"]),
             u(&dev["completions"]),
