@@ -379,6 +379,26 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
         }
     }
 
+    /// Hands the mapping over with `call` (`__dma_sync_sg_for_cpu` or `_for_device`, the bodies
+    /// of the inline `dma_sync_sgtable_*` wrappers) and returns it with its new owner.
+    fn sync<T: Owner>(
+        self,
+        call: unsafe extern "C" fn(
+            *mut bindings::device,
+            *mut bindings::scatterlist,
+            i32,
+            bindings::dma_data_direction,
+        ),
+    ) -> Mapping<D, T> {
+        // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant), and
+        // `orig_nents` is its CPU entry count, which is what the sync calls take.
+        unsafe {
+            let t = &*self.table.get();
+            call(raw(&self.dev), t.sgl, t.orig_nents as i32, D::DIR.into())
+        };
+        self.retype()
+    }
+
     /// Unmaps (the DMA API syncs for the CPU as part of it), frees the table and returns the
     /// still-pinned pages.
     fn undo(self) -> UserPages<D> {
@@ -397,17 +417,7 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
 impl<D: Direction> Mapping<D, DeviceOwned> {
     /// Takes the memory back for the CPU, keeping the mapping (`dma_sync_sgtable_for_cpu`).
     pub(crate) fn sync_for_cpu(self, _done: &DeviceDone) -> Mapping<D, CpuOwned> {
-        // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant).
-        unsafe {
-            let t = &*self.table.get();
-            bindings::__dma_sync_sg_for_cpu(
-                raw(&self.dev),
-                t.sgl,
-                t.orig_nents as i32,
-                D::DIR.into(),
-            )
-        };
-        self.retype()
+        self.sync(bindings::__dma_sync_sg_for_cpu)
     }
 
     /// Undoes the mapping and returns the pinned pages, the device being done with them.
@@ -420,17 +430,7 @@ impl<D: Direction> Mapping<D, CpuOwned> {
     /// Hands the memory (and whatever the CPU wrote into it) back to the device
     /// (`dma_sync_sgtable_for_device`).
     pub(crate) fn sync_for_device(self) -> Mapping<D, DeviceOwned> {
-        // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant).
-        unsafe {
-            let t = &*self.table.get();
-            bindings::__dma_sync_sg_for_device(
-                raw(&self.dev),
-                t.sgl,
-                t.orig_nents as i32,
-                D::DIR.into(),
-            )
-        };
-        self.retype()
+        self.sync(bindings::__dma_sync_sg_for_device)
     }
 
     /// Undoes the mapping and returns the pinned pages.

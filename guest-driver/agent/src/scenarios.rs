@@ -351,14 +351,7 @@ fn dma_bug(module: &str) -> Result<(), String> {
         3 if d.info()?.dma_mode == abi::DMA_MODE_ZERO_COPY => {
             let src = data(4096, 1);
             let mut dst = vec![0u8; 4096];
-            let mut req = Request {
-                opcode: abi::OP_COPY,
-                len: 4096,
-                src: src.as_ptr() as u64,
-                dst: dst.as_mut_ptr() as u64,
-                timeout_ms: 300,
-                ..Default::default()
-            };
+            let mut req = copy_request(&src, &mut dst, 300);
             let errno = submit(&d, &mut req);
             let detail = format!("path {}", req.path);
             report_xfer(
@@ -599,6 +592,18 @@ fn verified_with(
         errno,
         verified,
         detail,
+    }
+}
+
+/// A COPY of `src` into `dst` on queue 0.
+fn copy_request(src: &[u8], dst: &mut [u8], timeout_ms: u32) -> Request {
+    Request {
+        opcode: abi::OP_COPY,
+        len: src.len() as u32,
+        src: src.as_ptr() as u64,
+        dst: dst.as_mut_ptr() as u64,
+        timeout_ms,
+        ..Default::default()
     }
 }
 
@@ -1450,14 +1455,7 @@ fn unbind_stalled() -> Result<(), String> {
         let d = Dev::open(0).expect("open");
         let src = data(4096, 9);
         let mut dst = vec![0u8; 4096];
-        let mut r = Request {
-            opcode: abi::OP_COPY,
-            len: 4096,
-            src: src.as_ptr() as u64,
-            dst: dst.as_mut_ptr() as u64,
-            timeout_ms: 30_000,
-            ..Default::default()
-        };
+        let mut r = copy_request(&src, &mut dst, 30_000);
         let t = Instant::now();
         let e = submit(&d, &mut r);
         (e, t.elapsed().as_millis() as u64)
