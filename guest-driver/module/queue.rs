@@ -276,10 +276,13 @@ impl Queue {
                 req.bytes = c.bytes;
                 req.result = c.result;
                 match &p.buffers {
+                    // Only what the device says it wrote: past a short count the pool pages
+                    // still hold an earlier request's bytes (another caller's, perhaps), and
+                    // zero-copy leaves the caller's own bytes there too.
                     Buffers::Bounce { dst, .. }
                         if c.status == Status::Ok.raw() && dst_guest && req.dst != 0 =>
                     {
-                        self.copy_out(req, dst, req.len as usize)
+                        self.copy_out(req, dst, (c.bytes as usize).min(req.len as usize))
                     }
                     _ => Ok(()),
                 }
