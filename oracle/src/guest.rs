@@ -3,7 +3,17 @@
 //! which QEMU then resizes with `g_byte_array_set_size` (a realloc of stack memory: QEMU
 //! crashes). This reads through a real `GByteArray` instead.
 
-use qemu_plugin::sys::{qemu_plugin_read_memory_vaddr, GByteArray};
+use qemu_plugin::sys::{qemu_plugin_read_memory_vaddr, qemu_plugin_translate_vaddr, GByteArray};
+
+/// The guest-physical address of guest-virtual `vaddr` in the current vCPU's address space;
+/// `None` if it is not mapped. Call only from a vCPU callback.
+#[allow(unsafe_code)]
+pub(crate) fn translate(vaddr: u64) -> Option<u64> {
+    let mut hw = 0u64;
+    // SAFETY: `hw` is a valid place for the result; we are in a vCPU callback.
+    let ok = unsafe { qemu_plugin_translate_vaddr(vaddr, &mut hw) };
+    ok.then_some(hw)
+}
 
 #[allow(unsafe_code)]
 unsafe extern "C" {

@@ -95,6 +95,19 @@ fn return_address(rsp: &Mutex<Option<RegisterDescriptor<'static>>>) -> Option<u6
     guest::read_u64(sp)
 }
 
+/// An access of `size` bytes at guest-virtual `vaddr` (guest-physical `gpa` for its first
+/// byte) as guest-physical pieces: one, or two when it crosses a page, since the next virtual
+/// page is in general another physical one (checking `gpa..gpa + size` would blame whatever
+/// follows the first page physically).
+fn pieces(gpa: u64, vaddr: u64, size: u64) -> impl Iterator<Item = (u64, u64)> {
+    const PAGE: u64 = 4096;
+    let first = size.min(PAGE - (vaddr % PAGE));
+    let rest = (size > first)
+        .then(|| guest::translate(vaddr + first).map(|g| (g, size - first)))
+        .flatten();
+    std::iter::once((gpa, first)).chain(rest)
+}
+
 /// The first four integer arguments of the call whose first instruction is executing.
 fn read_args(regs: &Mutex<Vec<RegisterDescriptor<'static>>>) -> Option<dma_api::Call> {
     let regs = regs.lock().ok()?;
@@ -267,9 +280,9 @@ impl HasCallbacks for Oracle {
                     move |_vcpu: VCPUIndex, mem, vaddr| {
                         if let Some(hw) = mem.hwaddr(vaddr) {
                             let size = 1u64 << mem.size_shift();
-                            c.access(hw.hwaddr(), size, mem.is_store(), pc, &|| {
-                                return_address(&rsp)
-                            });
+                            for (gpa, n) in pieces(hw.hwaddr(), vaddr, size) {
+                                c.access(gpa, n, mem.is_store(), pc, &|| return_address(&rsp));
+                            }
                         }
                     },
                     MemRW::QEMU_PLUGIN_MEM_RW,
@@ -281,7 +294,9 @@ impl HasCallbacks for Oracle {
                 move |_vcpu: VCPUIndex, mem, vaddr| {
                     if let Some(hw) = mem.hwaddr(vaddr) {
                         let size = 1u64 << mem.size_shift();
-                        c.access(hw.hwaddr(), size, mem.is_store(), pc, &|| None);
+                        for (gpa, n) in pieces(hw.hwaddr(), vaddr, size) {
+                            c.access(gpa, n, mem.is_store(), pc, &|| None);
+                        }
                     }
                 },
                 MemRW::QEMU_PLUGIN_MEM_RW,
