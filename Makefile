@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
 
-.PHONY: bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver compile-fail exercises check-step clean
+.PHONY: bench-kernel bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver compile-fail exercises check-step clean
 
 all: artifacts
 
@@ -51,6 +51,20 @@ initramfs: driver agent
 		&& mv $(P)/initramfs.tmp $(P)/initramfs
 
 artifacts: qemu kernel device oracle initramfs
+
+# make bench's guest: the test kernel's configuration without its debug options (lockdep,
+# DMA-API debug, kmemleak), which production kernels do not have and which make mapping a page
+# for DMA cost thousands of instructions (docs/performance.md); its own driver and initramfs.
+BENCH_CONFIG := target/bench-kernel.config
+bench-kernel: deps agent | $(P)
+	@grep -vE '^CONFIG_(DMA_API_DEBUG|PROVE_LOCKING|DEBUG_KMEMLEAK[A-Z_]*)=' guest-kernel/dmalab.config > $(BENCH_CONFIG)
+	@DMALAB_KERNEL_FRAGMENT=$(CURDIR)/$(BENCH_CONFIG) scripts/build-kernel.sh > $(P)/kbuild-bench.tmp \
+		&& mv $(P)/kbuild-bench.tmp $(P)/kbuild-bench
+	@echo "$$(cat $(P)/kbuild-bench)/arch/x86/boot/bzImage" > $(P)/kernel-bench
+	@scripts/build-driver.sh "$$(cat $(P)/kbuild-bench)" "$(CURDIR)/target/kmod-bench" > $(P)/module-bench.tmp \
+		&& mv $(P)/module-bench.tmp $(P)/module-bench
+	@scripts/build-initramfs.sh "$$(cat $(P)/kbuild-bench)" "$$(cat $(P)/agent)" "$$(cat $(P)/module-bench)" \
+		"$(CURDIR)/target/initramfs-bench" > $(P)/initramfs-bench.tmp && mv $(P)/initramfs-bench.tmp $(P)/initramfs-bench
 
 run: artifacts
 	@cargo run --release -q -p dmalab-tests --bin dmalab-run
@@ -98,7 +112,7 @@ campaign: artifacts
 # docs/performance.md: the device library against memcpy, then one boot with dmalab, QEMU's
 # NVMe and edu side by side, instruction counts, campaign throughput; then the oracle's cost.
 # Figures: target/bench/*.json and the generated part of docs/performance.md.
-bench: artifacts
+bench: artifacts bench-kernel
 	cargo bench -p dmalab-device --bench engine
 	@cargo run --release -q -p dmalab-tests --bin dmalab-bench
 	@$(MAKE) -s bench-oracle

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # make driver: the Rust kernel module, built out of tree against the guest kernel.
-# Usage: build-driver.sh <kernel build dir>; prints the path of dmalab.ko.
+# Usage: build-driver.sh <kernel build dir> [work dir, default target/kmod]; prints the path of
+# dmalab.ko.
 source "$(dirname "$0")/lib.sh"
 kbuild=${1:?usage: build-driver.sh <kernel build dir>}
 [ -f "$kbuild/Module.symvers" ] || die "$kbuild is not a built kernel tree (run 'make kernel')"
 export PATH="$CACHE/tools/bin:$PATH"
 # Kbuild writes its objects next to the sources: build a copy under target/ that keeps the
 # relative path to abi/regs.rs, so the repository stays clean.
-work="$ROOT/target/kmod"
+work="${2:-$ROOT/target/kmod}"
 mkdir -p "$work/guest-driver/module" "$work/abi"
 # Every source file of the module (dmalab.rs is the crate root; rustc finds its `mod`s).
 rm -f "$work"/guest-driver/module/*.rs

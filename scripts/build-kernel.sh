@@ -9,7 +9,9 @@ export PATH="$CACHE/tools/bin:$PATH"
 
 SERIES=7.3
 LLVM_SUFFIX=-19
-FRAGMENT="$ROOT/guest-kernel/dmalab.config"
+# DMALAB_KERNEL_FRAGMENT: another configuration fragment (make bench-kernel's, without the
+# debug options); its own cache key, so both kernels stay cached side by side.
+FRAGMENT="${DMALAB_KERNEL_FRAGMENT:-$ROOT/guest-kernel/dmalab.config}"
 for t in clang$LLVM_SUFFIX ld.lld$LLVM_SUFFIX rustc bindgen bc flex bison; do need "$t"; done
 
 if [ -n "${KERNEL_SRC:-}" ]; then

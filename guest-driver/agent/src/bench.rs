@@ -28,13 +28,19 @@ const DEPTHS: [usize; 3] = [1, 8, 32];
 const CROSSOVER: [usize; 4] = [8 << 10, 16 << 10, 32 << 10, 128 << 10];
 
 /// The driver's two data paths, as `make bench` names their cells: (`dma_mode`, blocking
-/// threads, one thread's batches).
-const MODES: [(u32, &str, &str); 2] = [
-    (abi::DMA_MODE_BOUNCE, "dmalab", "dmalab-batch"),
+/// threads, one thread's batches, READs by blocking threads).
+const MODES: [(u32, &str, &str, &str); 2] = [
+    (
+        abi::DMA_MODE_BOUNCE,
+        "dmalab",
+        "dmalab-batch",
+        "dmalab-read",
+    ),
     (
         abi::DMA_MODE_ZERO_COPY,
         "dmalab-zero-copy",
         "dmalab-zero-copy-batch",
+        "dmalab-zero-copy-read",
     ),
 ];
 
@@ -228,6 +234,9 @@ struct DmalabWorker {
     queue: u8,
     src: Vec<u8>,
     dst: Vec<u8>,
+    /// READ from internal memory at this offset (where `src` was written first) instead of
+    /// COPY: one user buffer, written by the device, like an NVMe read.
+    read_at: Option<u64>,
 }
 
 impl DmalabWorker {
@@ -237,7 +246,29 @@ impl DmalabWorker {
             queue: (thread % queues) as u8,
             src: data(len, thread as u32 + 1),
             dst: vec![0u8; len],
+            read_at: None,
         })
+    }
+
+    /// A READ worker: writes its data into its own slice of internal memory once, then reads
+    /// it back each time.
+    fn read(len: usize, queues: usize, thread: usize) -> Result<Self, String> {
+        let mut w = Self::new(len, queues, thread)?;
+        let at = (thread * len) as u64;
+        let mut r = Request {
+            opcode: abi::OP_WRITE,
+            queue: w.queue,
+            len: len as u32,
+            src: w.src.as_ptr() as u64,
+            dev_offset: at,
+            timeout_ms: 30_000,
+            ..Default::default()
+        };
+        w.dev
+            .submit(&mut r)
+            .map_err(|e| format!("WRITE for the READ cells: {e}"))?;
+        w.read_at = Some(at);
+        Ok(w)
     }
 }
 
@@ -252,6 +283,11 @@ impl Worker for DmalabWorker {
             timeout_ms: 30_000,
             ..Default::default()
         };
+        if let Some(at) = self.read_at {
+            r.opcode = abi::OP_READ;
+            r.src = 0;
+            r.dev_offset = at;
+        }
         self.dev.submit(&mut r).is_ok() && r.status == u32::from(abi::Status::Ok.raw())
     }
 
@@ -398,7 +434,7 @@ pub fn matrix(module: &str) -> Result<(), String> {
         }
     }
     // dmalab in each data path: the driver reloaded with that `dma_mode`
-    for (mode, threads_name, batch_name) in MODES {
+    for (mode, threads_name, batch_name, read_name) in MODES {
         reload(module, mode)?;
         for len in SIZES {
             let mut w = DmalabWorker::new(len, 1, 0)?;
@@ -423,6 +459,11 @@ pub fn matrix(module: &str) -> Result<(), String> {
                     threads: 1,
                 };
                 measure(cell(1), |t| DmalabWorker::new(len, 1, t))?;
+                let read = Cell {
+                    device: read_name,
+                    ..cell(1)
+                };
+                measure(read, |t| DmalabWorker::read(len, 1, t))?;
                 if depth > 1 {
                     measure(cell(queues), |t| DmalabWorker::new(len, queues, t))?;
                     for q in [1, queues] {
