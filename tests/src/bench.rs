@@ -14,41 +14,110 @@ use crate::vm::{run, VmOptions};
 /// (a reset is a control path that reads registers back): the offsets read. Under TCG a
 /// register read costs the guest ~80 us, so the data path must do none.
 pub fn data_path_bar_reads(events: &[Value]) -> Vec<u64> {
-    let kind = |e: &Value| e["event"].as_str().unwrap_or("").to_string();
-    events
-        .iter()
-        .skip_while(|e| kind(e) != "fetch")
-        .take_while(|e| kind(e) != "reset")
-        .filter(|e| kind(e) == "bar_read")
-        .map(|e| e["offset"].as_u64().unwrap_or(u64::MAX))
-        .collect()
+    let mut s = EventScan::new(&[]);
+    events.iter().for_each(|e| s.feed(e));
+    s.bar_reads
 }
 
 /// The device's own time per request of `len` bytes on the ring queues, from descriptor fetch
 /// to completion written (microseconds, median over the run), and how many were seen.
 pub fn device_time_us(events: &[Value], len: u64) -> Option<(f64, usize)> {
-    let mut fetched: HashMap<(u64, u64), u64> = HashMap::new();
-    let mut times = Vec::new();
-    for e in events {
+    let mut s = EventScan::new(&[len]);
+    events.iter().for_each(|e| s.feed(e));
+    s.finish().device_us.get(&len).copied()
+}
+
+/// What `make bench` needs from a benchmark boot's event log: the data path's BAR reads and
+/// the device's time per request of each size asked for. Fed one event at a time, so a log of
+/// tens of millions of events can be read from its file line by line ([`scan_events`]).
+pub struct EventScan {
+    pub bar_reads: Vec<u64>,
+    /// Size → (median µs, requests seen), after [`EventScan::finish`].
+    pub device_us: HashMap<u64, (f64, usize)>,
+    lens: Vec<u64>,
+    started: bool,
+    reset: bool,
+    fetched: HashMap<(u64, u64), (u64, u64)>,
+    times: HashMap<u64, Vec<u64>>,
+}
+
+impl EventScan {
+    pub fn new(lens: &[u64]) -> Self {
+        Self {
+            bar_reads: Vec::new(),
+            device_us: HashMap::new(),
+            lens: lens.to_vec(),
+            started: false,
+            reset: false,
+            fetched: HashMap::new(),
+            times: HashMap::new(),
+        }
+    }
+
+    pub fn feed(&mut self, e: &Value) {
         let key = (
             e["queue"].as_u64().unwrap_or(99),
             e["tag"].as_u64().unwrap_or(0),
         );
         let t = e["t_us"].as_u64().unwrap_or(0);
         match e["event"].as_str() {
-            Some("fetch") if e["len"].as_u64() == Some(len) => {
-                fetched.insert(key, t);
-            }
-            Some("complete") => {
-                if let Some(t0) = fetched.remove(&key) {
-                    times.push(t.saturating_sub(t0));
+            Some("fetch") => {
+                self.started = true;
+                if let Some(len) = e["len"].as_u64().filter(|l| self.lens.contains(l)) {
+                    self.fetched.insert(key, (t, len));
                 }
             }
+            Some("complete") => {
+                if let Some((t0, len)) = self.fetched.remove(&key) {
+                    self.times
+                        .entry(len)
+                        .or_default()
+                        .push(t.saturating_sub(t0));
+                }
+            }
+            Some("bar_read") if self.started && !self.reset => {
+                self.bar_reads
+                    .push(e["offset"].as_u64().unwrap_or(u64::MAX));
+            }
+            Some("reset") if self.started => self.reset = true,
             _ => {}
         }
     }
-    times.sort_unstable();
-    (!times.is_empty()).then(|| (times[times.len() / 2] as f64, times.len()))
+
+    /// The medians, from the times fed.
+    pub fn finish(mut self) -> Self {
+        self.device_us = std::mem::take(&mut self.times)
+            .into_iter()
+            .map(|(len, mut v)| {
+                v.sort_unstable();
+                (len, (v[v.len() / 2] as f64, v.len()))
+            })
+            .collect();
+        self
+    }
+}
+
+/// [`EventScan`] over an event log file, line by line; lines of other kinds (most of them:
+/// one `dma` event per segment) are not even parsed.
+pub fn scan_events(path: &std::path::Path, lens: &[u64]) -> EventScan {
+    use std::io::BufRead;
+    let mut s = EventScan::new(lens);
+    let lines = std::fs::File::open(path)
+        .map(|f| std::io::BufReader::new(f).lines().map_while(Result::ok))
+        .into_iter()
+        .flatten();
+    for line in lines {
+        let wanted = ["fetch", "complete", "bar_read", "reset"]
+            .iter()
+            .any(|k| line.contains(&format!("\"event\":\"{k}\"")));
+        if let Some(e) = wanted
+            .then(|| serde_json::from_str::<Value>(&line).ok())
+            .flatten()
+        {
+            s.feed(&e);
+        }
+    }
+    s.finish()
 }
 
 /// Guest kernel instructions per request on the submit and complete paths (the TCG plugin

@@ -71,6 +71,9 @@ pub struct VmOptions {
     /// With the oracle: also check user-mode accesses (`user=on`): on the zero-copy path the
     /// memory the device owns is the application's own.
     pub oracle_user: bool,
+    /// Keep only the device events whose kind is listed in [`Run::events`] (a benchmark's log
+    /// holds tens of millions of events: scan it from the file instead); `None`: all.
+    pub event_kinds: Option<&'static [&'static str]>,
 }
 
 impl VmOptions {
@@ -96,6 +99,7 @@ impl VmOptions {
             peers: false,
             dma_mode: None,
             oracle_user: false,
+            event_kinds: None,
         }
     }
 }
@@ -544,11 +548,7 @@ pub fn run(opts: &VmOptions) -> Run {
             None => {}
         }
     }
-    let events = std::fs::read_to_string(dir.join("events.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = read_events(&dir.join("events.jsonl"), opts.event_kinds);
     let oracle = opts.oracle.then(|| {
         let modules: Vec<(&str, &[(u64, String)])> = reports
             .iter()
@@ -729,4 +729,24 @@ impl Run {
             &format!("device server exit: {:?}", self.device_status),
         );
     }
+}
+
+/// The device's event log, parsed line by line (only the `kinds` listed, when given).
+fn read_events(path: &Path, kinds: Option<&[&str]>) -> Vec<Value> {
+    use std::io::BufRead;
+    let Ok(f) = File::open(path) else {
+        return Vec::new();
+    };
+    let wanted = |line: &str| {
+        kinds.is_none_or(|k| {
+            k.iter()
+                .any(|k| line.contains(&format!("\"event\":\"{k}\"")))
+        })
+    };
+    std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| wanted(l))
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
 }

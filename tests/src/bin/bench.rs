@@ -22,6 +22,8 @@ fn main() -> ExitCode {
 
     let mut o = VmOptions::new("bench_matrix", "load,bench_matrix,unload");
     o.peers = true;
+    // the log is scanned from the file below (tens of millions of events)
+    o.event_kinds = Some(&["error", "counters"]);
     o.echo = vec!["bench"];
     o.timeout = std::time::Duration::from_secs(2400);
     o.append = std::env::var("DMALAB_BENCH_APPEND").unwrap_or_default();
@@ -61,7 +63,9 @@ fn main() -> ExitCode {
         broken.is_empty(),
         &format!("cells with failed requests or none done: {broken:?}"),
     );
-    let reads = bench::data_path_bar_reads(&r.events);
+    eprintln!("dmalab-bench: scanning the device's event log");
+    let scan = bench::scan_events(&r.dir.join("events.jsonl"), &[4096, 64 << 10, 1 << 20]);
+    let reads = &scan.bar_reads;
 
     let mut counts = Vec::new();
     for (len, ops) in [(4096u32, 200u32), (64 << 10, 100), (1 << 20, 30)] {
@@ -98,7 +102,7 @@ fn main() -> ExitCode {
         .map(|&jobs| campaign_throughput(jobs))
         .collect();
 
-    let profile = profile(&cells, &r.events, &counts);
+    let profile = profile(&cells, &scan, &counts);
     let edu = cells.get("edu", 4096, 1, false);
     let dmalab_4k = cells.get("dmalab", 4096, 1, false);
     let mut md = format!("Guest kernel of the boot below: {kernel}.\n\n")
@@ -187,12 +191,12 @@ fn campaign_throughput(jobs: u64) -> Value {
 /// device's own fetch-to-completion median from its event log, the two bounce copies (the
 /// guest's memcpy of the same size, twice), and what is left (syscall, driver, interrupt,
 /// wake-up); with guest instructions on the submit and complete paths.
-fn profile(cells: &Cells, events: &[Value], counts: &[Value]) -> Vec<Value> {
+fn profile(cells: &Cells, scan: &bench::EventScan, counts: &[Value]) -> Vec<Value> {
     [4096u64, 64 << 10, 1 << 20]
         .iter()
         .filter_map(|&len| {
             let e2e = cells.get("dmalab", len, 1, false)?.p50_us;
-            let dev = bench::device_time_us(events, len).map_or(0.0, |d| d.0);
+            let dev = scan.device_us.get(&len).map_or(0.0, |d| d.0);
             let copy = cells
                 .get("guest-memcpy", len, 1, false)
                 .map_or(0.0, |b| b.p50_us);
