@@ -220,6 +220,12 @@ pub struct Info {
     pub mem_size: u64,
     /// The PCI bus/device/function.
     pub bdf: u32,
+    /// How requests reach user memory (`abi::DMA_MODE_*`).
+    #[serde(default)]
+    pub dma_mode: u32,
+    /// Auto mode: the smallest request that goes zero-copy.
+    #[serde(default)]
+    pub zero_copy_min: u32,
 }
 
 /// See [`Report::Xfer`].

@@ -151,6 +151,23 @@ fn assert_paths(r: &Run, mode: u32) {
             zero_copy == 0 && stats.zero_copy == 0 && stats.bounced > 0,
             &format!("bounce mode: {zero_copy} requests went zero-copy ({stats:?})"),
         ),
+        abi::DMA_MODE_AUTO => {
+            let threshold = r.one::<Info>().zero_copy_min;
+            let small_zero_copy: Vec<_> = xs
+                .iter()
+                .filter(|x| x.len < threshold && x.path == abi::PATH_ZERO_COPY)
+                .collect();
+            r.check(
+                small_zero_copy.is_empty()
+                    && xs
+                        .iter()
+                        .any(|x| x.len >= threshold && x.path == abi::PATH_ZERO_COPY && x.ok())
+                    && xs.iter().any(|x| x.path == abi::PATH_BOUNCE && x.ok()),
+                &format!(
+                    "auto mode: below {threshold} bytes the bounce pool, from there zero-copy; went zero-copy below it: {small_zero_copy:?}"
+                ),
+            );
+        }
         abi::DMA_MODE_ZERO_COPY => {
             for op in ["copy", "write", "read", "fill", "checksum"] {
                 r.check(
@@ -204,7 +221,8 @@ fn transfers_zero_copy_every_opcode_size_and_queue() {
 
 #[test]
 fn transfers_behind_an_iommu() {
-    let r = transfer_suite("transfers_iommu", true, abi::DMA_MODE_BOUNCE);
+    // the default mode: small requests through the bounce pool, large ones zero-copy
+    let r = transfer_suite("transfers_iommu", true, abi::DMA_MODE_AUTO);
     assert_iommu_up(&r);
 }
 

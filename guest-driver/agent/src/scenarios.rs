@@ -479,6 +479,8 @@ fn info() -> Result<(), String> {
         dma_mask_bits: i.dma_mask_bits,
         mem_size: i.mem_size,
         bdf: i.bdf,
+        dma_mode: i.dma_mode,
+        zero_copy_min: i.zero_copy_min,
     }));
     Ok(())
 }
