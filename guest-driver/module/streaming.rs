@@ -190,8 +190,30 @@ impl<D: Direction> UserPages<D> {
         self.len
     }
 
+    /// Copies `out.len()` bytes at `offset` out of the pinned memory: the CPU owns pages no
+    /// mapping lends to a device (a `CpuOwned` mapping reads through here too). `EINVAL` when
+    /// the range is not inside.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
+        let mut done = 0;
+        each_piece(
+            &self.pages,
+            self.offset,
+            self.len,
+            offset,
+            out.len(),
+            |va, n| {
+                // SAFETY: `va` is valid for `n` bytes (`each_piece`); the user may write its own
+                // page concurrently, so this is a byte copy through raw pointers, never a reference
+                // into it.
+                unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
+                done += n;
+            },
+        )
+    }
+
     /// Copies `data` into the pinned memory at `offset`: the CPU owns pages no mapping lends
-    /// to a device. `EINVAL` when the range is not inside.
+    /// to a device (a `CpuOwned` mapping writes through here too). `EINVAL` when the range is
+    /// not inside.
     pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
         let mut done = 0;
         each_piece(
@@ -442,21 +464,7 @@ impl<D: Direction> Mapping<D, CpuOwned> {
 impl<D: CpuReads> Mapping<D, CpuOwned> {
     /// Copies `out.len()` bytes at `offset` out of the memory the device wrote.
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
-        let mut done = 0;
-        each_piece(
-            &self.pages.pages,
-            self.pages.offset,
-            self.pages.len,
-            offset,
-            out.len(),
-            |va, n| {
-                // SAFETY: the CPU owns the memory (type state) and `va` is valid for `n` bytes
-                // (`each_piece`); the user may write its own page concurrently, so this is a byte
-                // copy through raw pointers, never a reference into it.
-                unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
-                done += n;
-            },
-        )
+        self.pages.read(offset, out)
     }
 }
 
@@ -464,19 +472,7 @@ impl<D: CpuWrites> Mapping<D, CpuOwned> {
     /// Copies `data` into the memory at `offset`, for the device to read after
     /// [`Mapping::sync_for_device`].
     pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
-        let mut done = 0;
-        each_piece(
-            &self.pages.pages,
-            self.pages.offset,
-            self.pages.len,
-            offset,
-            data.len(),
-            |va, n| {
-                // SAFETY: as in `read`, the other way.
-                unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
-                done += n;
-            },
-        )
+        self.pages.write(offset, data)
     }
 }
 

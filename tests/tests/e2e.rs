@@ -605,6 +605,12 @@ fn the_oracle_catches_an_unmap_before_the_completion_on_the_zero_copy_path() {
     o.oracle_user = true;
     o.dma_mode = Some(abi::DMA_MODE_ZERO_COPY);
     let r = run(&o);
+    zero_copy_owner_timed_out(&r);
+    oracle_names(&r, 3, &["cpu_write_to_write_owned"], None);
+}
+
+/// The request the agent reported as `owner`, required to have timed out on the zero-copy path.
+fn zero_copy_owner_timed_out(r: &Run) -> Xfer {
     let owner = r
         .all::<Xfer>()
         .into_iter()
@@ -614,7 +620,7 @@ fn the_oracle_catches_an_unmap_before_the_completion_on_the_zero_copy_path() {
         owner.path == abi::PATH_ZERO_COPY && owner.errno == libc::ETIMEDOUT,
         &format!("the owner must time out on the zero-copy path: {owner:?}"),
     );
-    oracle_names(&r, 3, &["cpu_write_to_write_owned"], None);
+    owner.clone()
 }
 
 /// The same bug behind a vIOMMU: the unmap took the IOVAs away, so the device's late write is
@@ -631,15 +637,7 @@ fn under_an_iommu_a_device_access_after_the_unmap_is_refused_and_reported() {
     o.dma_mode = Some(abi::DMA_MODE_ZERO_COPY);
     let r = run(&o);
     r.assert_ran_cleanly();
-    let owner = r
-        .all::<Xfer>()
-        .into_iter()
-        .find(|x| x.scenario == "owner")
-        .unwrap_or_else(|| r.fail("the agent reported no owner request"));
-    r.check(
-        owner.path == abi::PATH_ZERO_COPY && owner.errno == libc::ETIMEDOUT,
-        &format!("the owner must time out on the zero-copy path: {owner:?}"),
-    );
+    let owner = zero_copy_owner_timed_out(&r);
     let refused: Vec<_> = r
         .events("error")
         .into_iter()
