@@ -69,7 +69,7 @@ impl Mappings {
     /// A hooked call was made from a module.
     pub(crate) fn call(&self, hook: Hook, c: &Call) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let [_, a1, a2, a3] = c.args;
+        let [_, a1, a2, _] = c.args;
         match hook {
             Hook::MapTable => {
                 let Some(sgl) = guest::read_u64(a1) else {
@@ -112,7 +112,6 @@ impl Mappings {
                 self.publish(&ranges);
             }
             Hook::SyncForCpu | Hook::SyncForDevice => {
-                let _ = a3;
                 let mut ranges = self.lock();
                 for r in ranges.iter_mut().filter(|r| r.sgl == a1) {
                     r.device = hook == Hook::SyncForDevice;
