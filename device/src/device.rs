@@ -7,7 +7,8 @@ use std::thread::JoinHandle;
 use dmalab_abi as abi;
 use log::{debug, warn};
 
-use crate::direct::{self, DirectShared};
+use crate::direct;
+use crate::direct_regs::{self, DirectShared};
 use crate::engine::InternalMemory;
 use crate::eventlog::{Event, EventLog};
 use crate::faults::{Injector, RuleSet};
@@ -310,7 +311,7 @@ impl Device {
             return debug!("direct block: write to read-only register {reg:#x} ignored");
         }
         match s.direct.write(reg, v) {
-            Err(direct::Busy) => self.bad_doorbell(format!(
+            Err(direct_regs::Busy) => self.bad_doorbell(format!(
                 "direct transfer: register {reg:#x} written while a transfer runs"
             )),
             Ok(Some(d)) => {

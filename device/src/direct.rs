@@ -7,148 +7,16 @@
 //! and the fault hooks are the rings'), then sets `DONE`. In events and fault rules the block is
 //! queue [`abi::DIRECT_QUEUE`]; the transfer's number stands where a ring slot and a tag would.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
 use dmalab_abi::{self as abi, Descriptor};
 
-use crate::engine::{self, Ctx, Outcome};
-use crate::eventlog::Event;
-use crate::fault_plan::FaultPlan;
-use crate::registers::{DmaStatus, ErrorBits};
-use crate::shared::{sleep_unless, Shared};
-
-/// The `DMA_*` registers.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct DirectRegs {
-    pub src: u64,
-    pub dst: u64,
-    pub len: u32,
-    pub pattern: u32,
-    /// `DMA_STATUS`.
-    pub status: DmaStatus,
-    pub result: u32,
-    pub bytes: u32,
-    /// Transfers started since the device was built: the next one's number.
-    pub started: u32,
-}
-
-enum Msg {
-    /// Run this transfer (its number is its tag).
-    Start(Descriptor),
-    /// Stop any DMA and acknowledge.
-    Reset(Sender<()>),
-    Stop,
-}
-
-/// The part of the block the MMIO path and its thread share.
-pub(crate) struct DirectShared {
-    pub regs: Mutex<DirectRegs>,
-    reset_requested: AtomicBool,
-    tx: Sender<Msg>,
-}
-
-/// The reason a write to a `DMA_*` register was refused.
-pub(crate) struct Busy;
-
-impl DirectShared {
-    pub(crate) fn new() -> (Self, DirectRx) {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let d = Self {
-            regs: Mutex::new(DirectRegs::default()),
-            reset_requested: AtomicBool::new(false),
-            tx,
-        };
-        (d, DirectRx(rx))
-    }
-
-    /// `DMA_*` register `reg` (a `REG_DMA_*` offset) as read by the guest.
-    pub(crate) fn read(&self, reg: usize) -> u32 {
-        let r = self.regs.lock().unwrap();
-        match reg {
-            abi::REG_DMA_SRC_LO => r.src as u32,
-            abi::REG_DMA_SRC_HI => (r.src >> 32) as u32,
-            abi::REG_DMA_DST_LO => r.dst as u32,
-            abi::REG_DMA_DST_HI => (r.dst >> 32) as u32,
-            abi::REG_DMA_LEN => r.len,
-            abi::REG_DMA_PATTERN => r.pattern,
-            abi::REG_DMA_STATUS => r.status.into_bits(),
-            abi::REG_DMA_RESULT => r.result,
-            abi::REG_DMA_BYTES => r.bytes,
-            _ => 0,
-        }
-    }
-
-    /// A guest write of `v` to `DMA_*` register `reg`. Refused while a transfer runs: the device
-    /// owns the operands until `DONE`. Writing `DMA_CMD` starts a transfer; returns its
-    /// descriptor so the caller can publish its ownership windows before the thread runs it.
-    pub(crate) fn write(&self, reg: usize, v: u32) -> Result<Option<Descriptor>, Busy> {
-        let mut r = self.regs.lock().unwrap();
-        if r.status.busy() {
-            return Err(Busy);
-        }
-        let lo = |x: u64| (x & !0xffff_ffff) | u64::from(v);
-        let hi = |x: u64| (x & 0xffff_ffff) | (u64::from(v) << 32);
-        match reg {
-            abi::REG_DMA_SRC_LO => r.src = lo(r.src),
-            abi::REG_DMA_SRC_HI => r.src = hi(r.src),
-            abi::REG_DMA_DST_LO => r.dst = lo(r.dst),
-            abi::REG_DMA_DST_HI => r.dst = hi(r.dst),
-            abi::REG_DMA_LEN => r.len = v,
-            abi::REG_DMA_PATTERN => r.pattern = v,
-            abi::REG_DMA_CMD => {
-                let d = Descriptor {
-                    // The command's reserved bits travel in the descriptor's reserved field,
-                    // where the engine refuses them with BAD_DESCRIPTOR like any other.
-                    opcode: v as u8,
-                    rsvd1: v >> 8,
-                    tag: r.started,
-                    len: r.len,
-                    src: r.src,
-                    dst: r.dst,
-                    pattern: r.pattern,
-                    ..Descriptor::default()
-                };
-                r.started = r.started.wrapping_add(1);
-                r.status = DmaStatus::new().with_busy(true);
-                (r.result, r.bytes) = (0, 0);
-                drop(r);
-                let _ = self.tx.send(Msg::Start(d));
-                return Ok(Some(d));
-            }
-            _ => {}
-        }
-        Ok(None)
-    }
-
-    /// Device reset: waits until the running transfer (if any) has done its DMA, cutting an
-    /// injected delay short, then clears the registers.
-    pub(crate) fn reset(&self) {
-        self.reset_requested.store(true, Ordering::SeqCst);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.tx.send(Msg::Reset(tx)).is_ok() {
-            // The thread finishes at most one transfer (bounded by MAX_TRANSFER) before it
-            // answers; the timeout only guards a dead thread.
-            let _ = rx.recv_timeout(Duration::from_secs(30));
-        }
-        let mut r = self.regs.lock().unwrap();
-        *r = DirectRegs {
-            started: r.started,
-            ..DirectRegs::default()
-        };
-        drop(r);
-        self.reset_requested.store(false, Ordering::SeqCst);
-    }
-
-    pub(crate) fn stop(&self) {
-        let _ = self.tx.send(Msg::Stop);
-    }
-}
-
-/// The receiving end of the block's channel, handed to [`run`].
-pub(crate) struct DirectRx(Receiver<Msg>);
+use crate::direct_regs::{DirectRx, Msg};
+use crate::lane::{self, Origin, Publish};
+use crate::memory::MemView;
+use crate::registers::DmaStatus;
+use crate::shared::Shared;
 
 /// The block's thread: runs transfers until told to stop.
 pub(crate) fn run(dev: Arc<Shared>, rx: DirectRx) {
@@ -166,77 +34,46 @@ pub(crate) fn run(dev: Arc<Shared>, rx: DirectRx) {
     }
 }
 
+/// The block as a descriptor's origin: polled (no vector), stopped by a device reset.
+struct Block<'a>(&'a Shared);
+
+impl Origin for Block<'_> {
+    fn queue(&self) -> u16 {
+        abi::DIRECT_QUEUE
+    }
+
+    fn cancelled(&self) -> bool {
+        self.0.direct.reset_requested.load(Ordering::SeqCst)
+    }
+
+    fn view(&mut self) -> Arc<MemView> {
+        self.0.mem.view()
+    }
+
+    /// `BUSY` stays until a device reset.
+    fn stall(&mut self) {}
+
+    /// The block has no interrupt.
+    fn spurious_irq(&mut self) {}
+}
+
 /// Runs one transfer and, unless a fault keeps it from finishing, sets `DONE`.
 fn transfer(dev: &Shared, d: &Descriptor) {
-    let q = abi::DIRECT_QUEUE;
-    dev.log.counters.descriptors.fetch_add(1, Ordering::Relaxed);
-    dev.log.record(|| Event::Fetch {
-        queue: q,
-        index: d.tag,
-        opcode: d.opcode,
-        flags: d.flags,
-        tag: d.tag,
-        len: d.len,
-    });
     if dev.is_fatal() {
         // A halted device starts nothing: BUSY stays until a device reset.
         return;
     }
-    let plan = FaultPlan::for_descriptor(dev, q, d.tag, d);
-    if plan.fetch.fatal {
-        dev.set_error(ErrorBits::new().with_fatal(true));
+    let mut block = Block(dev);
+    let Some(done) = lane::execute(dev, &mut block, d.tag, d) else {
         return;
-    }
-    if plan.fetch.stall {
-        return;
-    }
-    let start = Duration::from_millis(u64::from(plan.execute.delay_ms));
-    if !sleep_unless(start, || dev.direct.reset_requested.load(Ordering::SeqCst)) {
-        return;
-    }
-    let view = dev.mem.view();
-    let ctx = Ctx {
-        view: &view,
-        internal: &dev.internal,
-        log: &dev.log,
-        queue: q,
     };
-    let mut out = match plan.execute.status {
-        Some(status) => Outcome {
-            status,
-            bytes: 0,
-            result: 0,
-            violation: false,
-        },
-        None => engine::execute(&ctx, d, plan.execute.tweak),
+    let Publish::Now(view) = lane::publish(&mut block, &done.plan, done.view) else {
+        return;
     };
-    if out.status != abi::CS_OK {
-        dev.log.record(|| Event::Error {
-            queue: Some(q),
-            tag: Some(d.tag),
-            status: Some(out.status),
-            what: format!("direct transfer {} refused", d.tag),
-        });
-    }
-    if out.violation {
-        dev.set_error(ErrorBits::new().with_dma_violation(true));
-    }
-    if let Some((offset, len)) = plan.result.outside {
-        dev.dma_outside(&view, q, d, offset, len);
-    }
     drop(view);
-    if plan.result.unreported_short {
-        out.bytes = d.len;
-    }
-    if plan.complete.drop {
-        return;
-    }
-    let delay = Duration::from_millis(u64::from(plan.complete.delay_ms));
-    if !sleep_unless(delay, || dev.direct.reset_requested.load(Ordering::SeqCst)) {
-        return;
-    }
+    let out = done.out;
     if let Some(o) = dev.oracle.get() {
-        o.close_request(q, 0, d.tag);
+        o.close_request(abi::DIRECT_QUEUE, 0, d.tag);
     }
     {
         let mut r = dev.direct.regs.lock().unwrap();
@@ -246,20 +83,5 @@ fn transfer(dev: &Shared, d: &Descriptor) {
         std::sync::atomic::fence(Ordering::Release);
         r.status = DmaStatus::new().with_done(true).with_code(out.status);
     }
-    let counters = &dev.log.counters;
-    counters.completions.fetch_add(1, Ordering::Relaxed);
-    if out.status == abi::CS_OK {
-        &counters.completions_ok
-    } else {
-        &counters.completions_err
-    }
-    .fetch_add(1, Ordering::Relaxed);
-    dev.log.record(|| Event::Complete {
-        queue: q,
-        index: d.tag,
-        tag: d.tag,
-        status: out.status,
-        bytes: out.bytes,
-        result: out.result,
-    });
+    lane::completed(dev, abi::DIRECT_QUEUE, d.tag, d.tag, &out);
 }

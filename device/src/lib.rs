@@ -15,6 +15,7 @@
 pub mod control;
 pub mod device;
 mod direct;
+mod direct_regs;
 mod engine;
 pub mod eventlog;
 mod fault_plan;
@@ -22,6 +23,7 @@ pub mod faults;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod interrupts;
+mod lane;
 #[allow(unsafe_code)]
 pub mod memory;
 mod ownership;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dmalab_abi::{self as abi, Descriptor};
 
-use crate::direct::DirectShared;
+use crate::direct_regs::DirectShared;
 use crate::engine::InternalMemory;
 use crate::eventlog::{Event, EventLog};
 use crate::faults::Injector;

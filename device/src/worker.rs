@@ -3,19 +3,19 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use dmalab_abi::{self as abi, Completion};
 
-use crate::engine::{self, Ctx, Outcome};
+use crate::engine::Outcome;
 use crate::eventlog::Event;
-use crate::fault_plan::FaultPlan;
 use crate::interrupts::Coalescer;
+use crate::lane::{self, Origin, Publish};
 use crate::memory::MemView;
 use crate::queue::{Msg, QueueShared};
 use crate::registers::{ErrorBits, IrqCoalesce};
-use crate::shared::{sleep_unless, Shared};
+use crate::shared::Shared;
 use crate::wire;
 
 /// The worker of queue `index`.
@@ -104,6 +104,7 @@ impl Worker {
     /// queue halts or stalls, or a reset is requested.
     fn drain(&mut self) {
         let q = self.index;
+        let dev = Arc::clone(&self.dev);
         while !self.queue().reset_requested() && !self.dev.is_fatal() {
             let r = *self.queue().regs.lock().unwrap();
             self.geometry = Some((r.cq_base, r.size));
@@ -125,7 +126,7 @@ impl Worker {
             if r.sq_head == r.sq_tail || (r.cq_tail + 1) % r.size == r.cq_head {
                 break;
             }
-            let mut view = self.view();
+            let view = self.view();
             let mut raw = [0u8; abi::DESC_SIZE];
             let slot = r
                 .sq_base
@@ -137,85 +138,12 @@ impl Worker {
                 );
                 break;
             }
+            drop(view);
             let d = wire::decode_descriptor(&raw);
-            self.dev
-                .log
-                .counters
-                .descriptors
-                .fetch_add(1, Ordering::Relaxed);
-            self.dev.log.record(|| Event::Fetch {
-                queue: q,
-                index: r.sq_head,
-                opcode: d.opcode,
-                flags: d.flags,
-                tag: d.tag,
-                len: d.len,
-            });
-            let plan = FaultPlan::for_descriptor(&self.dev, q, r.sq_head, &d);
-            if plan.fetch.spurious_irq {
-                self.dev.raise_queue_irq(q);
-            }
-            if plan.fetch.fatal {
-                self.dev.set_error(ErrorBits::new().with_fatal(true));
+            let Some(done) = lane::execute(&dev, self, r.sq_head, &d) else {
                 break;
-            }
-            if plan.fetch.stall {
-                // The descriptor stays fetched-but-unfinished: only a reset gets the queue going.
-                self.queue().regs.lock().unwrap().stalled = true;
-                break;
-            }
-            if plan.execute.delay_ms > 0 {
-                // As for a late completion: no view is held while waiting, and a reset cuts the
-                // wait short (the descriptor is then dropped with the rest of the queue). The
-                // memory is translated afresh afterwards: what the driver unmapped meanwhile
-                // is gone.
-                drop(view);
-                let delay = Duration::from_millis(u64::from(plan.execute.delay_ms));
-                if !sleep_unless(delay, || self.queue().reset_requested()) {
-                    break;
-                }
-                view = self.view();
-            }
-            let ctx = Ctx {
-                view: &view,
-                internal: &self.dev.internal,
-                log: &self.dev.log,
-                queue: q,
             };
-            let mut out = match plan.execute.status {
-                Some(status) => Outcome {
-                    status,
-                    bytes: 0,
-                    result: 0,
-                    violation: false,
-                },
-                None => engine::execute(&ctx, &d, plan.execute.tweak),
-            };
-            if out.status != abi::CS_OK {
-                self.dev.log.record(|| Event::Error {
-                    queue: Some(q),
-                    tag: Some(d.tag),
-                    status: Some(out.status),
-                    what: if out.violation {
-                        format!(
-                            "descriptor {} refused: its memory is not mapped for the device (unmapped IOVA or outside guest memory)",
-                            r.sq_head
-                        )
-                    } else {
-                        format!("descriptor {} refused", r.sq_head)
-                    },
-                });
-            }
-            if out.violation {
-                self.dev
-                    .set_error(ErrorBits::new().with_dma_violation(true));
-            }
-            if let Some((offset, len)) = plan.result.outside {
-                self.dev.dma_outside(&view, q, &d, offset, len);
-            }
-            if plan.result.unreported_short {
-                out.bytes = d.len;
-            }
+            let out = done.out;
             {
                 let mut regs = self.queue().regs.lock().unwrap();
                 // The driver may have disabled the queue and rewritten SIZE (even to 0) while
@@ -233,20 +161,12 @@ impl Worker {
                 status: out.status,
                 phase: 0,
             };
-            if plan.complete.drop {
-                continue;
-            }
-            if plan.complete.delay_ms > 0 {
-                // No view is held while waiting (an unmap must not wait for a fault's delay),
-                // and a reset cuts the wait short: the completion is then discarded with the
-                // rest of the queue.
-                drop(view);
-                let delay = Duration::from_millis(u64::from(plan.complete.delay_ms));
-                if !sleep_unless(delay, || self.queue().reset_requested()) {
-                    break;
-                }
-                view = self.view();
-            }
+            let plan = done.plan;
+            let view = match lane::publish(self, &plan, done.view) {
+                Publish::Now(view) => view,
+                Publish::Dropped => continue,
+                Publish::Cancelled => break,
+            };
             let irq = d.flags & abi::DESC_NO_IRQ == 0 && !plan.interrupt.lost;
             let posted = if plan.complete.out_of_order && self.held.is_none() {
                 self.held = Some((c, irq, r.sq_head));
@@ -341,22 +261,13 @@ impl Worker {
                 regs.phase = !regs.phase;
             }
         }
-        let counters = &self.dev.log.counters;
-        counters.completions.fetch_add(1, Ordering::Relaxed);
-        if c.status == abi::CS_OK {
-            &counters.completions_ok
-        } else {
-            &counters.completions_err
-        }
-        .fetch_add(1, Ordering::Relaxed);
-        self.dev.log.record(|| Event::Complete {
-            queue: q,
-            index: cq_tail,
-            tag: c.tag,
+        let out = Outcome {
             status: c.status,
             bytes: c.bytes,
             result: c.result,
-        });
+            violation: false,
+        };
+        lane::completed(&self.dev, q, cq_tail, c.tag, &out);
         if irq
             && self
                 .coalescer
@@ -381,5 +292,30 @@ impl Worker {
             what,
         });
         self.dev.set_error(bits);
+    }
+}
+
+/// A queue's worker as a descriptor's origin: stopped by a queue reset, stalled through its
+/// registers, with the queue's vector for spurious interrupts.
+impl Origin for Worker {
+    fn queue(&self) -> u16 {
+        self.index
+    }
+
+    fn cancelled(&self) -> bool {
+        self.queue().reset_requested()
+    }
+
+    fn view(&mut self) -> Arc<MemView> {
+        Worker::view(self)
+    }
+
+    /// The descriptor stays fetched-but-unfinished: only a reset gets the queue going.
+    fn stall(&mut self) {
+        self.queue().regs.lock().unwrap().stalled = true;
+    }
+
+    fn spurious_irq(&mut self) {
+        self.dev.raise_queue_irq(self.index);
     }
 }
