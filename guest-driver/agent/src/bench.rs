@@ -49,7 +49,7 @@ fn reload(module: &str, mode: u32) -> Result<(), String> {
     crate::dev::rmmod("dmalab")?;
     crate::dev::insmod_with(
         module,
-        &format!("{} dma_mode={mode}", crate::scenarios::module_params()),
+        &format!("{} dma_mode={mode}", crate::kmod::module_params()),
     )?;
     let got = Dev::open(0)?.info()?.dma_mode;
     if got != mode {
@@ -485,7 +485,7 @@ pub fn matrix(module: &str) -> Result<(), String> {
     }
     // back to the parameters the boot asked for
     crate::dev::rmmod("dmalab")?;
-    crate::dev::insmod_with(module, &crate::scenarios::module_params())?;
+    crate::dev::insmod_with(module, &crate::kmod::module_params())?;
     for len in SIZES {
         for depth in DEPTHS {
             let cell = |device, queues| Cell {

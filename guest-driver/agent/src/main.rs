@@ -10,6 +10,7 @@ mod aligned;
 mod bench;
 mod dev;
 mod hostile;
+mod kmod;
 mod pattern;
 mod pci_user;
 mod report;

@@ -1,0 +1,215 @@
+//! Scenarios the host injects faults into: stalls, error statuses, late and duplicated
+//! completions, the DMA misuse variants the oracle must catch.
+
+use std::time::{Duration, Instant};
+
+use dmalab_abi::{self as abi, Request};
+use dmalab_report::*;
+
+use crate::dev::{self, Dev};
+use crate::kmod::{module_params, module_symbols, unload};
+use crate::pattern::data;
+use crate::report::report;
+
+use super::transfers::selftest;
+use super::verify::{
+    copy_request, ok_status, report_xfer, submit, verified, verified_with, Outcome,
+    FAULT_TIMEOUT_MS,
+};
+
+/// The host stalls queue 1's first request: it must come back within its timeout (2 s) as
+/// ETIMEDOUT, and the queue must work again afterwards (the driver reset it). The request runs
+/// in a thread, so a driver that never times out is reported instead of hanging the agent.
+pub(super) fn stall_recovery() -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = Instant::now();
+    std::thread::spawn(move || {
+        let Ok(d) = Dev::open(0) else {
+            return;
+        };
+        let o = verified_with(&d, abi::OP_COPY, 1, 4096, 0, 1, 0, 2000);
+        let _ = tx.send(o.errno);
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(20)).ok();
+    report(Report::Stalled(Stalled {
+        returned: answer.is_some(),
+        errno: answer.unwrap_or(0),
+        ms: t.elapsed().as_millis() as u64,
+    }));
+    if answer.is_none() {
+        return Err("the stalled request never returned".into());
+    }
+    let o = verified_with(&Dev::open(0)?, abi::OP_COPY, 1, 4096, 0, 2, 0, 5000);
+    report_xfer(&o, "after_stall");
+    Ok(())
+}
+
+/// The host fails every 64 KiB request on queue 0 (error_status): 40 of them take more bounce
+/// memory in all than the queue has, so a driver that does not give a failed request's buffers
+/// back runs dry; a request after them must still succeed.
+pub(super) fn error_paths() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    for i in 0..40 {
+        let o = verified_with(&d, abi::OP_COPY, 0, 65536, 0, i, 0, 2000);
+        report_xfer(&o, "error_paths");
+    }
+    let o = verified_with(&d, abi::OP_COPY, 0, 60000, 0, 99, 0, 5000);
+    report_xfer(&o, "after_errors");
+    Ok(())
+}
+
+/// The driver's lines of `/proc/interrupts`: which vectors it registered and how often each
+/// fired.
+pub(super) fn interrupts() -> Result<(), String> {
+    let text = std::fs::read_to_string("/proc/interrupts").map_err(|e| e.to_string())?;
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("dmalab"))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let irq = words.next()?.trim_end_matches(':').to_string();
+            let count = words.clone().map_while(|w| w.parse::<u64>().ok()).sum();
+            let name = l.split_whitespace().last()?.to_string();
+            Some((irq, count, name))
+        })
+        .collect();
+    report(Report::Interrupts(Interrupts { lines }));
+    Ok(())
+}
+
+/// Loads the module with `dma_bug=dmalab.bug` and makes that bug happen while the device owns
+/// the memory (the host delays completions so the ownership lasts): the request that owns the
+/// memory is reported as scenario `owner`, any request that triggers the bug as `trigger`.
+pub(super) fn dma_bug(module: &str) -> Result<(), String> {
+    let bug: u32 = crate::cmdline_param("dmalab.bug")
+        .and_then(|v| v.parse().ok())
+        .ok_or("dma_bug needs dmalab.bug=N")?;
+    unload()?;
+    dev::insmod_with(module, &format!("dma_bug={bug} {}", module_params()))?;
+    module_symbols();
+    let d = Dev::open(0)?;
+    match bug {
+        // the bug acts on the owner's own pages, right after its doorbell
+        1 | 2 | 4 => {
+            let o = verified(&d, abi::OP_COPY, 0, 4000, 0, 1, 0);
+            report_xfer(&o, "owner");
+        }
+        // zero-copy: the owner times out and the driver unmaps and unpins the application's
+        // pages without stopping the device (an unmap before the completion); the
+        // application, told the request is over, writes its buffer again
+        3 if d.info()?.dma_mode == abi::DMA_MODE_ZERO_COPY => {
+            let src = data(4096, 1);
+            let mut dst = vec![0u8; 4096];
+            let mut req = copy_request(&src, &mut dst, 300);
+            let errno = submit(&d, &mut req);
+            let detail = format!("path {}", req.path);
+            report_xfer(
+                &Outcome {
+                    req,
+                    errno,
+                    verified: false,
+                    detail,
+                },
+                "owner",
+            );
+            for b in dst.iter_mut() {
+                // SAFETY: `b` is a valid, exclusive reference; volatile so the stores happen.
+                unsafe { std::ptr::write_volatile(b, 0x5a) };
+            }
+            // the device's late completion lands meanwhile (the host delays it by a second)
+            std::thread::sleep(Duration::from_millis(1500));
+            let t = verified(&d, abi::OP_COPY, 0, 8192, 0, 2, 0);
+            report_xfer(&t, "trigger");
+        }
+        // the owner times out (the driver frees its pages without stopping the device), the
+        // next request reuses them
+        3 => {
+            let o = verified_with(&d, abi::OP_COPY, 0, 4000, 0, 1, 0, 300);
+            report_xfer(&o, "owner");
+            let t = verified(&d, abi::OP_COPY, 0, 8192, 0, 2, 0);
+            report_xfer(&t, "trigger");
+        }
+        // a second request takes the pages the first (still in flight) gave back too early
+        5 => {
+            let owner = std::thread::spawn(|| -> Result<Outcome, String> {
+                let d = Dev::open(0)?;
+                Ok(verified(&d, abi::OP_COPY, 0, 4000, 0, 1, 0))
+            });
+            // long enough for the owner to have posted on a slow, shared machine; the host
+            // holds its completion back far longer
+            std::thread::sleep(Duration::from_millis(1000));
+            let t = verified(&d, abi::OP_COPY, 0, 8192, 0, 2, 0);
+            let o = owner.join().map_err(|_| "owner thread panicked")??;
+            report_xfer(&o, "owner");
+            report_xfer(&t, "trigger");
+        }
+        // the driver reads the device's result without syncing the mapping for the CPU
+        11 => selftest()?,
+        other => return Err(format!("no DMA bug {other}")),
+    }
+    drop(d);
+    unload()
+}
+
+/// For fault tests: six 4000-byte COPYs on queue 0 with a 5 s timeout, each reported with what the
+/// driver said, then one verified COPY on every queue to show the device is usable again.
+pub(super) fn probe() -> Result<(), String> {
+    let d = Dev::open(0)?;
+    let nq = d.info()?.queues as usize;
+    for i in 0..6u32 {
+        // 4000 bytes: a size no other scenario uses, so rules can single the probes out.
+        let src = data(4000, i);
+        let mut dst = vec![0u8; 4000];
+        let mut r = Request {
+            opcode: abi::OP_COPY,
+            len: 4000,
+            src: src.as_ptr() as u64,
+            dst: dst.as_mut_ptr() as u64,
+            timeout_ms: FAULT_TIMEOUT_MS,
+            ..Default::default()
+        };
+        let errno = submit(&d, &mut r);
+        let o = Outcome {
+            req: r,
+            errno,
+            verified: errno == 0 && ok_status(r.status) && dst == src,
+            detail: String::new(),
+        };
+        report_xfer(&o, "probe");
+    }
+    for q in 0..nq {
+        let o = verified(&d, abi::OP_COPY, q as u8, 8192, 0, 500 + q as u32, 0);
+        report_xfer(&o, "probe_after");
+    }
+    Ok(())
+}
+
+/// Queue resets after a timeout, with the late completion still to come: on every queue at
+/// once, `dmalab.rounds` times (default 5), a 4000-byte COPY with a 200 ms timeout (the host
+/// delays 4000-byte completions longer), then a verified COPY on the same queue. Each late one
+/// must time out (the driver resets the queue), and the queue must work right after.
+pub(super) fn timeout_late() -> Result<(), String> {
+    let rounds: u32 = crate::cmdline_param("dmalab.rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let nq = Dev::open(0)?.info()?.queues as usize;
+    for round in 0..rounds {
+        let handles: Vec<_> = (0..nq)
+            .map(|q| {
+                std::thread::spawn(move || -> Result<(Outcome, Outcome), String> {
+                    let d = Dev::open(0)?;
+                    let seed = round * 16 + q as u32;
+                    let late = verified_with(&d, abi::OP_COPY, q as u8, 4000, 0, seed, 0, 200);
+                    let after = verified(&d, abi::OP_COPY, q as u8, 8192, 0, seed + 1000, 0);
+                    Ok((late, after))
+                })
+            })
+            .collect();
+        for h in handles {
+            let (late, after) = h.join().map_err(|_| "thread panicked".to_string())??;
+            report_xfer(&late, "late");
+            report_xfer(&after, "after_late");
+        }
+    }
+    Ok(())
+}
