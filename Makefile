@@ -11,7 +11,7 @@ export DMALAB_CACHE := $(CACHE)
 export QEMU KERNEL_SRC
 P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
-CARGO_E2E := cargo test --release -p dmalab-tests --test e2e --test faults
+CARGO_E2E := cargo test --release -p dmalab-harness --test e2e --test faults
 
 .PHONY: bench-kernel bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver compile-fail exercises check-step clean
 
@@ -31,7 +31,7 @@ kernel: deps | $(P)
 	@echo "$$(cat $(P)/kbuild)/arch/x86/boot/bzImage" > $(P)/kernel
 
 device: | $(P)
-	@cargo build --release -q -p dmalab-device -p dmalab-tests --bins
+	@cargo build --release -q -p dmalab-device -p dmalab-harness --bins
 	@echo "$(CURDIR)/target/release/dmalab-device" > $(P)/device
 
 # The DMA ownership oracle: a TCG plugin for the QEMU the build makes (plugin API v5).
@@ -67,11 +67,11 @@ bench-kernel: deps agent | $(P)
 		"$(CURDIR)/target/initramfs-bench" > $(P)/initramfs-bench.tmp && mv $(P)/initramfs-bench.tmp $(P)/initramfs-bench
 
 run: artifacts
-	@cargo run --release -q -p dmalab-tests --bin dmalab-run
+	@cargo run --release -q -p dmalab-harness --bin dmalab-run
 
 unit:
 	cargo test --release -p dmalab-abi -p dmalab-device -p dmalab-agent -p dmalab-ownership
-	cargo test --release -p dmalab-tests --lib
+	cargo test --release -p dmalab-harness --lib
 	@echo "device tests again in a debug build (arithmetic overflow checks on)"
 	cargo test -q -p dmalab-device
 
@@ -79,6 +79,7 @@ lint: lint-host lint-driver
 
 # The host crates need no kernel: linted first, without waiting for its build.
 lint-host:
+	@python3 scripts/import-cycles.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
 
@@ -105,7 +106,7 @@ fuzz-smoke:
 # A seeded fault campaign (docs/campaigns.md): SEED, OPS, RULES, JOBS (VMs side by side),
 # SHARD=I/N (one slice; `dmalab-campaign merge` the shards), SERIAL=1, RESUME=1.
 campaign: artifacts
-	@cargo run --release -q -p dmalab-tests --bin dmalab-campaign -- --seed $(or $(SEED),1) --ops $(or $(OPS),300) \
+	@cargo run --release -q -p dmalab-harness --bin dmalab-campaign -- --seed $(or $(SEED),1) --ops $(or $(OPS),300) \
 		$(if $(RULES),--rules $(RULES)) --jobs $(or $(JOBS),1) $(if $(SHARD),--shard $(SHARD)) \
 		$(if $(SERIAL),--serial) $(if $(RESUME),--resume) $(if $(DMA_MODE),--dma-mode $(DMA_MODE))
 
@@ -114,12 +115,12 @@ campaign: artifacts
 # Figures: target/bench/*.json and the generated part of docs/performance.md.
 bench: artifacts bench-kernel
 	cargo bench -p dmalab-device --bench engine
-	@cargo run --release -q -p dmalab-tests --bin dmalab-bench
+	@cargo run --release -q -p dmalab-harness --bin dmalab-bench
 	@$(MAKE) -s bench-oracle
 
 # What the DMA ownership oracle costs: the same guest work with it off and on (docs/oracle.md).
 bench-oracle: artifacts
-	@cargo run --release -q -p dmalab-tests --bin dmalab-oracle-cost
+	@cargo run --release -q -p dmalab-harness --bin dmalab-oracle-cost
 
 # The tutorial ladder (docs/tutorial/): build every step's solution and skeleton.
 exercises: kernel

@@ -38,11 +38,13 @@ enum Cmd {
         control: PathBuf,
     },
     /// Run a fault campaign (boots the VM): dmalab campaign --seed S --ops N --rules mix.toml
+    #[command(disable_help_flag = true)]
     Campaign {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Grade a driver you bring (boots the VM with it): dmalab check --driver my.ko [--level N]
+    #[command(disable_help_flag = true)]
     Check {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -208,7 +210,7 @@ fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs a tool of the VM harness, which lives in the dmalab-tests crate; its binaries are
+/// Runs a tool of the VM harness, which lives in the dmalab-harness crate; its binaries are
 /// built next to this one (`make artifacts` builds them).
 fn harness_tool(name: &str, args: &[String]) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -275,6 +277,26 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("dmalab: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `dmalab campaign --help` and `dmalab check --help` reach the tools, which print their
+    /// real options; clap must not answer with the forwarding subcommand's own stub.
+    #[test]
+    fn help_of_a_harness_tool_is_passed_to_the_tool() {
+        for tool in ["campaign", "check"] {
+            let cli = Cli::try_parse_from(["dmalab", tool, "--help"])
+                .unwrap_or_else(|e| panic!("dmalab {tool} --help answered by dmalab: {e}"));
+            let args = match cli.cmd {
+                Cmd::Campaign { args } | Cmd::Check { args } => args,
+                _ => panic!("dmalab {tool} parsed as another command"),
+            };
+            assert_eq!(args, ["--help"]);
         }
     }
 }

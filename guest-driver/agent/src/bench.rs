@@ -60,7 +60,7 @@ fn reload(module: &str, mode: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// The namespaces `make bench` gives QEMU's NVMe (tests/src/vm.rs, `VmOptions::peers`), by
+/// The namespaces `make bench` gives QEMU's NVMe (harness/src/vm.rs, `VmOptions::peers`), by
 /// namespace id: the kernel names the block devices in the order their scans finish.
 const NVME_ZEROES: u32 = 1;
 const NVME_NODATA: u32 = 2;

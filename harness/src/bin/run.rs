@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use dmalab_harness::vm::{run, VmOptions};
 use dmalab_report::{Bench, Concurrent, DmaApi, Done, Info, Stats, Xfer};
-use dmalab_tests::vm::{run, VmOptions};
 use serde_json::Value;
 
 fn u(v: &Value) -> u64 {
@@ -152,7 +152,7 @@ fn main() -> ExitCode {
         .map(|d| d.errors.unwrap_or(u64::MAX))
         .max()
         .unwrap_or(0);
-    let problems = dmalab_tests::kernel_log::problems(&r.console);
+    let problems = dmalab_harness::kernel_log::problems(&r.console);
     let all_verified = xfers.iter().all(|x| x.verified);
     let completed = r.all::<Done>().pop().is_some_and(|d| d.completed);
     println!("\n== verdict");

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use dmalab_abi as abi;
+use dmalab_harness::vm::{run, Run, VmOptions};
 use dmalab_report::{Concurrent, Info, Insmod, Refused, Rmmod, ScenarioEnd, Stats, Xfer};
-use dmalab_tests::vm::{run, Run, VmOptions};
 
 #[derive(clap::Parser, Debug)]
 #[command(about = "Grade a driver for the dmalab device (docs/contract.md)")]
@@ -182,9 +182,9 @@ fn fatal_check(args: &Args, initramfs: &Path, name: &str) -> Result<(), String> 
         );
     });
     let faults = r.events("fault");
-    let xfers = dmalab_tests::campaign::campaign_xfers(&r);
-    let verdicts = dmalab_tests::verdict::judge(&faults, &xfers);
-    let unexplained = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
+    let xfers = dmalab_harness::campaign::campaign_xfers(&r);
+    let verdicts = dmalab_harness::verdict::judge(&faults, &xfers);
+    let unexplained = dmalab_harness::verdict::unexplained_failures(&faults, &xfers);
     match verdicts.first() {
         None => Err(format!(
             "the fault was never injected{}",
@@ -265,15 +265,16 @@ type Graded = Result<(), String>;
 /// A seeded campaign of 120 requests with every kind of fault of `campaigns/mix.toml`:
 /// (every fault handled as its verdict says, no request failing without a fault, a clean run).
 fn campaign_checks(args: &Args, initramfs: &Path, name: &str) -> (Graded, Graded, Graded) {
-    let rules = std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
-        .unwrap_or_default();
+    let rules =
+        std::fs::read_to_string(dmalab_harness::artifacts::root().join("campaigns/mix.toml"))
+            .unwrap_or_default();
     let r = boot(args, initramfs, name, "load,campaign,unload", |o| {
-        o.faults = Some(dmalab_tests::campaign::with_seed(&rules, 1));
+        o.faults = Some(dmalab_harness::campaign::with_seed(&rules, 1));
         o.append = format!("dmalab.seed=1 dmalab.ops=120 {}", o.append);
     });
     let faults = r.events("fault");
-    let xfers = dmalab_tests::campaign::campaign_xfers(&r);
-    let verdicts = dmalab_tests::verdict::judge(&faults, &xfers);
+    let xfers = dmalab_harness::campaign::campaign_xfers(&r);
+    let verdicts = dmalab_harness::verdict::judge(&faults, &xfers);
     let failed: Vec<_> = verdicts.iter().filter(|v| !v.pass).collect();
     let handled = match failed.first() {
         _ if verdicts.is_empty() => Err(format!("no fault was injected{}", driver_complaints(&r))),
@@ -289,7 +290,7 @@ fn campaign_checks(args: &Args, initramfs: &Path, name: &str) -> (Graded, Graded
         )),
         None => Ok(()),
     };
-    let u = dmalab_tests::verdict::unexplained_failures(&faults, &xfers);
+    let u = dmalab_harness::verdict::unexplained_failures(&faults, &xfers);
     let explained = ensure(u.is_empty(), format!("{} unexplained failures", u.len()));
     note_verdicts(name, &verdicts);
     (handled, explained, clean(&r))
@@ -299,7 +300,7 @@ fn campaign_checks(args: &Args, initramfs: &Path, name: &str) -> (Graded, Graded
 static NOTES: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
 
 /// Puts a campaign's verdicts on the card, kind by kind: "stall 2/2 · corrupt 3/3 · ...".
-fn note_verdicts(campaign: &str, verdicts: &[dmalab_tests::verdict::Verdict]) {
+fn note_verdicts(campaign: &str, verdicts: &[dmalab_harness::verdict::Verdict]) {
     let mut kinds: Vec<(&str, usize, usize)> = Vec::new();
     for v in verdicts {
         match kinds.iter_mut().find(|k| k.0 == v.kind) {
@@ -1110,7 +1111,7 @@ fn main() -> ExitCode {
     let args = <Args as clap::Parser>::parse();
     // A failed check is caught and reported on the card (see `clean`), not as a panic.
     std::panic::set_hook(Box::new(|_| {}));
-    let need = |n: &str| dmalab_tests::artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
+    let need = |n: &str| dmalab_harness::artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
     let (kbuild, agent) = (need("kbuild"), need("agent"));
     if !args.driver.exists() {
         eprintln!(
@@ -1120,7 +1121,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let root = dmalab_tests::artifacts::root();
+    let root = dmalab_harness::artifacts::root();
     let dir = root.join("target/check");
     let built = Command::new(root.join("scripts/build-initramfs.sh"))
         .arg(&kbuild)
@@ -1169,7 +1170,7 @@ fn main() -> ExitCode {
     for (heading, text) in &notes {
         println!("  {heading}: {text}");
     }
-    let page = dmalab_tests::html::report_card(&args.driver.display().to_string(), &rows, &notes);
+    let page = dmalab_harness::html::report_card(&args.driver.display().to_string(), &rows, &notes);
     let html = dir.join("report.html");
     match std::fs::write(&html, page) {
         Ok(()) => println!("  report: {}", html.display()),

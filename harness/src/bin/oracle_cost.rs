@@ -7,8 +7,8 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use dmalab_harness::vm::{run, Run, VmOptions};
 use dmalab_report::Bench;
-use dmalab_tests::vm::{run, Run, VmOptions};
 
 fn timed(name: &str, scenarios: &str, oracle: bool) -> (Run, f64) {
     let mut o = VmOptions::new(name, scenarios);
@@ -50,14 +50,14 @@ fn main() -> ExitCode {
     println!("\n== guest kernel instructions per request (COPY, one at a time, median)");
     let mut counts = Vec::new();
     for (len, ops) in [(4096u32, 300u32), (1 << 20, 30)] {
-        let (i, ops_per_s) = dmalab_tests::bench::instructions_per_request(len, ops);
+        let (i, ops_per_s) = dmalab_harness::bench::instructions_per_request(len, ops);
         println!(
             "  {len:>8} B: submit {} + complete {} instructions ({} requests; {ops_per_s:.0} ops/s under the oracle)",
             i["submit_median"], i["complete_median"], i["requests"]
         );
         counts.push(serde_json::json!({"len": len, "instructions": i, "ops_per_s": ops_per_s}));
     }
-    let out = dmalab_tests::artifacts::root().join("target/bench/oracle-cost.json");
+    let out = dmalab_harness::artifacts::root().join("target/bench/oracle-cost.json");
     let json = serde_json::json!({
         "suite_seconds_off": off, "suite_seconds_on": on, "suite_slowdown": on / off,
         "throughput": rows, "instructions_per_request": counts,

@@ -1,7 +1,7 @@
 //! The tutorial ladder's sources stay in one place: the reference solutions in
 //! `exercises/solutions/stepN/`. The skeletons in `exercises/skeletons/stepN/` and the code
 //! listings in `docs/tutorial/*.md` are made from them, and the unit tests check that what is
-//! committed is what would be made (`DMALAB_BLESS=1 cargo test -p dmalab-tests --lib tutorial`
+//! committed is what would be made (`DMALAB_BLESS=1 cargo test -p dmalab-harness --lib tutorial`
 //! rewrites both after a solution changed).
 //!
 //! Markers in a solution file:
@@ -276,7 +276,7 @@ fn probe() -> Result {
                 let have = std::fs::read_to_string(&path).unwrap_or_default();
                 assert!(
                     have == want,
-                    "{} is not made from its solution: run DMALAB_BLESS=1 cargo test -p dmalab-tests --lib tutorial",
+                    "{} is not made from its solution: run DMALAB_BLESS=1 cargo test -p dmalab-harness --lib tutorial",
                     path.display()
                 );
             }
@@ -305,7 +305,7 @@ fn probe() -> Result {
             }
             assert!(
                 have == want,
-                "{}: a listing differs from its solution file: run DMALAB_BLESS=1 cargo test -p dmalab-tests --lib tutorial",
+                "{}: a listing differs from its solution file: run DMALAB_BLESS=1 cargo test -p dmalab-harness --lib tutorial",
                 path.display()
             );
         }
@@ -335,7 +335,7 @@ mod pointers {
     #[test]
     fn every_pointer_on_the_report_card_leads_somewhere() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let source = std::fs::read_to_string(root.join("tests/src/bin/check.rs")).unwrap();
+        let source = std::fs::read_to_string(root.join("harness/src/bin/check.rs")).unwrap();
         let mut seen = 0;
         for piece in source.split('"').filter(|p| p.starts_with("docs/")) {
             let (file, section) = piece.split_once('#').unwrap_or((piece, ""));

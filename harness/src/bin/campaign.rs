@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use dmalab_tests::campaign::{merge, run_units, Echo, Merged, Plan, Store};
+use dmalab_harness::campaign::{merge, run_units, Echo, Merged, Plan, Store};
 
 /// Many requests under seeded random faults, concurrently on every queue (or one at a time),
 /// in one VM or several, on one machine or many.
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<bool, String> {
-    let root = dmalab_tests::artifacts::root();
+    let root = dmalab_harness::artifacts::root();
     let rules_path = args
         .rules
         .clone()

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The workspace root (this crate is `<root>/tests`).
+/// The workspace root (this crate is `<root>/harness`).
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -3,8 +3,8 @@
 //! six COPYs on queue 0 (the second one is hit) and then one verified COPY per queue.
 
 use dmalab_abi as abi;
+use dmalab_harness::vm::{run, Run, VmOptions};
 use dmalab_report::{AfterRemoval, Rmmod, Stats, UnbindStalled, Xfer};
-use dmalab_tests::vm::{run, Run, VmOptions};
 
 /// Boots with `rule` (applied to the second COPY) and checks what all faults have in common.
 fn probe(name: &str, rule: &str) -> Run {
@@ -244,12 +244,13 @@ fn surprise_removal_fails_fast_and_never_hangs() {
 
 #[test]
 fn a_campaign_is_reproducible_from_its_seed() {
-    use dmalab_tests::campaign::campaign;
-    let rules = std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
-        .unwrap();
+    use dmalab_harness::campaign::campaign;
+    let rules =
+        std::fs::read_to_string(dmalab_harness::artifacts::root().join("campaigns/mix.toml"))
+            .unwrap();
     // the first run with the ownership oracle on: the reference driver must not touch memory
     // the device owns, whatever the faults do to it
-    use dmalab_tests::campaign::{Echo, Plan};
+    use dmalab_harness::campaign::{Echo, Plan};
     // concurrent (the default): the faults each request meets do not depend on how the
     // queues interleave (one random stream per queue, restarted per unit)
     // The same seed in both data paths: zero-copy under the oracle (the device's windows and
@@ -287,7 +288,7 @@ fn a_campaign_is_reproducible_from_its_seed() {
         za > 0 && zb == 0,
         &format!("zero-copy requests: {za} in the zero-copy run, {zb} in the bounce run"),
     );
-    let overlap = dmalab_tests::campaign::max_queues_in_flight(&a.run.events);
+    let overlap = dmalab_harness::campaign::max_queues_in_flight(&a.run.events);
     a.run.check(
         overlap >= 2,
         &format!("requests overlapped on at most {overlap} queue(s) at once"),
@@ -326,15 +327,16 @@ fn unbind_releases_a_stalled_waiter_at_once() {
 /// report, byte for byte.
 #[test]
 fn a_sharded_or_resumed_campaign_merges_into_the_unsharded_report() {
-    use dmalab_tests::campaign::{merge, run_units, Echo, Plan, Store};
-    let rules = std::fs::read_to_string(dmalab_tests::artifacts::root().join("campaigns/mix.toml"))
-        .unwrap();
+    use dmalab_harness::campaign::{merge, run_units, Echo, Plan, Store};
+    let rules =
+        std::fs::read_to_string(dmalab_harness::artifacts::root().join("campaigns/mix.toml"))
+            .unwrap();
     let plan = Plan {
         unit: 10,
         serial: true,
         ..Plan::new(5, 60, &rules)
     };
-    let base = dmalab_tests::artifacts::root().join("target/e2e/campaign_merge");
+    let base = dmalab_harness::artifacts::root().join("target/e2e/campaign_merge");
     let store = |name: &str| Store::open(&base.join(name), &plan, false).unwrap();
     let into = |s: &Store, name: &str, units: std::ops::Range<u64>| {
         let r = run_units(&plan, name, &[units], Echo::Off, false, |_| {});

@@ -2,11 +2,11 @@
 //! Each test boots one VM; its logs stay in target/e2e/<test>/.
 
 use dmalab_abi::{self as abi, Status};
+use dmalab_harness::vm::{run, Run, VmOptions};
 use dmalab_report::{
     Bench, Concurrent, CrcCheck, DmaApi, DmaSelfTest, Hostile, Info, Insmod, ProbeStep,
     ProbeUnwind, Refused, ResetOutcome, Rmmod, Stats, UnbindBusy, Xfer,
 };
-use dmalab_tests::vm::{run, Run, VmOptions};
 use serde_json::Value;
 
 fn u(v: &Value) -> u64 {
@@ -88,7 +88,7 @@ fn transfer_suite(name: &str, iommu: bool, mode: u32) -> Run {
     assert_transfers_verified(&r, 25 + 16 + 40);
     // Under TCG a register read costs the guest ~80 us: the data path uses rings and doorbells
     // (posted writes) only.
-    let reads = dmalab_tests::bench::data_path_bar_reads(&r.events);
+    let reads = dmalab_harness::bench::data_path_bar_reads(&r.events);
     r.check(
         reads.is_empty() && r.events.iter().any(|e| e["event"] == "bar_read"),
         &format!(
@@ -709,7 +709,7 @@ fn the_oracle_catches_a_buffer_reused_before_its_request_completed() {
 #[test]
 fn dmalab_check_grades_the_reference_driver_as_passing() {
     // the checker boots its own VMs with the module it is given: ours must pass levels 1-3
-    let module = dmalab_tests::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
+    let module = dmalab_harness::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
         .args(["--level", "3", "--driver"])
         .arg(&module)
@@ -731,7 +731,7 @@ fn dmalab_check_grades_the_reference_driver_as_passing() {
 fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
     // our module with one deliberate bug each (module parameter dma_bug, guest-driver/module/
     // bugs.rs): the checker must fail exactly the check that is about that bug
-    let module = dmalab_tests::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
+    let module = dmalab_harness::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
     // (each at its own level only: the variants pass the levels before it, which the reference
     // driver's test covers)
     for (bug, level, check) in [
@@ -772,8 +772,8 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
 
 /// Builds a tutorial module directory against the guest kernel; the path of its .ko.
 fn build_exercise(dir: &std::path::Path) -> std::path::PathBuf {
-    let kbuild = dmalab_tests::artifacts::path("kbuild").unwrap_or_else(|e| panic!("{e}"));
-    let root = dmalab_tests::artifacts::root();
+    let kbuild = dmalab_harness::artifacts::path("kbuild").unwrap_or_else(|e| panic!("{e}"));
+    let root = dmalab_harness::artifacts::root();
     let out = std::process::Command::new(root.join("scripts/build-exercise.sh"))
         .arg(&kbuild)
         .arg(dir)
@@ -809,10 +809,10 @@ fn check_step(step: u32, module: &std::path::Path) -> (bool, String) {
 
 #[test]
 fn every_tutorial_solution_passes_its_step_and_every_skeleton_fails_it_helpfully() {
-    let root = dmalab_tests::artifacts::root();
+    let root = dmalab_harness::artifacts::root();
     let mut steps = 0;
-    for step in 1..=dmalab_tests::tutorial::STEPS {
-        let solution = dmalab_tests::tutorial::solution_dir(&root, step);
+    for step in 1..=dmalab_harness::tutorial::STEPS {
+        let solution = dmalab_harness::tutorial::solution_dir(&root, step);
         if !solution.exists() {
             continue;
         }
@@ -824,7 +824,7 @@ fn every_tutorial_solution_passes_its_step_and_every_skeleton_fails_it_helpfully
             "the step {step} solution fails its step:\n{card}"
         );
         // the skeleton as given fails, and every failure says why and where to read up
-        let skeleton = dmalab_tests::tutorial::skeleton_dir(&root, step);
+        let skeleton = dmalab_harness::tutorial::skeleton_dir(&root, step);
         let (passed, card) = check_step(step, &build_exercise(&skeleton));
         let fails: Vec<&str> = card.lines().filter(|l| l.contains("FAIL")).collect();
         assert!(
@@ -877,7 +877,7 @@ fn bench_matrix_runs_every_peer_in_one_boot() {
         .filter(|b| b.ops == 0 || b.failed > 0)
         .collect();
     r.check(bad.is_empty(), &format!("cells that failed: {bad:?}"));
-    let reads = dmalab_tests::bench::data_path_bar_reads(&r.events);
+    let reads = dmalab_harness::bench::data_path_bar_reads(&r.events);
     r.check(
         reads.is_empty(),
         &format!("{} BAR0 reads on the data path: {reads:x?}", reads.len()),
