@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::memory::Dir;
 
@@ -15,8 +15,9 @@ use crate::memory::Dir;
 /// the driver freed ring memory before stopping the device.
 pub const RING_UNMAPPED_WHILE_ENABLED: &str = "ring unmapped while enabled";
 
-/// One thing the device did.
-#[derive(Debug, Clone, Serialize)]
+/// One thing the device did. The log's lines are [`Record`]s: what the device writes is what
+/// the harness, the grader and campaigns read back, through this one type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A descriptor was read from a submission ring.
@@ -89,18 +90,7 @@ pub enum Event {
         discarded: u32,
     },
     /// A fault was injected into a descriptor.
-    Fault {
-        /// The queue pair.
-        queue: u16,
-        /// The submission-ring index of the descriptor.
-        index: u32,
-        /// Its tag.
-        tag: u32,
-        /// The name of the rule that fired.
-        rule: String,
-        /// What was injected.
-        fault: crate::faults::FaultKind,
-    },
+    Fault(Injected),
     /// `FAULT_EPOCH` was written: fault injection restarted for a campaign's unit.
     Epoch {
         /// The epoch written.
@@ -123,6 +113,21 @@ pub enum Event {
     },
     /// The counters, written at shutdown.
     Counters(CountersSnapshot),
+}
+
+/// A fault the injector applied to one descriptor ([`Event::Fault`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Injected {
+    /// The queue pair ([`dmalab_abi::DIRECT_QUEUE`] for the direct block).
+    pub queue: u16,
+    /// The submission-ring index of the descriptor (the block's transfer number).
+    pub index: u32,
+    /// Its tag.
+    pub tag: u32,
+    /// The name of the rule that fired.
+    pub rule: String,
+    /// What was injected.
+    pub fault: crate::faults::FaultKind,
 }
 
 /// Counters kept whether or not events are logged. Each is the running total of the matching
@@ -191,11 +196,64 @@ impl Counters {
     }
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    t_us: u128,
+/// One line of the event log: an [`Event`] and when it happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Microseconds since the device started.
+    pub t_us: u64,
+    /// What happened (its `event` field names the kind).
     #[serde(flatten)]
-    event: &'a Event,
+    pub event: Event,
+}
+
+impl Record {
+    /// Parses one line of the log; `None` for a line that is not an event (a torn last line).
+    pub fn parse(line: &str) -> Option<Self> {
+        serde_json::from_str(line).ok()
+    }
+}
+
+impl Event {
+    /// The kind's name, as in the log's `event` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Fetch { .. } => "fetch",
+            Event::Dma { .. } => "dma",
+            Event::Complete { .. } => "complete",
+            Event::Irq { .. } => "irq",
+            Event::Error { .. } => "error",
+            Event::Reset { .. } => "reset",
+            Event::Fault(_) => "fault",
+            Event::Epoch { .. } => "epoch",
+            Event::BarRead { .. } => "bar_read",
+            Event::Map { .. } => "map",
+            Event::Counters(_) => "counters",
+        }
+    }
+
+    /// The queue pair the event belongs to, when it belongs to one.
+    pub fn queue(&self) -> Option<u16> {
+        match *self {
+            Event::Fetch { queue, .. }
+            | Event::Dma { queue, .. }
+            | Event::Complete { queue, .. } => Some(queue),
+            Event::Fault(ref f) => Some(f.queue),
+            Event::Error { queue, .. } | Event::Reset { queue, .. } => queue,
+            _ => None,
+        }
+    }
+
+    /// The request's tag, when the event concerns one request.
+    pub fn tag(&self) -> Option<u32> {
+        match *self {
+            Event::Fetch { tag, .. } | Event::Dma { tag, .. } | Event::Complete { tag, .. } => {
+                Some(tag)
+            }
+            Event::Fault(ref f) => Some(f.tag),
+            Event::Error { tag, .. } => tag,
+            _ => None,
+        }
+    }
 }
 
 /// The log: counters plus an optional JSON-lines destination.
@@ -248,9 +306,9 @@ impl EventLog {
     pub fn record(&self, event: impl FnOnce() -> Event) {
         if let Some(out) = &self.out {
             let event = event();
-            let line = Line {
-                t_us: self.t0.elapsed().as_micros(),
-                event: &event,
+            let line = Record {
+                t_us: self.t0.elapsed().as_micros() as u64,
+                event,
             };
             let text = serde_json::to_string(&line).unwrap_or_default();
             let mut w = out.lock().unwrap();
@@ -335,6 +393,90 @@ mod tests {
         assert_eq!(lines[0]["vector"], 3);
         assert_eq!(lines[1]["event"], "counters");
         assert_eq!(lines[1]["irqs"], 1);
+    }
+
+    /// What the device writes, the harness reads back as the same event, for every kind.
+    #[test]
+    fn every_event_reads_back_as_written() {
+        let events = [
+            Event::Fetch {
+                queue: 1,
+                index: 2,
+                opcode: 9,
+                flags: 1,
+                tag: 7,
+                len: 4096,
+            },
+            Event::Dma {
+                queue: 0,
+                tag: 7,
+                addr: 1 << 40,
+                len: 64,
+                dir: Dir::ToGuest,
+            },
+            Event::Complete {
+                queue: 3,
+                index: 0,
+                tag: 8,
+                status: 4,
+                bytes: 12,
+                result: 5,
+            },
+            Event::Irq {
+                vector: 4,
+                delivered: false,
+            },
+            Event::Error {
+                queue: None,
+                tag: Some(3),
+                status: None,
+                what: "x \"y\"".into(),
+            },
+            Event::Reset {
+                queue: Some(2),
+                discarded: 5,
+            },
+            Event::Fault(Injected {
+                queue: 0,
+                index: 1,
+                tag: 2,
+                rule: "r".into(),
+                fault: crate::faults::FaultKind::ShortTransfer {
+                    bytes: 10,
+                    reported: false,
+                },
+            }),
+            Event::Epoch { epoch: 3 },
+            Event::BarRead { offset: 0x68 },
+            Event::Map {
+                iova: 0x1000,
+                size: 4096,
+                mapped: true,
+            },
+            Event::Counters(CountersSnapshot {
+                irqs: 9,
+                ..Default::default()
+            }),
+        ];
+        let buf = Shared::default();
+        let log = EventLog::to_writer(Box::new(buf.clone()));
+        for e in &events {
+            log.record(|| e.clone());
+        }
+        log.flush();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let back: Vec<Event> = text
+            .lines()
+            .map(|l| {
+                Record::parse(l)
+                    .unwrap_or_else(|| panic!("unreadable: {l}"))
+                    .event
+            })
+            .collect();
+        assert_eq!(back, events);
+        for (e, l) in events.iter().zip(text.lines()) {
+            assert!(l.contains(&format!("\"event\":\"{}\"", e.kind())), "{l}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use dmalab_abi::{self as abi, Descriptor};
 
 use crate::engine::Tweak;
-use crate::eventlog::Event;
+use crate::eventlog::{Event, Injected};
 use crate::faults::{self, FaultKind, Occurrence};
 use crate::shared::Shared;
 
@@ -84,12 +84,14 @@ impl FaultPlan {
         };
         for inj in dev.faults.on_descriptor(occ) {
             dev.log.counters.faults.fetch_add(1, Ordering::Relaxed);
-            dev.log.record(|| Event::Fault {
-                queue,
-                index,
-                tag: d.tag,
-                rule: inj.rule.clone(),
-                fault: inj.kind,
+            dev.log.record(|| {
+                Event::Fault(Injected {
+                    queue,
+                    index,
+                    tag: d.tag,
+                    rule: inj.rule.clone(),
+                    fault: inj.kind,
+                })
             });
             plan.add(inj.kind);
         }

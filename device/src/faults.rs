@@ -90,6 +90,31 @@ pub enum FaultKind {
     Mark,
 }
 
+impl FaultKind {
+    /// The kind's name, as written in rules (`kind = "..."`) and in the event log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultKind::DmaReadError => "dma_read_error",
+            FaultKind::DmaWriteError => "dma_write_error",
+            FaultKind::ErrorStatus { .. } => "error_status",
+            FaultKind::Corrupt { .. } => "corrupt",
+            FaultKind::ShortTransfer { .. } => "short_transfer",
+            FaultKind::DropCompletion => "drop_completion",
+            FaultKind::DelayCompletion { .. } => "delay_completion",
+            FaultKind::DelayStart { .. } => "delay_start",
+            FaultKind::DuplicateCompletion => "duplicate_completion",
+            FaultKind::OutOfOrder => "out_of_order",
+            FaultKind::SpuriousIrq => "spurious_irq",
+            FaultKind::LostIrq => "lost_irq",
+            FaultKind::IrqStorm { .. } => "irq_storm",
+            FaultKind::Stall => "stall",
+            FaultKind::Fatal => "fatal",
+            FaultKind::DmaOutside { .. } => "dma_outside",
+            FaultKind::Mark => "mark",
+        }
+    }
+}
+
 fn default_status() -> u16 {
     abi::CS_DEVICE_ERROR
 }

@@ -52,7 +52,7 @@ pub struct MemView {
 }
 
 /// Direction of a DMA, as the device sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dir {
     /// The device reads guest memory.

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use dmalab_device::eventlog::{Event, Record};
 use dmalab_report::Bench;
 use serde_json::Value;
 
@@ -13,17 +14,17 @@ use crate::vm::{run, VmOptions};
 /// BAR0 reads the device saw from the first descriptor fetched to the first reset after it
 /// (a reset is a control path that reads registers back): the offsets read. Under TCG a
 /// register read costs the guest ~80 us, so the data path must do none.
-pub fn data_path_bar_reads(events: &[Value]) -> Vec<u64> {
+pub fn data_path_bar_reads(events: &[Record]) -> Vec<u64> {
     let mut s = EventScan::new(&[]);
-    events.iter().for_each(|e| s.feed(e));
+    events.iter().for_each(|r| s.feed(r));
     s.bar_reads
 }
 
 /// The device's own time per request of `len` bytes on the ring queues, from descriptor fetch
 /// to completion written (microseconds, median over the run), and how many were seen.
-pub fn device_time_us(events: &[Value], len: u64) -> Option<(f64, usize)> {
+pub fn device_time_us(events: &[Record], len: u64) -> Option<(f64, usize)> {
     let mut s = EventScan::new(&[len]);
-    events.iter().for_each(|e| s.feed(e));
+    events.iter().for_each(|r| s.feed(r));
     s.finish().device_us.get(&len).copied()
 }
 
@@ -37,7 +38,7 @@ pub struct EventScan {
     lens: Vec<u64>,
     started: bool,
     reset: bool,
-    fetched: HashMap<(u64, u64), (u64, u64)>,
+    fetched: HashMap<(u16, u32), (u64, u64)>,
     times: HashMap<u64, Vec<u64>>,
 }
 
@@ -54,32 +55,30 @@ impl EventScan {
         }
     }
 
-    pub fn feed(&mut self, e: &Value) {
-        let key = (
-            e["queue"].as_u64().unwrap_or(99),
-            e["tag"].as_u64().unwrap_or(0),
-        );
-        let t = e["t_us"].as_u64().unwrap_or(0);
-        match e["event"].as_str() {
-            Some("fetch") => {
+    pub fn feed(&mut self, r: &Record) {
+        let t = r.t_us;
+        match r.event {
+            Event::Fetch {
+                queue, tag, len, ..
+            } => {
                 self.started = true;
-                if let Some(len) = e["len"].as_u64().filter(|l| self.lens.contains(l)) {
-                    self.fetched.insert(key, (t, len));
+                let len = u64::from(len);
+                if self.lens.contains(&len) {
+                    self.fetched.insert((queue, tag), (t, len));
                 }
             }
-            Some("complete") => {
-                if let Some((t0, len)) = self.fetched.remove(&key) {
+            Event::Complete { queue, tag, .. } => {
+                if let Some((t0, len)) = self.fetched.remove(&(queue, tag)) {
                     self.times
                         .entry(len)
                         .or_default()
                         .push(t.saturating_sub(t0));
                 }
             }
-            Some("bar_read") if self.started && !self.reset => {
-                self.bar_reads
-                    .push(e["offset"].as_u64().unwrap_or(u64::MAX));
+            Event::BarRead { offset } if self.started && !self.reset => {
+                self.bar_reads.push(offset);
             }
-            Some("reset") if self.started => self.reset = true,
+            Event::Reset { .. } if self.started => self.reset = true,
             _ => {}
         }
     }
@@ -110,11 +109,8 @@ pub fn scan_events(path: &std::path::Path, lens: &[u64]) -> EventScan {
         let wanted = ["fetch", "complete", "bar_read", "reset"]
             .iter()
             .any(|k| line.contains(&format!("\"event\":\"{k}\"")));
-        if let Some(e) = wanted
-            .then(|| serde_json::from_str::<Value>(&line).ok())
-            .flatten()
-        {
-            s.feed(&e);
+        if let Some(r) = wanted.then(|| Record::parse(&line)).flatten() {
+            s.feed(&r);
         }
     }
     s.finish()
@@ -430,7 +426,6 @@ pub fn markdown_table(c: &Cells) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn cell(device: &str, len: u64, depth: u64, queues: u64, ops_per_s: f64) -> Bench {
         Bench {
@@ -495,15 +490,45 @@ mod tests {
         assert_eq!(ratios.len(), 3);
     }
 
+    /// A `fetch` event of the device's log.
+    pub(crate) fn fetch(t_us: u64, queue: u16, tag: u32, len: u32, flags: u8) -> Record {
+        Record {
+            t_us,
+            event: Event::Fetch {
+                queue,
+                index: 0,
+                opcode: dmalab_abi::OP_COPY,
+                flags,
+                tag,
+                len,
+            },
+        }
+    }
+
+    /// A `complete` event (status OK) of the device's log.
+    pub(crate) fn complete(t_us: u64, queue: u16, tag: u32) -> Record {
+        Record {
+            t_us,
+            event: Event::Complete {
+                queue,
+                index: 0,
+                tag,
+                status: 0,
+                bytes: 0,
+                result: 0,
+            },
+        }
+    }
+
     #[test]
     fn device_time_pairs_fetch_and_completion_by_queue_and_tag() {
         let ev = [
-            json!({"t_us": 10, "event": "fetch", "queue": 0, "tag": 1, "len": 4096}),
-            json!({"t_us": 12, "event": "fetch", "queue": 1, "tag": 1, "len": 4096}),
-            json!({"t_us": 20, "event": "complete", "queue": 1, "tag": 1}),
-            json!({"t_us": 40, "event": "complete", "queue": 0, "tag": 1}),
-            json!({"t_us": 50, "event": "fetch", "queue": 0, "tag": 2, "len": 8}),
-            json!({"t_us": 51, "event": "complete", "queue": 0, "tag": 2}),
+            fetch(10, 0, 1, 4096, 0),
+            fetch(12, 1, 1, 4096, 0),
+            complete(20, 1, 1),
+            complete(40, 0, 1),
+            fetch(50, 0, 2, 8, 0),
+            complete(51, 0, 2),
         ];
         assert_eq!(device_time_us(&ev, 4096), Some((30.0, 2)));
         assert_eq!(device_time_us(&ev, 8), Some((1.0, 1)));
@@ -512,12 +537,16 @@ mod tests {
 
     #[test]
     fn bar_reads_are_counted_from_the_first_fetch_to_the_first_reset() {
+        let at = |event| Record { t_us: 0, event };
         let ev = [
-            json!({"event": "bar_read", "offset": 0}),
-            json!({"event": "fetch"}),
-            json!({"event": "bar_read", "offset": 36}),
-            json!({"event": "reset"}),
-            json!({"event": "bar_read", "offset": 4}),
+            at(Event::BarRead { offset: 0 }),
+            fetch(0, 0, 0, 64, 0),
+            at(Event::BarRead { offset: 36 }),
+            at(Event::Reset {
+                queue: None,
+                discarded: 0,
+            }),
+            at(Event::BarRead { offset: 4 }),
         ];
         assert_eq!(data_path_bar_reads(&ev), vec![36]);
     }

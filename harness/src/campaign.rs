@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use dmalab_device::eventlog::{Event, Injected, Record};
 use dmalab_report::{DmaApi, Done, Report, UnitDone, Xfer};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::verdict::{judge, unexplained_failures, Verdict};
 use crate::vm::{run, Run, VmOptions};
@@ -185,15 +185,15 @@ fn half(x: &Xfer) -> u8 {
 
 /// Judges every unit the run finished (those the agent reported `unit_done` for): its faults
 /// are the device's fault events after its `epoch` event and before the next one.
-pub fn judge_units(reports: &[Report], events: &[Value]) -> Vec<UnitResult> {
-    let mut faults: HashMap<u64, Vec<&Value>> = HashMap::new();
+pub fn judge_units(reports: &[Report], events: &[Record]) -> Vec<UnitResult> {
+    let mut faults: HashMap<u64, Vec<&Injected>> = HashMap::new();
     let mut epoch = None;
-    for e in events {
-        match e["event"].as_str() {
-            Some("epoch") => epoch = e["epoch"].as_u64(),
-            Some("fault") => {
+    for r in events {
+        match &r.event {
+            Event::Epoch { epoch: e } => epoch = Some(u64::from(*e)),
+            Event::Fault(f) => {
                 if let Some(u) = epoch {
-                    faults.entry(u).or_default().push(e);
+                    faults.entry(u).or_default().push(f);
                 }
             }
             _ => {}
@@ -227,7 +227,7 @@ pub fn judge_units(reports: &[Report], events: &[Value]) -> Vec<UnitResult> {
         .collect()
 }
 
-fn judge_unit(unit: u64, faults: &[&Value], xfers: &[&Xfer]) -> UnitResult {
+fn judge_unit(unit: u64, faults: &[&Injected], xfers: &[&Xfer]) -> UnitResult {
     let at = |queue: u64, tag: u64| {
         xfers
             .iter()
@@ -281,19 +281,18 @@ fn judge_unit(unit: u64, faults: &[&Value], xfers: &[&Xfer]) -> UnitResult {
 
 /// The most queues that had a request in flight at once (fetched, not yet completed), from the
 /// device's event log: what shows that a campaign really overlapped its requests.
-pub fn max_queues_in_flight(events: &[Value]) -> usize {
-    let mut open: HashMap<u64, usize> = HashMap::new();
+pub fn max_queues_in_flight(events: &[Record]) -> usize {
+    let mut open: HashMap<u16, usize> = HashMap::new();
     let mut most = 0;
-    for e in events {
-        let q = e["queue"].as_u64().unwrap_or(u64::MAX);
-        match e["event"].as_str() {
-            Some("fetch") => *open.entry(q).or_default() += 1,
-            Some("complete") => {
-                if let Some(n) = open.get_mut(&q) {
+    for r in events {
+        match r.event {
+            Event::Fetch { queue, .. } => *open.entry(queue).or_default() += 1,
+            Event::Complete { queue, .. } => {
+                if let Some(n) = open.get_mut(&queue) {
                     *n = n.saturating_sub(1);
                 }
             }
-            Some("reset") => open.clear(),
+            Event::Reset { .. } => open.clear(),
             _ => {}
         }
         most = most.max(open.values().filter(|&&n| n > 0).count());
@@ -394,7 +393,7 @@ pub fn campaign(name: &str, plan: &Plan, progress: Echo, oracle: bool) -> Campai
         oracle,
         |_| {},
     );
-    let faults = run.events("fault");
+    let faults = run.faults();
     let xfers = campaign_xfers(&run);
     let verdicts = judge(&faults, &xfers);
     let unexplained = unexplained_failures(&faults, &xfers)
@@ -496,10 +495,10 @@ impl Store {
             .lines()
             .filter_map(|l| Report::in_line(l)?.ok())
             .collect();
-        let events: Vec<Value> = std::fs::read_to_string(dir.join("events.jsonl"))
+        let events: Vec<Record> = std::fs::read_to_string(dir.join("events.jsonl"))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter_map(Record::parse)
             .collect();
         let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
         let health = Health {
@@ -526,7 +525,7 @@ impl Store {
         &self,
         run_name: &str,
         reports: &[Report],
-        events: &[Value],
+        events: &[Record],
         health: Option<Health>,
     ) -> Result<Vec<UnitResult>, String> {
         let units = judge_units(reports, events);
@@ -764,7 +763,6 @@ fn leak(s: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn xfer(op: &str, queue: u8, tag: u32, i: u64, partner: Option<u32>, ok: bool) -> Report {
         Report::Xfer(Xfer {
@@ -817,14 +815,20 @@ mod tests {
                 ops: 1,
             }),
         ];
-        let corrupt = |q: u64, tag: u64| {
-            json!({"event": "fault", "queue": q, "tag": tag, "rule": "c",
-                   "fault": {"kind": "corrupt", "bits": 1}})
+        let at = |event| Record { t_us: 0, event };
+        let corrupt = |queue, tag| {
+            at(Event::Fault(Injected {
+                queue,
+                index: 0,
+                tag,
+                rule: "c".into(),
+                fault: dmalab_device::faults::FaultKind::Corrupt { bits: 1 },
+            }))
         };
         let events = vec![
-            json!({"event": "epoch", "epoch": 0}),
+            at(Event::Epoch { epoch: 0 }),
             corrupt(1, 200),
-            json!({"event": "epoch", "epoch": 1}),
+            at(Event::Epoch { epoch: 1 }),
         ];
         let u = judge_units(&reports, &events);
         assert_eq!(u.len(), 2);

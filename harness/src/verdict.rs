@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 
 use dmalab_abi::Status;
+use dmalab_device::eventlog::Injected;
+use dmalab_device::faults::FaultKind;
 use dmalab_report::Xfer;
 use libc::{EIO, ETIMEDOUT};
-use serde_json::Value;
 
 /// Every reaction [`judge`] can expect, for reports that read verdicts back from JSON.
 pub const EXPECTATIONS: &[&str] = &[
@@ -35,32 +36,36 @@ pub struct Verdict {
 }
 
 /// The reaction docs/faults.md expects, and whether `x` (the guest's report) shows it.
-fn expect(kind: &str, fault: &Value, x: &Xfer) -> (&'static str, bool) {
+fn expect(fault: &FaultKind, x: &Xfer) -> (&'static str, bool) {
     let (errno, status, verified) = (x.errno, x.status, x.verified);
-    match kind {
-        "error_status" => (
+    match *fault {
+        FaultKind::ErrorStatus { status: injected } => (
             "the status, as an errno",
-            errno != 0 && Some(u64::from(status)) == fault["status"].as_u64(),
+            errno != 0 && status == u32::from(injected),
         ),
-        "dma_read_error" | "dma_write_error" => (
+        FaultKind::DmaReadError | FaultKind::DmaWriteError => (
             "DMA_FAULT, as EIO",
             errno == EIO && status == u32::from(Status::DmaFault.raw()),
         ),
-        "drop_completion" | "stall" => ("ETIMEDOUT, then recovery", errno == ETIMEDOUT),
+        FaultKind::DropCompletion | FaultKind::Stall => {
+            ("ETIMEDOUT, then recovery", errno == ETIMEDOUT)
+        }
         // the device raises its error vector: a correct driver fails the request at once
-        "fatal" => (
+        FaultKind::Fatal => (
             "EIO at once (the error vector), then a device reset",
             errno == EIO,
         ),
-        "lost_irq" => (
+        FaultKind::LostIrq => (
             "completion or ETIMEDOUT, then recovery",
             verified || errno == ETIMEDOUT,
         ),
-        "corrupt" => ("caught by the end-to-end check", errno == 0 && !verified),
-        "short_transfer" if fault["reported"] == false => {
-            ("caught by the end-to-end check", !verified)
+        FaultKind::Corrupt { .. } => ("caught by the end-to-end check", errno == 0 && !verified),
+        FaultKind::ShortTransfer {
+            reported: false, ..
+        } => ("caught by the end-to-end check", !verified),
+        FaultKind::ShortTransfer { .. } => {
+            ("the short count reported", errno == 0 && x.bytes < x.len)
         }
-        "short_transfer" => ("the short count reported", errno == 0 && x.bytes < x.len),
         _ => ("success, every byte right", verified),
     }
 }
@@ -81,30 +86,26 @@ fn observed(x: &Xfer) -> String {
 }
 
 /// When several faults hit one descriptor, the one whose effect the guest sees.
-fn severity(kind: &str) -> u8 {
-    match kind {
-        "fatal" => 9,
-        "stall" => 8,
-        "drop_completion" => 7,
-        "dma_read_error" | "dma_write_error" | "error_status" => 6,
-        "lost_irq" => 5,
-        "short_transfer" => 4,
-        "corrupt" => 3,
+fn severity(fault: &FaultKind) -> u8 {
+    match fault {
+        FaultKind::Fatal => 9,
+        FaultKind::Stall => 8,
+        FaultKind::DropCompletion => 7,
+        FaultKind::DmaReadError | FaultKind::DmaWriteError | FaultKind::ErrorStatus { .. } => 6,
+        FaultKind::LostIrq => 5,
+        FaultKind::ShortTransfer { .. } => 4,
+        FaultKind::Corrupt { .. } => 3,
         _ => 0,
     }
 }
 
 /// Judges every fault event against the guest request with the same queue and tag; faults that
 /// share a descriptor are judged by the most severe of them.
-pub fn judge(faults: &[&Value], xfers: &[&Xfer]) -> Vec<Verdict> {
-    let mut dominant: HashMap<(u64, u64), &Value> = HashMap::new();
+pub fn judge(faults: &[&Injected], xfers: &[&Xfer]) -> Vec<Verdict> {
+    let mut dominant: HashMap<(u64, u64), &Injected> = HashMap::new();
     for f in faults {
-        let key = (
-            f["queue"].as_u64().unwrap_or(0),
-            f["tag"].as_u64().unwrap_or(0),
-        );
-        let k = |v: &Value| severity(v["fault"]["kind"].as_str().unwrap_or(""));
-        let e = dominant.entry(key).or_insert(f);
+        let k = |v: &Injected| severity(&v.fault);
+        let e = dominant.entry(key_of_fault(f)).or_insert(f);
         if k(f) > k(e) {
             *e = f;
         }
@@ -119,23 +120,19 @@ pub fn judge(faults: &[&Value], xfers: &[&Xfer]) -> Vec<Verdict> {
         x.partner_tag.is_some_and(|t| {
             dominant
                 .get(&(u64::from(x.queue), u64::from(t)))
-                .is_some_and(|p| severity(p["fault"]["kind"].as_str().unwrap_or("")) > 0)
+                .is_some_and(|p| severity(&p.fault) > 0)
         })
     };
     faults
         .iter()
         .map(|f| {
-            let (queue, tag) = (
-                f["queue"].as_u64().unwrap_or(0),
-                f["tag"].as_u64().unwrap_or(0),
-            );
-            let kind = f["fault"]["kind"].as_str().unwrap_or("?").to_string();
-            let rule = f["rule"].as_str().unwrap_or("?").to_string();
+            let (queue, tag) = key_of_fault(f);
+            let kind = f.fault.name().to_string();
+            let rule = f.rule.clone();
             match by_tag.get(&(queue, tag)) {
                 Some(x) => {
                     let d = dominant[&(queue, tag)];
-                    let dkind = d["fault"]["kind"].as_str().unwrap_or("?");
-                    let (expected, pass) = match expect(dkind, &d["fault"], x) {
+                    let (expected, pass) = match expect(&d.fault, x) {
                         ("success, every byte right", false) if partner_hit(x) => (
                             "success; its bytes judged through its partner, which a fault hit",
                             x.errno == 0 && x.status == u32::from(Status::Ok.raw()),
@@ -166,22 +163,20 @@ pub fn judge(faults: &[&Value], xfers: &[&Xfer]) -> Vec<Verdict> {
         .collect()
 }
 
+/// The (queue, tag) of the request a fault hit.
+fn key_of_fault(f: &Injected) -> (u64, u64) {
+    (u64::from(f.queue), u64::from(f.tag))
+}
+
 /// The (queue, tag) a guest request is joined on.
 fn key_of(x: &Xfer) -> (u64, u64) {
     (u64::from(x.queue), u64::from(x.tag))
 }
 
 /// Guest requests no fault touched that still failed.
-pub fn unexplained_failures<'a>(faults: &[&Value], xfers: &[&'a Xfer]) -> Vec<&'a Xfer> {
-    let hit: std::collections::HashSet<(u64, u64)> = faults
-        .iter()
-        .map(|f| {
-            (
-                f["queue"].as_u64().unwrap_or(0),
-                f["tag"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
+pub fn unexplained_failures<'a>(faults: &[&Injected], xfers: &[&'a Xfer]) -> Vec<&'a Xfer> {
+    let hit: std::collections::HashSet<(u64, u64)> =
+        faults.iter().map(|f| key_of_fault(f)).collect();
     // a WRITE + READ pair is verified as one: a fault on either half explains both
     let partner = |x: &Xfer| x.partner_tag.map(|t| (u64::from(x.queue), u64::from(t)));
     xfers
@@ -195,7 +190,19 @@ pub fn unexplained_failures<'a>(faults: &[&Value], xfers: &[&'a Xfer]) -> Vec<&'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// Fault events as the device's log writes them.
+    fn injected(faults: &[Value]) -> Vec<Injected> {
+        faults
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                f["index"] = json!(0);
+                serde_json::from_value(f).unwrap()
+            })
+            .collect()
+    }
 
     #[test]
     fn joins_by_queue_and_tag_and_judges() {
@@ -226,7 +233,8 @@ mod tests {
             xfer(2, 9, 5, 9, false, 0),
             xfer(2, 10, 5, 9, false, 0),
         ];
-        let f: Vec<&Value> = faults.iter().collect();
+        let faults = injected(&faults);
+        let f: Vec<&Injected> = faults.iter().collect();
         let x: Vec<&Xfer> = xfers.iter().collect();
         let v = judge(&f, &x);
         assert!(v[0].pass, "drop -> ETIMEDOUT");
@@ -267,7 +275,8 @@ mod tests {
             half(2, 30, 31, "write", 0, 4096),
             half(2, 31, 30, "read", 0, 4096),
         ];
-        let f: Vec<&Value> = faults.iter().collect();
+        let faults = injected(&faults);
+        let f: Vec<&Injected> = faults.iter().collect();
         let x: Vec<&Xfer> = xfers.iter().collect();
         let v = judge(&f, &x);
         assert!(v[0].pass && v[0].expected.contains("partner"), "{:?}", v[0]);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashSet;
 
+use dmalab_device::eventlog::{CountersSnapshot, Event, Injected, Record};
 use dmalab_report::{DmaApi, Done, Kind, ModuleSymbols, Refused, Report, ScenarioError};
-use serde_json::Value;
 
 use crate::artifacts;
 
@@ -159,8 +159,8 @@ pub struct Run {
     pub unparsed: Vec<String>,
     /// The whole serial console.
     pub console: String,
-    /// The device's event log, parsed.
-    pub events: Vec<Value>,
+    /// The device's event log, read back as the device's own events.
+    pub events: Vec<Record>,
     pub timed_out: bool,
     /// The harness killed the device server (surprise removal).
     pub device_killed: bool,
@@ -615,41 +615,82 @@ impl Run {
         })
     }
 
-    /// Device events of one kind.
-    pub fn events(&self, kind: &str) -> Vec<&Value> {
-        self.events.iter().filter(|e| e["event"] == kind).collect()
+    /// Device events of one kind (`"fetch"`, `"error"`, ... as in the log's `event` field).
+    pub fn events(&self, kind: &str) -> Vec<&Event> {
+        self.events
+            .iter()
+            .map(|r| &r.event)
+            .filter(|e| e.kind() == kind)
+            .collect()
+    }
+
+    /// The faults the device injected, in order.
+    pub fn faults(&self) -> Vec<&Injected> {
+        self.events
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Fault(f) => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The device's error events: (queue, tag, status, what).
+    pub fn device_errors(&self) -> Vec<DeviceError<'_>> {
+        self.events
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Error {
+                    queue,
+                    tag,
+                    status,
+                    what,
+                } => Some(DeviceError {
+                    queue: *queue,
+                    tag: *tag,
+                    status: *status,
+                    what,
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The device's error events (refused doorbells and register writes, refused descriptors,
     /// DMA outside the mappings, rings unmapped while enabled, ...) that nothing explains: not
     /// an injected fault on the same request (queue and tag), not a request the agent had
     /// refused on purpose, not an expectation the test declared.
-    pub fn unexplained_device_errors(&self) -> Vec<&Value> {
-        let key = |v: &Value| Some((v["queue"].as_u64()?, v["tag"].as_u64()?));
-        let faulted: HashSet<(u64, u64)> =
-            self.events("fault").into_iter().filter_map(key).collect();
-        let refused: HashSet<(u64, u64)> = self
+    pub fn unexplained_device_errors(&self) -> Vec<DeviceError<'_>> {
+        let faulted: HashSet<(u16, u32)> = self.faults().iter().map(|f| (f.queue, f.tag)).collect();
+        let refused: HashSet<(u16, u32)> = self
             .all::<Refused>()
             .iter()
-            .map(|r| (u64::from(r.queue), u64::from(r.tag)))
+            .map(|r| (u16::from(r.queue), r.tag))
             .collect();
-        self.events("error")
+        self.device_errors()
             .into_iter()
-            .filter(|e| !key(e).is_some_and(|k| faulted.contains(&k) || refused.contains(&k)))
             .filter(|e| {
-                let what = e["what"].as_str().unwrap_or("");
+                !e.key()
+                    .is_some_and(|k| faulted.contains(&k) || refused.contains(&k))
+            })
+            .filter(|e| {
                 !self
                     .expected_device_errors
                     .iter()
-                    .any(|(text, _)| what.contains(text))
+                    .any(|(text, _)| e.what.contains(text))
             })
             .collect()
     }
 
     /// The device's final counters (written when the client disconnects).
-    pub fn device_counters(&self) -> &Value {
-        self.events("counters")
-            .pop()
+    pub fn device_counters(&self) -> CountersSnapshot {
+        self.events
+            .iter()
+            .rev()
+            .find_map(|r| match r.event {
+                Event::Counters(c) => Some(c),
+                _ => None,
+            })
             .unwrap_or_else(|| self.fail("the device wrote no final counters"))
     }
 
@@ -739,8 +780,39 @@ impl Run {
     }
 }
 
-/// The device's event log, parsed line by line (only the `kinds` listed, when given).
-fn read_events(path: &Path, kinds: Option<&[&str]>) -> Vec<Value> {
+/// An error event of the device, borrowed from a [`Run`]'s log.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceError<'a> {
+    pub queue: Option<u16>,
+    pub tag: Option<u32>,
+    /// The completion status written for the request, if any.
+    pub status: Option<u16>,
+    pub what: &'a str,
+}
+
+impl DeviceError<'_> {
+    /// The request it concerns: (queue, tag).
+    pub fn key(&self) -> Option<(u16, u32)> {
+        Some((self.queue?, self.tag?))
+    }
+}
+
+impl std::fmt::Display for DeviceError<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((q, t)) = self.key() {
+            write!(f, "queue {q} tag {t:#x}: ")?;
+        }
+        if let Some(s) = self.status {
+            let name = dmalab_abi::Status::from_raw(s).map_or("?", |s| s.name());
+            write!(f, "status {name}: ")?;
+        }
+        f.write_str(self.what)
+    }
+}
+
+/// The device's event log, read line by line (only the `kinds` listed, when given: lines of
+/// other kinds are not even parsed).
+fn read_events(path: &Path, kinds: Option<&[&str]>) -> Vec<Record> {
     use std::io::BufRead;
     let Ok(f) = File::open(path) else {
         return Vec::new();
@@ -755,6 +827,6 @@ fn read_events(path: &Path, kinds: Option<&[&str]>) -> Vec<Value> {
         .lines()
         .map_while(Result::ok)
         .filter(|l| wanted(l))
-        .filter_map(|l| serde_json::from_str(&l).ok())
+        .filter_map(|l| Record::parse(&l))
         .collect()
 }

@@ -7,11 +7,6 @@ use dmalab_report::{
     Bench, Concurrent, CrcCheck, DmaApi, DmaSelfTest, Hostile, Info, Insmod, ProbeStep,
     ProbeUnwind, Refused, ResetOutcome, Rmmod, Stats, UnbindBusy, Xfer,
 };
-use serde_json::Value;
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(u64::MAX)
-}
 
 /// Every transfer the agent reported was verified byte for byte and completed with CS_OK.
 fn assert_transfers_verified(r: &Run, min: usize) {
@@ -33,11 +28,11 @@ fn assert_counters_agree(r: &Run) {
     let stats = r.one::<Stats>().total();
     let dev = r.device_counters();
     r.check(
-        u(&dev["descriptors"]) == stats.submitted && u(&dev["completions"]) == stats.completed,
-        &format!("device counters {dev} disagree with the driver's {stats:?}"),
+        dev.descriptors == stats.submitted && dev.completions == stats.completed,
+        &format!("device counters {dev:?} disagree with the driver's {stats:?}"),
     );
     r.check(
-        u(&dev["completions_err"]) == stats.errors,
+        dev.completions_err == stats.errors,
         "error completions disagree",
     );
 }
@@ -90,7 +85,7 @@ fn transfer_suite(name: &str, iommu: bool, mode: u32) -> Run {
     // (posted writes) only.
     let reads = dmalab_harness::bench::data_path_bar_reads(&r.events);
     r.check(
-        reads.is_empty() && r.events.iter().any(|e| e["event"] == "bar_read"),
+        reads.is_empty() && !r.events("bar_read").is_empty(),
         &format!(
             "{} BAR0 reads on the data path (offsets {:x?})",
             reads.len(),
@@ -444,13 +439,12 @@ fn every_probe_step_that_fails_undoes_what_came_before() {
         totals.kmemleak == Some(0),
         &format!("kmemleak found leaks, or is off (see the console): {totals:?}"),
     );
-    let freed_live: Vec<&Value> = r
-        .events("error")
+    let freed_live: Vec<_> = r
+        .device_errors()
         .into_iter()
         .filter(|e| {
-            e["what"].as_str().is_some_and(|w| {
-                w.starts_with(dmalab_device::eventlog::RING_UNMAPPED_WHILE_ENABLED)
-            })
+            e.what
+                .starts_with(dmalab_device::eventlog::RING_UNMAPPED_WHILE_ENABLED)
         })
         .collect();
     r.check(
@@ -639,19 +633,19 @@ fn under_an_iommu_a_device_access_after_the_unmap_is_refused_and_reported() {
     r.assert_ran_cleanly();
     let owner = zero_copy_owner_timed_out(&r);
     let refused: Vec<_> = r
-        .events("error")
+        .device_errors()
         .into_iter()
         .filter(|e| {
-            e["tag"].as_u64() == Some(u64::from(owner.tag))
-                && e["status"].as_u64() == Some(u64::from(abi::CS_DMA_FAULT))
-                && e["what"].as_str().unwrap_or("").contains("not mapped")
+            e.tag == Some(owner.tag)
+                && e.status == Some(abi::CS_DMA_FAULT)
+                && e.what.contains("not mapped")
         })
         .collect();
     r.check(
         !refused.is_empty(),
         &format!(
             "the device must refuse the owner's late DMA to the unmapped IOVAs and report it: {:?}",
-            r.events("error")
+            r.device_errors()
         ),
     );
 }

@@ -19,9 +19,9 @@ fn probe_with(name: &str, rule: &str, iommu: bool) -> Run {
     ));
     let r = run(&o);
     r.assert_clean();
-    let fired = r.events("fault");
+    let fired = r.faults();
     r.check(
-        fired.len() == 1 && fired[0]["rule"] == name,
+        fired.len() == 1 && fired[0].rule == name,
         &format!("the rule fired once: {fired:?}"),
     );
     let probes = r
@@ -197,9 +197,9 @@ fn dma_outside_under_an_iommu_hits_an_unmapped_iova() {
     );
     r.check(hit(&r).verified, "the descriptor itself completes");
     let refused = r
-        .events("error")
-        .into_iter()
-        .any(|e| e["what"].as_str().unwrap_or("").contains("unmapped IOVA"));
+        .device_errors()
+        .iter()
+        .any(|e| e.what.contains("unmapped IOVA"));
     r.check(
         refused,
         "the device reports the refused access as a DMA to an unmapped IOVA",

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use dmalab_abi as abi;
+use dmalab_device::eventlog::Event;
 use dmalab_harness::vm::{run, Run, VmOptions};
 use dmalab_report::{Concurrent, Info, Insmod, Refused, Rmmod, ScenarioEnd, Stats, Xfer};
 
@@ -181,7 +182,7 @@ fn fatal_check(args: &Args, initramfs: &Path, name: &str) -> Result<(), String> 
             o.append
         );
     });
-    let faults = r.events("fault");
+    let faults = r.faults();
     let xfers = dmalab_harness::campaign::campaign_xfers(&r);
     let verdicts = dmalab_harness::verdict::judge(&faults, &xfers);
     let unexplained = dmalab_harness::verdict::unexplained_failures(&faults, &xfers);
@@ -272,7 +273,7 @@ fn campaign_checks(args: &Args, initramfs: &Path, name: &str) -> (Graded, Graded
         o.faults = Some(dmalab_harness::campaign::with_seed(&rules, 1));
         o.append = format!("dmalab.seed=1 dmalab.ops=120 {}", o.append);
     });
-    let faults = r.events("fault");
+    let faults = r.faults();
     let xfers = dmalab_harness::campaign::campaign_xfers(&r);
     let verdicts = dmalab_harness::verdict::judge(&faults, &xfers);
     let failed: Vec<_> = verdicts.iter().filter(|v| !v.pass).collect();
@@ -534,7 +535,7 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
         let on = |q: u16| {
             r.events("fetch")
                 .iter()
-                .filter(|e| e["queue"].as_u64() == Some(u64::from(q)))
+                .filter(|e| e.queue() == Some(q))
                 .count()
         };
         if step == 2 {
@@ -603,8 +604,8 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
                 {
                     let irq = |q: u32| {
                         r.events("irq").iter().any(|e| {
-                            e["vector"].as_u64() == Some(u64::from(q))
-                                && e["delivered"].as_bool() == Some(true)
+                            matches!(e, Event::Irq { vector, delivered: true }
+                                if u32::from(*vector) == q)
                         })
                     };
                     let lines = r
@@ -655,9 +656,8 @@ fn ladder_checks(args: &Args, initramfs: &Path, step: u32) -> Vec<Check> {
                         .events("fetch")
                         .iter()
                         .filter(|e| {
-                            e["flags"].as_u64().unwrap_or(0)
-                                & u64::from(abi::DESC_SRC_SG | abi::DESC_DST_SG)
-                                != 0
+                            matches!(e, Event::Fetch { flags, .. }
+                                if flags & (abi::DESC_SRC_SG | abi::DESC_DST_SG) != 0)
                         })
                         .count();
                     match r

@@ -5,11 +5,6 @@ use std::process::ExitCode;
 
 use dmalab_harness::vm::{run, VmOptions};
 use dmalab_report::{Bench, Concurrent, DmaApi, Done, Info, Stats, Xfer};
-use serde_json::Value;
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
-}
 
 const DEMO_FAULT: &str = "[[rule]]\nname = \"demo\"\nkind = \"drop_completion\"\nqueue = 0\nopcode = \"copy\"\nsize = [4000, 4000]\nnth = 2\n";
 
@@ -88,7 +83,7 @@ fn main() -> ExitCode {
         }
     }
     if let Some(s) = r.all::<Stats>().pop() {
-        let dev = r.events("counters").pop().cloned().unwrap_or_default();
+        let dev = r.device_counters();
         println!("\n== counters");
         println!(
             "  driver: {} submitted, {} completed, {} error completions, {} timeouts, {} interrupts, {} bytes",
@@ -105,24 +100,24 @@ fn main() -> ExitCode {
         );
         println!(
             "  device: {} descriptors, {} completions ({} with errors), {} interrupts raised, {} resets",
-            u(&dev["descriptors"]),
-            u(&dev["completions"]),
-            u(&dev["completions_err"]),
-            u(&dev["irqs"]),
-            u(&dev["resets"])
+            dev.descriptors,
+            dev.completions,
+            dev.completions_err,
+            dev.irqs,
+            dev.resets
         );
     }
     let mut fault_handled = true;
     if !probes.is_empty() {
         println!("\n== a fault, injected and handled");
-        for f in r.events("fault") {
+        for f in r.faults() {
             println!(
                 "  device: rule '{}' injected {} into queue {} slot {} (tag {:#x})",
-                f["rule"].as_str().unwrap_or("?"),
-                f["fault"]["kind"].as_str().unwrap_or("?"),
-                u(&f["queue"]),
-                u(&f["index"]),
-                u(&f["tag"])
+                f.rule,
+                f.fault.name(),
+                f.queue,
+                f.index,
+                f.tag
             );
         }
         for (i, p) in probes.iter().enumerate() {
