@@ -11,7 +11,7 @@ export DMALAB_CACHE := $(CACHE)
 export QEMU KERNEL_SRC
 P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
-CARGO_E2E := cargo test --release -p dmalab-harness --test e2e --test faults
+CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
 .PHONY: bench-kernel bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver compile-fail exercises check-step clean
 

@@ -13,6 +13,9 @@ key=$(printf '%s' "$src" | md5sum | cut -c1-12)
 work="$ROOT/target/exercises/$key"
 mod="$work/exercises/build/$(basename "$src")"
 mkdir -p "$mod" "$work/abi"
+# two builds of one module directory at once (tests run side by side) take turns
+exec 9>"$work.lock"
+flock 9
 rm -f "$mod"/*.rs
 cp "$src"/Kbuild "$src"/*.rs "$mod/"
 cp "$ROOT/abi/regs.rs" "$work/abi/"

@@ -8,6 +8,8 @@ pub mod campaign;
 pub mod html;
 pub mod kernel_log;
 pub mod oracle;
+pub mod slots;
+pub mod timings;
 pub mod tutorial;
 pub mod verdict;
 pub mod vm;

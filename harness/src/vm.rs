@@ -412,6 +412,10 @@ struct Watched {
     qemu_status: Option<ExitStatus>,
     timed_out: bool,
     device_killed: bool,
+    /// Seconds from QEMU's start to the agent's first report.
+    boot: Option<f64>,
+    /// Each scenario's end, in seconds from QEMU's start.
+    scenario_ends: Vec<(String, f64)>,
 }
 
 /// A progress report for people: `[  42s] 120/300 (40%)  2.9 req/s  3 failed  5 faults  ~62 s
@@ -449,6 +453,8 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
     let mut report_tail = ConsoleTail::new(dir.join("reports.log"));
     let mut device_killed = false;
     let mut timed_out = false;
+    let mut boot = None;
+    let mut scenario_ends = Vec::new();
     let qemu_status = loop {
         let exited = reaper
             .children
@@ -459,6 +465,15 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
         // echoed from their port only (once), markers are looked for in both.
         let reports = report_tail.poll();
         let echo = reports.len();
+        for line in &reports {
+            match Report::in_line(line) {
+                Some(Ok(Report::ScenarioEnd(e))) => {
+                    scenario_ends.push((e.scenario, t0.elapsed().as_secs_f64()));
+                }
+                Some(_) if boot.is_none() => boot = Some(t0.elapsed().as_secs_f64()),
+                _ => {}
+            }
+        }
         for (n, line) in reports.into_iter().chain(tail.poll()).enumerate() {
             if let Some(Ok(r)) =
                 Report::in_line(&line).filter(|_| n < echo && !opts.echo.is_empty())
@@ -521,14 +536,22 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
         qemu_status,
         timed_out,
         device_killed,
+        boot,
+        scenario_ends,
     }
 }
 
-/// Boots a VM as `opts` says and waits for it to power off (or for the timeout).
+/// Boots a VM as `opts` says and waits for it to power off (or for the timeout). Waits first
+/// for a VM slot ([`crate::slots`]): no more VMs run at once than the machine has cores.
 pub fn run(opts: &VmOptions) -> Run {
-    let dir = artifacts::root().join("target/e2e").join(&opts.name);
+    let e2e = artifacts::root().join("target/e2e");
+    let dir = e2e.join(&opts.name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create run directory");
+    let asked = Instant::now();
+    let slot = crate::slots::acquire(&e2e.join(".slots"));
+    let waited = asked.elapsed().as_secs_f64();
+    let started = Instant::now();
     let mut reaper = Reaper {
         children: Vec::new(),
     };
@@ -538,6 +561,27 @@ pub fn run(opts: &VmOptions) -> Run {
     // The server leaves by itself when the client disconnects.
     let device_status = reaper.stop("device", Duration::from_secs(20));
     drop(reaper);
+    drop(slot);
+    let mut since = w.boot.unwrap_or(0.0);
+    let scenarios = w
+        .scenario_ends
+        .iter()
+        .map(|(s, end)| {
+            let took = end - since;
+            since = *end;
+            (s.clone(), took)
+        })
+        .collect();
+    crate::timings::append(
+        &e2e.join("timings.jsonl"),
+        &crate::timings::VmTiming {
+            name: opts.name.clone(),
+            waited,
+            boot: w.boot,
+            scenarios,
+            total: started.elapsed().as_secs_f64(),
+        },
+    );
 
     // Reports come on their own serial port, where no kernel message can cut into a line;
     // an agent without that port writes them on the console only.

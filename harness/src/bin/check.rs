@@ -37,6 +37,20 @@ struct Args {
     /// Extra guest kernel command line (module parameters as dmalab_module.NAME=VALUE)
     #[arg(long, default_value = "")]
     append: String,
+    /// Name of this grading: its VMs keep their logs in target/e2e/NAME_<check>, its initramfs
+    /// and report card are in target/NAME (several gradings at once need different names)
+    #[arg(long, default_value = "check", value_parser = run_name)]
+    run_name: String,
+}
+
+/// A grading's name becomes directory names: letters, digits, `-` and `_` only.
+fn run_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| s.to_string())
+        .ok_or_else(|| "1 to 64 letters, digits, '-' or '_'".into())
 }
 
 /// One graded check.
@@ -57,7 +71,7 @@ fn boot(
     scenarios: &str,
     tune: impl FnOnce(&mut VmOptions),
 ) -> Run {
-    let mut o = VmOptions::new(&format!("check_{name}"), scenarios);
+    let mut o = VmOptions::new(&format!("{}_{name}", args.run_name), scenarios);
     o.initramfs = Some(initramfs.to_path_buf());
     o.kernel = args.kernel.clone();
     o.append = args.append.clone();
@@ -1122,7 +1136,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let root = dmalab_harness::artifacts::root();
-    let dir = root.join("target/check");
+    let dir = root.join("target").join(&args.run_name);
     let built = Command::new(root.join("scripts/build-initramfs.sh"))
         .arg(&kbuild)
         .arg(&agent)
@@ -1177,8 +1191,9 @@ fn main() -> ExitCode {
         Err(e) => eprintln!("dmalab check: cannot write {}: {e}", html.display()),
     }
     println!(
-        "  {passed}/{} checks passed; logs in target/e2e/check_*",
-        results.len()
+        "  {passed}/{} checks passed; logs in target/e2e/{}_*",
+        results.len(),
+        args.run_name
     );
     if passed == results.len() {
         ExitCode::SUCCESS

@@ -1,5 +1,5 @@
-//! End-to-end: the real device server, the real QEMU, the real guest kernel and driver.
-//! Each test boots one VM; its logs stay in target/e2e/<test>/.
+//! The driver and the device together: transfers on both data paths, teardown, the ownership
+//! oracle, the grader and the tutorial ladder. Each test boots its VMs; logs in target/e2e/<run>/.
 
 use dmalab_abi::{self as abi, Status};
 use dmalab_harness::vm::{run, Run, VmOptions};
@@ -705,7 +705,7 @@ fn dmalab_check_grades_the_reference_driver_as_passing() {
     // the checker boots its own VMs with the module it is given: ours must pass levels 1-3
     let module = dmalab_harness::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
-        .args(["--level", "3", "--driver"])
+        .args(["--level", "3", "--run-name", "check_reference", "--driver"])
         .arg(&module)
         .output()
         .expect("run dmalab-check");
@@ -728,7 +728,7 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
     let module = dmalab_harness::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
     // (each at its own level only: the variants pass the levels before it, which the reference
     // driver's test covers)
-    for (bug, level, check) in [
+    let cases = [
         (8, "1", "unloads cleanly"),
         (6, "3", "device refusals become errnos"),
         (7, "4", "completions are matched by tag"),
@@ -739,29 +739,44 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
         (2, "6", "never touches memory the device owns"),
         (4, "6", "never touches memory the device owns"),
         (5, "6", "never touches memory the device owns"),
-    ] {
+    ];
+    // each grading is its own process with its own VMs: side by side, as many VMs at once as
+    // the machine runs
+    let cards = side_by_side(&cases, |&(bug, level, _)| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
-            .args([
-                "--from",
-                level,
-                "--level",
-                level,
-                "--append",
-                &format!("dmalab_module.dma_bug={bug}"),
-            ])
+            .args(["--from", level, "--level", level])
+            .args(["--append", &format!("dmalab_module.dma_bug={bug}")])
+            .args(["--run-name", &format!("check_bug{bug}")])
             .arg("--driver")
             .arg(&module)
             .output()
             .expect("run dmalab-check");
-        let card = String::from_utf8_lossy(&out.stdout);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    });
+    for ((bug, _, check), (passed, card)) in cases.iter().zip(cards) {
         assert!(
-            !out.status.success()
+            !passed
                 && card
                     .lines()
                     .any(|l| l.contains("FAIL") && l.contains(check)),
             "dma_bug={bug}: expected the check '{check}' to fail:\n{card}"
         );
     }
+}
+
+/// `f` on every item, each in its own thread (their VMs wait for slots), results in order.
+fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = items.iter().map(|i| s.spawn(move || f(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Builds a tutorial module directory against the guest kernel; the path of its .ko.
@@ -782,10 +797,16 @@ fn build_exercise(dir: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// `dmalab check --step N` on a module: (passed, report card).
-fn check_step(step: u32, module: &std::path::Path) -> (bool, String) {
+/// `dmalab check --step N` on a module, as grading `run_name`: (passed, report card).
+fn check_step(step: u32, module: &std::path::Path, run_name: &str) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
-        .args(["--step", &step.to_string(), "--driver"])
+        .args([
+            "--step",
+            &step.to_string(),
+            "--run-name",
+            run_name,
+            "--driver",
+        ])
         .arg(module)
         .output()
         .expect("run dmalab-check");
@@ -804,22 +825,43 @@ fn check_step(step: u32, module: &std::path::Path) -> (bool, String) {
 #[test]
 fn every_tutorial_solution_passes_its_step_and_every_skeleton_fails_it_helpfully() {
     let root = dmalab_harness::artifacts::root();
-    let mut steps = 0;
-    for step in 1..=dmalab_harness::tutorial::STEPS {
-        let solution = dmalab_harness::tutorial::solution_dir(&root, step);
-        if !solution.exists() {
+    let steps: Vec<u32> = (1..=dmalab_harness::tutorial::STEPS)
+        .filter(|&step| dmalab_harness::tutorial::solution_dir(&root, step).exists())
+        .collect();
+    assert!(steps.len() >= 2, "no tutorial solutions found");
+    // every step's solution and skeleton, graded side by side
+    let gradings: Vec<(u32, bool)> = steps
+        .iter()
+        .flat_map(|&step| [(step, true), (step, false)])
+        .collect();
+    let cards = side_by_side(&gradings, |&(step, solution)| {
+        let (dir, name) = if solution {
+            (
+                dmalab_harness::tutorial::solution_dir(&root, step),
+                "solution",
+            )
+        } else {
+            (
+                dmalab_harness::tutorial::skeleton_dir(&root, step),
+                "skeleton",
+            )
+        };
+        check_step(
+            step,
+            &build_exercise(&dir),
+            &format!("check_step{step}_{name}"),
+        )
+    });
+    for (&(step, solution), (passed, card)) in gradings.iter().zip(cards) {
+        if solution {
+            // the solution passes every check of steps 1..=N
+            assert!(
+                passed && !card.contains("FAIL"),
+                "the step {step} solution fails its step:\n{card}"
+            );
             continue;
         }
-        steps += 1;
-        // the solution passes every check of steps 1..=N
-        let (passed, card) = check_step(step, &build_exercise(&solution));
-        assert!(
-            passed && !card.contains("FAIL"),
-            "the step {step} solution fails its step:\n{card}"
-        );
         // the skeleton as given fails, and every failure says why and where to read up
-        let skeleton = dmalab_harness::tutorial::skeleton_dir(&root, step);
-        let (passed, card) = check_step(step, &build_exercise(&skeleton));
         let fails: Vec<&str> = card.lines().filter(|l| l.contains("FAIL")).collect();
         assert!(
             !passed && !fails.is_empty(),
@@ -832,7 +874,6 @@ fn every_tutorial_solution_passes_its_step_and_every_skeleton_fails_it_helpfully
             );
         }
     }
-    assert!(steps >= 2, "no tutorial solutions found");
 }
 
 /// `make bench`'s boot in miniature: every cell of its table runs (dmalab on one queue and on
