@@ -14,35 +14,39 @@ pub fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The report card of `dmalab check`: one row per check (level, name, pass or the reason it
-/// failed, where the expected behaviour is explained).
+/// The report card of `dmalab check`: one row per check (level `L`/step `S` as `mark` says,
+/// name, pass or the reason it failed, where the expected behaviour is explained, the VM it was
+/// judged on).
 pub fn report_card(
     driver: &str,
-    rows: &[(u32, &str, Result<(), String>, &str)],
+    mark: &str,
+    rows: &[crate::grading::Row],
     notes: &[(String, String)],
 ) -> String {
-    let passed = rows.iter().filter(|r| r.2.is_ok()).count();
+    let passed = rows.iter().filter(|r| r.result.is_ok()).count();
     let mut h = format!(
         "<!doctype html><html><head><meta charset=utf-8><title>dmalab check</title><style>\
          body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eee}}\
          .pass{{color:#070}}.fail{{color:#b00;font-weight:bold}}</style></head><body>\
          <h1>dmalab check</h1><p>{}: {passed} of {} checks passed</p><table><tr><th>level</th>\
-         <th>check</th><th>result</th><th>see</th></tr>",
+         <th>check</th><th>result</th><th>see</th><th>judged on</th></tr>",
         esc(driver),
         rows.len()
     );
-    for (level, name, result, see) in rows {
-        let (class, text) = match result {
+    for r in rows {
+        let (class, text) = match &r.result {
             Ok(()) => ("pass", "pass".to_string()),
             Err(why) => ("fail", format!("FAIL: {why}")),
         };
         let _ = write!(
             h,
-            "<tr><td>{level}</td><td>{}</td><td class={class}>{}</td><td>{}</td></tr>",
-            esc(name),
+            "<tr><td>{mark}{}</td><td>{}</td><td class={class}>{}</td><td>{}</td><td>{}</td></tr>",
+            r.rank,
+            esc(r.name),
             esc(&text),
-            esc(see)
+            esc(r.see),
+            esc(r.conditions)
         );
     }
     h.push_str("</table>");
@@ -170,9 +174,16 @@ mod tests {
 
     #[test]
     fn the_report_card_lists_every_check_escaped() {
+        let row = |rank, name, result, see| crate::grading::Row {
+            rank,
+            name,
+            result,
+            see,
+            conditions: "the oracle & co",
+        };
         let rows = [
-            (1, "loads", Ok(()), "docs/contract.md"),
-            (
+            row(1, "loads", Ok(()), "docs/contract.md"),
+            row(
                 6,
                 "owns <nothing>",
                 Err("a & b".to_string()),
@@ -183,8 +194,12 @@ mod tests {
             "fault verdicts (x)".to_string(),
             "stall 1/1 <b>".to_string(),
         )];
-        let h = report_card("my.ko", &rows, &notes);
+        let h = report_card("my.ko", "L", &rows, &notes);
         assert!(h.contains("1 of 2 checks passed"), "{h}");
+        assert!(
+            h.contains("<td>L6</td>") && h.contains("the oracle &amp; co"),
+            "{h}"
+        );
         assert!(h.contains("stall 1/1 &lt;b&gt;"), "{h}");
         assert!(h.contains("owns &lt;nothing&gt;") && h.contains("FAIL: a &amp; b"));
         assert!(!h.contains("<script"));

@@ -5,6 +5,7 @@
 pub mod artifacts;
 pub mod bench;
 pub mod campaign;
+pub mod grading;
 pub mod html;
 pub mod kernel_log;
 pub mod oracle;

@@ -730,7 +730,7 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
     // driver's test covers)
     let cases = [
         (8, "1", "unloads cleanly"),
-        (6, "3", "device refusals become errnos"),
+        (6, "3", "device error statuses become errnos"),
         (7, "4", "completions are matched by tag"),
         (3, "4", "a stalled request times out"),
         (9, "4", "a stalled request times out"),

@@ -1,0 +1,948 @@
+//! The table of checks: every check `dmalab check` grades, for the contract's levels and for
+//! the tutorial ladder's steps, each once. The order is the card's within a level or step.
+
+use std::sync::OnceLock;
+
+use dmalab_abi as abi;
+use dmalab_device::eventlog::Event;
+use dmalab_report::{
+    AfterRemoval, Bound, Concurrent, DmaApi, Info, Insmod, Interrupts, Refused, ResetOutcome,
+    Rmmod, ScenarioEnd, Stalled, Stats, UnbindBusy, UnbindStalled, Xfer,
+};
+
+use super::boots::NEVER_RETURNED;
+use super::judge::{
+    all_verified, all_verified_in, clean, driver_complaints, ensure, errno_hint, leaks,
+};
+use super::{Check, Ctx, Graded, Steps};
+use crate::campaign::campaign_xfers;
+use crate::verdict::{judge, unexplained_failures, Verdict};
+use crate::vm::Run;
+
+/// Every check, in the order of the card.
+pub fn table() -> &'static [Check] {
+    static TABLE: OnceLock<Vec<Check>> = OnceLock::new();
+    TABLE.get_or_init(build)
+}
+
+fn build() -> Vec<Check> {
+    vec![
+        // --- binding: the contract's level 1 (boot "bind"), the ladder's step 1 ("step1")
+        Check {
+            id: "loads",
+            name: "loads and creates /dev/dmalab0",
+            level: Some(1),
+            steps: None,
+            see: "docs/contract.md#1--binds",
+            chapter: None,
+            boot: "bind",
+            judge: |r, _| {
+                ensure(
+                    r.all::<Insmod>().first().is_some_and(|i| i.ok),
+                    "insmod failed or /dev/dmalab0 never appeared",
+                )
+            },
+        },
+        Check {
+            id: "info",
+            name: "IOC_INFO reports the ID and version registers",
+            level: Some(1),
+            steps: None,
+            see: "docs/datasheet.md#bar0-register-map",
+            chapter: None,
+            boot: "bind",
+            judge: |r, _| {
+                r.all::<Info>()
+                    .first()
+                    .map_or(Err("no IOC_INFO answer".into()), |i| {
+                        ensure(
+                            i.magic == abi::DEVICE_MAGIC
+                                && i.version >> 16 == u32::from(abi::VERSION_MAJOR),
+                            format!("ID {:#x} version {:#x}", i.magic, i.version),
+                        )
+                    })
+            },
+        },
+        Check {
+            id: "unloads",
+            name: "unloads cleanly (kernel log, DMA-API debug, device account)",
+            level: Some(1),
+            steps: None,
+            see: "docs/contract.md#1--binds",
+            chapter: None,
+            boot: "bind",
+            judge: |r, _| {
+                ensure(
+                    r.all::<Rmmod>()
+                        .first()
+                        .is_some_and(|m| m.ok && !m.still_loaded),
+                    "rmmod failed",
+                )
+                .and_then(|_| clean(r))
+            },
+        },
+        Check {
+            id: "no_leaks",
+            name: "kmemleak finds nothing leaked after a load, transfers and an unload",
+            level: Some(1),
+            steps: None,
+            see: "docs/contract.md#1--binds",
+            chapter: None,
+            boot: "bind",
+            judge: |r, _| leaks(r),
+        },
+        Check {
+            id: "module_loads",
+            name: "the module loads",
+            level: None,
+            steps: Some(Steps::From(1)),
+            see: "docs/tutorial/01-bind.md",
+            chapter: None,
+            boot: "step1",
+            judge: |r, _| {
+                ensure(
+                    r.all::<Insmod>().first().is_some_and(|i| i.ok),
+                    format!(
+                        "insmod failed: {:?}",
+                        r.all::<Insmod>().first().map(|i| &i.error)
+                    ),
+                )
+            },
+        },
+        Check {
+            id: "binds",
+            name: "it binds the dmalab device",
+            level: None,
+            steps: Some(Steps::From(1)),
+            see: "docs/tutorial/01-bind.md#binding",
+            chapter: None,
+            boot: "step1",
+            judge: |r, _| match bound(r, "loaded") {
+                Some(b) if b.driver.as_deref() == Some("dmalab") => Ok(()),
+                Some(b) => Err(format!(
+                    "the device is bound to {:?}, not to dmalab: probe() failed{}",
+                    b.driver,
+                    driver_complaints(r)
+                )),
+                None => Err(format!(
+                    "not looked at: the module did not load{}",
+                    driver_complaints(r)
+                )),
+            },
+        },
+        Check {
+            id: "enables",
+            name: "it enables memory decoding and bus mastering",
+            level: None,
+            steps: Some(Steps::From(1)),
+            see: "docs/tutorial/01-bind.md#enabling",
+            chapter: None,
+            boot: "step1",
+            judge: |r, _| match bound(r, "loaded") {
+                Some(b) => ensure(
+                    b.enabled(),
+                    format!(
+                        "PCI command register {:#06x}: bits 1 and 2 must be set",
+                        b.command
+                    ),
+                ),
+                None => Err("the module did not load".into()),
+            },
+        },
+        Check {
+            id: "logs_version",
+            name: "it reads the VERSION register and logs the version",
+            level: None,
+            steps: Some(Steps::From(1)),
+            see: "docs/tutorial/01-bind.md#identity",
+            chapter: None,
+            boot: "step1",
+            judge: |r, _| {
+                let version = format!("v{}.{}", abi::VERSION_MAJOR, abi::VERSION_MINOR);
+                ensure(
+                    r.console.lines().any(|l| {
+                        l.contains("dmalab")
+                            && l.contains(&version)
+                            && !l.contains(dmalab_report::PREFIX)
+                    }),
+                    format!("no kernel log line from the driver says {version}"),
+                )
+            },
+        },
+        Check {
+            id: "unbinds",
+            name: "it unbinds cleanly",
+            level: None,
+            steps: Some(Steps::From(1)),
+            see: "docs/tutorial/01-bind.md#unbinding",
+            chapter: None,
+            boot: "step1",
+            judge: |r, _| {
+                let rm = r.all::<Rmmod>();
+                ensure(
+                    rm.first().is_some_and(|m| m.ok && !m.still_loaded),
+                    format!("rmmod failed: {:?}", rm.first().map(|m| &m.error)),
+                )
+                .and_then(|_| {
+                    ensure(
+                        bound(r, "unloaded").is_some_and(|b| b.driver.is_none()),
+                        "the device is still bound after rmmod",
+                    )
+                })
+                .and_then(|_| clean(r))
+            },
+        },
+        Check {
+            id: "unbind_no_leaks",
+            name: "kmemleak finds nothing leaked after the unbind",
+            level: None,
+            steps: Some(Steps::From(1)),
+            see: "docs/tutorial/01-bind.md#unbinding",
+            chapter: None,
+            boot: "step1",
+            judge: |r, _| leaks(r),
+        },
+        // --- transfers: level 2 ("transfers"), ladder steps 2-5 ("ladder")
+        Check {
+            id: "every_opcode",
+            name: "every opcode, size and queue, byte for byte",
+            level: Some(2),
+            steps: None,
+            see: "docs/datasheet.md#opcodes",
+            chapter: None,
+            boot: "transfers",
+            judge: |r, _| all_verified(r, 25),
+        },
+        Check {
+            id: "concurrent",
+            name: "concurrent requests on every queue",
+            level: Some(2),
+            steps: None,
+            see: "docs/contract.md#2--transfers",
+            chapter: None,
+            boot: "transfers",
+            judge: |r, _| concurrent_ok(r),
+        },
+        Check {
+            id: "interrupts",
+            name: "interrupts on every queue",
+            level: Some(2),
+            steps: None,
+            see: "docs/datasheet.md#interrupts",
+            chapter: None,
+            boot: "transfers",
+            judge: |r, _| {
+                r.all::<Stats>()
+                    .first()
+                    .map_or(Err("no IOC_STATS answer".into()), |s| {
+                        ensure(
+                            s.per_queue().iter().all(|q| q.completed > 0 && q.irqs > 0),
+                            "a queue saw no completion or no interrupt",
+                        )
+                    })
+            },
+        },
+        Check {
+            id: "transfers_clean",
+            name: "the run is clean",
+            level: Some(2),
+            steps: None,
+            see: "docs/contract.md#2--transfers",
+            chapter: None,
+            boot: "transfers",
+            judge: |r, _| clean(r),
+        },
+        Check {
+            id: "device_node",
+            name: "/dev/dmalab0 appears",
+            level: None,
+            steps: Some(Steps::From(2)),
+            see: "docs/tutorial/02-direct-dma.md#the-misc-device",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| {
+                ensure(
+                    !r.all::<ScenarioEnd>()
+                        .iter()
+                        .any(|e| e.scenario == "load" && !e.completed),
+                    format!("/dev/dmalab0 never appeared{}", driver_complaints(r)),
+                )
+            },
+        },
+        Check {
+            id: "small_opcodes",
+            name: "every opcode at 1 B to 64 KiB, byte for byte",
+            level: None,
+            steps: Some(Steps::From(2)),
+            see: "docs/datasheet.md#opcodes",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| all_verified_in(r, "basic", 20),
+        },
+        Check {
+            id: "in_a_row",
+            name: "100 transfers in a row",
+            level: None,
+            steps: Some(Steps::From(2)),
+            see: "docs/tutorial/02-direct-dma.md",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| all_verified_in(r, "basic_wrap", 100),
+        },
+        Check {
+            id: "direct_registers",
+            name: "the transfers used the direct-transfer registers",
+            level: None,
+            steps: Some(Steps::Only(2)),
+            see: "docs/datasheet.md#direct-transfers",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| {
+                let n = fetched_on(r, abi::DIRECT_QUEUE);
+                ensure(n >= 120, format!("the device ran {n} direct transfers"))
+            },
+        },
+        Check {
+            id: "rings",
+            name: "the transfers went through queue 0's rings",
+            level: None,
+            steps: Some(Steps::Only(3)),
+            see: "docs/tutorial/03-rings.md",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| {
+                let n = fetched_on(r, 0);
+                ensure(
+                    n >= 120,
+                    format!("the device fetched {n} descriptors from queue 0"),
+                )
+            },
+        },
+        Check {
+            id: "msix",
+            name: "IOC_INFO: MSI-X, a vector per queue and one for errors",
+            level: None,
+            steps: Some(Steps::From(4)),
+            see: "docs/tutorial/04-msix.md#vectors",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| match r.all::<Info>().first() {
+                Some(i) => ensure(
+                    i.irq_mode == "msix" && i.vectors > i.queues && i.queues >= 1,
+                    format!(
+                        "{} queues, {} vectors, mode {}",
+                        i.queues, i.vectors, i.irq_mode
+                    ),
+                ),
+                None => Err(format!("no IOC_INFO answer{}", driver_complaints(r))),
+            },
+        },
+        Check {
+            id: "every_queue",
+            name: "every opcode on every queue",
+            level: None,
+            steps: Some(Steps::From(4)),
+            see: "docs/tutorial/04-msix.md",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| all_verified_in(r, "queues", 5 * queues(r).max(1) as usize),
+        },
+        Check {
+            id: "threads",
+            name: "threads on every queue at once",
+            level: None,
+            steps: Some(Steps::From(4)),
+            see: "docs/tutorial/04-msix.md#waiting",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| {
+                r.all::<Concurrent>()
+                    .first()
+                    .map_or(Err("not run".into()), |c| {
+                        ensure(
+                            c.failed == 0 && c.verified > 0,
+                            format!("{} of {} failed", c.failed, c.verified + c.failed),
+                        )
+                    })
+            },
+        },
+        Check {
+            id: "vectors_fire",
+            name: "each queue's vector fires and its handler runs",
+            level: None,
+            steps: Some(Steps::From(4)),
+            see: "docs/datasheet.md#interrupts",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| vectors_fire(r),
+        },
+        Check {
+            id: "dma_mask",
+            name: "IOC_INFO: a 64-bit DMA mask",
+            level: None,
+            steps: Some(Steps::From(5)),
+            see: "docs/tutorial/05-sg.md#the-dma-mask",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| {
+                r.all::<Info>()
+                    .first()
+                    .map_or(Err("no IOC_INFO answer".into()), |i| {
+                        ensure(
+                            i.dma_mask_bits == 64,
+                            format!("a {}-bit mask", i.dma_mask_bits),
+                        )
+                    })
+            },
+        },
+        Check {
+            id: "large",
+            name: "1 MiB requests on every queue, byte for byte",
+            level: None,
+            steps: Some(Steps::From(5)),
+            see: "docs/tutorial/05-sg.md",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| all_verified_in(r, "transfers", 25),
+        },
+        Check {
+            id: "sg_lists",
+            name: "scatter-gather lists of 16 to 256 segments",
+            level: None,
+            steps: Some(Steps::From(5)),
+            see: "docs/datasheet.md#scatter-gather-entry-16-bytes",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| sg_lists(r),
+        },
+        Check {
+            id: "ladder_clean",
+            name: "the run is clean",
+            level: None,
+            steps: Some(Steps::From(2)),
+            see: "docs/contract.md#1--binds",
+            chapter: None,
+            boot: "ladder",
+            judge: |r, _| clean(r),
+        },
+        Check {
+            id: "iommu_transfers",
+            name: "behind a vIOMMU: 1 MiB and scatter-gather transfers, byte for byte",
+            level: None,
+            steps: Some(Steps::From(6)),
+            see: "docs/tutorial/06-iommu.md",
+            chapter: None,
+            boot: "ladder_iommu",
+            judge: |r, _| {
+                all_verified_in(r, "transfers", 25).and_then(|_| all_verified_in(r, "sg", 16))
+            },
+        },
+        Check {
+            id: "iommu_unbind",
+            name: "unbind behind a vIOMMU: the device is stopped before its memory is unmapped",
+            level: None,
+            steps: Some(Steps::From(6)),
+            see: "docs/tutorial/06-iommu.md#teardown-as-a-guard",
+            chapter: None,
+            boot: "ladder_iommu",
+            judge: |r, _| clean(r),
+        },
+        Check {
+            id: "iommu_nothing_left",
+            name: "no DMA memory left allocated or mapped after unbind",
+            level: None,
+            steps: Some(Steps::From(6)),
+            see: "docs/tutorial/06-iommu.md#teardown-as-a-guard",
+            chapter: None,
+            boot: "ladder_iommu",
+            judge: |r, _| {
+                let after = r
+                    .all::<DmaApi>()
+                    .into_iter()
+                    .find(|d| d.when == "unloaded")
+                    .and_then(|d| d.entries);
+                match after {
+                    Some(0) => Ok(()),
+                    Some(n) => Err(format!("DMA-API debug lists {n} entries for the device")),
+                    None => Err("DMA-API debug was not read after the unload".into()),
+                }
+            },
+        },
+        // --- refusals: level 3, step 7 ("refusals")
+        Check {
+            id: "status_errno",
+            name: "device error statuses become errnos (INTERNAL_RANGE: ERANGE)",
+            level: Some(3),
+            steps: Some(Steps::From(7)),
+            see: "docs/driver.md#request",
+            chapter: Some("docs/tutorial/07-errors.md#statuses"),
+            boot: "refusals",
+            judge: |r, _| {
+                let f = r.all::<Refused>();
+                ensure(
+                    f.first().is_some_and(|x| x.errno == libc::ERANGE),
+                    format!("{:?}{}", f.first(), driver_complaints(r)),
+                )
+            },
+        },
+        Check {
+            id: "refuses_bad",
+            name: "bad requests are refused with EINVAL before the device sees them",
+            level: Some(3),
+            steps: Some(Steps::From(7)),
+            see: "docs/contract.md#3--refusals",
+            chapter: None,
+            boot: "refusals",
+            judge: |r, _| {
+                let f = r.all::<Refused>();
+                ensure(
+                    f.len() == 3 && f[1].errno == libc::EINVAL && f[2].errno == libc::EINVAL,
+                    format!("{f:?}"),
+                )
+            },
+        },
+        Check {
+            id: "reset",
+            name: "IOC_RESET resets the device, it works afterwards, the run is clean",
+            level: Some(3),
+            steps: Some(Steps::From(7)),
+            see: "docs/contract.md#3--refusals",
+            chapter: Some("docs/tutorial/07-errors.md#device-reset"),
+            boot: "refusals",
+            judge: |r, _| {
+                let outcome = r.all::<ResetOutcome>();
+                ensure(
+                    outcome.first().is_some_and(|x| x.ok),
+                    format!("IOC_RESET: {:?}", outcome.first().map(|x| &x.error)),
+                )
+                .and_then(|_| {
+                    all_verified_in(r, "reset_cleared", 1)
+                        .map_err(|e| format!("the device was not reset: {e}"))
+                })
+                .and_then(|_| all_verified_in(r, "reset", 1))
+                .and_then(|_| clean(r))
+            },
+        },
+        // --- faults: level 4, step 7
+        Check {
+            id: "faults_handled",
+            name: "every injected fault handled as docs/faults.md says",
+            level: Some(4),
+            steps: Some(Steps::From(7)),
+            see: "docs/faults.md",
+            chapter: None,
+            boot: "faults",
+            judge: faults_handled,
+        },
+        Check {
+            id: "faults_explained",
+            name: "no request fails without a fault",
+            level: Some(4),
+            steps: Some(Steps::From(7)),
+            see: "docs/contract.md#4--faults",
+            chapter: Some("docs/tutorial/07-errors.md"),
+            boot: "faults",
+            judge: |r, _| {
+                let (faults, xfers) = (r.faults(), campaign_xfers(r));
+                let u = unexplained_failures(&faults, &xfers);
+                ensure(u.is_empty(), format!("{} unexplained failures", u.len()))
+            },
+        },
+        Check {
+            id: "faults_clean",
+            name: "the run under faults is clean",
+            level: Some(4),
+            steps: Some(Steps::From(7)),
+            see: "docs/contract.md#4--faults",
+            chapter: Some("docs/tutorial/07-errors.md"),
+            boot: "faults",
+            judge: |r, _| clean(r),
+        },
+        Check {
+            id: "fatal",
+            name: "a fatal error: the request fails with EIO at once, the device is reset, all goes on",
+            level: Some(4),
+            steps: Some(Steps::From(7)),
+            see: "docs/faults.md",
+            chapter: Some("docs/tutorial/07-errors.md#fatal-errors"),
+            boot: "fatal",
+            judge: |r, _| fatal(r),
+        },
+        Check {
+            id: "stall",
+            name: "a stalled request times out with ETIMEDOUT and its queue works again",
+            level: Some(4),
+            steps: Some(Steps::From(7)),
+            see: "docs/faults.md",
+            chapter: Some("docs/tutorial/07-errors.md#timeouts"),
+            boot: "stall",
+            judge: |r, _| stall(r),
+        },
+        Check {
+            id: "error_paths",
+            name: "error paths give back what they took (40 failed requests, then one more)",
+            level: Some(4),
+            steps: Some(Steps::From(7)),
+            see: "docs/contract.md#4--faults",
+            chapter: Some("docs/tutorial/07-errors.md#statuses"),
+            boot: "error_paths",
+            judge: |r, _| error_paths(r),
+        },
+        Check {
+            id: "by_tag",
+            name: "completions are matched by tag, not by position",
+            level: Some(4),
+            steps: None,
+            see: "docs/datasheet.md#completion-16-bytes",
+            chapter: None,
+            boot: "reorder",
+            judge: |r, _| {
+                all_verified(r, 2)
+                    .and_then(|_| match r.all::<Xfer>().iter().find(|x| x.bytes != x.len) {
+                        // the data may well be right (the device wrote it before the wrong
+                        // completion was read), but the completion was another request's
+                        Some(x) => Err(format!(
+                            "a {}-byte request was completed with another's completion ({} bytes)",
+                            x.len, x.bytes
+                        )),
+                        None => Ok(()),
+                    })
+                    .and_then(|_| clean(r))
+            },
+        },
+        Check {
+            id: "removal",
+            name: "surprise removal: requests fail with ENODEV, rmmod works",
+            level: None,
+            steps: Some(Steps::From(7)),
+            see: "docs/tutorial/07-errors.md#surprise-removal",
+            chapter: None,
+            boot: "removal",
+            judge: |r, _| removal(r),
+        },
+        // --- teardown: level 5, step 8
+        Check {
+            id: "teardown",
+            name: "unbind with requests in flight: every waiter gets ENODEV, nothing touches the reset device, a rebind works",
+            level: Some(5),
+            steps: Some(Steps::From(8)),
+            see: "docs/driver.md#binding",
+            chapter: Some("docs/tutorial/08-teardown.md"),
+            boot: "teardown",
+            judge: |r, _| {
+                let b = r.all::<UnbindBusy>();
+                ensure(
+                    b.len() == 6
+                        && b.iter()
+                            .all(|x| x.other_errors == 0 && x.enodev == x.threads),
+                    format!("{b:?}{}", driver_complaints(r)),
+                )
+                .and_then(|_| clean(r))
+            },
+        },
+        Check {
+            id: "unbind_stalled",
+            name: "unbind releases a request stuck in the device at once, with ENODEV",
+            level: None,
+            steps: Some(Steps::From(8)),
+            see: "docs/tutorial/08-teardown.md#releasing-every-waiter",
+            chapter: None,
+            boot: "unbind_stalled",
+            judge: |r, _| match r.all::<UnbindStalled>().first() {
+                None => Err(format!(
+                    "the scenario did not finish{}",
+                    driver_complaints(r)
+                )),
+                // the request's own timeout is 30 s: half of it is "not at once" by any measure
+                Some(s) if s.errno != libc::ENODEV || s.waited_ms > 15_000 => Err(format!(
+                    "the waiter got errno {} after {} ms (its timeout is 30000 ms)",
+                    s.errno, s.waited_ms
+                )),
+                Some(_) => all_verified_in(r, "unbind_stalled", 1).and_then(|_| clean(r)),
+            },
+        },
+        // --- DMA ownership: level 6, step 8
+        Check {
+            id: "ownership",
+            name: "never touches memory the device owns",
+            level: Some(6),
+            steps: Some(Steps::From(8)),
+            see: "docs/oracle.md",
+            chapter: None,
+            boot: "ownership",
+            judge: |r, _| clean(r),
+        },
+    ]
+}
+
+/// The driver binding reported `when` ("loaded", "unloaded").
+fn bound(r: &Run, when: &str) -> Option<Bound> {
+    r.all::<Bound>()
+        .into_iter()
+        .find(|b| b.when == when)
+        .cloned()
+}
+
+/// Descriptors the device fetched on queue `q` (the direct block: `abi::DIRECT_QUEUE`).
+fn fetched_on(r: &Run, q: u16) -> usize {
+    r.events("fetch")
+        .iter()
+        .filter(|e| e.queue() == Some(q))
+        .count()
+}
+
+/// The queues IOC_INFO reported (0 without an answer).
+fn queues(r: &Run) -> u32 {
+    r.all::<Info>().first().map_or(0, |i| i.queues)
+}
+
+fn concurrent_ok(r: &Run) -> Graded {
+    r.all::<Concurrent>()
+        .first()
+        .map_or(Err("not run".into()), |c| {
+            ensure(
+                c.failed == 0,
+                format!("{} of {} failed", c.failed, c.verified + c.failed),
+            )
+        })
+}
+
+fn vectors_fire(r: &Run) -> Graded {
+    let nq = queues(r);
+    let irq = |q: u32| {
+        r.events("irq")
+            .iter()
+            .any(|e| matches!(e, Event::Irq { vector, delivered: true } if u32::from(*vector) == q))
+    };
+    let lines = r
+        .all::<Interrupts>()
+        .first()
+        .map(|i| i.lines.clone())
+        .unwrap_or_default();
+    let firing = lines.iter().filter(|l| l.1 > 0).count();
+    match (0..nq).find(|&q| !irq(q)) {
+        Some(q) => Err(format!("the device raised no interrupt on vector {q}")),
+        None => ensure(
+            nq > 0 && firing >= nq as usize,
+            format!(
+                "{firing} of the driver's {} interrupt lines counted interrupts, expected {nq}",
+                lines.len()
+            ),
+        ),
+    }
+}
+
+fn sg_lists(r: &Run) -> Graded {
+    all_verified_in(r, "sg", 16)?;
+    let lists = r
+        .events("fetch")
+        .iter()
+        .filter(|e| {
+            matches!(e, Event::Fetch { flags, .. }
+                if flags & (abi::DESC_SRC_SG | abi::DESC_DST_SG) != 0)
+        })
+        .count();
+    match r
+        .all::<Xfer>()
+        .iter()
+        .find(|x| x.scenario == "sg" && x.segments < 16)
+    {
+        Some(x) => Err(format!(
+            "a {}-byte {} asked for at least 16 segments and used {}",
+            x.len, x.op, x.segments
+        )),
+        None => ensure(
+            lists >= 16,
+            format!("the device saw {lists} descriptors with SG lists"),
+        ),
+    }
+}
+
+/// The campaign's verdicts: every fault handled as its verdict says; the card gets a note of
+/// them kind by kind.
+fn faults_handled(r: &Run, ctx: &Ctx) -> Graded {
+    let (faults, xfers) = (r.faults(), campaign_xfers(r));
+    let verdicts = judge(&faults, &xfers);
+    note_verdicts(ctx, &verdicts);
+    let failed: Vec<_> = verdicts.iter().filter(|v| !v.pass).collect();
+    match failed.first() {
+        _ if verdicts.is_empty() => Err(format!("no fault was injected{}", driver_complaints(r))),
+        Some(v) => Err(format!(
+            "{} of {}: {} on queue {} tag {}: expected {}, observed {}",
+            failed.len(),
+            verdicts.len(),
+            v.kind,
+            v.queue,
+            v.tag,
+            v.expected,
+            v.observed
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Puts a campaign's verdicts on the card, kind by kind: "stall 2/2 · corrupt 3/3 · ...".
+fn note_verdicts(ctx: &Ctx, verdicts: &[Verdict]) {
+    let mut kinds: Vec<(&str, usize, usize)> = Vec::new();
+    for v in verdicts {
+        match kinds.iter_mut().find(|k| k.0 == v.kind) {
+            Some(k) => {
+                k.1 += usize::from(v.pass);
+                k.2 += 1;
+            }
+            None => kinds.push((&v.kind, usize::from(v.pass), 1)),
+        }
+    }
+    kinds.sort();
+    let text = kinds
+        .iter()
+        .map(|(k, p, n)| format!("{k} {p}/{n}"))
+        .collect::<Vec<_>>()
+        .join(" · ");
+    ctx.notes
+        .borrow_mut()
+        .push((format!("fault verdicts ({}_faults)", ctx.grading), text));
+}
+
+/// A fatal device error on the first request of queue 1, in 24 requests over every queue: that
+/// request must fail with EIO (the driver acted on the error vector instead of waiting for its
+/// timeout, which would say ETIMEDOUT), and every other request must succeed (the driver reset
+/// the device and reprogrammed its queues).
+fn fatal(r: &Run) -> Graded {
+    let (faults, xfers) = (r.faults(), campaign_xfers(r));
+    let verdicts = judge(&faults, &xfers);
+    let unexplained = unexplained_failures(&faults, &xfers);
+    match verdicts.first() {
+        None => Err(format!(
+            "the fault was never injected{}",
+            driver_complaints(r)
+        )),
+        Some(v) if !v.pass => Err(format!("expected {}, observed {}", v.expected, v.observed)),
+        Some(_) if !unexplained.is_empty() => Err(format!(
+            "{} later requests failed (was the device reset and its queues reprogrammed?)",
+            unexplained.len()
+        )),
+        Some(_) => clean(r),
+    }
+}
+
+/// The device stalls queue 1's first request (2 s timeout): it must come back as ETIMEDOUT,
+/// and queue 1 must work again afterwards.
+fn stall(r: &Run) -> Graded {
+    match r.all::<Stalled>().first() {
+        None => Err(format!("the scenario did not run{}", driver_complaints(r))),
+        Some(s) if !s.returned => Err(format!(
+            "{NEVER_RETURNED}: not after {} ms, its timeout being 2000 ms (does the driver time out at all?)",
+            s.ms
+        )),
+        Some(s) if s.errno != libc::ETIMEDOUT => Err(format!(
+            "the stalled request returned errno {}{}, expected ETIMEDOUT",
+            s.errno,
+            errno_hint(s.errno)
+        )),
+        Some(_) => all_verified_in(r, "after_stall", 1)
+            .map_err(|e| format!("the queue stayed stuck after the timeout (was it reset?): {e}"))
+            .and_then(|_| clean(r)),
+    }
+}
+
+/// 40 requests of 64 KiB fail on queue 0 (an injected error status), more bounce memory in all
+/// than a queue has: a request after them must still succeed, or an error path kept what it
+/// took.
+fn error_paths(r: &Run) -> Graded {
+    let failed = r
+        .all::<Xfer>()
+        .into_iter()
+        .filter(|x| x.scenario == "error_paths")
+        .collect::<Vec<_>>();
+    match failed.iter().position(|x| x.errno != libc::EIO) {
+        Some(i) => Err(format!(
+            "request {} of {}: errno {}{}, expected EIO for the device's error status (did the earlier failures keep their buffers?)",
+            i + 1,
+            failed.len(),
+            failed[i].errno,
+            errno_hint(failed[i].errno)
+        )),
+        None => all_verified_in(r, "after_errors", 1)
+            .map_err(|e| format!("after 40 failed requests: {e}"))
+            .and_then(|_| clean(r)),
+    }
+}
+
+fn removal(r: &Run) -> Graded {
+    let after = r.all::<AfterRemoval>();
+    ensure(
+        after.len() == 4 && [libc::ENODEV, libc::ETIMEDOUT].contains(&after[0].errno),
+        format!("after the removal: {after:?}"),
+    )?;
+    ensure(
+        after[1..].iter().all(|a| a.errno == libc::ENODEV),
+        format!("then fast ENODEV expected: {after:?}"),
+    )?;
+    ensure(
+        r.all::<Rmmod>().first().is_some_and(|m| m.ok),
+        "rmmod failed after the removal",
+    )?;
+    clean(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{boots, Mode};
+    use super::*;
+
+    /// Ids are unique, every check is graded somewhere, names its boot, and each level and
+    /// step has checks.
+    #[test]
+    fn the_table_is_consistent() {
+        let t = table();
+        let mut ids: Vec<&str> = t.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), t.len(), "two checks share an id");
+        for c in t {
+            assert!(
+                c.level.is_some() || c.steps.is_some(),
+                "{} is graded nowhere",
+                c.id
+            );
+            let _ = boots::by_name(c.boot);
+        }
+        for level in 1..=6 {
+            let m = Mode::Levels {
+                from: level,
+                to: level,
+            };
+            assert!(
+                t.iter().any(|c| c.selected(m)),
+                "level {level} has no check"
+            );
+        }
+        for step in 1..=8 {
+            assert!(
+                t.iter().any(|c| c.selected(Mode::Step(step))),
+                "step {step}"
+            );
+        }
+        // a step grades what the steps before it did, except what it replaces
+        let at = |s| t.iter().filter(|c| c.selected(Mode::Step(s))).count();
+        assert!(at(8) > at(7) && at(7) > at(6));
+    }
+
+    /// The checks a contract level and a ladder step share are one entry each: no two
+    /// checks say the same thing.
+    #[test]
+    fn no_check_is_written_twice() {
+        let t = table();
+        for (i, a) in t.iter().enumerate() {
+            for b in &t[i + 1..] {
+                assert!(
+                    a.name != b.name || a.boot != b.boot,
+                    "{} and {} are the same check",
+                    a.id,
+                    b.id
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! What the checks are made of: a clean run, verified transfers, a failure's reason in the
+//! user's terms (the errno's likely meaning, what the kernel log said about the driver).
+
+use dmalab_report::Xfer;
+
+use super::Graded;
+use crate::vm::Run;
+
+/// Everything `Run::assert_clean` checks, as a result instead of a panic.
+pub fn clean(r: &Run) -> Graded {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.assert_clean())).map_err(|e| {
+        // the message's first line says what, the next one names the first instance
+        e.downcast_ref::<String>()
+            .map(|s| {
+                let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+                let what = lines.next().unwrap_or("");
+                match lines.next() {
+                    Some(first) if !first.starts_with("logs kept") => format!("{what} {first}"),
+                    _ => what.to_string(),
+                }
+            })
+            .unwrap_or_else(|| "the run was not clean".into())
+    })
+}
+
+/// `Ok` when `cond` holds, else the reason.
+pub fn ensure(cond: bool, why: impl Into<String>) -> Graded {
+    if cond {
+        Ok(())
+    } else {
+        Err(why.into())
+    }
+}
+
+/// Every transfer the agent reported, at least `min` of them, submitted, completed OK and
+/// verified byte for byte.
+pub fn all_verified(r: &Run, min: usize) -> Graded {
+    verified_among(r, r.all::<Xfer>(), min)
+}
+
+/// The kernel's lines about the dmalab device or driver that say something went wrong (a probe
+/// that failed, a `dev_err!`), for a failure's reason.
+pub fn driver_complaints(r: &Run) -> String {
+    let lines: Vec<&str> = r
+        .console
+        .lines()
+        .filter(|l| !l.contains(dmalab_report::PREFIX))
+        .filter(|l| l.contains("dmalab"))
+        .filter(|l| {
+            ["fail", "error", "not ", "TODO", "refus"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .map(|l| l.split_once("] ").map_or(l, |(_, m)| m).trim())
+        .take(2)
+        .collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; the kernel log says: {}", lines.join(" / "))
+    }
+}
+
+/// What an errno from a tutorial module most likely means.
+pub fn errno_hint(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOSYS => " (ENOSYS: a TODO of the skeleton still returns its stub)",
+        libc::ENODEV => " (ENODEV: the device or its buffers are gone, or were never set up)",
+        libc::ETIMEDOUT => {
+            " (ETIMEDOUT: DONE or a completion never came; was the transfer started?)"
+        }
+        libc::EINVAL => " (EINVAL: the driver refused the request)",
+        libc::EBUSY => " (EBUSY: the driver ran out of DMA memory for the request)",
+        _ => "",
+    }
+}
+
+/// As [`all_verified`], for the transfers of one scenario.
+pub fn all_verified_in(r: &Run, scenario: &str, min: usize) -> Graded {
+    let x = r
+        .all::<Xfer>()
+        .into_iter()
+        .filter(|x| x.scenario == scenario);
+    verified_among(r, x.collect(), min)
+}
+
+fn verified_among(r: &Run, x: Vec<&Xfer>, min: usize) -> Graded {
+    match x.iter().find(|x| !x.ok()) {
+        Some(bad) => Err(format!(
+            "{} of {} bytes on queue {}: errno {}{}, status {}, verified {} {}",
+            bad.op,
+            bad.len,
+            bad.queue,
+            bad.errno,
+            errno_hint(bad.errno),
+            bad.status,
+            bad.verified,
+            bad.detail
+        )),
+        None => ensure(
+            x.len() >= min,
+            format!(
+                "{} transfers reported, expected {min} (the agent stops at the first failure){}",
+                x.len(),
+                driver_complaints(r)
+            ),
+        ),
+    }
+}
+
+/// kmemleak's verdict on a run that ended with the `kmemleak` scenario.
+pub fn leaks(r: &Run) -> Graded {
+    match r.all::<dmalab_report::Leaks>().first() {
+        None => Err("kmemleak was not read".into()),
+        Some(l) => match l.suspects {
+            None => Err("kmemleak is off in this kernel (boot with kmemleak=on)".into()),
+            Some(0) => Ok(()),
+            Some(n) => Err(format!(
+                "{n} unreferenced object(s); the first: {}",
+                l.first
+            )),
+        },
+    }
+}
