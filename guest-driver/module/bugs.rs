@@ -12,8 +12,8 @@ use kernel::{
 };
 
 use crate::abi::Descriptor;
+use crate::pool::{PAGE, PAGES_PER_BLOCK};
 use crate::streaming::{Direction, Mapping, Owner};
-use crate::{PAGE, PAGES_PER_BLOCK};
 
 /// The bug the `dma_bug` module parameter asks for.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -49,66 +49,81 @@ impl MiscDevice for DmalabFile {
     }
 
     fn ioctl(me: Pin<&DmalabFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
-        let dev = &me.dev;
+        let arg = UserPtr::from_addr(arg);
         match cmd {
-            abi::IOC_INFO => {
-                let w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<DeviceInfo>());
-                w.writer().write(&dev.info)?;
-            }
-            abi::IOC_SUBMIT => {
-                let (mut r, mut w) =
-                    UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Request>())
-                        .reader_writer();
-                let mut req: Request = r.read()?;
-                let q = dev.queues.get(req.queue as usize).ok_or(EINVAL)?;
-                let result = q.submit(dev, &mut req);
-                // The request goes back to the caller in every case, so the tag (0 if nothing
-                // was submitted) and the status are visible next to the errno.
-                w.write(&req)?;
-                result?;
-                if DmaBug::active() != DmaBug::IgnoreStatus {
-                    status_to_result(req.status)?;
-                }
-            }
-            abi::IOC_SUBMIT_BATCH => {
-                let (mut r, mut w) =
-                    UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Batch>())
-                        .reader_writer();
-                let mut batch: Batch = r.read()?;
-                if batch.count == 0 || batch.count > abi::MAX_BATCH {
-                    return Err(EINVAL);
-                }
-                let n = batch.count as usize;
-                let at = UserPtr::from_addr(usize::try_from(batch.requests).map_err(|_| EFAULT)?);
-                let (mut rr, mut rw) =
-                    UserSlice::new(at, n * core::mem::size_of::<Request>()).reader_writer();
-                let mut reqs = KVec::with_capacity(n, GFP_KERNEL)?;
-                for _ in 0..n {
-                    reqs.push(rr.read::<Request>()?, GFP_KERNEL)?;
-                }
-                batch.done = submit_batch(dev, &mut reqs)?;
-                // every request goes back, each with its own outcome in `error`
-                for req in reqs.iter() {
-                    rw.write(req)?;
-                }
-                w.write(&batch)?;
-            }
-            abi::IOC_STATS => {
-                let w = UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<Stats>());
-                w.writer().write(&dev.stats())?;
-            }
-            abi::IOC_RESET => reset_device(dev)?,
-            abi::IOC_DMA_SELFTEST => {
-                let (mut r, mut w) =
-                    UserSlice::new(UserPtr::from_addr(arg), core::mem::size_of::<SelfTest>())
-                        .reader_writer();
-                let mut t: SelfTest = r.read()?;
-                let result = crate::selftest::run(dev, &mut t);
-                w.write(&t)?;
-                result?;
-            }
+            abi::IOC_INFO => me.info(arg)?,
+            abi::IOC_SUBMIT => me.submit(arg)?,
+            abi::IOC_SUBMIT_BATCH => me.submit_batch(arg)?,
+            abi::IOC_STATS => me.stats(arg)?,
+            abi::IOC_RESET => reset_device(&me.dev)?,
+            abi::IOC_DMA_SELFTEST => me.selftest(arg)?,
             _ => return Err(ENOTTY),
         }
         Ok(0)
+    }
+}
+
+/// One method per ioctl command; `arg` is the caller's pointer to the command's argument.
+impl DmalabFile {
+    /// `IOC_INFO`: the device as the driver found it at probe.
+    fn info(&self, arg: UserPtr) -> Result {
+        let w = UserSlice::new(arg, core::mem::size_of::<DeviceInfo>());
+        w.writer().write(&self.dev.info)
+    }
+
+    /// `IOC_SUBMIT`: one request, waited for. The request goes back to the caller in every
+    /// case, so the tag (0 if nothing was submitted) and the status are visible next to the
+    /// errno.
+    fn submit(&self, arg: UserPtr) -> Result {
+        let dev = &self.dev;
+        let (mut r, mut w) = UserSlice::new(arg, core::mem::size_of::<Request>()).reader_writer();
+        let mut req: Request = r.read()?;
+        let q = dev.queues.get(req.queue as usize).ok_or(EINVAL)?;
+        let result = q.submit(dev, &mut req);
+        w.write(&req)?;
+        result?;
+        if DmaBug::active() != DmaBug::IgnoreStatus {
+            status_to_result(req.status)?;
+        }
+        Ok(())
+    }
+
+    /// `IOC_SUBMIT_BATCH`: up to `MAX_BATCH` requests, any queues, one doorbell per queue per
+    /// wave; every request goes back, each with its own outcome in `error`.
+    fn submit_batch(&self, arg: UserPtr) -> Result {
+        let (mut r, mut w) = UserSlice::new(arg, core::mem::size_of::<Batch>()).reader_writer();
+        let mut batch: Batch = r.read()?;
+        if batch.count == 0 || batch.count > abi::MAX_BATCH {
+            return Err(EINVAL);
+        }
+        let n = batch.count as usize;
+        let at = UserPtr::from_addr(usize::try_from(batch.requests).map_err(|_| EFAULT)?);
+        let (mut rr, mut rw) =
+            UserSlice::new(at, n * core::mem::size_of::<Request>()).reader_writer();
+        let mut reqs = KVec::with_capacity(n, GFP_KERNEL)?;
+        for _ in 0..n {
+            reqs.push(rr.read::<Request>()?, GFP_KERNEL)?;
+        }
+        batch.done = submit_batch(&self.dev, &mut reqs)?;
+        for req in reqs.iter() {
+            rw.write(req)?;
+        }
+        w.write(&batch)
+    }
+
+    /// `IOC_STATS`: the driver's counters.
+    fn stats(&self, arg: UserPtr) -> Result {
+        let w = UserSlice::new(arg, core::mem::size_of::<Stats>());
+        w.writer().write(&self.dev.stats())
+    }
+
+    /// `IOC_DMA_SELFTEST`: one streaming mapping of the caller's buffer, handed between CPU and
+    /// device for `rounds` rounds (`selftest.rs`).
+    fn selftest(&self, arg: UserPtr) -> Result {
+        let (mut r, mut w) = UserSlice::new(arg, core::mem::size_of::<SelfTest>()).reader_writer();
+        let mut t: SelfTest = r.read()?;
+        let result = crate::selftest::run(&self.dev, &mut t);
+        w.write(&t)?;
+        result
     }
 }

@@ -11,7 +11,14 @@ use kernel::{
     uaccess::UserPtr,
 };
 
-use crate::{PAGE, PAGES_PER_BLOCK, POOL_PAGES};
+/// Bounce-pool page size.
+pub(crate) const PAGE: usize = 4096;
+/// Bytes per `Coherent` pool block.
+pub(crate) const BLOCK: usize = 64 * 1024;
+/// Blocks per queue: 4 MiB, enough for two 1 MiB COPYs in flight.
+pub(crate) const BLOCKS: usize = 64;
+pub(crate) const PAGES_PER_BLOCK: usize = BLOCK / PAGE;
+pub(crate) const POOL_PAGES: usize = BLOCKS * PAGES_PER_BLOCK;
 
 /// Free pages of a pool: bit set = page free.
 pub(crate) struct FreeMap(pub(crate) [u64; POOL_PAGES / 64]);

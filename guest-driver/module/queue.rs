@@ -20,12 +20,15 @@ use crate::bugs::{self, DmaBug};
 use crate::pool::{
     copy_in_from_user, segments, split_to, wait_for_resources, Pool, Segments, Side,
 };
+use crate::pool::{PAGE, PAGES_PER_BLOCK};
 use crate::regs;
-use crate::ring::{tag_for, Slot, SlotState};
+use crate::ring::{Slot, SlotState, Tag};
+use crate::ring::{SG_MAX, SLOTS};
 use crate::state::{reset_after_fatal, status_to_result, DevState, Queue};
 use crate::streaming::DeviceDone;
 use crate::zerocopy::{self, ZeroCopy};
-use crate::{DEFAULT_TIMEOUT_MS, PAGE, PAGES_PER_BLOCK, RING, SG_MAX, SLOTS};
+/// A request's timeout when the caller gives none.
+const DEFAULT_TIMEOUT_MS: u32 = 5000;
 
 /// How [`Queue::post`] hands a descriptor to the device.
 #[derive(Clone, Copy)]
@@ -365,7 +368,7 @@ impl Queue {
             wait_for_resources(&self.ring_cv, &mut st, timeout_ms)?;
         };
         let generation = st.slots[slot].generation.wrapping_add(1);
-        let tag = tag_for(slot, generation);
+        let tag = Tag { slot, generation }.encode();
         req.tag = tag;
         {
             let st = &mut *st;
@@ -418,22 +421,7 @@ impl Queue {
             d.dst = d_a;
             d.src_nseg = s_n;
             d.dst_nseg = d_n;
-            let i = st.sq_tail as usize;
-            io_write!(rings.sq, [try: i].opcode, d.opcode);
-            io_write!(rings.sq, [try: i].flags, d.flags);
-            io_write!(rings.sq, [try: i].src_nseg, d.src_nseg);
-            io_write!(rings.sq, [try: i].dst_nseg, d.dst_nseg);
-            io_write!(rings.sq, [try: i].rsvd0, 0);
-            io_write!(rings.sq, [try: i].tag, d.tag);
-            io_write!(rings.sq, [try: i].len, d.len);
-            io_write!(rings.sq, [try: i].src, d.src);
-            io_write!(rings.sq, [try: i].dst, d.dst);
-            io_write!(rings.sq, [try: i].pattern, d.pattern);
-            io_write!(rings.sq, [try: i].rsvd1, 0);
-            for k in 0..3 {
-                io_write!(rings.sq, [try: i].rsvd2[try: k], 0);
-            }
-            st.sq_tail = (st.sq_tail + 1) % RING as u32;
+            let i = st.push(&d)?;
             st.outstanding += 1;
             st.slots[slot] = Slot {
                 state: SlotState::InFlight,
@@ -450,7 +438,7 @@ impl Queue {
                     regs::Q_SQ_TAIL::zeroed().with_index(st.sq_tail),
                 )?;
             }
-            if bug == DmaBug::RewriteDescriptor {
+            if let (DmaBug::RewriteDescriptor, Some(rings)) = (bug, st.rings.as_ref()) {
                 bugs::rewrite_descriptor(&rings.sq, i, tag ^ 0x8000);
             }
         }

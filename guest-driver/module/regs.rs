@@ -9,11 +9,14 @@ use kernel::{
         register::{Array, RegisterArray, RegisterArrayLoc},
         Io,
     },
+    pci,
     prelude::*,
 };
 
-use crate::abi::{MAX_QUEUES, QUEUE_STRIDE};
-use crate::Bar0;
+use crate::abi::{self, MAX_QUEUES, QUEUE_STRIDE};
+
+/// BAR0, mapped whole.
+pub(crate) type Bar0<'a> = pci::Bar<'a, { abi::BAR0_SIZE }>;
 
 bar0_registers!(register);
 

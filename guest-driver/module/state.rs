@@ -5,23 +5,25 @@
 
 use core::pin::Pin;
 use kernel::{
-    io::{io_read, io_write, Io},
-    pci,
+    device::Core,
+    dma::Coherent,
+    io::Io,
+    new_condvar, new_mutex, new_spinlock_irq, pci,
     prelude::*,
     sync::{
         atomic::{Acquire, Atomic, Relaxed, Release},
-        barrier::{dma_mb, Read},
         CondVar, Mutex, SpinLockIrq,
     },
 };
+use pin_init::pin_init_array_from_fn;
 
-use crate::abi::{self, Completion, DeviceInfo, Stats, Status};
+use crate::abi::{self, Completion, Descriptor, DeviceInfo, QueueStats, SgEntry, Stats, Status};
 use crate::bugs::DmaBug;
-use crate::pool::Pool;
+use crate::pool::{FreeMap, Pool, BLOCK, BLOCKS, POOL_PAGES};
 use crate::regs;
-use crate::ring::{program_queue, reset_queue, slot_of, RingState, SlotState};
+use crate::ring::{program_queue, reset_queue, RingState, Rings, Slot, SlotState, Tag, SG_MAX};
+use crate::ring::{RING, SLOTS};
 use crate::zerocopy::MapGate;
-use crate::{RING, SLOTS};
 
 /// One queue pair: its rings and bounce pool, each with the condition variable its waiters
 /// sleep on. The request path is in `queue.rs`.
@@ -45,6 +47,52 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    /// Allocates queue `index`'s rings and bounce pool: all of its DMA memory, at probe (the
+    /// device is told none of it yet).
+    pub(crate) fn new(pdev: &pci::Device<Core<'_>>, index: u16) -> Result<Pin<KBox<Queue>>> {
+        let dev = pdev.as_ref();
+        let rings = Rings {
+            sq: Coherent::<Descriptor>::zeroed_slice(dev, RING, GFP_KERNEL)?,
+            cq: Coherent::<Completion>::zeroed_slice(dev, RING, GFP_KERNEL)?,
+            sg: Coherent::<SgEntry>::zeroed_slice(dev, SLOTS * 2 * SG_MAX, GFP_KERNEL)?,
+        };
+        let mut blocks = KVec::with_capacity(BLOCKS, GFP_KERNEL)?;
+        for _ in 0..BLOCKS {
+            blocks.push(
+                Coherent::<u8>::zeroed_slice(dev, BLOCK, GFP_KERNEL)?,
+                GFP_KERNEL,
+            )?;
+        }
+        let ring = RingState {
+            rings: Some(rings),
+            sq_tail: 0,
+            cq_head: 0,
+            phase: true,
+            outstanding: 0,
+            slots: [Slot {
+                state: SlotState::Free,
+                generation: 0,
+                start: None,
+            }; SLOTS],
+            stats: QueueStats::default(),
+        };
+        let pool = Pool {
+            blocks: Some(blocks),
+            free: FreeMap([u64::MAX; POOL_PAGES / 64]),
+        };
+        KBox::pin_init(
+            pin_init!(Queue {
+                index,
+                ring <- new_spinlock_irq!(ring),
+                ring_cv <- new_condvar!(),
+                done_cv <- pin_init_array_from_fn(|_| new_condvar!()),
+                pool <- new_mutex!(pool),
+                pool_cv <- new_condvar!(),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
     /// Wakes every waiter of the queue: after requests were failed wholesale (a reset, a
     /// fatal error, teardown).
     pub(crate) fn wake_all(&self) {
@@ -145,47 +193,29 @@ impl DevState {
         let mut done: u64 = 0;
         {
             let st = &mut *st;
-            let Some(rings) = st.rings.as_ref() else {
-                return;
-            };
-            loop {
-                let i = st.cq_head as usize;
-                let phase = io_read!(rings.cq, [panic: i].phase);
-                if (phase & 1 != 0) != st.phase {
-                    break;
-                }
-                // The phase word is written last by the device: read the rest only after it.
-                dma_mb(Read);
-                let c = Completion {
-                    result: io_read!(rings.cq, [panic: i].result),
-                    bytes: io_read!(rings.cq, [panic: i].bytes),
-                    tag: io_read!(rings.cq, [panic: i].tag),
-                    status: io_read!(rings.cq, [panic: i].status),
-                    phase,
-                };
-                st.cq_head = (st.cq_head + 1) % RING as u32;
-                if st.cq_head == 0 {
-                    st.phase = !st.phase;
-                }
+            while let Ok(Some(c)) = st.pop() {
                 moved = true;
-                let (s, generation) = if DmaBug::active() == DmaBug::MatchByPosition {
+                let tag = if DmaBug::active() == DmaBug::MatchByPosition {
                     // bug: the oldest request in flight, whatever the completion's tag says
                     st.slots
                         .iter()
                         .enumerate()
                         .filter(|(_, x)| matches!(x.state, SlotState::InFlight))
                         .max_by_key(|(_, x)| x.start.map_or(0, |t| t.elapsed().as_nanos()))
-                        .map_or((usize::MAX, 0), |(i, x)| (i, x.generation))
+                        .map(|(slot, x)| Tag {
+                            slot,
+                            generation: x.generation,
+                        })
                 } else {
-                    slot_of(c.tag)
+                    Tag::decode(c.tag)
                 };
-                match st.slots.get_mut(s) {
-                    Some(slot)
+                match tag.and_then(|t| Some((t, st.slots.get_mut(t.slot)?))) {
+                    Some((t, slot))
                         if matches!(slot.state, SlotState::InFlight)
-                            && slot.generation == generation =>
+                            && slot.generation == t.generation =>
                     {
                         slot.state = SlotState::Done(c);
-                        done |= 1 << s;
+                        done |= 1 << t.slot;
                         st.outstanding = st.outstanding.saturating_sub(1);
                         st.stats.completed += 1;
                         if c.status != Status::Ok.raw() {
@@ -241,15 +271,9 @@ impl DevState {
                 slot.state = SlotState::Failed(err);
             }
         }
-        st.outstanding = 0;
-        st.sq_tail = 0;
-        st.cq_head = 0;
-        st.phase = true;
+        st.rewind();
         st.stats.resets += 1;
         if let Some(rings) = st.rings.as_ref() {
-            for i in 0..RING {
-                io_write!(rings.cq, [panic: i].phase, 0);
-            }
             if !self.is_dead() {
                 if let Some(bar) = self.bar.try_access() {
                     let _ = program_queue(&bar, qi, rings);

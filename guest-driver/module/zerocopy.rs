@@ -14,8 +14,8 @@ use kernel::{
 
 use crate::abi::{self, Opcode, Request};
 use crate::pool::Segments;
+use crate::ring::SG_MAX;
 use crate::streaming::{DeviceDone, DeviceOwned, FromDevice, Mapping, ToDevice, UserPages};
-use crate::SG_MAX;
 
 /// Destinations must start and end on a cache line: a device write into a line the CPU (or
 /// another request) shares is lost or clobbered on a non-coherent machine, and DMA-API debug
