@@ -13,7 +13,7 @@ use crate::eventlog::Event;
 use crate::interrupts::Coalescer;
 use crate::lane::{self, Origin, Publish};
 use crate::memory::MemView;
-use crate::queue::{Msg, QueueShared};
+use crate::queue::{Msg, QueueRegs, QueueShared};
 use crate::registers::{ErrorBits, IrqCoalesce};
 use crate::shared::Shared;
 use crate::wire;
@@ -126,19 +126,9 @@ impl Worker {
             if r.sq_head == r.sq_tail || (r.cq_tail + 1) % r.size == r.cq_head {
                 break;
             }
-            let view = self.view();
-            let mut raw = [0u8; abi::DESC_SIZE];
-            let slot = r
-                .sq_base
-                .wrapping_add(u64::from(r.sq_head) * abi::DESC_SIZE as u64);
-            if let Err(e) = view.read(slot, &mut raw) {
-                self.halt(
-                    ErrorBits::new().with_ring_fetch(true),
-                    format!("queue {q}: descriptor fetch: {e}"),
-                );
+            let Some(raw) = self.fetch(&r) else {
                 break;
-            }
-            drop(view);
+            };
             let d = wire::decode_descriptor(&raw);
             let Some(done) = lane::execute(&dev, self, r.sq_head, &d) else {
                 break;
@@ -204,6 +194,26 @@ impl Worker {
         // An idle worker holds no view, so an unmap never waits for it.
         self.view = None;
         self.dev.log.flush();
+    }
+
+    /// Reads the descriptor at the submission head of a queue whose registers were `r`; on a
+    /// ring the device cannot read, halts the queue (ring-fetch error) and returns `None`.
+    fn fetch(&mut self, r: &QueueRegs) -> Option<[u8; abi::DESC_SIZE]> {
+        let view = self.view();
+        let mut raw = [0u8; abi::DESC_SIZE];
+        let slot = r
+            .sq_base
+            .wrapping_add(u64::from(r.sq_head) * abi::DESC_SIZE as u64);
+        match view.read(slot, &mut raw) {
+            Ok(()) => Some(raw),
+            Err(e) => {
+                self.halt(
+                    ErrorBits::new().with_ring_fetch(true),
+                    format!("queue {}: descriptor fetch: {e}", self.index),
+                );
+                None
+            }
+        }
     }
 
     fn has_cq_space(&self) -> bool {
