@@ -169,84 +169,97 @@ pub(super) fn concurrent() -> Result<(), String> {
 pub(super) fn batch() -> Result<(), String> {
     let d = Dev::open(0)?;
     let nq = d.info()?.queues as usize;
-    // (request, source, destination)
-    let run = |reqs: Vec<(Request, Vec<u8>, Vec<u8>)>, what: &str| -> Result<(), String> {
-        let mut bufs = reqs;
-        let mut rs: Vec<Request> = bufs
-            .iter_mut()
-            .map(|(r, src, dst)| Request {
-                src: if r.src != 0 { src.as_ptr() as u64 } else { 0 },
-                dst: if r.dst != 0 {
-                    dst.as_mut_ptr() as u64
-                } else {
-                    0
-                },
-                ..*r
-            })
-            .collect();
-        let done = d
-            .submit_batch(&mut rs)
-            .map_err(|e| format!("{what}: IOC_SUBMIT_BATCH: {e}"))?;
-        let mut ok = 0;
-        for (r, (_, src, dst)) in rs.iter().zip(bufs.iter()) {
-            let verified = r.error == 0
-                && ok_status(r.status)
-                && match r.opcode {
-                    abi::OP_COPY => dst == src,
-                    abi::OP_FILL => {
-                        let p = r.pattern.to_le_bytes();
-                        dst.iter().enumerate().all(|(i, &b)| b == p[i % 4])
-                    }
-                    abi::OP_CHECKSUM => r.result == crc32c::crc32c(src),
-                    _ => false,
-                };
-            ok += u32::from(r.error == 0);
-            report_xfer(
-                &Outcome {
-                    req: *r,
-                    errno: r.error as i32,
-                    verified,
-                    detail: what.to_string(),
-                },
-                "batch",
-            );
-        }
-        if done != ok {
-            return Err(format!(
-                "{what}: the driver says {done} succeeded, {ok} did"
-            ));
-        }
-        Ok(())
-    };
-    let req = |op: u8, queue: usize, len: usize, i: u32| {
-        let src = data(len, 500 + i);
-        let r = Request {
-            opcode: op,
-            queue: queue as u8,
-            len: len as u32,
-            pattern: 0x5aa5_0000 | i,
-            src: u64::from(op != abi::OP_FILL),
-            dst: u64::from(op != abi::OP_CHECKSUM),
-            timeout_ms: 30_000,
-            ..Default::default()
-        };
-        (r, src, vec![0u8; len])
-    };
     let mixed = (0..abi::MAX_BATCH)
         .map(|i| {
             let op = [abi::OP_COPY, abi::OP_FILL, abi::OP_CHECKSUM][i as usize % 3];
             let len = [1, 4096, 12_347, 65_536][i as usize % 4];
-            req(op, i as usize % nq, len, i)
+            batch_request(op, i as usize % nq, len, i)
         })
         .collect();
-    run(mixed, "32 mixed requests on every queue")?;
+    run_batch(&d, mixed, "32 mixed requests on every queue")?;
     let big = (0..8)
-        .map(|i| req(abi::OP_COPY, 0, 1 << 20, 100 + i))
+        .map(|i| batch_request(abi::OP_COPY, 0, 1 << 20, 100 + i))
         .collect();
-    run(big, "8 MiB of COPYs on one queue")?;
-    // a bad opcode in the middle fails alone, with EINVAL
+    run_batch(&d, big, "8 MiB of COPYs on one queue")?;
+    batch_with_a_bad_request(&d, nq)?;
+    batches_on_one_queue()?;
+    batch_too_large(&d)
+}
+
+/// One request of a batch with its buffers: (request, source, destination).
+type BatchRequest = (Request, Vec<u8>, Vec<u8>);
+
+/// A batch request of `op` on `queue`, `len` bytes of pattern `i`; `src`/`dst` say only
+/// whether the opcode has them (the buffers' addresses are filled in when it runs).
+fn batch_request(op: u8, queue: usize, len: usize, i: u32) -> BatchRequest {
+    let src = data(len, 500 + i);
+    let r = Request {
+        opcode: op,
+        queue: queue as u8,
+        len: len as u32,
+        pattern: 0x5aa5_0000 | i,
+        src: u64::from(op != abi::OP_FILL),
+        dst: u64::from(op != abi::OP_CHECKSUM),
+        timeout_ms: 30_000,
+        ..Default::default()
+    };
+    (r, src, vec![0u8; len])
+}
+
+/// Runs `reqs` as one batch and checks every byte each produced; reports each request.
+fn run_batch(d: &Dev, reqs: Vec<BatchRequest>, what: &str) -> Result<(), String> {
+    let mut bufs = reqs;
+    let mut rs: Vec<Request> = bufs
+        .iter_mut()
+        .map(|(r, src, dst)| Request {
+            src: if r.src != 0 { src.as_ptr() as u64 } else { 0 },
+            dst: if r.dst != 0 {
+                dst.as_mut_ptr() as u64
+            } else {
+                0
+            },
+            ..*r
+        })
+        .collect();
+    let done = d
+        .submit_batch(&mut rs)
+        .map_err(|e| format!("{what}: IOC_SUBMIT_BATCH: {e}"))?;
+    let mut ok = 0;
+    for (r, (_, src, dst)) in rs.iter().zip(bufs.iter()) {
+        let verified = r.error == 0
+            && ok_status(r.status)
+            && match r.opcode {
+                abi::OP_COPY => dst == src,
+                abi::OP_FILL => {
+                    let p = r.pattern.to_le_bytes();
+                    dst.iter().enumerate().all(|(i, &b)| b == p[i % 4])
+                }
+                abi::OP_CHECKSUM => r.result == crc32c::crc32c(src),
+                _ => false,
+            };
+        ok += u32::from(r.error == 0);
+        report_xfer(
+            &Outcome {
+                req: *r,
+                errno: r.error as i32,
+                verified,
+                detail: what.to_string(),
+            },
+            "batch",
+        );
+    }
+    if done != ok {
+        return Err(format!(
+            "{what}: the driver says {done} succeeded, {ok} did"
+        ));
+    }
+    Ok(())
+}
+
+/// A bad opcode in the middle of a batch fails alone, with EINVAL.
+fn batch_with_a_bad_request(d: &Dev, nq: usize) -> Result<(), String> {
     let mut reqs: Vec<_> = (0..3)
-        .map(|i| req(abi::OP_COPY, 1 % nq, 4096, 200 + i))
+        .map(|i| batch_request(abi::OP_COPY, 1 % nq, 4096, 200 + i))
         .collect();
     reqs[1].0.opcode = 0x77;
     let mut rs: Vec<Request> = reqs
@@ -266,8 +279,12 @@ pub(super) fn batch() -> Result<(), String> {
             "a bad request in a batch: {done} done, errors {errors:?} (expected 2, [0, EINVAL, 0])"
         ));
     }
-    // three full batches on one queue at once: 96 requests for 63 ring slots, so a batch must
-    // ring what it posted rather than wait for a slot another batch holds unrung
+    Ok(())
+}
+
+/// Three full batches on one queue at once: 96 requests for 63 ring slots, so a batch must
+/// ring what it posted rather than wait for a slot another batch holds unrung.
+fn batches_on_one_queue() -> Result<(), String> {
     let rounds = std::thread::scope(|s| {
         let threads: Vec<_> = (0..3u32)
             .map(|t| {
@@ -307,7 +324,11 @@ pub(super) fn batch() -> Result<(), String> {
             .collect::<Result<Vec<()>, String>>()
     });
     rounds.map_err(|e| format!("three batches on one queue: {e}"))?;
-    // more than MAX_BATCH: refused whole
+    Ok(())
+}
+
+/// More than `MAX_BATCH` requests: refused whole.
+fn batch_too_large(d: &Dev) -> Result<(), String> {
     let mut too_many = vec![Request::default(); abi::MAX_BATCH as usize + 1];
     match d.submit_batch(&mut too_many) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
