@@ -10,9 +10,9 @@ use kernel::{
     io::Io,
     irq,
     miscdevice::{MiscDeviceOptions, MiscDeviceRegistration},
-    new_mutex, pci,
+    pci,
     prelude::*,
-    sync::{atomic::Atomic, Arc},
+    sync::Arc,
 };
 
 use crate::abi::{self, DeviceInfo};
@@ -138,12 +138,7 @@ impl DmalabDriver {
         };
         ProbeStep::Vectors.check(pdev)?;
 
-        // The device knows none of this memory yet: dropping it on failure needs no reset.
-        let mut queues = KVec::with_capacity(nq, GFP_KERNEL)?;
-        for i in 0..nq {
-            queues.push(Queue::new(pdev, i as u16)?, GFP_KERNEL)?;
-            ProbeStep::QueueMemory.check(pdev)?;
-        }
+        let queues = alloc_queues(pdev, nq)?;
 
         let slot = MiscSlot::claim()?;
         ProbeStep::MiscSlot.check(pdev)?;
@@ -163,26 +158,7 @@ impl DmalabDriver {
             dma_mode: zerocopy::mode(),
             zero_copy_min: zerocopy::threshold(),
         };
-        let bar = bar.into_devres()?;
-        let dev = Arc::pin_init(
-            try_pin_init!(DevState {
-                bar,
-                queues,
-                info,
-                dead: Atomic::new(false),
-                gone: Atomic::new(false),
-                ctrl <- new_mutex!(()),
-                needs_reset: Atomic::new(false),
-                error_irqs: Atomic::new(0),
-                error_bits: Atomic::new(0u32),
-                device_resets: Atomic::new(0),
-                map_gate <- zerocopy::MapGate::new(),
-                zero_copy: Atomic::new(0),
-                bounced: Atomic::new(0),
-                zero_copy_fallbacks: Atomic::new(0),
-            }),
-            GFP_KERNEL,
-        )?;
+        let dev = Arc::pin_init(DevState::new(bar.into_devres()?, queues, info), GFP_KERNEL)?;
         ProbeStep::State.check(pdev)?;
 
         let irqs = request_handlers(&dev, vref, nq, per_queue)?;
@@ -399,4 +375,15 @@ fn announce(pdev: &pci::Device<Core<'_>>, info: &DeviceInfo, name: &CStr) {
         info.mem_size / 1024,
         name.to_str().unwrap_or("?")
     );
+}
+
+/// Probe step 4: every queue's DMA memory. The device knows none of it yet: dropping it on
+/// failure needs no reset.
+fn alloc_queues(pdev: &pci::Device<Core<'_>>, nq: usize) -> Result<KVec<Pin<KBox<Queue>>>> {
+    let mut queues = KVec::with_capacity(nq, GFP_KERNEL)?;
+    for i in 0..nq {
+        queues.push(Queue::new(pdev, i as u16)?, GFP_KERNEL)?;
+        ProbeStep::QueueMemory.check(pdev)?;
+    }
+    Ok(queues)
 }

@@ -138,6 +138,33 @@ pub(crate) struct DevState {
     pub(crate) zero_copy_fallbacks: Atomic<u64>,
 }
 
+impl DevState {
+    /// The state of a device whose BAR is `bar`, with `queues` allocated and described by
+    /// `info`: alive, no error seen, nothing counted yet.
+    pub(crate) fn new(
+        bar: pci::DevresBar<{ abi::BAR0_SIZE }>,
+        queues: KVec<Pin<KBox<Queue>>>,
+        info: DeviceInfo,
+    ) -> impl PinInit<Self, Error> {
+        try_pin_init!(DevState {
+            bar,
+            queues,
+            info,
+            dead: Atomic::new(false),
+            gone: Atomic::new(false),
+            ctrl <- new_mutex!(()),
+            needs_reset: Atomic::new(false),
+            error_irqs: Atomic::new(0),
+            error_bits: Atomic::new(0u32),
+            device_resets: Atomic::new(0),
+            map_gate <- MapGate::new(),
+            zero_copy: Atomic::new(0),
+            bounced: Atomic::new(0),
+            zero_copy_fallbacks: Atomic::new(0),
+        })
+    }
+}
+
 /// `*a = f(*a)`, atomically (the kernel's `Atomic` has no fetch_or/fetch_and).
 pub(crate) fn atomic_update(a: &Atomic<u32>, f: impl Fn(u32) -> u32) {
     let mut old = a.load(Relaxed);
