@@ -13,8 +13,17 @@ use dmalab_harness::grading::{Grader, Mode};
 #[command(about = "Grade a driver for the dmalab device (docs/contract.md)")]
 struct Args {
     /// The module under test, built against the guest kernel (make prints its build directory)
+    #[arg(long, required_unless_present = "list")]
+    driver: Option<PathBuf>,
+    /// Print the table of checks (id, level, ladder steps, the VM each looks at) and exit
     #[arg(long)]
-    driver: PathBuf,
+    list: bool,
+    /// Grade only this check (its id from --list); repeat for several
+    #[arg(long = "check", value_name = "ID", value_parser = check_id)]
+    only: Vec<String>,
+    /// With --step N: only the checks step N adds, not those of the steps before it
+    #[arg(long, requires = "step")]
+    new_only: bool,
     /// Run the checks of levels 1..=N only (1 binds, 2 transfers, 3 refusals, 4 faults,
     /// 5 teardown, 6 DMA ownership)
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=6))]
@@ -41,6 +50,15 @@ struct Args {
     run_name: String,
 }
 
+/// A check's id, from the table.
+fn check_id(s: &str) -> Result<String, String> {
+    dmalab_harness::grading::checks::table()
+        .iter()
+        .any(|c| c.id == s)
+        .then(|| s.to_string())
+        .ok_or_else(|| format!("no check has the id '{s}' (dmalab check --list)"))
+}
+
 /// A grading's name becomes directory names: letters, digits, `-` and `_` only.
 fn run_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
@@ -53,14 +71,21 @@ fn run_name(s: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let args = <Args as clap::Parser>::parse();
+    if args.list {
+        print!("{}", dmalab_harness::grading::listing());
+        return ExitCode::SUCCESS;
+    }
+    let Some(driver) = args.driver.clone() else {
+        return ExitCode::FAILURE; // clap requires it without --list
+    };
     // A failed check is caught and reported on the card (see `clean`), not as a panic.
     std::panic::set_hook(Box::new(|_| {}));
     let need = |n: &str| dmalab_harness::artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
     let (kbuild, agent) = (need("kbuild"), need("agent"));
-    if !args.driver.exists() {
+    if !driver.exists() {
         eprintln!(
             "dmalab check: {} does not exist. Build your module against the guest kernel: make -C {} M=<your module dir> LLVM=-19 ARCH=x86_64 modules",
-            args.driver.display(),
+            driver.display(),
             kbuild.display()
         );
         return ExitCode::FAILURE;
@@ -70,7 +95,7 @@ fn main() -> ExitCode {
     let built = Command::new(root.join("scripts/build-initramfs.sh"))
         .arg(&kbuild)
         .arg(&agent)
-        .arg(&args.driver)
+        .arg(&driver)
         .arg(&dir)
         .output();
     let initramfs = match built {
@@ -94,16 +119,25 @@ fn main() -> ExitCode {
             to: args.level,
         },
     };
-    let grader = Grader::new(
+    let mut grader = Grader::new(
         mode,
         &args.run_name,
         initramfs,
         args.kernel.clone(),
         &args.append,
     );
+    grader.only = args.only.clone();
+    grader.new_only = args.new_only;
+    if !dmalab_harness::grading::checks::table()
+        .iter()
+        .any(|c| grader.wants(c))
+    {
+        eprintln!("dmalab check: no check is graded at these levels or steps with these ids (dmalab check --list)");
+        return ExitCode::FAILURE;
+    }
     let rows = grader.grade();
     let mark = if args.step.is_some() { "S" } else { "L" };
-    println!("\n== dmalab check: {}", args.driver.display());
+    println!("\n== dmalab check: {}", driver.display());
     let mut passed = 0;
     for c in &rows {
         match &c.result {
@@ -122,7 +156,7 @@ fn main() -> ExitCode {
         println!("  {heading}: {text}");
     }
     let page =
-        dmalab_harness::html::report_card(&args.driver.display().to_string(), mark, &rows, &notes);
+        dmalab_harness::html::report_card(&driver.display().to_string(), mark, &rows, &notes);
     let html = dir.join("report.html");
     match std::fs::write(&html, page) {
         Ok(()) => println!("  report: {}", html.display()),

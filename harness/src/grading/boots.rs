@@ -96,7 +96,7 @@ pub static BOOTS: &[Boot] = &[
     },
     Boot {
         name: "fatal",
-        conditions: "a fatal device error on queue 1's first request, 24 requests one at a time",
+        conditions: "a fatal device error on queue 1's first request, 12 requests one at a time",
         scenarios: |_| "load,campaign,unload".into(),
         tune: |o| {
             o.faults =
@@ -104,7 +104,7 @@ pub static BOOTS: &[Boot] = &[
             // one request at a time: "every other request succeeds" is exact only then (a
             // fatal error fails every request in flight)
             o.append = format!(
-                "dmalab.seed=3 dmalab.ops=24 dmalab.mode=serial {}",
+                "dmalab.seed=3 dmalab.ops=12 dmalab.mode=serial {}",
                 o.append
             );
         },

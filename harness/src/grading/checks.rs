@@ -804,7 +804,7 @@ fn note_verdicts(ctx: &Ctx, verdicts: &[Verdict]) {
         .push((format!("fault verdicts ({}_faults)", ctx.grading), text));
 }
 
-/// A fatal device error on the first request of queue 1, in 24 requests over every queue: that
+/// A fatal device error on the first request of queue 1, in 12 requests over every queue: that
 /// request must fail with EIO (the driver acted on the error vector instead of waiting for its
 /// timeout, which would say ETIMEDOUT), and every other request must succeed (the driver reset
 /// the device and reprogrammed its queues).

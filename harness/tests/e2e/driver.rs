@@ -724,27 +724,26 @@ fn dmalab_check_grades_the_reference_driver_as_passing() {
 #[test]
 fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
     // our module with one deliberate bug each (module parameter dma_bug, guest-driver/module/
-    // bugs.rs): the checker must fail exactly the check that is about that bug
+    // bugs.rs): the checker must fail exactly the check that is about that bug, graded alone
+    // (`--check`: the other checks of its level are the reference driver's test's business)
     let module = dmalab_harness::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
-    // (each at its own level only: the variants pass the levels before it, which the reference
-    // driver's test covers)
     let cases = [
-        (8, "1", "unloads cleanly"),
-        (6, "3", "device error statuses become errnos"),
-        (7, "4", "completions are matched by tag"),
-        (3, "4", "a stalled request times out"),
-        (9, "4", "a stalled request times out"),
-        (10, "4", "error paths give back what they took"),
-        (1, "6", "never touches memory the device owns"),
-        (2, "6", "never touches memory the device owns"),
-        (4, "6", "never touches memory the device owns"),
-        (5, "6", "never touches memory the device owns"),
+        (8, "unloads", "unloads cleanly"),
+        (6, "status_errno", "device error statuses become errnos"),
+        (7, "by_tag", "completions are matched by tag"),
+        (3, "stall", "a stalled request times out"),
+        (9, "stall", "a stalled request times out"),
+        (10, "error_paths", "error paths give back what they took"),
+        (1, "ownership", "never touches memory the device owns"),
+        (2, "ownership", "never touches memory the device owns"),
+        (4, "ownership", "never touches memory the device owns"),
+        (5, "ownership", "never touches memory the device owns"),
     ];
     // each grading is its own process with its own VMs: side by side, as many VMs at once as
     // the machine runs
-    let cards = side_by_side(&cases, |&(bug, level, _)| {
+    let cards = side_by_side(&cases, |&(bug, id, _)| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
-            .args(["--from", level, "--level", level])
+            .args(["--check", id])
             .args(["--append", &format!("dmalab_module.dma_bug={bug}")])
             .args(["--run-name", &format!("check_bug{bug}")])
             .arg("--driver")
@@ -797,16 +796,18 @@ fn build_exercise(dir: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// `dmalab check --step N` on a module, as grading `run_name`: (passed, report card).
-fn check_step(step: u32, module: &std::path::Path, run_name: &str) -> (bool, String) {
+/// `dmalab check --step N` on a module, as grading `run_name` (`new_only`: only the checks
+/// step N adds): (passed, report card).
+fn check_step(
+    step: u32,
+    module: &std::path::Path,
+    run_name: &str,
+    new_only: bool,
+) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
-        .args([
-            "--step",
-            &step.to_string(),
-            "--run-name",
-            run_name,
-            "--driver",
-        ])
+        .args(["--step", &step.to_string(), "--run-name", run_name])
+        .args(new_only.then_some("--new-only"))
+        .arg("--driver")
         .arg(module)
         .output()
         .expect("run dmalab-check");
@@ -846,11 +847,10 @@ fn every_tutorial_solution_passes_its_step_and_every_skeleton_fails_it_helpfully
                 "skeleton",
             )
         };
-        check_step(
-            step,
-            &build_exercise(&dir),
-            &format!("check_step{step}_{name}"),
-        )
+        // a skeleton is the step before's solution with this step's part left to do: graded
+        // on what this step adds (the solution is graded on every step up to it)
+        let run_name = format!("check_step{step}_{name}");
+        check_step(step, &build_exercise(&dir), &run_name, !solution)
     });
     for (&(step, solution), (passed, card)) in gradings.iter().zip(cards) {
         if solution {
