@@ -14,10 +14,9 @@ pub fn loaded() -> bool {
         .any(|l| l.starts_with("dmalab "))
 }
 
-pub fn load(module: &str) -> Result<(), String> {
-    if loaded() {
-        return Ok(());
-    }
+/// Loads the module with the kernel command line's parameters and reports how that went and
+/// where its functions were loaded.
+pub fn insmod(module: &str) -> Result<(), String> {
     let t = Instant::now();
     let r = dev::insmod_with(module, &module_params());
     report(Report::Insmod(Insmod {
@@ -27,6 +26,14 @@ pub fn load(module: &str) -> Result<(), String> {
     }));
     r?;
     module_symbols();
+    Ok(())
+}
+
+pub fn load(module: &str) -> Result<(), String> {
+    if loaded() {
+        return Ok(());
+    }
+    insmod(module)?;
     // the misc device appears when probe finishes (synchronously for a present device)
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::path::Path::new("/dev/dmalab0").exists() {

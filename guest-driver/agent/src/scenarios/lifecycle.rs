@@ -8,7 +8,7 @@ use dmalab_abi::{self as abi, Request};
 use dmalab_report::*;
 
 use crate::dev::{self, Dev};
-use crate::kmod::{bound_device, dma_api, load, module_params, module_symbols, unload};
+use crate::kmod::{bound_device, dma_api, insmod, load, unload};
 use crate::pattern::data;
 use crate::report::report;
 
@@ -37,15 +37,7 @@ pub(super) fn bind(module: &str) -> Result<(), String> {
             command,
         }));
     };
-    let t = Instant::now();
-    let r = dev::insmod_with(module, &module_params());
-    report(Report::Insmod(Insmod {
-        ok: r.is_ok(),
-        error: r.as_ref().err().map_or("", |e| e).to_string(),
-        us: t.elapsed().as_micros() as u64,
-    }));
-    r?;
-    module_symbols();
+    insmod(module)?;
     look("loaded");
     dma_api("loaded");
     unload()?;
