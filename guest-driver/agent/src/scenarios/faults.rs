@@ -23,14 +23,24 @@ use super::verify::{
 pub(super) fn stall_recovery() -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let t = Instant::now();
-    std::thread::spawn(move || {
-        let Ok(d) = Dev::open(0) else {
-            return;
+    let waiter = std::thread::spawn(move || {
+        let errno = {
+            let Ok(d) = Dev::open(0) else {
+                return;
+            };
+            verified_with(&d, abi::OP_COPY, 1, 4096, 0, 1, 0, 2000).errno
+            // the device file closes here, before the answer goes out: an open file holds
+            // the module, and the `unload` after this scenario must not find it held (on a
+            // loaded machine this thread could be descheduled between answering and closing,
+            // and rmmod failed with EAGAIN)
         };
-        let o = verified_with(&d, abi::OP_COPY, 1, 4096, 0, 1, 0, 2000);
-        let _ = tx.send(o.errno);
+        let _ = tx.send(errno);
     });
     let answer = rx.recv_timeout(Duration::from_secs(20)).ok();
+    if answer.is_some() {
+        // it has answered: it ends at once
+        let _ = waiter.join();
+    }
     report(Report::Stalled(Stalled {
         returned: answer.is_some(),
         errno: answer.unwrap_or(0),
