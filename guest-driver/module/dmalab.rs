@@ -4,10 +4,11 @@
 //!
 //! The crate root holds the module declaration and the ABI; each concern has its own module:
 //! `driver` (the PCI driver and probe), `guards` (what a binding owns, undone in reverse order),
-//! `regs` (typed registers), `ring` (the rings: producer, consumer, tags), `queue` (the request
-//! path), `pool` (bounce pages), `zerocopy` and `streaming` (the zero-copy path), `state` (what
-//! interrupts, files and the driver share), `interrupts`, `file` (`/dev/dmalabN`), `selftest`,
-//! and `bugs` (deliberate mistakes for the tests).
+//! `regs` (typed registers), `ring` (the rings: producer, consumer, tags), `queue` (a queue and
+//! its request path), `batch`, `pool` (bounce pages), `zerocopy` and `streaming` (the zero-copy
+//! path), `device` (the device apart from its queues), `state` (the device with its queues, as
+//! interrupts, files and the driver share it), `interrupts`, `file` (`/dev/dmalabN`),
+//! `selftest`, and `bugs` (deliberate mistakes for the tests).
 //!
 //! What it shows, and which part of the kernel's Rust DMA API (Linux 7.3) it uses where:
 //!
@@ -62,7 +63,9 @@ plain_abi_data!(
     abi::Stats,
 );
 
+mod batch;
 mod bugs;
+mod device;
 mod driver;
 mod file;
 mod guards;

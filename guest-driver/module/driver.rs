@@ -21,9 +21,10 @@ use crate::guards::{DeviceHalt, MiscSlot};
 use crate::interrupts::{IrqHandler, QueueIrq, SharedIrq};
 use crate::module_parameters;
 use crate::pool::{BLOCK, BLOCKS};
+use crate::queue::Queue;
 use crate::regs::{self, Bar0};
 use crate::ring::{program_queue, RING, SG_MAX};
-use crate::state::{DevState, Queue};
+use crate::state::DevState;
 use crate::zerocopy;
 
 /// The PCI driver of the dmalab device.

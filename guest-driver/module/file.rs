@@ -12,9 +12,10 @@ use kernel::{
 };
 
 use crate::abi::{self, Batch, DeviceInfo, Request, SelfTest, Stats};
+use crate::batch::submit_batch;
 use crate::bugs::DmaBug;
-use crate::queue::submit_batch;
-use crate::state::{reset_device, status_to_result, DevState};
+use crate::queue::status_to_result;
+use crate::state::{reset_device, DevState};
 
 /// Per open file of `/dev/dmalabN`.
 pub(crate) struct DmalabFile {
@@ -75,7 +76,7 @@ impl DmalabFile {
     /// case, so the tag (0 if nothing was submitted) and the status are visible next to the
     /// errno.
     fn submit(&self, arg: UserPtr) -> Result {
-        let dev = &self.dev;
+        let dev: &DevState = &self.dev;
         let (mut r, mut w) = UserSlice::new(arg, core::mem::size_of::<Request>()).reader_writer();
         let mut req: Request = r.read()?;
         let q = dev.queues.get(req.queue as usize).ok_or(EINVAL)?;
@@ -104,7 +105,7 @@ impl DmalabFile {
         for _ in 0..n {
             reqs.push(rr.read::<Request>()?, GFP_KERNEL)?;
         }
-        batch.done = submit_batch(&self.dev, &mut reqs)?;
+        batch.done = submit_batch(&*self.dev, &mut reqs)?;
         for req in reqs.iter() {
             rw.write(req)?;
         }

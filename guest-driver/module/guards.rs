@@ -19,9 +19,10 @@ use kernel::{
     },
 };
 
+use crate::device::atomic_update;
 use crate::interrupts::IrqHandler;
 use crate::regs;
-use crate::state::{atomic_update, DevState};
+use crate::state::DevState;
 
 /// Names of the misc devices; the index is the device's number.
 const MISC_NAMES: [&CStr; 8] = [

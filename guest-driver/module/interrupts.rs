@@ -9,8 +9,9 @@ use kernel::{
     sync::{atomic::Relaxed, Arc},
 };
 
+use crate::device::atomic_update;
 use crate::regs;
-use crate::state::{atomic_update, DevState};
+use crate::state::DevState;
 
 /// Interrupt handler of one queue's vector.
 pub(crate) struct QueueIrq {
@@ -24,8 +25,9 @@ impl irq::Handler for QueueIrq {
             // halted: teardown synchronizes this vector after setting `dead`
             return IrqReturn::Handled;
         }
-        let q = &self.dev.queues[self.queue];
-        self.dev.reap(q);
+        if let Some(q) = self.dev.queues.get(self.queue) {
+            q.reap(&self.dev);
+        }
         IrqReturn::Handled
     }
 }
@@ -78,7 +80,7 @@ impl irq::Handler for SharedIrq {
         drop(bar);
         for (i, q) in self.dev.queues.iter().enumerate() {
             if cause.queue(i) {
-                self.dev.reap(q);
+                q.reap(&self.dev);
             }
         }
         IrqReturn::Handled

@@ -1,34 +1,254 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The request path of one queue pair: submitting a request, waiting for its completion,
-//! copying results out.
+//! One queue pair: its rings and bounce pool, and its request path: preparing a request's
+//! memory, posting it, waiting for and reaping its completion, resetting the queue, copying
+//! results out, and batches.
 
+use core::pin::Pin;
 use kernel::{
+    device::Core,
+    dma::Coherent,
     io::{io_write, Io},
+    new_condvar, new_mutex, new_spinlock_irq, pci,
     prelude::*,
     sync::{
         atomic::{Acquire, Relaxed},
         barrier::{dma_mb, Write},
-        CondVarTimeoutResult,
+        CondVar, CondVarTimeoutResult, Mutex, SpinLockIrq,
     },
     time::{msecs_to_jiffies, Instant},
     uaccess::{UserPtr, UserSlice},
 };
 
-use crate::abi::{self, Completion, Descriptor, Opcode, Request, Status};
+use pin_init::pin_init_array_from_fn;
+
+use crate::abi::{self, Completion, Descriptor, Opcode, QueueStats, Request, SgEntry, Status};
 use crate::bugs::{self, DmaBug};
+use crate::device::Device;
 use crate::pool::{
     copy_in_from_user, segments, split_to, wait_for_resources, Pool, Segments, Side,
 };
-use crate::pool::{PAGE, PAGES_PER_BLOCK};
+use crate::pool::{FreeMap, BLOCK, BLOCKS, PAGE, PAGES_PER_BLOCK, POOL_PAGES};
 use crate::regs;
-use crate::ring::{Slot, SlotState, Tag};
-use crate::ring::{SG_MAX, SLOTS};
-use crate::state::{reset_after_fatal, status_to_result, DevState, Queue};
+use crate::ring::{program_queue, reset_queue, RingState, Rings, Slot, SlotState, Tag};
+use crate::ring::{RING, SG_MAX, SLOTS};
 use crate::streaming::DeviceDone;
 use crate::zerocopy::{self, ZeroCopy};
 /// A request's timeout when the caller gives none.
 const DEFAULT_TIMEOUT_MS: u32 = 5000;
+
+/// What a queue's request path needs of the binding it belongs to, beyond the [`Device`]
+/// itself (`state.rs` implements it): the other queues, for a batch that spans them, and the
+/// recovery from a fatal error, which resets the whole device.
+pub(crate) trait Owner: core::ops::Deref<Target = Device> {
+    /// Queue `index`, if the device has it.
+    fn queue(&self, index: usize) -> Option<&Queue>;
+
+    /// After a fatal error: resets the device unless another waiter already has, and returns
+    /// only once no reset is in progress (the device is then done with every request's
+    /// memory).
+    fn recover_from_fatal(&self) -> Result;
+}
+
+/// One queue pair: its rings and bounce pool, each with the condition variable its waiters
+/// sleep on.
+#[pin_data]
+pub(crate) struct Queue {
+    pub(crate) index: u16,
+    #[pin]
+    pub(crate) ring: SpinLockIrq<RingState>,
+    /// Signalled when ring space or a slot frees up: submitters waiting for room.
+    #[pin]
+    pub(crate) ring_cv: CondVar,
+    /// `done_cv[i]` is signalled when slot `i`'s request completes or fails: its waiter alone
+    /// wakes. (One condition variable for the whole queue woke every request in flight on each
+    /// completion: at queue depth 32, 31 needless wake-ups and context switches per request.)
+    #[pin]
+    pub(crate) done_cv: [CondVar; SLOTS],
+    #[pin]
+    pub(crate) pool: Mutex<Pool>,
+    #[pin]
+    pub(crate) pool_cv: CondVar,
+}
+
+impl Queue {
+    /// Allocates queue `index`'s rings and bounce pool: all of its DMA memory, at probe (the
+    /// device is told none of it yet).
+    pub(crate) fn new(pdev: &pci::Device<Core<'_>>, index: u16) -> Result<Pin<KBox<Queue>>> {
+        let dev = pdev.as_ref();
+        let rings = Rings {
+            sq: Coherent::<Descriptor>::zeroed_slice(dev, RING, GFP_KERNEL)?,
+            cq: Coherent::<Completion>::zeroed_slice(dev, RING, GFP_KERNEL)?,
+            sg: Coherent::<SgEntry>::zeroed_slice(dev, SLOTS * 2 * SG_MAX, GFP_KERNEL)?,
+        };
+        let mut blocks = KVec::with_capacity(BLOCKS, GFP_KERNEL)?;
+        for _ in 0..BLOCKS {
+            blocks.push(
+                Coherent::<u8>::zeroed_slice(dev, BLOCK, GFP_KERNEL)?,
+                GFP_KERNEL,
+            )?;
+        }
+        let ring = RingState {
+            rings: Some(rings),
+            sq_tail: 0,
+            cq_head: 0,
+            phase: true,
+            outstanding: 0,
+            slots: [Slot {
+                state: SlotState::Free,
+                generation: 0,
+                start: None,
+            }; SLOTS],
+            stats: QueueStats::default(),
+        };
+        let pool = Pool {
+            blocks: Some(blocks),
+            free: FreeMap([u64::MAX; POOL_PAGES / 64]),
+        };
+        KBox::pin_init(
+            pin_init!(Queue {
+                index,
+                ring <- new_spinlock_irq!(ring),
+                ring_cv <- new_condvar!(),
+                done_cv <- pin_init_array_from_fn(|_| new_condvar!()),
+                pool <- new_mutex!(pool),
+                pool_cv <- new_condvar!(),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Wakes every waiter of the queue: after requests were failed wholesale (a reset, a
+    /// fatal error, teardown).
+    pub(crate) fn wake_all(&self) {
+        self.ring_cv.notify_all();
+        for cv in self.done_cv.iter() {
+            cv.notify_all();
+        }
+    }
+
+    /// Counts an interrupt and reads the queue's completions, under one lock; wakes each
+    /// completed request's waiter. Interrupt context.
+    pub(crate) fn reap(&self, dev: &Device) {
+        let q = self;
+        let mut st = q.ring.lock();
+        if dev.is_dead() {
+            // halted: teardown fails every waiter; the completion head is not ours to move
+            return;
+        }
+        st.stats.irqs += 1;
+        let mut moved = false;
+        // the slots whose requests completed: their waiters are woken, one each
+        let mut done: u64 = 0;
+        {
+            let st = &mut *st;
+            while let Ok(Some(c)) = st.pop() {
+                moved = true;
+                let tag = if DmaBug::active() == DmaBug::MatchByPosition {
+                    // bug: the oldest request in flight, whatever the completion's tag says
+                    st.slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, x)| matches!(x.state, SlotState::InFlight))
+                        .max_by_key(|(_, x)| x.start.map_or(0, |t| t.elapsed().as_nanos()))
+                        .map(|(slot, x)| Tag {
+                            slot,
+                            generation: x.generation,
+                        })
+                } else {
+                    Tag::decode(c.tag)
+                };
+                match tag.and_then(|t| Some((t, st.slots.get_mut(t.slot)?))) {
+                    Some((t, slot))
+                        if matches!(slot.state, SlotState::InFlight)
+                            && slot.generation == t.generation =>
+                    {
+                        slot.state = SlotState::Done(c);
+                        done |= 1 << t.slot;
+                        st.outstanding = st.outstanding.saturating_sub(1);
+                        st.stats.completed += 1;
+                        if c.status != Status::Ok.raw() {
+                            st.stats.errors += 1;
+                        }
+                    }
+                    _ => st.stats.stray_completions += 1,
+                }
+            }
+        }
+        if moved {
+            if let Some(bar) = dev.bar.try_access() {
+                if let Ok(at) = regs::queue(q.index as usize) {
+                    let _ = bar.try_write(at, regs::Q_CQ_HEAD::zeroed().with_index(st.cq_head));
+                }
+            }
+            drop(st);
+            for (i, cv) in q.done_cv.iter().enumerate() {
+                if done & (1 << i) != 0 {
+                    cv.notify_one();
+                }
+            }
+            // ring space freed up
+            q.ring_cv.notify_all();
+        }
+    }
+
+    /// Resets the queue in the device and fails every request in flight with `err`.
+    /// Called with the ring lock held; the device has stopped all DMA for the queue on return.
+    pub(crate) fn reset_locked(&self, dev: &Device, st: &mut RingState, err: Error) {
+        let qi = self.index as usize;
+        // Halted by teardown (which waits for this lock before its reset) or gone: fail the
+        // requests, leave the device alone.
+        let bar = if dev.is_dead() {
+            None
+        } else {
+            dev.bar.try_access()
+        };
+        if let Some(bar) = bar {
+            let _ = reset_queue(&bar, qi);
+            // A read is not posted: when it returns, the reset write has been handled.
+            match bar.try_read(regs::DEV_STATUS) {
+                // all ones: the device is gone
+                Ok(st) if st.into_raw() == u32::MAX => dev.mark_gone(),
+                Err(_) => dev.mark_gone(),
+                // halted by a fatal error: only a device reset helps (done without this lock)
+                Ok(st) if st.fatal() => dev.needs_reset.store(true, Relaxed),
+                Ok(_) => {}
+            }
+        }
+        for slot in st.slots.iter_mut() {
+            if matches!(slot.state, SlotState::InFlight) {
+                slot.state = SlotState::Failed(err);
+            }
+        }
+        st.rewind();
+        st.stats.resets += 1;
+        if let Some(rings) = st.rings.as_ref() {
+            if !dev.is_dead() {
+                if let Some(bar) = dev.bar.try_access() {
+                    let _ = program_queue(&bar, qi, rings);
+                }
+            }
+        }
+    }
+}
+
+/// The errno a device completion status becomes (0 for success).
+pub(crate) fn status_to_result(status: u32) -> Result {
+    let status = u16::try_from(status).ok().and_then(Status::from_raw);
+    match status {
+        Some(Status::Ok) => Ok(()),
+        Some(Status::InternalRange | Status::AddrOverflow) => Err(ERANGE),
+        Some(
+            Status::BadOpcode
+            | Status::BadLength
+            | Status::TooManySegments
+            | Status::Overlap
+            | Status::BadDescriptor,
+        ) => Err(EINVAL),
+        // DMA_FAULT, DEVICE_ERROR and anything the device should not have said
+        Some(Status::DmaFault | Status::DeviceError) | None => Err(EIO),
+    }
+}
 
 /// How [`Queue::post`] hands a descriptor to the device.
 #[derive(Clone, Copy)]
@@ -61,6 +281,11 @@ pub(crate) struct Prepared<'a> {
 }
 
 impl Prepared<'_> {
+    /// How long its request may take.
+    pub(crate) fn timeout_ms(&self) -> u32 {
+        self.timeout_ms
+    }
+
     /// The first bounce page of each side (the debug-only `dma_bug` variants touch them).
     fn first_pages(&self) -> (Option<u16>, Option<u16>) {
         match &self.buffers {
@@ -74,7 +299,7 @@ impl Prepared<'_> {
 
 impl Queue {
     /// Runs one request and waits for it: prepare, post (with its doorbell), wait, finish.
-    pub(crate) fn submit(&self, dev: &DevState, req: &mut Request) -> Result {
+    pub(crate) fn submit(&self, dev: &impl Owner, req: &mut Request) -> Result {
         let p = self.prepare(dev, req, true)?;
         let (result, done) = match self.post(dev, req, &p, Handover::Now) {
             Ok(slot) => self.wait(dev, slot, p.timeout_ms),
@@ -89,7 +314,7 @@ impl Queue {
     /// returned evidence.
     pub(crate) fn run_on(
         &self,
-        dev: &DevState,
+        dev: &impl Owner,
         opcode: Opcode,
         len: u32,
         src_segs: Segments,
@@ -128,7 +353,7 @@ impl Queue {
     /// (a batch first waits for its own requests, which may hold them).
     pub(crate) fn prepare<'a>(
         &self,
-        dev: &'a DevState,
+        dev: &'a impl Owner,
         req: &mut Request,
         may_wait: bool,
     ) -> Result<Prepared<'a>> {
@@ -337,7 +562,7 @@ impl Queue {
     /// says. Returns the slot.
     pub(crate) fn post(
         &self,
-        dev: &DevState,
+        dev: &impl Owner,
         req: &mut Request,
         p: &Prepared<'_>,
         handover: Handover,
@@ -462,7 +687,7 @@ impl Queue {
 
     /// Rings the queue's doorbell with the current submission tail: every descriptor posted so
     /// far goes to the device.
-    pub(crate) fn ring_doorbell(&self, dev: &DevState) -> Result {
+    pub(crate) fn ring_doorbell(&self, dev: &impl Owner) -> Result {
         let st = self.ring.lock();
         if dev.is_dead() {
             return Err(ENODEV);
@@ -481,7 +706,7 @@ impl Queue {
     /// completion was read, or its queue (or the device) was reset or halted.
     pub(crate) fn wait(
         &self,
-        dev: &DevState,
+        dev: &impl Owner,
         slot: usize,
         timeout_ms: u32,
     ) -> (Result<(Completion, u64)>, DeviceDone) {
@@ -504,7 +729,7 @@ impl Queue {
                 SlotState::InFlight if timed_out => {
                     // No completion in time: reset the queue, failing everything in flight.
                     st.stats.timeouts += 1;
-                    dev.reset_queue_locked(self, &mut st, ETIMEDOUT);
+                    self.reset_locked(dev, &mut st, ETIMEDOUT);
                     reset = true;
                 }
                 SlotState::InFlight => {
@@ -521,7 +746,7 @@ impl Queue {
                         // The device may still be writing our pages: only a queue reset makes
                         // it safe to give them back, so a signal costs the queue a reset.
                         CondVarTimeoutResult::Signal { .. } => {
-                            dev.reset_queue_locked(self, &mut st, EINTR);
+                            self.reset_locked(dev, &mut st, EINTR);
                             reset = true;
                         }
                         CondVarTimeoutResult::Woken { .. } => {}
@@ -547,7 +772,7 @@ impl Queue {
         if failed_by_fatal || dev.needs_reset.load(Acquire) {
             // A fatal error halted every queue: reset the device and reprogram the queues (or
             // wait for whoever is doing it) before the buffers go back to the pool.
-            let _ = reset_after_fatal(dev);
+            let _ = dev.recover_from_fatal();
         }
         let ns = start.map_or(0, |t| t.elapsed().as_nanos());
         // SAFETY: the loop above left only when the slot was done (its completion read: the
@@ -559,102 +784,4 @@ impl Queue {
         let done = unsafe { DeviceDone::new() };
         (result.map(|c| (c, u64::try_from(ns).unwrap_or(0))), done)
     }
-}
-
-/// Runs a batch of requests (`IOC_SUBMIT_BATCH`) with as many in flight at once as the rings
-/// and pools allow: the requests are prepared and posted in order, each queue's doorbell is
-/// rung once per wave, then the wave's requests are waited for and finished in order. A request
-/// that would have to wait for bounce pages or a ring slot ends the wave first: what it waits
-/// for may be held by its own batch's earlier requests (or, for slots, by another batch's that
-/// it has not rung either). Each request's outcome goes in its `error` field;
-/// returns how many succeeded.
-pub(crate) fn submit_batch(dev: &DevState, reqs: &mut [Request]) -> Result<u32> {
-    // (request index, slot, prepared): reserved up front, so a push never allocates
-    let mut wave = KVec::with_capacity(reqs.len(), GFP_KERNEL)?;
-    let mut done = 0;
-    for i in 0..reqs.len() {
-        let Some(q) = dev.queues.get(usize::from(reqs[i].queue)) else {
-            reqs[i].error = errno(EINVAL);
-            continue;
-        };
-        let prepared = loop {
-            match q.prepare(dev, &mut reqs[i], wave.is_empty()) {
-                Err(e) if e.to_errno() == EAGAIN.to_errno() && !wave.is_empty() => {
-                    done += drain(dev, reqs, &mut wave);
-                }
-                other => break other,
-            }
-        };
-        let p = match prepared {
-            Err(e) => {
-                reqs[i].error = errno(e);
-                continue;
-            }
-            Ok(p) => p,
-        };
-        // likewise for a ring slot: several batches on one queue must not hold every slot
-        // with requests none of them has rung
-        let posted = loop {
-            let may_wait = wave.is_empty();
-            match q.post(dev, &mut reqs[i], &p, Handover::Batched { may_wait }) {
-                Err(e) if e.to_errno() == EAGAIN.to_errno() && !may_wait => {
-                    done += drain(dev, reqs, &mut wave);
-                }
-                other => break other,
-            }
-        };
-        match posted {
-            Ok(slot) => wave.push((i, slot, p), GFP_KERNEL)?,
-            Err(e) => {
-                // SAFETY: not posted: the device never saw the request's memory.
-                let done = unsafe { DeviceDone::new() };
-                let r = q.finish(&mut reqs[i], p, Err(e), &done);
-                reqs[i].error = outcome(&reqs[i], r);
-            }
-        }
-    }
-    done += drain(dev, reqs, &mut wave);
-    Ok(done)
-}
-
-/// Rings the doorbell of every queue the wave posted to, then waits for and finishes its
-/// requests in order; returns how many succeeded.
-fn drain<'a>(
-    dev: &'a DevState,
-    reqs: &mut [Request],
-    wave: &mut KVec<(usize, usize, Prepared<'a>)>,
-) -> u32 {
-    let mut rung = 0u32;
-    for &(i, _, _) in wave.iter() {
-        let q = usize::from(reqs[i].queue);
-        if rung & (1 << q) == 0 {
-            rung |= 1 << q;
-            // A device that is gone fails the waits below (teardown releases them).
-            let _ = dev.queues[q].ring_doorbell(dev);
-        }
-    }
-    let mut ok = 0;
-    for (i, slot, p) in wave.drain_all() {
-        let q = &dev.queues[usize::from(reqs[i].queue)];
-        let (result, done) = q.wait(dev, slot, p.timeout_ms);
-        let r = q.finish(&mut reqs[i], p, result, &done);
-        reqs[i].error = outcome(&reqs[i], r);
-        ok += u32::from(reqs[i].error == 0);
-    }
-    ok
-}
-
-/// An errno as `Request::error` (positive).
-fn errno(e: Error) -> u32 {
-    e.to_errno().unsigned_abs()
-}
-
-/// A finished request's outcome as `Request::error`: its failure's errno, or its status's
-/// (as `IOC_SUBMIT` would return it), 0 when it succeeded.
-fn outcome(req: &Request, r: Result) -> u32 {
-    let r = r.and_then(|()| match DmaBug::active() {
-        DmaBug::IgnoreStatus => Ok(()),
-        _ => status_to_result(req.status),
-    });
-    r.err().map_or(0, errno)
 }
