@@ -778,9 +778,9 @@ impl Queue {
         // SAFETY: the loop above left only when the slot was done (its completion read: the
         // device writes a request's completion after its last access to the request's memory,
         // datasheet "Ordering"), or failed by a queue reset (done above or by another waiter),
-        // a fatal error (the device halted every queue; `reset_after_fatal` above) or teardown
-        // (the device reset and read back). The one exception is the deliberate `dma_bug`
-        // FreeOnTimeout, which breaks this promise on purpose for the oracle tests.
+        // a fatal error (the device halted every queue; `Owner::recover_from_fatal` above) or
+        // teardown (the device reset and read back). The one exception is the deliberate
+        // `dma_bug` FreeOnTimeout, which breaks this promise on purpose for the oracle tests.
         let done = unsafe { DeviceDone::new() };
         (result.map(|c| (c, u64::try_from(ns).unwrap_or(0))), done)
     }
