@@ -34,7 +34,14 @@ pub fn load(module: &str) -> Result<(), String> {
         return Ok(());
     }
     insmod(module)?;
-    // the misc device appears when probe finishes (synchronously for a present device)
+    // Probe runs while the module loads (synchronously for a present device); its misc device
+    // node appears a little later (devtmpfs). A device left unbound means probe failed: no
+    // node will come, so say so now instead of waiting out the deadline.
+    if bound_device().is_err() {
+        return Err(
+            "driver loaded but no device is bound to it: probe failed (see the kernel log)".into(),
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::path::Path::new("/dev/dmalab0").exists() {
         if Instant::now() > deadline {
