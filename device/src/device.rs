@@ -87,6 +87,7 @@ impl Device {
             irq_cause: AtomicU32::new(0),
             fault_epoch: AtomicU32::new(0),
             oracle: std::sync::OnceLock::new(),
+            bus_master: std::sync::atomic::AtomicBool::new(true),
         });
         let mut workers = receivers
             .into_iter()
@@ -458,6 +459,24 @@ impl Device {
         view.slices(r.sq_base, n * abi::DESC_SIZE as u64, Dir::FromGuest)?;
         view.slices(r.cq_base, n * abi::COMPLETION_SIZE as u64, Dir::ToGuest)?;
         Ok(())
+    }
+
+    /// Bus Master Enable, as the PCI command register says (the vfio-user server calls this on
+    /// every configuration write). Off, the device touches no guest memory: a doorbell fetches
+    /// nothing (the descriptors wait), a direct transfer completes with `DMA_FAULT`, a
+    /// descriptor already fetched fails with `DMA_FAULT` and its completion is not written,
+    /// each with an `error` event that names the cause. Turned on, the queues look at their
+    /// rings again.
+    pub fn set_bus_master(&self, on: bool) {
+        let was = self
+            .shared
+            .bus_master
+            .swap(on, std::sync::atomic::Ordering::SeqCst);
+        if on && !was {
+            for q in &self.shared.queues {
+                q.kick();
+            }
+        }
     }
 
     /// Device reset: every queue is reset (DMA in flight finishes first, nothing after),

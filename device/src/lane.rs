@@ -20,7 +20,7 @@ use crate::eventlog::Event;
 use crate::fault_plan::FaultPlan;
 use crate::memory::MemView;
 use crate::registers::ErrorBits;
-use crate::shared::{sleep_unless, Shared};
+use crate::shared::{sleep_unless, Shared, BUS_MASTER_OFF};
 
 /// Where a descriptor comes from: a queue's worker or the direct block.
 pub(crate) trait Origin {
@@ -102,6 +102,28 @@ pub(crate) fn execute(
         }
     }
     let view = origin.view();
+    if !dev.bus_master() {
+        dev.log.record(|| Event::Error {
+            queue: Some(q),
+            tag: Some(d.tag),
+            status: Some(abi::CS_DMA_FAULT),
+            what: format!(
+                "{} {index}: {BUS_MASTER_OFF}",
+                if q == abi::DIRECT_QUEUE {
+                    "direct transfer"
+                } else {
+                    "descriptor"
+                }
+            ),
+        });
+        let out = Outcome {
+            status: abi::CS_DMA_FAULT,
+            bytes: 0,
+            result: 0,
+            violation: false,
+        };
+        return Some(Executed { out, plan, view });
+    }
     let ctx = Ctx {
         view: &view,
         internal: &dev.internal,

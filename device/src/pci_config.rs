@@ -111,6 +111,11 @@ impl ConfigSpace {
         u64::from(u32::from_le_bytes(b) & !0xf)
     }
 
+    /// Bus Master Enable: bit 2 of the command register (0 at power-on).
+    pub fn bus_master(&self) -> bool {
+        self.bytes[0x04] & 1 << 2 != 0
+    }
+
     /// Back to power-on values (device reset).
     pub fn reset(&mut self) {
         self.bytes = self.reset_bytes;

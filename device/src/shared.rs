@@ -2,7 +2,7 @@
 //! internal memory, fault rules, the queues' registers and the device-level registers.
 //! Both `device` (register semantics) and `worker` (descriptor execution) build on it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,11 +36,26 @@ pub struct Shared {
     pub(crate) fault_epoch: AtomicU32,
     /// The ownership table of the oracle, when one is attached.
     pub(crate) oracle: OnceLock<Arc<dmalab_ownership::Publisher>>,
+    /// Bus Master Enable of the PCI command register: without it the device reads and writes
+    /// no guest memory (rings, data, completions). The model alone has no configuration space
+    /// and starts enabled; the vfio-user server follows the register ([`Device::set_bus_master`]).
+    ///
+    /// [`Device::set_bus_master`]: crate::device::Device::set_bus_master
+    pub(crate) bus_master: AtomicBool,
 }
+
+/// What an error event says when bus mastering is off.
+pub(crate) const BUS_MASTER_OFF: &str =
+    "bus mastering is off (PCI command register bit 2 clear): the device may not touch guest memory";
 
 impl Shared {
     pub(crate) fn nqueues(&self) -> u16 {
         self.queues.len() as u16
+    }
+
+    /// Whether the device may touch guest memory now (Bus Master Enable).
+    pub(crate) fn bus_master(&self) -> bool {
+        self.bus_master.load(Ordering::SeqCst)
     }
 
     pub(crate) fn is_fatal(&self) -> bool {

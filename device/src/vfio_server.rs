@@ -37,21 +37,26 @@ struct Fds {
 }
 
 /// Delivers interrupts through the client's eventfds: MSI-X vector v if the client gave one,
-/// else the single MSI vector, else INTx.
+/// else the single MSI vector, else INTx. An MSI or MSI-X message is a write by the device: none
+/// goes out while Bus Master Enable is clear (INTx is a wire, not a write, and still does).
 #[derive(Default)]
 pub struct EventfdSink {
     fds: RwLock<Fds>,
+    bus_master: std::sync::atomic::AtomicBool,
 }
 
 impl InterruptSink for EventfdSink {
     fn raise(&self, vector: u16) -> bool {
         let fds = self.fds.read().unwrap();
-        let target = fds
+        let message = fds
             .msix
             .get(vector as usize)
             .and_then(Option::as_ref)
-            .or(fds.msi.as_ref())
-            .or(fds.intx.as_ref());
+            .or(fds.msi.as_ref());
+        if message.is_some() && !self.bus_master.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let target = message.or(fds.intx.as_ref());
         match target {
             // The descriptors are non-blocking eventfds (checked at SET_IRQS), so a write never
             // stalls a worker; it fails only if the counter would overflow, which merges with
@@ -139,13 +144,35 @@ impl VfioDevice {
     ) -> Self {
         let vectors = device.vectors();
         irqs.fds.write().unwrap().msix = (0..vectors).map(|_| None).collect();
-        Self {
+        let s = Self {
             device,
             config: ConfigSpace::new(vectors),
             maps,
             irqs,
             log,
+        };
+        s.follow_command_register();
+        s
+    }
+
+    /// Bus Master Enable as the command register now says, for the device and its interrupts.
+    fn follow_command_register(&self) {
+        let on = self.config.bus_master();
+        if on
+            != self
+                .irqs
+                .bus_master
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            info!(
+                "PCI command register: bus mastering {}",
+                if on { "on" } else { "off" }
+            );
         }
+        self.device.set_bus_master(on);
+        self.irqs
+            .bus_master
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Regions as announced to the client, by index.
@@ -202,6 +229,7 @@ impl Backend for VfioDevice {
                 self.config.write(offset, data);
                 // the oracle tells the device's registers apart by guest-physical address
                 self.device.set_oracle_bar0(self.config.bar0());
+                self.follow_command_register();
             }
             VFIO_PCI_BAR0_REGION_INDEX => self.device.mmio_write(offset, data),
             _ => {}
@@ -300,6 +328,7 @@ impl Backend for VfioDevice {
         info!("device reset requested by the client");
         self.device.reset();
         self.config.reset();
+        self.follow_command_register();
     }
 
     fn set_irqs(&mut self, action: IrqAction) -> Result<(), Errno> {

@@ -15,7 +15,7 @@ use crate::lane::{self, Origin, Publish};
 use crate::memory::MemView;
 use crate::queue::{Msg, QueueRegs, QueueShared};
 use crate::registers::{ErrorBits, IrqCoalesce};
-use crate::shared::Shared;
+use crate::shared::{Shared, BUS_MASTER_OFF};
 use crate::wire;
 
 /// The worker of queue `index`.
@@ -126,6 +126,16 @@ impl Worker {
             if r.sq_head == r.sq_tail || (r.cq_tail + 1) % r.size == r.cq_head {
                 break;
             }
+            if !self.dev.bus_master() {
+                // The descriptors wait: turning bus mastering on kicks the queue again.
+                self.dev.log.record(|| Event::Error {
+                    queue: Some(q),
+                    tag: None,
+                    status: None,
+                    what: format!("queue {q}: doorbell not served: {BUS_MASTER_OFF}"),
+                });
+                break;
+            }
             let Some(raw) = self.fetch(&r) else {
                 break;
             };
@@ -229,6 +239,16 @@ impl Worker {
         // see the completion.
         if let Some(o) = self.dev.oracle.get() {
             o.close_request(q, slot, c.tag);
+        }
+        if !self.dev.bus_master() {
+            // Writing the completion is a DMA too: dropped, like one for a reprogrammed ring.
+            self.dev.log.record(|| Event::Error {
+                queue: Some(q),
+                tag: Some(c.tag),
+                status: Some(c.status),
+                what: format!("queue {q}: completion not written: {BUS_MASTER_OFF}"),
+            });
+            return true;
         }
         let (cq_base, cq_tail, phase) = {
             let r = self.queue().regs.lock().unwrap();

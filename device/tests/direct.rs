@@ -244,3 +244,26 @@ fn every_bar_read_is_counted_and_logged() {
         "{reads:?}"
     );
 }
+
+/// PCI: without Bus Master Enable a direct transfer moves nothing and completes with
+/// DMA_FAULT (its status register needs no DMA to say so); with it, the same transfer runs.
+#[test]
+fn without_bus_mastering_a_transfer_fails_and_moves_nothing() {
+    let r = rig("");
+    r.dev.set_bus_master(false);
+    assert_eq!(
+        r.direct(&desc(abi::OP_COPY, 0, 4096, A, B)),
+        (abi::CS_DMA_FAULT, 0, 0)
+    );
+    assert_eq!(
+        r.peek(B, 4096),
+        vec![0xee; 4096],
+        "the device wrote guest memory"
+    );
+    r.dev.set_bus_master(true);
+    assert_eq!(
+        r.direct(&desc(abi::OP_COPY, 0, 4096, A, B)),
+        (abi::CS_OK, 0, 4096)
+    );
+    assert_eq!(r.peek(B, 4096), r.peek(A, 4096));
+}

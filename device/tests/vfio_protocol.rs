@@ -27,6 +27,8 @@ const DEVICE_FEATURE: u16 = 16;
 const NO_REPLY: u32 = 1 << 4;
 const ERROR: u32 = 1 << 5;
 const BAR0: u32 = 0;
+/// The PCI configuration space region.
+const CONFIG: u32 = 7;
 const MSIX: u32 = 2;
 
 struct Server {
@@ -230,6 +232,13 @@ impl Client {
 
     fn reg_write(&mut self, off: usize, v: u32) {
         let r = self.region_write(BAR0, off as u64, &v.to_le_bytes());
+        assert_eq!(r.errno(), None);
+    }
+
+    /// Writes the PCI command register: memory decoding, plus bus mastering if `master`.
+    fn command(&mut self, master: bool) {
+        let v: u16 = if master { 0x6 } else { 0x2 };
+        let r = self.region_write(CONFIG, 0x04, &v.to_le_bytes());
         assert_eq!(r.errno(), None);
     }
 
@@ -619,8 +628,14 @@ fn a_file_that_cannot_back_the_map_is_refused() {
 }
 
 /// Programs queue 0 with its rings at `ring` (inside the mapped memfd) and posts one FILL of
-/// `len` bytes at `dst`.
+/// `len` bytes at `dst`, as a driver does: with bus mastering on.
 fn post_fill(c: &mut Client, mem: &File, ring: u64, iova: u64, dst: u64, len: u32) {
+    c.command(true);
+    post_fill_as_is(c, mem, ring, iova, dst, len);
+}
+
+/// [`post_fill`] leaving the command register alone.
+fn post_fill_as_is(c: &mut Client, mem: &File, ring: u64, iova: u64, dst: u64, len: u32) {
     use std::os::unix::fs::FileExt;
     let d = dmalab_device::testing::desc(abi::OP_FILL, 1, len, 0, dst);
     let mut d = d;
@@ -636,6 +651,49 @@ fn post_fill(c: &mut Client, mem: &File, ring: u64, iova: u64, dst: u64, len: u3
     c.reg_write(q(abi::Q_SIZE), 4);
     c.reg_write(q(abi::Q_CTRL), abi::QCTRL_ENABLE);
     c.reg_write(q(abi::Q_SQ_TAIL), 1);
+}
+
+/// PCI: a device may read or write memory only while Bus Master Enable is set. Without it
+/// the doorbell fetches nothing and the FILL waits; the driver enabling bus mastering lets it
+/// run.
+#[test]
+fn no_dma_without_bus_mastering() {
+    use std::os::unix::fs::FileExt;
+    let (srv, mut c) = Server::start("m-master");
+    c.negotiate();
+    let (size, iova) = (1u64 << 20, 0x1_0000_0000u64);
+    let mem = memfd(size, true);
+    assert_eq!(c.dma_map(3, 0, iova, size, Some(&mem)).errno(), None);
+    let dst = iova + 0x8_0000;
+    c.command(false);
+    post_fill_as_is(&mut c, &mem, iova, iova, dst, 4096);
+    // the reply to the doorbell's REGION_WRITE comes after the worker was kicked; give it time
+    // to do what it must not
+    std::thread::sleep(Duration::from_millis(500));
+    let mut b = vec![0u8; 4096];
+    mem.read_exact_at(&mut b, dst - iova).unwrap();
+    assert!(
+        b.iter().all(|&x| x == 0),
+        "the device wrote guest memory without bus mastering"
+    );
+    let cq = abi::queue_reg(0, abi::Q_CQ_TAIL);
+    assert_eq!(
+        c.reg_read(cq),
+        0,
+        "a completion was written without bus mastering"
+    );
+    c.command(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.reg_read(cq) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the FILL never ran once bus mastering was on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    mem.read_exact_at(&mut b, dst - iova).unwrap();
+    assert!(b.iter().all(|&x| x == 0x5a));
+    srv.finish(c);
 }
 
 #[test]
@@ -713,7 +771,8 @@ fn a_full_interrupt_eventfd_never_blocks_the_server() {
     e0.write_all(&(u64::MAX - 1).to_le_bytes()).unwrap();
     e1.write_all(&(u64::MAX - 1).to_le_bytes()).unwrap();
     // The device raises its error vector (1 with one queue) for a doorbell on a disabled
-    // queue, from inside the REGION_WRITE that rings it.
+    // queue, from inside the REGION_WRITE that rings it (an MSI-X message: bus mastering on).
+    c.command(true);
     c.reg_write(abi::queue_reg(0, abi::Q_SQ_TAIL), 1);
     assert_ne!(c.reg_read(abi::REG_ERROR) & abi::ERR_BAD_DOORBELL, 0);
     // And the client triggers vector 0 itself (DATA_NONE | TRIGGER).
