@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::memory::Dir;
 
+/// What an [`Event::Error`]'s `what` says when the device refused to touch guest memory
+/// because Bus Master Enable is clear (docs/datasheet.md, "Command register").
+pub const BUS_MASTER_OFF: &str =
+    "bus mastering is off (PCI command register bit 2 clear): the device may not touch guest memory";
+
 /// How an [`Event::Error`]'s `what` starts when the client unmapped an enabled queue's ring:
 /// the driver freed ring memory before stopping the device.
 pub const RING_UNMAPPED_WHILE_ENABLED: &str = "ring unmapped while enabled";

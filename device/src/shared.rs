@@ -44,9 +44,7 @@ pub struct Shared {
     pub(crate) bus_master: AtomicBool,
 }
 
-/// What an error event says when bus mastering is off.
-pub(crate) const BUS_MASTER_OFF: &str =
-    "bus mastering is off (PCI command register bit 2 clear): the device may not touch guest memory";
+pub(crate) use crate::eventlog::BUS_MASTER_OFF;
 
 impl Shared {
     pub(crate) fn nqueues(&self) -> u16 {

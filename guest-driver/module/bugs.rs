@@ -48,6 +48,9 @@ pub(crate) enum DmaBug {
     /// first (`IOC_DMA_SELFTEST`): right by luck on a DMA-coherent machine, stale data behind
     /// bounce buffers or non-coherent caches.
     SyncForgotten,
+    /// Never enables bus mastering (a common first-driver mistake): a device that obeys the
+    /// PCI command register moves nothing.
+    NoBusMaster,
 }
 
 impl DmaBug {
@@ -65,6 +68,7 @@ impl DmaBug {
             9 => DmaBug::NoTimeout,
             10 => DmaBug::LeakOnError,
             11 => DmaBug::SyncForgotten,
+            12 => DmaBug::NoBusMaster,
             _ => DmaBug::None,
         }
     }

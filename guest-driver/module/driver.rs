@@ -16,6 +16,7 @@ use kernel::{
 };
 
 use crate::abi::{self, DeviceInfo};
+use crate::bugs::DmaBug;
 use crate::file::MiscHolder;
 use crate::guards::{DeviceHalt, MiscSlot};
 use crate::interrupts::{IrqHandler, QueueIrq, SharedIrq};
@@ -226,7 +227,9 @@ impl Drop for DmalabData<'_> {
 /// device takes 64-bit addresses). Returns the mask's width.
 fn enable(pdev: &pci::Device<Core<'_>>) -> Result<u32> {
     pdev.enable_device_mem()?;
-    pdev.set_master();
+    if DmaBug::active() != DmaBug::NoBusMaster {
+        pdev.set_master();
+    }
     // SAFETY: no DMA allocations or mappings exist for this device yet.
     let mask_bits = match unsafe { pdev.dma_set_mask_and_coherent(DmaMask::new::<64>()) } {
         Ok(()) => 64,

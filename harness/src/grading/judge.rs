@@ -84,10 +84,27 @@ pub fn all_verified_in(r: &Run, scenario: &str, min: usize) -> Graded {
     verified_among(r, x.collect(), min)
 }
 
+/// What the device itself said went wrong that a driver caused, for a failure's reason: its
+/// error events that name a rule the driver broke (today: DMA while bus mastering is off).
+pub fn device_account(r: &Run) -> String {
+    let off = r
+        .device_errors()
+        .iter()
+        .any(|e| e.what.contains(dmalab_device::eventlog::BUS_MASTER_OFF));
+    if off {
+        format!(
+            "; the device says: {} (the driver must enable it before it gives the device an address: pci_set_master, set_master())",
+            dmalab_device::eventlog::BUS_MASTER_OFF
+        )
+    } else {
+        String::new()
+    }
+}
+
 fn verified_among(r: &Run, x: Vec<&Xfer>, min: usize) -> Graded {
     match x.iter().find(|x| !x.ok()) {
         Some(bad) => Err(format!(
-            "{} of {} bytes on queue {}: errno {}{}, status {}, verified {} {}",
+            "{} of {} bytes on queue {}: errno {}{}, status {}, verified {} {}{}",
             bad.op,
             bad.len,
             bad.queue,
@@ -95,7 +112,8 @@ fn verified_among(r: &Run, x: Vec<&Xfer>, min: usize) -> Graded {
             errno_hint(bad.errno),
             bad.status,
             bad.verified,
-            bad.detail
+            bad.detail,
+            device_account(r)
         )),
         None => ensure(
             x.len() >= min,
