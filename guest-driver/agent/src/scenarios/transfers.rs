@@ -67,6 +67,11 @@ pub(super) fn transfers() -> Result<(), String> {
         for &len in &SIZES {
             let o = verified(&d, op, (n as usize % nq) as u8, len, 0, n, 0);
             report_xfer(&o, "transfers");
+            if !o.verified {
+                // the first failure is the one to read; a broken driver would otherwise make
+                // every later request wait out its timeout too
+                return Ok(());
+            }
             n += 1;
         }
     }
@@ -109,6 +114,10 @@ pub(super) fn scatter_gather() -> Result<(), String> {
         for op in [abi::OP_COPY, abi::OP_CHECKSUM, abi::OP_FILL, abi::OP_WRITE] {
             let o = verified(&d, op, 1, len, nseg, n, 0);
             report_xfer(&o, "sg");
+            if !o.verified {
+                // as in `transfers`: stop at the first failure
+                return Ok(());
+            }
             n += 1;
         }
     }
@@ -144,6 +153,8 @@ pub(super) fn concurrent() -> Result<(), String> {
                     } else {
                         bad.fetch_add(1, Ordering::Relaxed);
                         report_xfer(&o, "concurrent");
+                        // this thread's first failure says it; the rest would wait too
+                        break;
                     }
                 }
             })
