@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use dmalab_abi::{self as abi, Descriptor};
+use dmalab_abi::{self as abi, Completion, Descriptor};
 
 use crate::direct_regs::{DirectRx, Msg};
 use crate::lane::{self, Origin, Publish};
@@ -59,18 +59,15 @@ impl Origin for Block<'_> {
 
 /// Runs one transfer and, unless a fault keeps it from finishing, sets `DONE`.
 fn transfer(dev: &Shared, d: &Descriptor) {
-    if dev.is_fatal() {
-        // A halted device starts nothing: BUSY stays until a device reset.
-        return;
-    }
     let mut block = Block(dev);
+    // Stopped short (a halted device, a stall, a reset) or its completion dropped: BUSY stays
+    // until a device reset.
     let Some(done) = lane::execute(dev, &mut block, d.tag, d) else {
         return;
     };
-    let Publish::Now(view) = lane::publish(&mut block, &done.plan, done.view) else {
+    let Publish::Now(_) = lane::publish(&mut block, &done.plan, done.view) else {
         return;
     };
-    drop(view);
     let out = done.out;
     if let Some(o) = dev.oracle.get() {
         o.close_request(abi::DIRECT_QUEUE, 0, d.tag);
@@ -83,5 +80,12 @@ fn transfer(dev: &Shared, d: &Descriptor) {
         std::sync::atomic::fence(Ordering::Release);
         r.status = DmaStatus::new().with_done(true).with_code(out.status);
     }
-    lane::completed(dev, abi::DIRECT_QUEUE, d.tag, d.tag, &out);
+    let c = Completion {
+        result: out.result,
+        bytes: out.bytes,
+        tag: d.tag,
+        status: out.status,
+        phase: 0,
+    };
+    lane::completed(dev, abi::DIRECT_QUEUE, d.tag, &c);
 }

@@ -71,6 +71,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Nothing moved, status `status` (an injected error status, or a refusal made before the
+    /// engine ran).
+    pub(crate) fn failed(status: u16) -> Self {
+        Self {
+            status,
+            bytes: 0,
+            result: 0,
+            violation: false,
+        }
+    }
+
     fn ok(bytes: u32, result: u32) -> Self {
         Self {
             status: Status::Ok.raw(),

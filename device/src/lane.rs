@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dmalab_abi::{self as abi, Descriptor};
+use dmalab_abi::{self as abi, Completion, Descriptor};
 
 use crate::engine::{self, Ctx, Outcome};
 use crate::eventlog::Event;
@@ -81,6 +81,10 @@ pub(crate) fn execute(
         tag: d.tag,
         len: d.len,
     });
+    if dev.is_fatal() {
+        // A halted device starts nothing: the descriptor waits for a device reset.
+        return None;
+    }
     let plan = FaultPlan::for_descriptor(dev, q, index, d);
     if plan.fetch.spurious_irq {
         origin.spurious_irq();
@@ -102,59 +106,47 @@ pub(crate) fn execute(
         }
     }
     let view = origin.view();
-    if !dev.bus_master() {
-        dev.log.record(|| Event::Error {
-            queue: Some(q),
-            tag: Some(d.tag),
-            status: Some(abi::CS_DMA_FAULT),
-            what: format!(
-                "{} {index}: {BUS_MASTER_OFF}",
-                if q == abi::DIRECT_QUEUE {
-                    "direct transfer"
-                } else {
-                    "descriptor"
-                }
-            ),
-        });
-        let out = Outcome {
-            status: abi::CS_DMA_FAULT,
-            bytes: 0,
-            result: 0,
-            violation: false,
-        };
-        return Some(Executed { out, plan, view });
-    }
-    let ctx = Ctx {
-        view: &view,
-        internal: &dev.internal,
-        log: &dev.log,
-        queue: q,
-    };
+    // Without bus mastering the device may not touch guest memory: the descriptor fails as
+    // under an injected status, and its refusal names the cause.
+    let master = dev.bus_master();
     let mut out = match plan.execute.status {
-        Some(status) => Outcome {
-            status,
-            bytes: 0,
-            result: 0,
-            violation: false,
-        },
-        None => engine::execute(&ctx, d, plan.execute.tweak),
+        _ if !master => Outcome::failed(abi::CS_DMA_FAULT),
+        Some(status) => Outcome::failed(status),
+        None => {
+            let ctx = Ctx {
+                view: &view,
+                internal: &dev.internal,
+                log: &dev.log,
+                queue: q,
+            };
+            engine::execute(&ctx, d, plan.execute.tweak)
+        }
     };
     if out.status != abi::CS_OK {
-        let what = if q == abi::DIRECT_QUEUE {
-            format!("direct transfer {index} refused")
+        let who = if q == abi::DIRECT_QUEUE {
+            "direct transfer"
         } else {
-            format!("descriptor {index} refused")
+            "descriptor"
+        };
+        let cause = if !master {
+            Some(BUS_MASTER_OFF)
+        } else if out.violation {
+            Some("its memory is not mapped for the device (unmapped IOVA or outside guest memory)")
+        } else {
+            None
         };
         dev.log.record(|| Event::Error {
             queue: Some(q),
             tag: Some(d.tag),
             status: Some(out.status),
-            what: if out.violation {
-                format!("{what}: its memory is not mapped for the device (unmapped IOVA or outside guest memory)")
-            } else {
-                what
+            what: match cause {
+                Some(cause) => format!("{who} {index} refused: {cause}"),
+                None => format!("{who} {index} refused"),
             },
         });
+    }
+    if !master {
+        return Some(Executed { out, plan, view });
     }
     if out.violation {
         dev.set_error(ErrorBits::new().with_dma_violation(true));
@@ -186,12 +178,12 @@ pub(crate) fn publish(origin: &mut impl Origin, plan: &FaultPlan, view: Arc<MemV
     Publish::Now(origin.view())
 }
 
-/// Counts a published result and records its `complete` event: `index` is the completion
+/// Counts a published completion and records its `complete` event: `index` is the completion
 /// ring slot (the block's transfer number).
-pub(crate) fn completed(dev: &Shared, queue: u16, index: u32, tag: u32, out: &Outcome) {
+pub(crate) fn completed(dev: &Shared, queue: u16, index: u32, c: &Completion) {
     let counters = &dev.log.counters;
     counters.completions.fetch_add(1, Ordering::Relaxed);
-    if out.status == abi::CS_OK {
+    if c.status == abi::CS_OK {
         &counters.completions_ok
     } else {
         &counters.completions_err
@@ -200,9 +192,9 @@ pub(crate) fn completed(dev: &Shared, queue: u16, index: u32, tag: u32, out: &Ou
     dev.log.record(|| Event::Complete {
         queue,
         index,
-        tag,
-        status: out.status,
-        bytes: out.bytes,
-        result: out.result,
+        tag: c.tag,
+        status: c.status,
+        bytes: c.bytes,
+        result: c.result,
     });
 }

@@ -8,7 +8,6 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use dmalab_abi::{self as abi, Completion};
 
-use crate::engine::Outcome;
 use crate::eventlog::Event;
 use crate::interrupts::Coalescer;
 use crate::lane::{self, Origin, Publish};
@@ -291,13 +290,7 @@ impl Worker {
                 regs.phase = !regs.phase;
             }
         }
-        let out = Outcome {
-            status: c.status,
-            bytes: c.bytes,
-            result: c.result,
-            violation: false,
-        };
-        lane::completed(&self.dev, q, cq_tail, c.tag, &out);
+        lane::completed(&self.dev, q, cq_tail, &c);
         if irq
             && self
                 .coalescer

@@ -45,8 +45,15 @@ impl Owner for DevState {
         self.queues.get(index).map(|q| &**q)
     }
 
+    /// Resets the device unless another waiter already has; `ctrl` is held throughout a
+    /// reset, so taking it waits for one in progress.
     fn recover_from_fatal(&self) -> Result {
-        reset_after_fatal(self)
+        let _ctrl = self.ctrl.lock();
+        if self.needs_reset.cmpxchg(true, false, Relaxed).is_ok() {
+            reset_device_locked(self)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -129,18 +136,6 @@ impl DevState {
 pub(crate) fn reset_device(dev: &DevState) -> Result {
     let _ctrl = dev.ctrl.lock();
     reset_device_locked(dev)
-}
-
-/// After a fatal error: resets the device unless another waiter already has. Returns only
-/// once no reset is in progress (`ctrl` is held throughout one), so a caller may then give
-/// its buffers back.
-pub(crate) fn reset_after_fatal(dev: &DevState) -> Result {
-    let _ctrl = dev.ctrl.lock();
-    if dev.needs_reset.cmpxchg(true, false, Relaxed).is_ok() {
-        reset_device_locked(dev)
-    } else {
-        Ok(())
-    }
 }
 
 /// [`reset_device`] with `ctrl` held.

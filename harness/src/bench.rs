@@ -99,20 +99,9 @@ impl EventScan {
 /// [`EventScan`] over an event log file, line by line; lines of other kinds (most of them:
 /// one `dma` event per segment) are not even parsed.
 pub fn scan_events(path: &std::path::Path, lens: &[u64]) -> EventScan {
-    use std::io::BufRead;
     let mut s = EventScan::new(lens);
-    let lines = std::fs::File::open(path)
-        .map(|f| std::io::BufReader::new(f).lines().map_while(Result::ok))
-        .into_iter()
-        .flatten();
-    for line in lines {
-        let wanted = ["fetch", "complete", "bar_read", "reset"]
-            .iter()
-            .any(|k| line.contains(&format!("\"event\":\"{k}\"")));
-        if let Some(r) = wanted.then(|| Record::parse(&line)).flatten() {
-            s.feed(&r);
-        }
-    }
+    let kinds: &[&str] = &["fetch", "complete", "bar_read", "reset"];
+    crate::vm::events_in(path, Some(kinds)).for_each(|r| s.feed(&r));
     s.finish()
 }
 

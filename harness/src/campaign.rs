@@ -495,11 +495,7 @@ impl Store {
             .lines()
             .filter_map(|l| Report::in_line(l)?.ok())
             .collect();
-        let events: Vec<Record> = std::fs::read_to_string(dir.join("events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(Record::parse)
-            .collect();
+        let events: Vec<Record> = crate::vm::events_in(&dir.join("events.jsonl"), None).collect();
         let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
         let health = Health {
             kernel_log_problems: crate::kernel_log::problems(&console).len() as u64,

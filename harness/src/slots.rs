@@ -30,8 +30,12 @@ pub fn count() -> usize {
 
 /// Waits for a free slot among [`count`] under `dir` and takes it.
 pub fn acquire(dir: &Path) -> Slot {
+    acquire_among(dir, count())
+}
+
+/// Waits for a free slot among `n` under `dir` and takes it.
+fn acquire_among(dir: &Path, n: usize) -> Slot {
     std::fs::create_dir_all(dir).expect("create the VM slot directory");
-    let n = count();
     loop {
         for index in 0..n {
             let path = dir.join(format!("slot-{index}.lock"));
@@ -57,13 +61,12 @@ mod tests {
     #[test]
     fn slots_are_exclusive_and_freed_on_drop() {
         let dir = std::env::temp_dir().join(format!("dmalab-slots-{}", std::process::id()));
-        std::env::set_var("DMALAB_VMS", "2");
-        let a = acquire(&dir);
-        let b = acquire(&dir);
+        let a = acquire_among(&dir, 2);
+        let b = acquire_among(&dir, 2);
         assert_ne!(a.index, b.index, "two VMs in one slot");
         let (tx, rx) = std::sync::mpsc::channel();
         let d = dir.clone();
-        let waiter = std::thread::spawn(move || tx.send(acquire(&d).index).unwrap());
+        let waiter = std::thread::spawn(move || tx.send(acquire_among(&d, 2).index).unwrap());
         assert!(
             rx.recv_timeout(Duration::from_millis(600)).is_err(),
             "a third VM started while both slots were held"

@@ -598,7 +598,7 @@ pub fn run(opts: &VmOptions) -> Run {
             None => {}
         }
     }
-    let events = read_events(&dir.join("events.jsonl"), opts.event_kinds);
+    let events = events_in(&dir.join("events.jsonl"), opts.event_kinds).collect();
     let oracle = opts.oracle.then(|| {
         let modules: Vec<(&str, &[(u64, String)])> = reports
             .iter()
@@ -854,23 +854,24 @@ impl std::fmt::Display for DeviceError<'_> {
     }
 }
 
-/// The device's event log, read line by line (only the `kinds` listed, when given: lines of
-/// other kinds are not even parsed).
-fn read_events(path: &Path, kinds: Option<&[&str]>) -> Vec<Record> {
+/// The device's event log at `path`, line by line as the device wrote it (only the `kinds`
+/// listed, when given: lines of other kinds are not even parsed, so a benchmark's log of tens
+/// of millions of events streams through in little memory). A missing file has no events.
+pub fn events_in<'a>(
+    path: &Path,
+    kinds: Option<&'a [&'a str]>,
+) -> impl Iterator<Item = Record> + 'a {
     use std::io::BufRead;
-    let Ok(f) = File::open(path) else {
-        return Vec::new();
-    };
-    let wanted = |line: &str| {
-        kinds.is_none_or(|k| {
-            k.iter()
-                .any(|k| line.contains(&format!("\"event\":\"{k}\"")))
+    let lines = File::open(path)
+        .map(|f| std::io::BufReader::new(f).lines().map_while(Result::ok))
+        .into_iter()
+        .flatten();
+    lines
+        .filter(move |line| {
+            kinds.is_none_or(|k| {
+                k.iter()
+                    .any(|k| line.contains(&format!("\"event\":\"{k}\"")))
+            })
         })
-    };
-    std::io::BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter(|l| wanted(l))
         .filter_map(|l| Record::parse(&l))
-        .collect()
 }

@@ -14,6 +14,7 @@ pub mod judge;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use crate::vm::{run, Run, VmOptions};
 
@@ -177,7 +178,7 @@ pub struct Grader {
     pub only: Vec<String>,
     /// On the ladder: only the checks the graded step adds (not those of earlier steps).
     pub new_only: bool,
-    runs: RefCell<HashMap<&'static str, std::rc::Rc<Result<Run, String>>>>,
+    runs: RefCell<HashMap<&'static str, Rc<Result<Run, String>>>>,
     pub notes: RefCell<Vec<(String, String)>>,
 }
 
@@ -203,7 +204,7 @@ impl Grader {
     }
 
     /// The run of boot `name`, booting it the first time (or why it was not booted).
-    pub fn run(&self, name: &'static str) -> std::rc::Rc<Result<Run, String>> {
+    pub fn run(&self, name: &'static str) -> Rc<Result<Run, String>> {
         if let Some(r) = self.runs.borrow().get(name) {
             return r.clone();
         }
@@ -216,7 +217,7 @@ impl Grader {
             None => Ok(()),
         }
         .map(|()| self.boot(boot));
-        let result = std::rc::Rc::new(result);
+        let result = Rc::new(result);
         self.runs.borrow_mut().insert(name, result.clone());
         result
     }
