@@ -61,6 +61,13 @@ pub const REG_IRQ_COALESCE: usize = 0x02c;
 pub const REG_IRQ_CAUSE: usize = 0x030;
 /// RO: largest transfer length per descriptor in bytes ([`MAX_TRANSFER`]).
 pub const REG_CAP_MAX_XFER: usize = 0x034;
+/// RO: how many address bits the device drives on the bus, [`MIN_DMA_BITS`]..=64 (64 unless
+/// the instance was configured with fewer, `--dma-bits`). A descriptor, SG list or ring that
+/// names an address at or above 2^bits is refused ([`CS_ADDR_WIDTH`]); a driver sets its DMA
+/// mask to this width.
+pub const REG_CAP_DMA_BITS: usize = 0x038;
+/// Fewest address bits a device instance can be configured with.
+pub const MIN_DMA_BITS: u32 = 32;
 
 /// RW: direct transfer source, bits 31:0: a guest bus address, or an internal-memory offset
 /// (by opcode, as a descriptor's `src`). The direct block is edu-style DMA: one transfer at a
@@ -245,6 +252,8 @@ macro_rules! bar0_registers {
             }
             /// Largest transfer per descriptor in bytes.
             pub CAP_MAX_XFER(u32) @ 0x034 { 31:0 bytes; }
+            /// Address bits the device drives ([`MIN_DMA_BITS`]..=64): the DMA mask to set.
+            pub CAP_DMA_BITS(u32) @ 0x038 { 7:0 bits; }
 
             /// Direct transfer source address, bits 31:0.
             pub DMA_SRC_LO(u32) @ 0x040 { 31:0 addr; }
@@ -524,6 +533,9 @@ pub const CS_BAD_DESCRIPTOR: u16 = 7;
 pub const CS_INTERNAL_RANGE: u16 = 8;
 /// Completion status: injected device error (fault injection).
 pub const CS_DEVICE_ERROR: u16 = 9;
+/// Completion status: an address lies at or above 2^[`REG_CAP_DMA_BITS`]: the device cannot
+/// drive it (the driver's DMA mask is wider than the device).
+pub const CS_ADDR_WIDTH: u16 = 10;
 
 /// A completion status: the `CS_*` codes as one type, shared by the device, the driver, the
 /// agent and the harness. The wire carries [`Status::raw`]; an injected `error_status` fault
@@ -551,11 +563,13 @@ pub enum Status {
     InternalRange = CS_INTERNAL_RANGE,
     /// [`CS_DEVICE_ERROR`]
     DeviceError = CS_DEVICE_ERROR,
+    /// [`CS_ADDR_WIDTH`]
+    AddrWidth = CS_ADDR_WIDTH,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Ok,
         Status::BadOpcode,
         Status::BadLength,
@@ -566,6 +580,7 @@ impl Status {
         Status::BadDescriptor,
         Status::InternalRange,
         Status::DeviceError,
+        Status::AddrWidth,
     ];
 
     /// The code on the wire.
@@ -595,6 +610,7 @@ impl Status {
             Status::BadDescriptor => "BAD_DESCRIPTOR",
             Status::InternalRange => "INTERNAL_RANGE",
             Status::DeviceError => "DEVICE_ERROR",
+            Status::AddrWidth => "ADDR_WIDTH",
         }
     }
 }

@@ -79,6 +79,7 @@ mod tests {
             ("IRQ_COALESCE", REG_IRQ_COALESCE),
             ("IRQ_CAUSE", REG_IRQ_CAUSE),
             ("CAP_MAX_XFER", REG_CAP_MAX_XFER),
+            ("CAP_DMA_BITS", REG_CAP_DMA_BITS),
             ("DMA_SRC_LO", REG_DMA_SRC_LO),
             ("DMA_SRC_HI", REG_DMA_SRC_HI),
             ("DMA_DST_LO", REG_DMA_DST_LO),
@@ -208,7 +209,7 @@ mod tests {
         }
         assert_eq!(Status::from_raw(CS_DMA_FAULT), Some(Status::DmaFault));
         assert_eq!(Status::DmaFault.name(), "DMA_FAULT");
-        assert_eq!(Status::from_raw(10), None);
+        assert_eq!(Status::from_raw(11), None);
         assert_eq!(Status::from_raw(0x7fff), None);
     }
 }

@@ -28,6 +28,9 @@ pub struct DeviceConfig {
     pub internal_mem: usize,
     /// Fault rules in force from the start.
     pub faults: RuleSet,
+    /// Address bits the device drives, `abi::MIN_DMA_BITS..=64` (`CAP_DMA_BITS`): any DMA to
+    /// or beyond 2^bits is refused ([`DmaMemory::set_reach`]).
+    pub dma_bits: u32,
 }
 
 impl Default for DeviceConfig {
@@ -36,6 +39,7 @@ impl Default for DeviceConfig {
             queues: 4,
             internal_mem: 64 << 20,
             faults: RuleSet::default(),
+            dma_bits: 64,
         }
     }
 }
@@ -69,6 +73,14 @@ impl Device {
                 abi::MAX_QUEUES
             )));
         }
+        if !(abi::MIN_DMA_BITS..=64).contains(&cfg.dma_bits) {
+            return Err(std::io::Error::other(format!(
+                "DMA address width {} is not in {}..=64 bits",
+                cfg.dma_bits,
+                abi::MIN_DMA_BITS
+            )));
+        }
+        mem.set_reach(cfg.dma_bits);
         let internal = InternalMemory::new(cfg.internal_mem)?;
         let (queues, receivers): (Vec<_>, Vec<_>) =
             (0..cfg.queues).map(|_| QueueShared::new()).unzip();
@@ -88,6 +100,7 @@ impl Device {
             fault_epoch: AtomicU32::new(0),
             oracle: std::sync::OnceLock::new(),
             bus_master: std::sync::atomic::AtomicBool::new(true),
+            dma_bits: cfg.dma_bits,
         });
         let mut workers = receivers
             .into_iter()
@@ -228,6 +241,7 @@ impl Device {
             abi::REG_IRQ_COALESCE => s.coalesce.load(Ordering::SeqCst),
             abi::REG_IRQ_CAUSE => s.irq_cause.load(Ordering::SeqCst),
             abi::REG_CAP_MAX_XFER => abi::MAX_TRANSFER,
+            abi::REG_CAP_DMA_BITS => s.dma_bits,
             abi::REG_DMA_SRC_LO..=abi::REG_DMA_BYTES => s.direct.read(off),
             abi::REG_FAULT_EPOCH => s.fault_epoch.load(Ordering::SeqCst),
             o if (abi::QUEUE_BASE..abi::QUEUE_BASE + abi::QUEUE_STRIDE * s.queues.len())
@@ -452,12 +466,15 @@ impl Device {
         table.open(&windows);
     }
 
-    /// Both rings of `r` lie in DMA-mapped memory (the completion ring in writable memory).
-    fn rings_mapped(&self, r: &QueueRegs) -> Result<(), crate::memory::AccessError> {
+    /// Both rings of `r` lie in DMA-mapped memory within the device's reach (the completion
+    /// ring in writable memory); the error names the ring.
+    fn rings_mapped(&self, r: &QueueRegs) -> Result<(), String> {
         let view = self.shared.mem.view();
         let n = u64::from(r.size);
-        view.slices(r.sq_base, n * abi::DESC_SIZE as u64, Dir::FromGuest)?;
-        view.slices(r.cq_base, n * abi::COMPLETION_SIZE as u64, Dir::ToGuest)?;
+        view.slices(r.sq_base, n * abi::DESC_SIZE as u64, Dir::FromGuest)
+            .map_err(|e| format!("the submission ring (SQ_BASE_LO/HI) {e}"))?;
+        view.slices(r.cq_base, n * abi::COMPLETION_SIZE as u64, Dir::ToGuest)
+            .map_err(|e| format!("the completion ring (CQ_BASE_LO/HI) {e}"))?;
         Ok(())
     }
 

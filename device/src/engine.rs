@@ -60,6 +60,80 @@ impl InternalMemory {
     }
 }
 
+/// The descriptor field that names a range of guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `src`: the source data (or, with SRC_SG, its list: [`Field::SrcList`]).
+    Src,
+    /// `dst`: the destination data.
+    Dst,
+    /// The SG list `src` points at.
+    SrcList,
+    /// The SG list `dst` points at.
+    DstList,
+    /// Entry n of the source SG list.
+    SrcEntry(u16),
+    /// Entry n of the destination SG list.
+    DstEntry(u16),
+}
+
+impl Field {
+    /// The field in the user's terms: the descriptor's field, or for the direct block
+    /// (`direct`) the register pair that holds the address.
+    pub fn describe(self, direct: bool) -> String {
+        match (self, direct) {
+            (Field::Src, true) => "DMA_SRC_LO/HI".into(),
+            (Field::Dst, true) => "DMA_DST_LO/HI".into(),
+            (Field::Src, false) => "src".into(),
+            (Field::Dst, false) => "dst".into(),
+            (Field::SrcList, _) => "src SG list".into(),
+            (Field::DstList, _) => "dst SG list".into(),
+            (Field::SrcEntry(n), _) => format!("src SG list entry {n}"),
+            (Field::DstEntry(n), _) => format!("dst SG list entry {n}"),
+        }
+    }
+}
+
+/// A guest range the device refused to touch: the field that named it and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadAccess {
+    pub field: Field,
+    pub error: AccessError,
+}
+
+impl BadAccess {
+    /// "dst 0x1000+0x200 is not mapped for the device (...)".
+    pub fn describe(&self, direct: bool) -> String {
+        format!("{} {}", self.field.describe(direct), self.error)
+    }
+}
+
+/// Why validation refused a descriptor: a status, and for a refused guest range which field
+/// named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    status: Status,
+    access: Option<BadAccess>,
+}
+
+impl From<Status> for Refusal {
+    fn from(status: Status) -> Self {
+        Self {
+            status,
+            access: None,
+        }
+    }
+}
+
+impl Refusal {
+    fn access(field: Field) -> impl FnOnce(AccessError) -> Refusal {
+        move |error| Refusal {
+            status: access_status(error),
+            access: Some(BadAccess { field, error }),
+        }
+    }
+}
+
 /// What a descriptor came to: the fields of its completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
@@ -68,6 +142,8 @@ pub struct Outcome {
     pub result: u32,
     /// The refusal was a DMA outside the mappings (sets `ERR_DMA_VIOLATION`).
     pub violation: bool,
+    /// The guest range refused, if that was the reason.
+    pub access: Option<BadAccess>,
 }
 
 impl Outcome {
@@ -79,6 +155,7 @@ impl Outcome {
             bytes: 0,
             result: 0,
             violation: false,
+            access: None,
         }
     }
 
@@ -88,14 +165,16 @@ impl Outcome {
             bytes,
             result,
             violation: false,
+            access: None,
         }
     }
-    fn err(status: Status) -> Self {
+    fn refused(r: Refusal) -> Self {
         Self {
-            status: status.raw(),
+            status: r.status.raw(),
             bytes: 0,
             result: 0,
-            violation: status == Status::DmaFault,
+            violation: r.status == Status::DmaFault,
+            access: r.access,
         }
     }
 }
@@ -116,6 +195,7 @@ fn access_status(e: AccessError) -> Status {
     match e {
         AccessError::Overflow { .. } => Status::AddrOverflow,
         AccessError::Unmapped { .. } => Status::DmaFault,
+        AccessError::BeyondReach { .. } => Status::AddrWidth,
     }
 }
 
@@ -182,11 +262,15 @@ fn guest_side<'m>(
     sg: bool,
     nseg: u16,
     dir: Dir,
-) -> Result<Side<'m>, Status> {
+) -> Result<Side<'m>, Refusal> {
     let len = u64::from(d.len);
+    let from = dir == Dir::FromGuest;
     let ranges = if sg {
         let mut table = vec![0u8; nseg as usize * abi::SG_ENTRY_SIZE];
-        ctx.view.read(addr, &mut table).map_err(access_status)?;
+        let list = if from { Field::SrcList } else { Field::DstList };
+        ctx.view
+            .read(addr, &mut table)
+            .map_err(Refusal::access(list))?;
         ctx.log.record(|| Event::Dma {
             queue: ctx.queue,
             tag: d.tag,
@@ -198,24 +282,30 @@ fn guest_side<'m>(
         let mut total = 0u64;
         for e in table.chunks_exact(abi::SG_ENTRY_SIZE).map(wire::decode_sg) {
             if e.rsvd != 0 {
-                return Err(Status::BadDescriptor);
+                return Err(Status::BadDescriptor.into());
             }
             if e.len == 0 {
-                return Err(Status::BadLength);
+                return Err(Status::BadLength.into());
             }
             total += u64::from(e.len);
             ranges.push((e.addr, u64::from(e.len)));
         }
         if total != len {
-            return Err(Status::BadLength);
+            return Err(Status::BadLength.into());
         }
         ranges
     } else {
         smallvec::smallvec![(addr, len)]
     };
     let mut slices = Slices::new();
-    for &(a, l) in &ranges {
-        slices.extend(ctx.view.slices(a, l, dir).map_err(access_status)?);
+    for (n, &(a, l)) in ranges.iter().enumerate() {
+        let field = match (sg, from) {
+            (false, true) => Field::Src,
+            (false, false) => Field::Dst,
+            (true, true) => Field::SrcEntry(n as u16),
+            (true, false) => Field::DstEntry(n as u16),
+        };
+        slices.extend(ctx.view.slices(a, l, dir).map_err(Refusal::access(field))?);
     }
     Ok(Side { ranges, slices })
 }
@@ -234,7 +324,7 @@ struct Plan<'m> {
     dst: Option<Side<'m>>,
 }
 
-fn plan<'m>(ctx: &Ctx<'m>, d: &Descriptor) -> Result<Plan<'m>, Status> {
+fn plan<'m>(ctx: &Ctx<'m>, d: &Descriptor) -> Result<Plan<'m>, Refusal> {
     let sh = check_fields(d)?;
     let len = u64::from(d.len);
     let src = if sh.src_guest {
@@ -257,7 +347,7 @@ fn plan<'m>(ctx: &Ctx<'m>, d: &Descriptor) -> Result<Plan<'m>, Status> {
     };
     if let (Some(s), Some(t)) = (&src, &dst) {
         if overlaps(&s.ranges, &t.ranges) {
-            return Err(Status::Overlap);
+            return Err(Status::Overlap.into());
         }
     }
     Ok(Plan { src, dst })
@@ -381,7 +471,7 @@ fn flip_bits(list: &[VolatileSlice], n: usize, bits: u32) {
 pub fn execute(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
     let plan = match plan(ctx, d) {
         Ok(p) => p,
-        Err(status) => return Outcome::err(status),
+        Err(refusal) => return Outcome::refused(refusal),
     };
     let n = tweak.short.map_or(d.len, |s| s.min(d.len));
     let len = u64::from(n);

@@ -133,6 +133,7 @@ fn model() -> &'static Mutex<Model> {
             queues: 2,
             internal_mem: 64 << 10,
             faults: RuleSet::default(),
+            dma_bits: 64,
         };
         let dev = Device::new(
             &cfg,
@@ -360,6 +361,7 @@ pub fn vfio_stream(data: &[u8]) {
             queues: 2,
             internal_mem: 64 << 10,
             faults: RuleSet::default(),
+            dma_bits: 64,
         };
         let dev = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone()).expect("device");
         Mutex::new(VfioDevice::new(dev, maps, irqs, log))
@@ -397,6 +399,7 @@ pub fn control_line(data: &[u8]) {
             queues: 1,
             internal_mem: 4096,
             faults: RuleSet::default(),
+            dma_bits: 64,
         };
         Device::new(
             &cfg,

@@ -128,12 +128,11 @@ pub(crate) fn execute(
         } else {
             "descriptor"
         };
+        let direct = q == abi::DIRECT_QUEUE;
         let cause = if !master {
-            Some(BUS_MASTER_OFF)
-        } else if out.violation {
-            Some("its memory is not mapped for the device (unmapped IOVA or outside guest memory)")
+            Some(BUS_MASTER_OFF.to_string())
         } else {
-            None
+            out.access.map(|a| a.describe(direct))
         };
         dev.log.record(|| Event::Error {
             queue: Some(q),

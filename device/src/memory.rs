@@ -26,6 +26,12 @@ pub trait DmaMemory: Send + Sync {
 
     /// Changes whenever the mappings change, so a caller can keep a view until then.
     fn generation(&self) -> u64;
+
+    /// Limits every view from now on to the addresses a device that drives `bits` address
+    /// lines can reach: a range that ends above 2^`bits` is refused with
+    /// [`AccessError::BeyondReach`] even where it is mapped. `bits` >= 64 (the default) is no
+    /// limit. Called once, when the device is built (`DeviceConfig::dma_bits`).
+    fn set_reach(&self, bits: u32);
 }
 
 /// Why a range cannot be accessed. `addr` and `len` are the range asked for.
@@ -36,8 +42,12 @@ pub enum AccessError {
     #[error("address {addr:#x} + length {len:#x} overflows 64 bits")]
     Overflow { addr: u64, len: u64 },
     /// Some byte of the range is not mapped (or not writable, for a write).
-    #[error("range {addr:#x}+{len:#x} is not covered by the DMA mappings")]
+    #[error("{addr:#x}+{len:#x} is not mapped for the device (an unmapped IOVA, or outside guest memory)")]
     Unmapped { addr: u64, len: u64 },
+    /// The range reaches 2^`bits` or above: a device that drives only `bits` address lines
+    /// cannot express it ([`DmaMemory::set_reach`]).
+    #[error("{addr:#x}+{len:#x} is beyond the device's {bits}-bit DMA reach (CAP_DMA_BITS; the driver's DMA mask is wider than the device)")]
+    BeyondReach { addr: u64, len: u64, bits: u32 },
 }
 
 /// The slices of one guest range: almost always one, kept inline.
@@ -49,6 +59,8 @@ pub struct MemView {
     mem: GuestMemoryMmap<()>,
     /// `[start, end)` of the mappings the client gave read-only.
     readonly: Vec<(u64, u64)>,
+    /// Address bits the device drives (0 or >= 64: no limit).
+    reach_bits: u32,
 }
 
 /// Direction of a DMA, as the device sees it.
@@ -67,6 +79,10 @@ impl MemView {
         let end = addr
             .checked_add(len)
             .ok_or(AccessError::Overflow { addr, len })?;
+        if (1..64).contains(&self.reach_bits) && end > 1u64 << self.reach_bits {
+            let bits = self.reach_bits;
+            return Err(AccessError::BeyondReach { addr, len, bits });
+        }
         let unmapped = AccessError::Unmapped { addr, len };
         let count = usize::try_from(len).map_err(|_| unmapped)?;
         if len == 0
@@ -248,6 +264,8 @@ pub struct MapTable {
     generation: AtomicU64,
     /// Views replaced by a later one that someone may still hold (see [`MapTable::quiesce`]).
     retired: Mutex<Vec<Weak<MemView>>>,
+    /// [`DmaMemory::set_reach`]'s bits; 0 until set (no limit).
+    reach_bits: std::sync::atomic::AtomicU32,
 }
 
 impl MapTable {
@@ -441,9 +459,17 @@ impl MapTable {
             .filter(|m| m.region.is_some() && !m.writable)
             .map(|m| (m.start, m.start + m.len))
             .collect();
+        let reach_bits = match self.reach_bits.load(Ordering::Relaxed) {
+            0 => 64,
+            bits => bits,
+        };
         let old = std::mem::replace(
             &mut *self.current.write().unwrap(),
-            Arc::new(MemView { mem, readonly }),
+            Arc::new(MemView {
+                mem,
+                readonly,
+                reach_bits,
+            }),
         );
         self.retired.lock().unwrap().push(Arc::downgrade(&old));
         drop(old);
@@ -486,11 +512,50 @@ impl DmaMemory for MapTable {
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+
+    fn set_reach(&self, bits: u32) {
+        self.reach_bits.store(bits.max(1), Ordering::Relaxed);
+        // Republish under the table's lock, so no view published after this lacks the limit.
+        let maps = self.maps.lock().unwrap();
+        self.publish(&maps);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_with_fewer_address_bits_refuses_what_it_cannot_drive() {
+        let t = MapTable::new();
+        t.map_anonymous(0xffff_f000, 0x2000).unwrap();
+        t.map_anonymous(0x1_0000_2000, 0x1000).unwrap();
+        assert!(t.view().slices(0x1_0000_2000, 8, Dir::ToGuest).is_ok());
+        t.set_reach(32);
+        let v = t.view();
+        assert!(v.slices(0xffff_f000, 0x1000, Dir::ToGuest).is_ok());
+        // the last byte below 4 GiB is reachable, one more is not
+        assert_eq!(
+            v.slices(0xffff_f000, 0x1001, Dir::ToGuest).unwrap_err(),
+            AccessError::BeyondReach {
+                addr: 0xffff_f000,
+                len: 0x1001,
+                bits: 32
+            }
+        );
+        let e = v.read(0x1_0000_2000, &mut [0; 8]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("beyond the device's 32-bit DMA reach"),
+            "{e}"
+        );
+        // the limit holds for views published later too
+        t.map_anonymous(0x2_0000_0000, 0x1000).unwrap();
+        assert!(matches!(
+            t.view().write(0x2_0000_0000, &[1]),
+            Err(AccessError::BeyondReach { .. })
+        ));
+    }
 
     #[test]
     fn unmapped_and_partial_ranges_are_refused() {

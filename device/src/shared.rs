@@ -42,6 +42,8 @@ pub struct Shared {
     ///
     /// [`Device::set_bus_master`]: crate::device::Device::set_bus_master
     pub(crate) bus_master: AtomicBool,
+    /// Address bits the device drives (`CAP_DMA_BITS`).
+    pub(crate) dma_bits: u32,
 }
 
 pub(crate) use crate::eventlog::BUS_MASTER_OFF;

@@ -74,7 +74,24 @@ impl Rig {
         )
     }
 
+    /// As [`Rig::new`], for a device that drives only `bits` address lines (`CAP_DMA_BITS`),
+    /// with an event log [`EventLog::since`] can read.
+    pub fn with_dma_bits(queues: usize, data_size: u64, bits: u32) -> Self {
+        let log = EventLog::to_writer(Box::new(std::io::sink()));
+        Self::build_with(queues, data_size, log, RuleSet::default(), bits)
+    }
+
     fn build(queues: usize, data_size: u64, log: EventLog, faults: RuleSet) -> Self {
+        Self::build_with(queues, data_size, log, faults, 64)
+    }
+
+    fn build_with(
+        queues: usize,
+        data_size: u64,
+        log: EventLog,
+        faults: RuleSet,
+        dma_bits: u32,
+    ) -> Self {
         let maps = Arc::new(MapTable::new());
         let ram_size = DATA_BASE - RAM_BASE + data_size;
         maps.map_anonymous(RAM_BASE, ram_size).expect("map rig RAM");
@@ -84,6 +101,7 @@ impl Rig {
             queues,
             internal_mem: 16 << 20,
             faults,
+            dma_bits,
         };
         let dev = Device::new(&cfg, maps.clone(), irq.clone(), log.clone()).expect("device");
         Self {

@@ -51,6 +51,12 @@ pub(crate) enum DmaBug {
     /// Never enables bus mastering (a common first-driver mistake): a device that obeys the
     /// PCI command register moves nothing.
     NoBusMaster,
+    /// Sets a 64-bit DMA mask whatever the device's CAP_DMA_BITS says: on a machine with
+    /// memory above the device's reach the kernel hands it addresses it cannot drive.
+    WideMask,
+    /// Writes a descriptor's destination address through a `u32` (a lost high half): right
+    /// while every DMA address is below 4 GiB, another address above it.
+    TruncatedAddress,
 }
 
 impl DmaBug {
@@ -69,6 +75,8 @@ impl DmaBug {
             10 => DmaBug::LeakOnError,
             11 => DmaBug::SyncForgotten,
             12 => DmaBug::NoBusMaster,
+            13 => DmaBug::WideMask,
+            14 => DmaBug::TruncatedAddress,
             _ => DmaBug::None,
         }
     }

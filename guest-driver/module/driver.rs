@@ -101,7 +101,7 @@ impl DmalabDriver {
         if pdev.vendor_id() != pci::Vendor::REDHAT || pdev.device_id() != abi::PCI_DEVICE_ID {
             return Err(ENODEV);
         }
-        let mask_bits = enable(pdev)?;
+        enable(pdev)?;
         ProbeStep::Enable.check(pdev)?;
 
         let bar = pdev.iomap_region_sized::<{ abi::BAR0_SIZE }>(0, c"dmalab")?;
@@ -110,8 +110,10 @@ impl DmalabDriver {
             version,
             queues: nq,
             mem_size,
+            dma_bits,
         } = identify(pdev, &bar)?;
         ProbeStep::MapBar.check(pdev)?;
+        let mask_bits = set_dma_mask(pdev, dma_bits)?;
 
         let vectors = KBox::new(
             pdev.alloc_irq_vectors(
@@ -223,16 +225,29 @@ impl Drop for DmalabData<'_> {
     }
 }
 
-/// Probe step 1: memory decoding, bus mastering, the widest DMA mask the platform allows (the
-/// device takes 64-bit addresses). Returns the mask's width.
-fn enable(pdev: &pci::Device<Core<'_>>) -> Result<u32> {
+/// Probe step 1: memory decoding and bus mastering (the device obeys both bits of the
+/// command register: without bus mastering it moves nothing).
+fn enable(pdev: &pci::Device<Core<'_>>) -> Result {
     pdev.enable_device_mem()?;
     if DmaBug::active() != DmaBug::NoBusMaster {
         pdev.set_master();
     }
+    Ok(())
+}
+
+/// Probe step 3: the DMA mask the device can drive (CAP_DMA_BITS), or 32 bits where the
+/// platform refuses it. Returns the mask's width. A wider mask than the device's would let the
+/// kernel hand out addresses the device cannot reach, on any machine with memory (or IOVAs)
+/// above them.
+fn set_dma_mask(pdev: &pci::Device<Core<'_>>, device_bits: u32) -> Result<u32> {
+    let bits = if DmaBug::active() == DmaBug::WideMask {
+        64
+    } else {
+        device_bits
+    };
     // SAFETY: no DMA allocations or mappings exist for this device yet.
-    let mask_bits = match unsafe { pdev.dma_set_mask_and_coherent(DmaMask::new::<64>()) } {
-        Ok(()) => 64,
+    let mask_bits = match unsafe { pdev.dma_set_mask_and_coherent(DmaMask::try_new(bits)?) } {
+        Ok(()) => bits,
         Err(_) => {
             // SAFETY: as above.
             unsafe { pdev.dma_set_mask_and_coherent(DmaMask::new::<32>())? };
@@ -253,6 +268,8 @@ struct Identity {
     /// Queue pairs the driver uses (the device's, at most `MAX_QUEUES`).
     queues: usize,
     mem_size: u64,
+    /// Address bits the device drives (CAP_DMA_BITS).
+    dma_bits: u32,
 }
 
 /// Probe step 2: BAR0 is a dmalab device of an interface version this driver speaks, reset to
@@ -297,11 +314,22 @@ fn identify(pdev: &pci::Device<Core<'_>>, bar: &Bar0<'_>) -> Result<Identity> {
         return Err(ENODEV);
     }
     let mem_size = regs::mem_size(bar);
+    let dma_bits = u32::from(bar.read(regs::CAP_DMA_BITS).bits().get());
+    if !(abi::MIN_DMA_BITS..=64).contains(&dma_bits) {
+        dev_err!(
+            pdev,
+            "device reports {} DMA address bits (CAP_DMA_BITS), not {}..=64\n",
+            dma_bits,
+            abi::MIN_DMA_BITS
+        );
+        return Err(ENODEV);
+    }
     Ok(Identity {
         magic,
         version,
         queues: nq,
         mem_size,
+        dma_bits,
     })
 }
 

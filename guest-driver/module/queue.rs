@@ -246,7 +246,7 @@ pub(crate) fn status_to_result(status: u32) -> Result {
             | Status::BadDescriptor,
         ) => Err(EINVAL),
         // DMA_FAULT, DEVICE_ERROR and anything the device should not have said
-        Some(Status::DmaFault | Status::DeviceError) | None => Err(EIO),
+        Some(Status::DmaFault | Status::AddrWidth | Status::DeviceError) | None => Err(EIO),
     }
 }
 
@@ -641,6 +641,9 @@ impl Queue {
             }
             if opcode == Opcode::Fill {
                 d.pattern = req.pattern;
+            }
+            if bug == DmaBug::TruncatedAddress && opcode.dst_in_guest() {
+                d_a = u64::from(d_a as u32);
             }
             d.src = s_a;
             d.dst = d_a;

@@ -30,7 +30,7 @@ pub fn report_card(
          td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eee}}\
          .pass{{color:#070}}.fail{{color:#b00;font-weight:bold}}</style></head><body>\
          <h1>dmalab check</h1><p>{}: {passed} of {} checks passed</p><table><tr><th>level</th>\
-         <th>check</th><th>result</th><th>see</th><th>judged on</th></tr>",
+         <th>check</th><th>result</th><th>see</th><th>judged on</th><th>platform</th></tr>",
         esc(driver),
         rows.len()
     );
@@ -41,20 +41,58 @@ pub fn report_card(
         };
         let _ = write!(
             h,
-            "<tr><td>{mark}{}</td><td>{}</td><td class={class}>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{mark}{}</td><td>{}</td><td class={class}>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.rank,
             esc(r.name),
             esc(&text),
             esc(r.see),
-            esc(r.conditions)
+            esc(r.conditions),
+            esc(&r.platform)
         );
     }
     h.push_str("</table>");
+    conditions_matrix(&mut h, mark, rows);
     for (heading, text) in notes {
         let _ = write!(h, "<h2>{}</h2><p>{}</p>", esc(heading), esc(text));
     }
     h.push_str("</body></html>\n");
     h
+}
+
+/// The conditions × checks matrix: one column per condition any VM ran under, a check's cell
+/// is its result when its VM ran under that condition.
+fn conditions_matrix(h: &mut String, mark: &str, rows: &[crate::grading::Row]) {
+    let names = |r: &crate::grading::Row| -> Vec<String> {
+        r.platform.split(", ").map(str::to_string).collect()
+    };
+    let mut columns: Vec<String> = Vec::new();
+    for r in rows {
+        for n in names(r) {
+            if !columns.contains(&n) {
+                columns.push(n);
+            }
+        }
+    }
+    columns.sort();
+    h.push_str("<h2>Conditions</h2><table><tr><th>level</th><th>check</th>");
+    for c in &columns {
+        let _ = write!(h, "<th>{}</th>", esc(c));
+    }
+    h.push_str("</tr>");
+    for r in rows {
+        let _ = write!(h, "<tr><td>{mark}{}</td><td>{}</td>", r.rank, esc(r.name));
+        let here = names(r);
+        for c in &columns {
+            let cell = match (here.contains(c), r.result.is_ok()) {
+                (false, _) => "<td></td>",
+                (true, true) => "<td class=pass>pass</td>",
+                (true, false) => "<td class=fail>FAIL</td>",
+            };
+            h.push_str(cell);
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
 }
 
 /// Renders the timeline (one row per queue: each request a mark, faults and failures coloured)
@@ -180,6 +218,7 @@ mod tests {
             result,
             see,
             conditions: "the oracle & co",
+            platform: "smp2, preempt, iova>4G".into(),
         };
         let rows = [
             row(1, "loads", Ok(()), "docs/contract.md"),

@@ -5,6 +5,7 @@
 pub mod artifacts;
 pub mod bench;
 pub mod campaign;
+pub mod conditions;
 pub mod grading;
 pub mod html;
 pub mod kernel_log;
@@ -15,4 +16,5 @@ pub mod tutorial;
 pub mod verdict;
 pub mod vm;
 
+pub use conditions::Conditions;
 pub use vm::{run, Run, VmOptions};

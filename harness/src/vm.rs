@@ -11,6 +11,7 @@ use dmalab_device::eventlog::{CountersSnapshot, Event, Injected, Record};
 use dmalab_report::{DmaApi, Done, Kind, ModuleSymbols, Refused, Report, ScenarioError};
 
 use crate::artifacts;
+use crate::conditions::Conditions;
 
 /// The guest CPU model. `max` without FSRM and ERMS: a CPU that advertises them gets
 /// `rep movsb` from the kernel's memcpy and copy_{to,from}_user and from glibc, which TCG runs
@@ -77,6 +78,9 @@ pub struct VmOptions {
     /// The guest kernel has DMA-API debug (the tests' kernel; `make bench-kernel`'s has not):
     /// its error count is then required to be 0.
     pub dma_api_debug: bool,
+    /// The platform the VM imitates: vCPUs, where DMA addresses lie, the IOMMU's mode, bounce
+    /// buffering, the device's address width ([`Conditions`]).
+    pub conditions: Conditions,
 }
 
 impl VmOptions {
@@ -104,6 +108,7 @@ impl VmOptions {
             oracle_user: false,
             event_kinds: None,
             dma_api_debug: true,
+            conditions: Conditions::GENTLE,
         }
     }
 }
@@ -245,6 +250,10 @@ fn start_device(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> PathBuf {
     if opts.oracle {
         dev.arg("--oracle").arg(dir.join("ownership.table"));
     }
+    if opts.conditions.dma_bits != 0 {
+        dev.arg("--dma-bits")
+            .arg(opts.conditions.dma_bits.to_string());
+    }
     let dev = dev
         .arg("--socket")
         .arg(&sock)
@@ -292,18 +301,29 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
     if let Some(m) = opts.dma_mode {
         append.push_str(&format!(" dmalab_module.dma_mode={m}"));
     }
+    let c = &opts.conditions;
+    append.push(' ');
+    append.push_str(&c.kernel_args());
+    let mut machine = String::from("q35,memory-backend=mem");
+    if c.ram_high {
+        // most of the RAM above 4 GiB: the driver's buffers land there unless its DMA mask
+        // keeps them below
+        machine.push_str(&format!(",max-ram-below-4g={}M", Conditions::LOW_RAM_MB));
+    }
+    let smp = c.smp.max(1);
     let mut cmd = Command::new(&qemu);
     // -nodefaults: q35's default CD-ROM costs ~30 s of firmware probing under TCG.
     cmd.args([
         "-nodefaults",
         "-M",
-        "q35,memory-backend=mem",
+        &machine,
         "-accel",
-        "tcg",
+        // one host thread per vCPU: with several, they really run at once
+        if smp > 1 { "tcg,thread=multi" } else { "tcg" },
         "-cpu",
         &std::env::var("DMALAB_CPU").unwrap_or(GUEST_CPU.into()),
         "-smp",
-        "1",
+        &smp.to_string(),
     ])
     .args(["-m", &format!("{}M", opts.memory_mb)])
     .args([
@@ -323,7 +343,7 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
     .arg(&kernel)
     .arg("-initrd")
     .arg(&initramfs);
-    if opts.iommu {
+    if opts.iommu || c.needs_iommu() {
         cmd.args(["-device", "intel-iommu,caching-mode=on"]);
         append.push_str(" intel_iommu=on");
     }
@@ -548,6 +568,14 @@ pub fn run(opts: &VmOptions) -> Run {
     let dir = e2e.join(&opts.name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create run directory");
+    assert!(
+        !(opts.oracle && opts.conditions.ram_high),
+        "the ownership oracle does not follow guest RAM above 4 GiB yet (ram>4G)"
+    );
+    assert!(
+        !(opts.iommu && opts.conditions.ram_high),
+        "ram>4G is a machine without an IOMMU"
+    );
     let asked = Instant::now();
     let slot = crate::slots::acquire(&e2e.join(".slots"));
     let waited = asked.elapsed().as_secs_f64();

@@ -29,6 +29,10 @@ struct Args {
     /// Queue pairs (1-8)
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=abi::MAX_QUEUES as i64))]
     queues: u16,
+    /// Address bits the device drives on the bus (CAP_DMA_BITS, 32-64): DMA to or beyond
+    /// 2^bits is refused with ADDR_WIDTH (docs/datasheet.md#dma-addressing)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(abi::MIN_DMA_BITS as i64..=64))]
+    dma_bits: u32,
     /// Internal memory size, in bytes or with a K/M/G suffix
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     mem_size: usize,
@@ -111,6 +115,7 @@ fn run(args: Args) -> Result<(), String> {
         queues: args.queues as usize,
         internal_mem: args.mem_size,
         faults,
+        dma_bits: args.dma_bits,
     };
     let device = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone())
         .map_err(|e| format!("device: {e}"))?;

@@ -2,7 +2,27 @@
 //! one boot; a [`super::Grader`] boots each at most once.
 
 use super::{Boot, Graded, Mode};
+use crate::conditions::Conditions;
 use crate::vm::{Run, VmOptions};
+
+/// Two vCPUs: the submitter and the interrupt handler on different CPUs.
+const SMP2: Conditions = Conditions {
+    smp: 2,
+    ..Conditions::GENTLE
+};
+
+/// The vIOMMU unmapping at once: a device access after an unmap is refused and reported.
+const STRICT: Conditions = Conditions {
+    strict: true,
+    ..Conditions::GENTLE
+};
+
+/// Both: teardown races with interrupts on the other CPU, behind a strict vIOMMU.
+const SMP2_STRICT: Conditions = Conditions {
+    smp: 2,
+    strict: true,
+    ..Conditions::GENTLE
+};
 
 /// How the stall check says that the driver never gave up on a request.
 pub const NEVER_RETURNED: &str = "a stalled request never returned";
@@ -53,6 +73,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "bind",
         conditions: "kmemleak on",
+        platform: Conditions::GENTLE,
         scenarios: |_| "kmemleak_clear,load,info,transfers,unload,kmemleak".into(),
         tune: kmemleak_on,
         requires: None,
@@ -60,6 +81,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "transfers",
         conditions: "4 queues, MSI-X",
+        platform: SMP2,
         scenarios: |_| "load,transfers,sg,concurrent,stats,unload".into(),
         tune: nothing,
         requires: None,
@@ -67,6 +89,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "refusals",
         conditions: "bad requests, IOC_RESET",
+        platform: Conditions::GENTLE,
         scenarios: |_| "load,errors,reset,unload".into(),
         tune: nothing,
         requires: None,
@@ -74,6 +97,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "stall",
         conditions: "queue 1's first request stalled",
+        platform: Conditions::GENTLE,
         scenarios: |_| "load,stall_recovery,unload".into(),
         tune: |o| {
             o.faults =
@@ -84,6 +108,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "faults",
         conditions: "a seeded campaign: 120 requests, every fault kind of campaigns/mix.toml",
+        platform: SMP2,
         scenarios: |_| "load,campaign,unload".into(),
         tune: |o| {
             let rules =
@@ -97,6 +122,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "fatal",
         conditions: "a fatal device error on queue 1's first request, 12 requests one at a time",
+        platform: Conditions::GENTLE,
         scenarios: |_| "load,campaign,unload".into(),
         tune: |o| {
             o.faults =
@@ -113,6 +139,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "error_paths",
         conditions: "every 64 KiB request on queue 0 fails",
+        platform: STRICT,
         scenarios: |_| "load,error_paths,unload".into(),
         tune: |o| {
             o.faults = Some(
@@ -125,6 +152,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "reorder",
         conditions: "a completion 3 s late and written twice",
+        platform: Conditions::GENTLE,
         scenarios: |_| "load,overlap,unload".into(),
         tune: |o| {
             // the first request's completion comes 3 s late, and twice, while the second waits
@@ -140,6 +168,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "teardown",
         conditions: "6 unbinds, 2 threads per queue, completions 20 ms late",
+        platform: SMP2_STRICT,
         scenarios: |_| "load,unbind_repeat,unload".into(),
         tune: |o| {
             o.append = format!("dmalab.rounds=6 {}", o.append);
@@ -151,6 +180,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "ownership",
         conditions: "the ownership oracle, completions 5 ms late",
+        platform: Conditions::GENTLE,
         scenarios: |_| "load,transfers,sg,concurrent,unload".into(),
         tune: oracle_with_late_completions,
         requires: None,
@@ -158,6 +188,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "step1",
         conditions: "kmemleak on",
+        platform: Conditions::GENTLE,
         scenarios: |_| "kmemleak_clear,bind,kmemleak".into(),
         tune: kmemleak_on,
         requires: None,
@@ -165,6 +196,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "ladder",
         conditions: "4 queues",
+        platform: Conditions::GENTLE,
         scenarios: |mode| {
             let step = match mode {
                 Mode::Step(n) => n,
@@ -185,6 +217,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "ladder_iommu",
         conditions: "behind a vIOMMU",
+        platform: STRICT,
         scenarios: |_| "load,transfers,sg,unload".into(),
         tune: |o| o.iommu = true,
         requires: None,
@@ -192,6 +225,7 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "removal",
         conditions: "the device removed under the running driver",
+        platform: Conditions::GENTLE,
         scenarios: |_| "load,removal,unload".into(),
         tune: |o| o.kill_device_on = Some("\"kind\":\"remove_me\"".into()),
         requires: None,
@@ -199,8 +233,44 @@ pub static BOOTS: &[Boot] = &[
     Boot {
         name: "unbind_stalled",
         conditions: "a request stalled in the device",
+        platform: STRICT,
         scenarios: |_| "load,unbind_stalled,unload".into(),
         tune: |o| o.faults = Some("[[rule]]\nkind = \"stall\"\nnth = 1\n".into()),
+        requires: None,
+    },
+    Boot {
+        name: "high_iova",
+        conditions: "transfers and scatter-gather",
+        platform: Conditions {
+            iova_high: true,
+            strict: true,
+            ..Conditions::GENTLE
+        },
+        scenarios: |_| "load,transfers,sg,unload".into(),
+        tune: nothing,
+        requires: None,
+    },
+    Boot {
+        name: "narrow_device",
+        conditions: "transfers and scatter-gather",
+        platform: Conditions {
+            ram_high: true,
+            dma_bits: 32,
+            ..Conditions::GENTLE
+        },
+        scenarios: |_| "load,info,transfers,sg,unload".into(),
+        tune: nothing,
+        requires: None,
+    },
+    Boot {
+        name: "bounce",
+        conditions: "transfers, scatter-gather and the streaming self-test",
+        platform: Conditions {
+            swiotlb: true,
+            ..Conditions::GENTLE
+        },
+        scenarios: |_| "load,transfers,sg,unload".into(),
+        tune: nothing,
         requires: None,
     },
 ];

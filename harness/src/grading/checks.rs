@@ -253,6 +253,47 @@ fn build() -> Vec<Check> {
             judge: |r, _| clean(r),
         },
         Check {
+            id: "high_addresses",
+            name: "transfers with every DMA address above 4 GiB",
+            level: Some(2),
+            steps: None,
+            see: "docs/contract.md#platform-conditions",
+            chapter: None,
+            boot: "high_iova",
+            judge: |r, _| all_verified(r, 25).and_then(|()| clean(r)),
+        },
+        Check {
+            id: "device_reach",
+            name: "DMA mask = the device's reach (CAP_DMA_BITS 32, RAM above 4 GiB)",
+            level: Some(2),
+            steps: None,
+            see: "docs/datasheet.md#dma-addressing",
+            chapter: None,
+            boot: "narrow_device",
+            judge: |r, _| {
+                let mask = r.all::<Info>().first().map(|i| i.dma_mask_bits);
+                let wide = match mask {
+                    Some(bits) if bits > 32 => format!(
+                        " (the driver set a {bits}-bit DMA mask; this device drives 32 address bits: set the mask to CAP_DMA_BITS)"
+                    ),
+                    _ => String::new(),
+                };
+                all_verified(r, 25)
+                    .and_then(|()| clean(r))
+                    .map_err(|e| format!("{e}{wide}"))
+            },
+        },
+        Check {
+            id: "bounce_buffers",
+            name: "transfers and the streaming self-test with every mapping bounced (swiotlb)",
+            level: Some(2),
+            steps: None,
+            see: "docs/contract.md#platform-conditions",
+            chapter: None,
+            boot: "bounce",
+            judge: |r, _| all_verified(r, 25).and_then(|()| clean(r)),
+        },
+        Check {
             id: "device_node",
             name: "/dev/dmalab0 appears",
             level: None,

@@ -84,11 +84,13 @@ pub fn all_verified_in(r: &Run, scenario: &str, min: usize) -> Graded {
     verified_among(r, x.collect(), min)
 }
 
-/// What the device itself said went wrong that a driver caused, for a failure's reason: its
-/// error events that name a rule the driver broke (today: DMA while bus mastering is off).
+/// What the device itself said went wrong that a driver caused, for a failure's reason: the
+/// first of its error events that nothing explains (not an injected fault, not a request the
+/// agent made bad on purpose): a descriptor refused with the field and the address it named,
+/// DMA while bus mastering is off, a ring unmapped while enabled.
 pub fn device_account(r: &Run) -> String {
-    let off = r
-        .device_errors()
+    let errors = r.unexplained_device_errors();
+    let off = errors
         .iter()
         .any(|e| e.what.contains(dmalab_device::eventlog::BUS_MASTER_OFF));
     if off {
@@ -96,8 +98,18 @@ pub fn device_account(r: &Run) -> String {
             "; the device says: {} (the driver must enable it before it gives the device an address: pci_set_master, set_master())",
             dmalab_device::eventlog::BUS_MASTER_OFF
         )
+    } else if let Some(e) = errors.first() {
+        format!("; the device says: {}", e.what)
     } else {
         String::new()
+    }
+}
+
+/// A completion status as the datasheet names it: `4 (DMA_FAULT)`.
+pub fn status_name(status: u32) -> String {
+    match u16::try_from(status).ok().and_then(dmalab_abi::Status::from_raw) {
+        Some(s) => format!("{status} ({})", s.name()),
+        None => status.to_string(),
     }
 }
 
@@ -110,7 +122,7 @@ fn verified_among(r: &Run, x: Vec<&Xfer>, min: usize) -> Graded {
             bad.queue,
             bad.errno,
             errno_hint(bad.errno),
-            bad.status,
+            status_name(bad.status),
             bad.verified,
             bad.detail,
             device_account(r)

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use crate::conditions::Conditions;
 use crate::vm::{run, Run, VmOptions};
 
 /// One check's outcome: passed, or why not (in the user's terms).
@@ -61,6 +62,9 @@ pub struct Boot {
     pub name: &'static str,
     /// What it runs under, for people: shown next to the checks that look at it.
     pub conditions: &'static str,
+    /// The platform it imitates by default (`dmalab check --conditions` replaces it): the
+    /// conditions under which what it checks can show.
+    pub platform: Conditions,
     /// The agent's scenarios (they may depend on the step graded).
     pub scenarios: fn(Mode) -> String,
     /// Fault rules, IOMMU, oracle, kernel command line: everything else about the VM.
@@ -132,7 +136,7 @@ impl Check {
 /// The table for people (`dmalab check --list`): every check's id, where it is graded, the VM
 /// it looks at and what it says.
 pub fn listing() -> String {
-    let mut out = String::from("id                    level  steps  VM (conditions)\n");
+    let mut out = String::from("id                    level  steps  VM (conditions) [platform]\n");
     for c in checks::table() {
         let steps = match c.steps {
             Some(Steps::From(n)) => format!("{n}-8"),
@@ -141,12 +145,13 @@ pub fn listing() -> String {
         };
         let boot = boots::by_name(c.boot);
         out += &format!(
-            "{:<21} {:>5}  {:>5}  {} ({})\n    {}  (see {})\n",
+            "{:<21} {:>5}  {:>5}  {} ({}) [{}]\n    {}  (see {})\n",
             c.id,
             c.level.map_or("-".into(), |l| l.to_string()),
             steps,
             boot.name,
             boot.conditions,
+            boot.platform,
             c.name,
             c.see
         );
@@ -163,6 +168,8 @@ pub struct Row {
     pub see: &'static str,
     /// The conditions of the VM it was judged on.
     pub conditions: &'static str,
+    /// The platform the VM imitated (`smp2, preempt, strict`).
+    pub platform: String,
 }
 
 /// Boots what the selected checks need, once each, and judges them.
@@ -178,6 +185,8 @@ pub struct Grader {
     pub only: Vec<String>,
     /// On the ladder: only the checks the graded step adds (not those of earlier steps).
     pub new_only: bool,
+    /// `--conditions`: every boot runs under these instead of its own [`Boot::platform`].
+    pub conditions: Option<Conditions>,
     runs: RefCell<HashMap<&'static str, Rc<Result<Run, String>>>>,
     pub notes: RefCell<Vec<(String, String)>>,
 }
@@ -198,6 +207,7 @@ impl Grader {
             append: append.into(),
             only: Vec::new(),
             new_only: false,
+            conditions: None,
             runs: RefCell::default(),
             notes: RefCell::default(),
         }
@@ -231,12 +241,33 @@ impl Grader {
         o.kernel = self.kernel.clone();
         o.append = self.append.clone();
         (boot.tune)(&mut o);
+        o.conditions = self.platform(boot);
         eprintln!(
-            "dmalab check: {} ({}) ...",
+            "dmalab check: {} ({}) [{}] ...",
             boots::dir_name(boot, self.mode),
-            boot.conditions
+            boot.conditions,
+            self.platform_label(boot)
         );
         run(&o)
+    }
+
+    /// The platform `boot` runs on in this grading. A boot that needs the vIOMMU or the
+    /// oracle keeps its RAM below 4 GiB (`ram>4G` is a machine without an IOMMU, and the
+    /// oracle does not follow high RAM yet); the card shows what it ran on.
+    pub fn platform(&self, boot: &Boot) -> Conditions {
+        let mut c = self.conditions.unwrap_or(boot.platform);
+        let mut o = VmOptions::new("", "");
+        (boot.tune)(&mut o);
+        if o.iommu || o.oracle {
+            c.ram_high = false;
+        }
+        c
+    }
+
+    /// The platform as the card names it: the conditions, and `preempt` on the tests' own
+    /// kernel (built with full preemption; a `--kernel` may not be).
+    pub fn platform_label(&self, boot: &Boot) -> String {
+        self.platform(boot).label(self.kernel.is_none())
     }
 
     /// Whether this grading runs `c`.
@@ -271,6 +302,7 @@ impl Grader {
                     },
                     see: c.pointer(self.mode),
                     conditions: boots::by_name(c.boot).conditions,
+                    platform: self.platform_label(boots::by_name(c.boot)),
                 }
             })
             .collect();
