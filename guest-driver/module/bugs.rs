@@ -119,6 +119,34 @@ pub(crate) fn rewrite_descriptor(sq: &Coherent<[Descriptor]>, index: usize, tag:
     })();
 }
 
+/// Bug: the CPU reads the device's result, `buf.len()` bytes at `offset`, straight from the
+/// pages of a mapping the device still owns (no sync for the CPU first). On a DMA-coherent
+/// machine without bounce buffering the bytes are right by luck; behind swiotlb they are the
+/// pages' old contents, the device's data still sitting in the bounce buffer.
+#[inline(never)]
+pub(crate) fn read_all_without_sync<D: Direction, S: Owner>(
+    m: &Mapping<D, S>,
+    offset: usize,
+    buf: &mut [u8],
+) {
+    let mut done = 0;
+    while done < buf.len() {
+        let Some((page, in_page)) = m.page_at(offset + done) else {
+            return;
+        };
+        let n = (buf.len() - done).min(kernel::page::PAGE_SIZE - in_page);
+        // SAFETY: memory-safe as in `read_without_sync`: the page is pinned while `m` lives,
+        // `kmap_local_page` maps it, `in_page + n` stays inside it, `done + n <= buf.len()`,
+        // and it is unmapped right after. What it breaks is the DMA API's ownership rule.
+        unsafe {
+            let va = kernel::bindings::kmap_local_page(page).cast::<u8>();
+            core::ptr::copy_nonoverlapping(va.add(in_page), buf.as_mut_ptr().add(done), n);
+            kernel::bindings::kunmap_local(va.cast());
+        }
+        done += n;
+    }
+}
+
 /// Bug: the CPU reads a byte of a mapping the device still owns (no sync for the CPU first).
 #[inline(never)]
 pub(crate) fn read_without_sync<D: Direction, S: Owner>(m: &Mapping<D, S>, offset: usize) -> u8 {

@@ -233,7 +233,9 @@ impl<D: Direction> UserPages<D> {
     }
 
     /// Maps the pages for `dev` and hands them to it. `max_segment` bounds each segment's length
-    /// (the device's limit); physically contiguous pages are merged up to it.
+    /// (the device's limit); physically contiguous pages are merged up to it, and never beyond
+    /// what the DMA layer can map in one piece (`dma_max_mapping_size`: 256 KiB when every
+    /// mapping bounces through swiotlb, where a longer segment would fail to map).
     ///
     /// On failure the pages are unpinned (`ENOMEM` for the table, or the DMA API's error).
     pub(crate) fn map(
@@ -244,6 +246,9 @@ impl<D: Direction> UserPages<D> {
         let mut pages = self;
         let table = Opaque::<bindings::sg_table>::zeroed();
         let n = u32::try_from(pages.pages.len())?;
+        // SAFETY: `dev` is bound for the duration of the call.
+        let layer_max = unsafe { bindings::dma_max_mapping_size(raw(dev)) };
+        let max_segment = u32::try_from(layer_max).map_or(max_segment, |m| m.min(max_segment));
         // SAFETY: `table` is zeroed memory for a `struct sg_table`; `pages` holds `n` pinned
         // pages, which outlive the table (the table goes first in every path below and in
         // `Mapping`'s drop); offset and length lie within them (`pin`).

@@ -33,14 +33,32 @@ pub struct Conditions {
 
 /// Every condition's name and what it means, for `--conditions` and the docs.
 pub const NAMES: &[(&str, &str)] = &[
-    ("smp2", "2 vCPUs (MTTCG): interrupts on another CPU than the submitter"),
+    (
+        "smp2",
+        "2 vCPUs (MTTCG): interrupts on another CPU than the submitter",
+    ),
     ("smp4", "4 vCPUs (MTTCG; on 2 host cores they interleave)"),
-    ("iova>4G", "the vIOMMU hands out IOVAs above 4 GiB only (iommu.forcedac=1)"),
-    ("ram>4G", "no IOMMU, guest RAM above 4 GiB: DMA addresses above 4 GiB"),
-    ("strict", "the vIOMMU unmaps at once (iommu.strict=1), no stale translations"),
+    (
+        "iova>4G",
+        "the vIOMMU hands out IOVAs above 4 GiB only (iommu.forcedac=1)",
+    ),
+    (
+        "ram>4G",
+        "no IOMMU, guest RAM above 4 GiB: DMA addresses above 4 GiB",
+    ),
+    (
+        "strict",
+        "the vIOMMU unmaps at once (iommu.strict=1), no stale translations",
+    ),
     ("swiotlb", "every streaming mapping bounces (swiotlb=force)"),
-    ("dma32", "the device drives 32 address bits (CAP_DMA_BITS = 32)"),
-    ("dma40", "the device drives 40 address bits (CAP_DMA_BITS = 40)"),
+    (
+        "dma32",
+        "the device drives 32 address bits (CAP_DMA_BITS = 32)",
+    ),
+    (
+        "dma40",
+        "the device drives 40 address bits (CAP_DMA_BITS = 40)",
+    ),
 ];
 
 impl Conditions {
@@ -80,7 +98,9 @@ impl Conditions {
             }
         }
         if c.ram_high && c.needs_iommu() {
-            return Err("ram>4G is a machine without an IOMMU: it cannot go with iova>4G or strict".into());
+            return Err(
+                "ram>4G is a machine without an IOMMU: it cannot go with iova>4G or strict".into(),
+            );
         }
         Ok(c)
     }
@@ -174,7 +194,10 @@ mod tests {
         assert_eq!(Conditions::parse("gentle").unwrap(), Conditions::GENTLE);
         assert_eq!(Conditions::parse("").unwrap().to_string(), "smp1");
         let e = Conditions::parse("smp3").unwrap_err();
-        assert!(e.contains("unknown condition 'smp3'") && e.contains("swiotlb"), "{e}");
+        assert!(
+            e.contains("unknown condition 'smp3'") && e.contains("swiotlb"),
+            "{e}"
+        );
         assert!(Conditions::parse("ram>4G,strict").is_err());
     }
 

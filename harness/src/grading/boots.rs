@@ -269,7 +269,7 @@ pub static BOOTS: &[Boot] = &[
             swiotlb: true,
             ..Conditions::GENTLE
         },
-        scenarios: |_| "load,transfers,sg,unload".into(),
+        scenarios: |_| "load,transfers,sg,selftest,unload".into(),
         tune: nothing,
         requires: None,
     },

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use dmalab_abi as abi;
 use dmalab_device::eventlog::Event;
 use dmalab_report::{
-    AfterRemoval, Bound, Concurrent, DmaApi, Info, Insmod, Interrupts, Refused, ResetOutcome,
-    Rmmod, ScenarioEnd, Stalled, Stats, UnbindBusy, UnbindStalled, Xfer,
+    AfterRemoval, Bound, Concurrent, DmaApi, DmaSelfTest, Info, Insmod, Interrupts, Refused,
+    ResetOutcome, Rmmod, ScenarioEnd, Stalled, Stats, UnbindBusy, UnbindStalled, Xfer,
 };
 
 use super::boots::NEVER_RETURNED;
@@ -18,6 +18,28 @@ use super::{Check, Ctx, Graded, Steps};
 use crate::campaign::campaign_xfers;
 use crate::verdict::{judge, unexplained_failures, Verdict};
 use crate::vm::Run;
+
+/// Every streaming self-test round came back with the device's bytes, as the CPU saw them
+/// after taking the memory back (`sync_for_cpu`).
+fn selftests_verified(r: &Run) -> Graded {
+    let tests = r.all::<DmaSelfTest>();
+    if tests.is_empty() {
+        return Err(format!(
+            "no streaming self-test answered (IOC_DMA_SELFTEST){}",
+            driver_complaints(r)
+        ));
+    }
+    match tests.iter().find(|t| t.errno != 0 || t.verified != t.rounds) {
+        Some(t) => Err(format!(
+            "streaming self-test of {} bytes: {} of {} rounds gave the CPU the device's bytes{}: with every mapping bounced, the CPU sees the device's data only after dma_sync_*_for_cpu (or the unmap) copies it back",
+            t.len,
+            t.verified,
+            t.rounds,
+            if t.errno != 0 { format!(" (errno {})", t.errno) } else { String::new() }
+        )),
+        None => Ok(()),
+    }
+}
 
 /// Every check, in the order of the card.
 pub fn table() -> &'static [Check] {
@@ -291,7 +313,11 @@ fn build() -> Vec<Check> {
             see: "docs/contract.md#platform-conditions",
             chapter: None,
             boot: "bounce",
-            judge: |r, _| all_verified(r, 25).and_then(|()| clean(r)),
+            judge: |r, _| {
+                all_verified(r, 25)
+                    .and_then(|()| selftests_verified(r))
+                    .and_then(|()| clean(r))
+            },
         },
         Check {
             id: "device_node",

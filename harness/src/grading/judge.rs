@@ -107,7 +107,10 @@ pub fn device_account(r: &Run) -> String {
 
 /// A completion status as the datasheet names it: `4 (DMA_FAULT)`.
 pub fn status_name(status: u32) -> String {
-    match u16::try_from(status).ok().and_then(dmalab_abi::Status::from_raw) {
+    match u16::try_from(status)
+        .ok()
+        .and_then(dmalab_abi::Status::from_raw)
+    {
         Some(s) => format!("{status} ({})", s.name()),
         None => status.to_string(),
     }
