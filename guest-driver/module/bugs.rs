@@ -57,6 +57,9 @@ pub(crate) enum DmaBug {
     /// Writes a descriptor's destination address through a `u32` (a lost high half): right
     /// while every DMA address is below 4 GiB, another address above it.
     TruncatedAddress,
+    /// Does not clear a bounce buffer before the device writes it: a device that moves fewer
+    /// bytes than it reports hands the caller what an earlier request left there.
+    StaleBytes,
 }
 
 impl DmaBug {
@@ -77,6 +80,7 @@ impl DmaBug {
             12 => DmaBug::NoBusMaster,
             13 => DmaBug::WideMask,
             14 => DmaBug::TruncatedAddress,
+            15 => DmaBug::StaleBytes,
             _ => DmaBug::None,
         }
     }

@@ -132,6 +132,32 @@ pub(crate) fn wait_for_resources<T: ?Sized, B: kernel::sync::lock::Backend>(
     }
 }
 
+/// Zeroes the first `len` bytes of the pool pages of a side, before the device is told about
+/// them: what the device writes there is what the caller gets back, so a device that moves
+/// fewer bytes than it reports must leave zeroes, never bytes an earlier request (perhaps
+/// another process's) left in these pages. The kernel's swiotlb follows the same rule since
+/// its 2022 information leak (it fills a `DMA_FROM_DEVICE` bounce buffer from the caller's
+/// buffer first).
+pub(crate) fn clear(blocks: &KVec<Coherent<[u8]>>, pages: &[u16], len: usize) -> Result {
+    let mut left = len;
+    for &p in pages {
+        let n = left.min(PAGE);
+        let p = p as usize;
+        let block = blocks.get(p / PAGES_PER_BLOCK).ok_or(EINVAL)?;
+        let off = (p % PAGES_PER_BLOCK) * PAGE;
+        if off + n > block.size() {
+            return Err(EINVAL);
+        }
+        // SAFETY: `off + n <= block.size()` (checked above), so the range is valid for `n`
+        // bytes of the block's CPU mapping. The page was just taken from the free map and the
+        // device has not been told about it, so nothing else reads or writes it meanwhile; the
+        // write goes through a raw pointer, no Rust reference to the DMA memory is formed.
+        unsafe { core::ptr::write_bytes(block.as_mut_ptr().cast::<u8>().add(off), 0, n) };
+        left -= n;
+    }
+    Ok(())
+}
+
 /// Copies `len` bytes from user memory at `src` straight into the pool pages of a side, page
 /// by page: one copy, no staging buffer. (Staging cost a `len`-byte allocation, zeroing it, and
 /// a second copy: under TCG, 60% of a 1 MiB COPY's time; docs/performance.md.)

@@ -26,7 +26,7 @@ use crate::abi::{self, Completion, Descriptor, Opcode, QueueStats, Request, SgEn
 use crate::bugs::{self, DmaBug};
 use crate::device::Device;
 use crate::pool::{
-    copy_in_from_user, segments, split_to, wait_for_resources, Pool, Segments, Side,
+    clear, copy_in_from_user, segments, split_to, wait_for_resources, Pool, Segments, Side,
 };
 use crate::pool::{FreeMap, BLOCK, BLOCKS, PAGE, PAGES_PER_BLOCK, POOL_PAGES};
 use crate::regs;
@@ -437,6 +437,10 @@ impl Queue {
                 }
                 if dst_guest {
                     free.take(npages, &mut dst.pages)?;
+                    if DmaBug::active() != DmaBug::StaleBytes {
+                        // no caller ever gets bytes another request left behind (`clear`)
+                        clear(blocks, &dst.pages, len)?;
+                    }
                 }
                 let s = if src_guest {
                     segments(blocks, &src.pages, len, want)?

@@ -80,6 +80,9 @@ pub enum Report {
     /// Where the driver module's functions are, right after a load (`/proc/kallsyms`), so the
     /// host can name the function behind a guest PC.
     ModuleSymbols(ModuleSymbols),
+    /// READs the device shortens silently, after another process's requests left a secret in
+    /// the driver's buffers: did any caller get the secret back?
+    StaleBytes(StaleBytes),
 }
 
 /// See [`Report::Start`].
@@ -447,6 +450,22 @@ pub struct UnbindStalled {
     pub waited_ms: u64,
 }
 
+/// See [`Report::StaleBytes`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaleBytes {
+    /// READs submitted (each silently shortened by the device).
+    pub reads: u32,
+    /// READs that completed OK.
+    pub completed: u32,
+    /// READs that handed back bytes of the other process's secret.
+    pub leaked: u32,
+    /// Of the first such READ: how many of its bytes were the secret's, of how many.
+    pub secret_bytes: u32,
+    pub len: u32,
+    /// The other process's requests that seeded the secret (0: seeding failed).
+    pub seeded: u32,
+}
+
 /// See [`Report::Reset`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResetOutcome {
@@ -613,6 +632,7 @@ kinds! {
     Hostile => Hostile, "hostile";
     DmaSelfTest => DmaSelfTest, "dma_self_test";
     ModuleSymbols => ModuleSymbols, "module_symbols";
+    StaleBytes => StaleBytes, "stale_bytes";
 }
 
 #[cfg(test)]

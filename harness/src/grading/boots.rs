@@ -273,4 +273,18 @@ pub static BOOTS: &[Boot] = &[
         tune: nothing,
         requires: None,
     },
+    Boot {
+        name: "stale",
+        conditions:
+            "another process's secret in the driver's buffers, READs the device silently shortens",
+        platform: Conditions::GENTLE,
+        scenarios: |_| "load,stale_bytes,unload".into(),
+        tune: |o| {
+            o.faults = Some(
+                "[[rule]]\nname = \"short\"\nkind = \"short_transfer\"\nopcode = \"read\"\nqueue = 0\nbytes = 16\nreported = false\n"
+                    .into(),
+            );
+        },
+        requires: None,
+    },
 ];

@@ -7,7 +7,7 @@ use dmalab_abi as abi;
 use dmalab_device::eventlog::Event;
 use dmalab_report::{
     AfterRemoval, Bound, Concurrent, DmaApi, DmaSelfTest, Info, Insmod, Interrupts, Refused,
-    ResetOutcome, Rmmod, ScenarioEnd, Stalled, Stats, UnbindBusy, UnbindStalled, Xfer,
+    ResetOutcome, Rmmod, ScenarioEnd, StaleBytes, Stalled, Stats, UnbindBusy, UnbindStalled, Xfer,
 };
 
 use super::boots::NEVER_RETURNED;
@@ -688,6 +688,31 @@ fn build() -> Vec<Check> {
             judge: |r, _| removal(r),
         },
         // --- teardown: level 5, step 8
+        Check {
+            id: "stale_bytes",
+            name: "no caller gets bytes another process's request left behind",
+            level: Some(4),
+            steps: None,
+            see: "docs/contract.md#4--faults",
+            chapter: None,
+            boot: "stale",
+            judge: |r, _| match r.all::<StaleBytes>().first() {
+                None => Err(format!("the stale-bytes scenario did not report{}", driver_complaints(r))),
+                Some(s) if s.seeded == 0 => Err(format!(
+                    "another process's COPYs (the seeding) all failed{}",
+                    driver_complaints(r)
+                )),
+                Some(s) if s.completed == 0 => Err(format!(
+                    "none of {} READs completed OK (a silently short transfer reports success)",
+                    s.reads
+                )),
+                Some(s) if s.leaked > 0 => Err(format!(
+                    "{} of {} READs of {} bytes returned another process's data ({} of the first one's bytes were its secret): the device moved 16 bytes and claimed {}, and the driver handed back what an earlier request left in its buffer. Clear (or fill from the caller's buffer) what the device may write before posting, as swiotlb does",
+                    s.leaked, s.completed, s.len, s.secret_bytes, s.len
+                )),
+                Some(_) => Ok(()),
+            },
+        },
         Check {
             id: "teardown",
             name: "unbind with requests in flight: every waiter gets ENODEV, nothing touches the reset device, a rebind works",

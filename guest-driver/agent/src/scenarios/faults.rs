@@ -223,3 +223,129 @@ pub(super) fn timeout_late() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// What the other process writes: no zero byte, so a cleared buffer never looks like it.
+const SECRET: &[u8; 16] = b"dmalab-SECRET-42";
+
+/// Bytes of `buf` past `skip` that are the secret's at their position.
+fn secret_bytes(buf: &[u8], skip: usize) -> usize {
+    buf.iter()
+        .enumerate()
+        .skip(skip)
+        .filter(|&(i, &b)| b == SECRET[i % SECRET.len()])
+        .count()
+}
+
+/// Another process (a child of the agent) runs COPYs of `SECRET` on every queue: afterwards
+/// the driver's buffers for data the device writes have held the secret. Returns how many
+/// COPYs it completed.
+pub(super) fn seed_secret(len: usize, rounds: u32) -> u32 {
+    // SAFETY: fork(2); the agent runs no other thread here, and the child only opens the
+    // device, submits and leaves with _exit (no destructor, no shared state).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let done = (|| -> Result<u32, String> {
+            let d = Dev::open(0)?;
+            let nq = d.info()?.queues;
+            let src: Vec<u8> = (0..len).map(|i| SECRET[i % SECRET.len()]).collect();
+            let mut n = 0;
+            for q in 0..nq {
+                for _ in 0..rounds {
+                    let mut dst = vec![0u8; len];
+                    let mut r = Request {
+                        opcode: abi::OP_COPY,
+                        queue: q as u8,
+                        len: len as u32,
+                        src: src.as_ptr() as u64,
+                        dst: dst.as_mut_ptr() as u64,
+                        timeout_ms: FAULT_TIMEOUT_MS,
+                        ..Default::default()
+                    };
+                    n += u32::from(submit(&d, &mut r) == 0 && dst == src);
+                }
+            }
+            Ok(n)
+        })()
+        .unwrap_or(0);
+        // SAFETY: leaves the child at once, as fork's child must.
+        unsafe { libc::_exit(done.min(255) as i32) };
+    }
+    if pid < 0 {
+        return 0;
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as u32
+    } else {
+        0
+    }
+}
+
+/// Bytes of the secret among a READ's result past what the device really moved, if the read
+/// hands them back ([`seed_secret`] ran first): `Some(count)` when more than a quarter of them
+/// are, else `None`.
+pub(super) fn stale_secret(dst: &[u8], moved: usize) -> Option<usize> {
+    let tail = dst.len().saturating_sub(moved);
+    let n = secret_bytes(dst, moved);
+    (tail > 0 && n * 4 > tail).then_some(n)
+}
+
+/// The stale-bytes rule (docs/contract.md#4--faults): another process seeds the driver's
+/// buffers with a secret, then READs of 12 KiB on queue 0 (of data a WRITE on queue 1 put in
+/// the device) that the device silently shortens to 16 bytes (the host's fault rule: `short_transfer`, `reported = false`, on READs). Whatever
+/// else the caller gets back, it must not be the other process's bytes.
+pub(super) fn stale_bytes() -> Result<(), String> {
+    const LEN: usize = 12288;
+    const MOVED: usize = 16;
+    const READS: u32 = 8;
+    let seeded = seed_secret(16384, 4);
+    let d = Dev::open(0)?;
+    let src = data(LEN, 7);
+    // on another queue: its buffers are not queue 0's, which keep only the secret
+    let mut w = Request {
+        opcode: abi::OP_WRITE,
+        queue: 1,
+        len: LEN as u32,
+        src: src.as_ptr() as u64,
+        timeout_ms: FAULT_TIMEOUT_MS,
+        ..Default::default()
+    };
+    let e = submit(&d, &mut w);
+    if e != 0 || !ok_status(w.status) {
+        return Err(format!(
+            "the WRITE that gives the READs their data failed: errno {e}, status {}",
+            w.status
+        ));
+    }
+    let (mut completed, mut leaked, mut first) = (0, 0, None);
+    for _ in 0..READS {
+        let mut dst = vec![0u8; LEN];
+        let mut r = Request {
+            opcode: abi::OP_READ,
+            queue: 0,
+            len: LEN as u32,
+            dst: dst.as_mut_ptr() as u64,
+            timeout_ms: FAULT_TIMEOUT_MS,
+            ..Default::default()
+        };
+        if submit(&d, &mut r) != 0 || !ok_status(r.status) {
+            continue;
+        }
+        completed += 1;
+        if let Some(n) = stale_secret(&dst, MOVED) {
+            leaked += 1;
+            first.get_or_insert(n);
+        }
+    }
+    report(Report::StaleBytes(StaleBytes {
+        reads: READS,
+        completed,
+        leaked,
+        secret_bytes: first.unwrap_or(0) as u32,
+        len: LEN as u32,
+        seeded,
+    }));
+    Ok(())
+}

@@ -16,7 +16,9 @@ use crate::kmod::{bound_device, dma_api, load, unload};
 use crate::report::report;
 
 use self::campaign::campaign;
-use self::faults::{dma_bug, error_paths, interrupts, probe, stall_recovery, timeout_late};
+use self::faults::{
+    dma_bug, error_paths, interrupts, probe, stale_bytes, stall_recovery, timeout_late,
+};
 use self::lifecycle::{
     bind, info, kmemleak_suspects, probe_unwind, reload, removal, reset, stats, unbind_busy,
     unbind_repeat, unbind_stalled,
@@ -47,6 +49,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         }
         "stall_recovery" => stall_recovery(),
         "error_paths" => error_paths(),
+        "stale_bytes" => stale_bytes(),
         "interrupts" => interrupts(),
         "unload" => unload(),
         "firstlight" => {
