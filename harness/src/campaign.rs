@@ -172,6 +172,21 @@ impl Health {
 }
 
 /// The campaign's own requests among everything the agent reported.
+/// The faults the device injected into the campaign's units: those after its first `epoch`
+/// event. (Before it, another process seeds the driver's buffers with a secret, and the
+/// faults its requests meet are not the campaign's: the first epoch write restarts the
+/// injector as if its rules had just been loaded.)
+pub fn campaign_faults(run: &Run) -> Vec<&Injected> {
+    run.events
+        .iter()
+        .skip_while(|r| !matches!(r.event, Event::Epoch { .. }))
+        .filter_map(|r| match &r.event {
+            Event::Fault(f) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn campaign_xfers(run: &Run) -> Vec<&Xfer> {
     run.all::<Xfer>()
         .into_iter()
@@ -393,7 +408,7 @@ pub fn campaign(name: &str, plan: &Plan, progress: Echo, oracle: bool) -> Campai
         oracle,
         |_| {},
     );
-    let faults = run.faults();
+    let faults = campaign_faults(&run);
     let xfers = campaign_xfers(&run);
     let verdicts = judge(&faults, &xfers);
     let unexplained = unexplained_failures(&faults, &xfers)

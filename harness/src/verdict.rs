@@ -15,6 +15,7 @@ pub const EXPECTATIONS: &[&str] = &[
     "EIO at once (the error vector), then a device reset",
     "ETIMEDOUT, then recovery",
     "caught by the end-to-end check",
+    "caught by the end-to-end check, no other process's bytes",
     "completion or ETIMEDOUT, then recovery",
     "success, every byte right",
     "success; its bytes judged through its partner, which a fault hit",
@@ -60,9 +61,14 @@ fn expect(fault: &FaultKind, x: &Xfer) -> (&'static str, bool) {
             verified || errno == ETIMEDOUT,
         ),
         FaultKind::Corrupt { .. } => ("caught by the end-to-end check", errno == 0 && !verified),
+        // the bytes the device did not write must not be another process's (the agent seeded
+        // the driver's buffers with a secret first)
         FaultKind::ShortTransfer {
             reported: false, ..
-        } => ("caught by the end-to-end check", !verified),
+        } => (
+            "caught by the end-to-end check, no other process's bytes",
+            !verified && !x.detail.contains(dmalab_report::STALE_DETAIL),
+        ),
         FaultKind::ShortTransfer { .. } => {
             ("the short count reported", errno == 0 && x.bytes < x.len)
         }
@@ -71,8 +77,13 @@ fn expect(fault: &FaultKind, x: &Xfer) -> (&'static str, bool) {
 }
 
 fn observed(x: &Xfer) -> String {
+    let stale = if x.detail.contains(dmalab_report::STALE_DETAIL) {
+        format!(" ({})", x.detail)
+    } else {
+        String::new()
+    };
     format!(
-        "errno {} status {} bytes {}/{} {}",
+        "errno {} status {} bytes {}/{} {}{stale}",
         x.errno,
         x.status,
         x.bytes,
@@ -244,6 +255,30 @@ mod tests {
         let u = unexplained_failures(&f, &x);
         assert_eq!(u.len(), 1);
         assert_eq!(u[0].tag, 10);
+    }
+
+    #[test]
+    fn a_silent_short_read_that_returns_another_process_s_bytes_fails() {
+        let faults = injected(&[json!({"queue": 0, "tag": 3, "rule": "s",
+            "fault": {"kind": "short_transfer", "bytes": 16, "reported": false}})]);
+        let read = |detail: &str| Xfer {
+            op: "read".into(),
+            len: 4096,
+            bytes: 4096,
+            tag: 3,
+            detail: detail.into(),
+            ..Default::default()
+        };
+        let zeroes = read("op 4 read back: status 0, first differing byte at 16");
+        let stale = read(&format!(
+            "op 4 read back: 4080 of 4096 {}",
+            dmalab_report::STALE_DETAIL
+        ));
+        let f: Vec<&Injected> = faults.iter().collect();
+        assert!(judge(&f, &[&zeroes])[0].pass, "caught, nothing leaked");
+        let v = judge(&f, &[&stale]);
+        assert!(!v[0].pass, "another process's bytes handed back");
+        assert!(v[0].expected.contains("no other process's bytes"));
     }
 
     /// A WRITE hit by a harmless fault, whose READ back a short transfer cut: the WRITE's bytes

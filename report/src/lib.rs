@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// Marker in front of every report line on the console.
 pub const PREFIX: &str = "@@DMALAB ";
 
+/// In an [`Xfer`]'s `detail`: the request handed back another process's data (the agent seeded
+/// the driver's buffers with a secret first; docs/faults.md, stale bytes).
+pub const STALE_DETAIL: &str = "bytes of another process's data";
+
 /// One report line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

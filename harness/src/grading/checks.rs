@@ -15,7 +15,7 @@ use super::judge::{
     all_verified, all_verified_in, clean, driver_complaints, ensure, errno_hint, leaks,
 };
 use super::{Check, Ctx, Graded, Steps};
-use crate::campaign::campaign_xfers;
+use crate::campaign::{campaign_faults, campaign_xfers};
 use crate::verdict::{judge, unexplained_failures, Verdict};
 use crate::vm::Run;
 
@@ -610,7 +610,7 @@ fn build() -> Vec<Check> {
             chapter: Some("docs/tutorial/07-errors.md"),
             boot: "faults",
             judge: |r, _| {
-                let (faults, xfers) = (r.faults(), campaign_xfers(r));
+                let (faults, xfers) = (campaign_faults(r), campaign_xfers(r));
                 let u = unexplained_failures(&faults, &xfers);
                 ensure(u.is_empty(), format!("{} unexplained failures", u.len()))
             },
@@ -853,7 +853,7 @@ fn sg_lists(r: &Run) -> Graded {
 /// The campaign's verdicts: every fault handled as its verdict says; the card gets a note of
 /// them kind by kind.
 fn faults_handled(r: &Run, ctx: &Ctx) -> Graded {
-    let (faults, xfers) = (r.faults(), campaign_xfers(r));
+    let (faults, xfers) = (campaign_faults(r), campaign_xfers(r));
     let verdicts = judge(&faults, &xfers);
     note_verdicts(ctx, &verdicts);
     let failed: Vec<_> = verdicts.iter().filter(|v| !v.pass).collect();
@@ -901,7 +901,7 @@ fn note_verdicts(ctx: &Ctx, verdicts: &[Verdict]) {
 /// timeout, which would say ETIMEDOUT), and every other request must succeed (the driver reset
 /// the device and reprogrammed its queues).
 fn fatal(r: &Run) -> Graded {
-    let (faults, xfers) = (r.faults(), campaign_xfers(r));
+    let (faults, xfers) = (campaign_faults(r), campaign_xfers(r));
     let verdicts = judge(&faults, &xfers);
     let unexplained = unexplained_failures(&faults, &xfers);
     match verdicts.first() {

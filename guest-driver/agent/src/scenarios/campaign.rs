@@ -44,6 +44,9 @@ pub(super) fn campaign() -> Result<(), String> {
             .ok_or_else(|| format!("dmalab.units={v}: expected ranges a-b,c-d"))?,
     };
     let serial = crate::cmdline_param("dmalab.mode").as_deref() == Some("serial");
+    // Another process leaves a secret in the driver's buffers first: a READ the device
+    // shortens silently must not hand it back (the verdict fails a request that does).
+    super::faults::seed_secret(4096, 2);
     let d = Dev::open(0)?;
     let nq = u64::from(d.info()?.queues.max(1));
     let bar =
@@ -181,12 +184,16 @@ pub(super) fn write_read_pair(
     let verified = re == 0 && ok_status(r.status) && dst == src;
     let detail = if verified {
         String::new()
+    } else if let Some(n) = super::faults::stale_secret(&dst, 0) {
+        format!("read back: {n} of {len} {STALE_DETAIL}")
     } else {
-        let first_bad = dst.iter().zip(src.iter()).position(|(a, b)| a != b);
-        format!(
-            "read back: status {} first differing byte {first_bad:?}",
-            r.status
-        )
+        match dst.iter().zip(src.iter()).position(|(a, b)| a != b) {
+            Some(at) => format!(
+                "read back: status {}, first differing byte at {at}",
+                r.status
+            ),
+            None => format!("read back: status {}", r.status),
+        }
     };
     [(w, 0), (r, re)]
         .into_iter()

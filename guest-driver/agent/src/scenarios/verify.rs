@@ -125,8 +125,10 @@ pub(super) fn verified_with(
         _ => errno = libc::EINVAL,
     }
     if !verified && detail.is_empty() && errno == 0 {
-        let first_bad = dst.iter().zip(src.iter()).position(|(a, b)| a != b);
-        detail = format!("status {} first differing byte {:?}", req.status, first_bad);
+        detail = match dst.iter().zip(src.iter()).position(|(a, b)| a != b) {
+            Some(at) => format!("first differing byte at {at}"),
+            None => String::new(),
+        };
     }
     Outcome {
         req,
