@@ -95,7 +95,7 @@ pub(crate) fn status_to_result(status: u32) -> Result {
             | Status::Overlap
             | Status::BadDescriptor,
         ) => Err(EINVAL),
-        Some(Status::DmaFault | Status::DeviceError) | None => Err(EIO),
+        Some(Status::DmaFault | Status::AddrWidth | Status::DeviceError) | None => Err(EIO),
     }
 }
 

@@ -101,6 +101,12 @@ impl Queue {
                 .read_slice(&mut staged)?;
             bufs.src.fill(&staged)?;
         }
+        if op.dst_in_guest() {
+            // What the device writes is what the caller gets back: clear it first, so that a
+            // device that moves less than it reports never hands this caller the bytes an
+            // earlier request (perhaps another process's) left in the buffer.
+            bufs.dst.fill(&KVVec::from_elem(0u8, len, GFP_KERNEL)?)?;
+        }
         // Each guest-memory side: one segment is a plain address, more are a list in the
         // queue's SG table (source lists from entry 0, destination lists from entry SG_MAX).
         let want = usize::from(req.nseg).max(1);

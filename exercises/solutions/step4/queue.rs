@@ -108,6 +108,13 @@ impl Queue {
                 .read_slice(&mut staged)?;
             io_project!(bufs.src, [try: 0..len]).copy_from_slice(&staged);
         }
+        if op.dst_in_guest() {
+            // What the device writes is what the caller gets back: clear it first, so that a
+            // device that moves less than it reports never hands this caller the bytes an
+            // earlier request (perhaps another process's) left in the buffer.
+            let zeroes = KVVec::from_elem(0u8, len, GFP_KERNEL)?;
+            io_project!(bufs.dst, [try: 0..len]).copy_from_slice(&zeroes);
+        }
         let operand =
             |in_guest: bool, present: bool, buf: &Coherent<[u8]>| match (in_guest, present) {
                 (true, _) => buf.dma_address(),
