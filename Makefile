@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
-.PHONY: bench-kernel bench-oracle all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver compile-fail exercises check-step clean
+.PHONY: bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver compile-fail exercises check-step clean
 
 all: artifacts
 
@@ -133,6 +133,11 @@ exercises: kernel
 	@for d in exercises/solutions/step* exercises/skeletons/step*; do \
 		scripts/build-exercise.sh "$$(cat $(P)/kbuild)" "$$d" >/dev/null || exit 1; \
 		echo "built $$d"; done
+
+# Grade the reference driver (or DRIVER=...) RUNS times, AT_ONCE at a time: a correct driver
+# passes every run on a loaded machine (scripts/check-soak.sh).
+check-soak: artifacts
+	@RUNS=$(RUNS) AT_ONCE=$(AT_ONCE) DRIVER=$(DRIVER) scripts/check-soak.sh
 
 # Grade a tutorial module: make check-step STEP=N [DIR=your module dir, default the skeleton].
 check-step: artifacts

@@ -128,7 +128,7 @@ pub(crate) fn rewrite_descriptor(sq: &Coherent<[Descriptor]>, index: usize, tag:
 /// machine without bounce buffering the bytes are right by luck; behind swiotlb they are the
 /// pages' old contents, the device's data still sitting in the bounce buffer.
 #[inline(never)]
-pub(crate) fn read_all_without_sync<D: Direction, S: Owner>(
+pub(crate) fn read_without_sync_into<D: Direction, S: Owner>(
     m: &Mapping<D, S>,
     offset: usize,
     buf: &mut [u8],
@@ -139,31 +139,19 @@ pub(crate) fn read_all_without_sync<D: Direction, S: Owner>(
             return;
         };
         let n = (buf.len() - done).min(kernel::page::PAGE_SIZE - in_page);
-        // SAFETY: memory-safe as in `read_without_sync`: the page is pinned while `m` lives,
-        // `kmap_local_page` maps it, `in_page + n` stays inside it, `done + n <= buf.len()`,
-        // and it is unmapped right after. What it breaks is the DMA API's ownership rule.
+        // SAFETY: memory-safe: the page is pinned while `m` lives, `kmap_local_page` maps it,
+        // `in_page + n` stays inside it, `done + n <= buf.len()`, and it is unmapped right
+        // after. What it breaks is the DMA API's rule that the device owns the memory until it
+        // is synced for the CPU: that is the bug. (Byte by byte, not a memcpy: the access is
+        // this function's own, as the oracle names it.)
         unsafe {
             let va = kernel::bindings::kmap_local_page(page).cast::<u8>();
-            core::ptr::copy_nonoverlapping(va.add(in_page), buf.as_mut_ptr().add(done), n);
+            for (k, b) in buf[done..done + n].iter_mut().enumerate() {
+                *b = core::ptr::read_volatile(va.add(in_page + k));
+            }
             kernel::bindings::kunmap_local(va.cast());
         }
         done += n;
     }
 }
 
-/// Bug: the CPU reads a byte of a mapping the device still owns (no sync for the CPU first).
-#[inline(never)]
-pub(crate) fn read_without_sync<D: Direction, S: Owner>(m: &Mapping<D, S>, offset: usize) -> u8 {
-    let Some((page, in_page)) = m.page_at(offset) else {
-        return 0;
-    };
-    // SAFETY: memory-safe (the page is pinned while `m` lives, `kmap_local_page` maps it and
-    // `in_page` is inside it), and unmapped right after. What it breaks is the DMA API's rule
-    // that the device owns the memory until it is synced for the CPU: that is the bug.
-    unsafe {
-        let va = kernel::bindings::kmap_local_page(page).cast::<u8>();
-        let b = core::ptr::read_volatile(va.add(in_page));
-        kernel::bindings::kunmap_local(va.cast());
-        b
-    }
-}

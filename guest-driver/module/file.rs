@@ -51,6 +51,11 @@ impl MiscDevice for DmalabFile {
 
     fn ioctl(me: Pin<&DmalabFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         let arg = UserPtr::from_addr(arg);
+        // Unbound (or removed) while this file stayed open: the device and its DMA memory are
+        // gone, whatever the file still holds; every command says so.
+        if me.dev.is_dead() {
+            return Err(ENODEV);
+        }
         match cmd {
             abi::IOC_INFO => me.info(arg)?,
             abi::IOC_SUBMIT => me.submit(arg)?,

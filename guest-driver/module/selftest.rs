@@ -74,7 +74,7 @@ pub(crate) fn run(dev: &DevState, t: &mut SelfTest) -> Result {
         let forgot = DmaBug::active() == DmaBug::SyncForgotten;
         if forgot {
             // bug: takes the result before taking the memory back from the device
-            bugs::read_all_without_sync(&mapped, half, &mut got);
+            bugs::read_without_sync_into(&mapped, half, &mut got);
         }
         let mut cpu = mapped.sync_for_cpu(&done);
         let ok = result.as_ref().is_ok_and(|c| c.status == Status::Ok.raw());

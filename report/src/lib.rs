@@ -87,6 +87,8 @@ pub enum Report {
     /// READs the device shortens silently, after another process's requests left a secret in
     /// the driver's buffers: did any caller get the secret back?
     StaleBytes(StaleBytes),
+    /// Unbind while another process holds `/dev/dmalab0` open and keeps calling it.
+    UnbindHeld(UnbindHeld),
 }
 
 /// See [`Report::Start`].
@@ -470,6 +472,23 @@ pub struct StaleBytes {
     pub seeded: u32,
 }
 
+/// See [`Report::UnbindHeld`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnbindHeld {
+    /// The holder's calls (IOC_INFO, IOC_SUBMIT) after the unbind returned.
+    pub calls_after: u64,
+    /// Of those, the ones that failed with ENODEV.
+    pub enodev: u64,
+    /// The errno of the first that did anything else (0: none).
+    pub other_errno: i32,
+    /// The device's live DMA-API debug entries after the unbind, while the file was still
+    /// open (`None` without DMA-API debug): 0 when the driver released its DMA memory at
+    /// unbind.
+    pub entries_while_held: Option<usize>,
+    /// The same after the holder closed the file.
+    pub entries_after_close: Option<usize>,
+}
+
 /// See [`Report::Reset`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResetOutcome {
@@ -637,6 +656,7 @@ kinds! {
     DmaSelfTest => DmaSelfTest, "dma_self_test";
     ModuleSymbols => ModuleSymbols, "module_symbols";
     StaleBytes => StaleBytes, "stale_bytes";
+    UnbindHeld => UnbindHeld, "unbind_held";
 }
 
 #[cfg(test)]

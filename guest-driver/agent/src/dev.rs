@@ -146,6 +146,12 @@ impl Dev {
         Ok(i)
     }
 
+    /// IOC_INFO's errno (0: it answered).
+    pub fn info_errno(&self) -> i32 {
+        let mut i = DeviceInfo::default();
+        ioctl(&self.file, &INFO, &mut i).map_or_else(|e| e.raw_os_error().unwrap_or(-1), |()| 0)
+    }
+
     pub fn stats(&self) -> Result<Stats, String> {
         let mut s = Stats::default();
         ioctl(&self.file, &STATS, &mut s).map_err(|e| format!("IOC_STATS: {e}"))?;

@@ -287,4 +287,25 @@ pub static BOOTS: &[Boot] = &[
         },
         requires: None,
     },
+    Boot {
+        name: "unbind_held",
+        conditions: "another process holds /dev/dmalab0 open and keeps calling it",
+        platform: STRICT,
+        scenarios: |_| "load,unbind_held,unload".into(),
+        tune: nothing,
+        requires: None,
+    },
+    Boot {
+        name: "wrap",
+        conditions:
+            "4 threads a queue, 240 SG requests a queue, a fifth of the completions out of order",
+        platform: SMP2,
+        scenarios: |_| "load,info,wrap,unload".into(),
+        tune: |o| {
+            o.faults = Some(
+                "[[rule]]\nname = \"swap\"\nkind = \"out_of_order\"\nprobability = 0.2\n".into(),
+            );
+        },
+        requires: None,
+    },
 ];

@@ -7,12 +7,14 @@ use dmalab_abi as abi;
 use dmalab_device::eventlog::Event;
 use dmalab_report::{
     AfterRemoval, Bound, Concurrent, DmaApi, DmaSelfTest, Info, Insmod, Interrupts, Refused,
-    ResetOutcome, Rmmod, ScenarioEnd, StaleBytes, Stalled, Stats, UnbindBusy, UnbindStalled, Xfer,
+    ResetOutcome, Rmmod, ScenarioEnd, StaleBytes, Stalled, Stats, UnbindBusy, UnbindHeld,
+    UnbindStalled, Xfer,
 };
 
 use super::boots::NEVER_RETURNED;
 use super::judge::{
-    all_verified, all_verified_in, clean, driver_complaints, ensure, errno_hint, leaks,
+    all_verified, all_verified_in, clean, device_account, driver_complaints, ensure, errno_hint,
+    leaks, status_name,
 };
 use super::{Check, Ctx, Graded, Steps};
 use crate::campaign::{campaign_faults, campaign_xfers};
@@ -36,6 +38,27 @@ fn selftests_verified(r: &Run) -> Graded {
             t.verified,
             t.rounds,
             if t.errno != 0 { format!(" (errno {})", t.errno) } else { String::new() }
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Every queue the driver uses completed at least `min` descriptors (the device's account):
+/// with 64-entry rings, tail and phase wrapped `min / 64` times.
+fn wrapped(r: &Run, min: usize) -> Graded {
+    let nq = r.all::<Info>().first().map_or(4, |i| i.queues as u16);
+    let mut done = vec![0usize; usize::from(nq)];
+    for e in r.events("complete") {
+        if let Event::Complete { queue, .. } = e {
+            if let Some(n) = done.get_mut(usize::from(*queue)) {
+                *n += 1;
+            }
+        }
+    }
+    match done.iter().position(|&n| n < min) {
+        Some(q) => Err(format!(
+            "queue {q} completed {} descriptors, expected at least {min} (the rings must wrap)",
+            done[q]
         )),
         None => Ok(()),
     }
@@ -273,6 +296,26 @@ fn build() -> Vec<Check> {
             chapter: None,
             boot: "transfers",
             judge: |r, _| clean(r),
+        },
+        Check {
+            id: "ring_wrap",
+            name: "rings wrap several times with threads sharing a queue, completions out of order",
+            level: Some(2),
+            steps: None,
+            see: "docs/contract.md#2--transfers",
+            chapter: None,
+            boot: "wrap",
+            judge: |r, _| {
+                concurrent_ok(r)
+                    .and_then(|()| wrapped(r, 3 * 64))
+                    .and_then(|()| {
+                        ensure(
+                            r.faults().iter().any(|f| f.rule == "swap"),
+                            "no completion came out of order (the fault never fired)",
+                        )
+                    })
+                    .and_then(|()| clean(r))
+            },
         },
         Check {
             id: "high_addresses",
@@ -714,6 +757,31 @@ fn build() -> Vec<Check> {
             },
         },
         Check {
+            id: "unbind_held",
+            name: "unbind releases the DMA memory while another process holds the file",
+            level: Some(5),
+            steps: None,
+            see: "docs/contract.md#5--teardown",
+            chapter: None,
+            boot: "unbind_held",
+            judge: |r, _| match r.all::<UnbindHeld>().first() {
+                None => Err(format!("the unbind-while-held scenario did not report{}", driver_complaints(r))),
+                Some(h) if h.calls_after == 0 => Err("the holder made no call after the unbind".into()),
+                Some(h) if h.enodev != h.calls_after => Err(format!(
+                    "{} of the holder's {} calls after the unbind did not fail with ENODEV (the first: {}): an unbound device answers nothing",
+                    h.calls_after - h.enodev,
+                    h.calls_after,
+                    if h.other_errno < 0 { "it succeeded".to_string() } else { format!("errno {}", h.other_errno) }
+                )),
+                Some(h) if h.entries_while_held.is_some_and(|n| n > 0) => Err(format!(
+                    "{} DMA allocations or mappings of the device were still live after the unbind while the file was open ({} after it closed): the DMA memory must go at unbind, not at the last close",
+                    h.entries_while_held.unwrap_or(0),
+                    h.entries_after_close.map_or("?".into(), |n| n.to_string())
+                )),
+                Some(_) => clean(r),
+            },
+        },
+        Check {
             id: "teardown",
             name: "unbind with requests in flight: every waiter gets ENODEV, nothing touches the reset device, a rebind works",
             level: Some(5),
@@ -791,10 +859,33 @@ fn queues(r: &Run) -> u32 {
 fn concurrent_ok(r: &Run) -> Graded {
     r.all::<Concurrent>()
         .first()
-        .map_or(Err("not run".into()), |c| {
+        .map_or(Err(format!("not run{}", driver_complaints(r))), |c| {
+            // the first failure the threads reported, in the user's terms
+            let first = r
+                .all::<Xfer>()
+                .into_iter()
+                .find(|x| !x.ok())
+                .map(|x| {
+                    format!(
+                        "; the first: {} of {} bytes on queue {}, errno {}{}, status {} {}",
+                        x.op,
+                        x.len,
+                        x.queue,
+                        x.errno,
+                        errno_hint(x.errno),
+                        status_name(x.status),
+                        x.detail
+                    )
+                })
+                .unwrap_or_default();
             ensure(
                 c.failed == 0,
-                format!("{} of {} failed", c.failed, c.verified + c.failed),
+                format!(
+                    "{} of {} failed{first}{}",
+                    c.failed,
+                    c.verified + c.failed,
+                    device_account(r)
+                ),
             )
         })
 }

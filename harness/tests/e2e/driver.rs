@@ -3,6 +3,7 @@
 
 use dmalab_abi::{self as abi, Status};
 use dmalab_harness::vm::{run, Run, VmOptions};
+use dmalab_harness::Conditions;
 use dmalab_report::{
     Bench, Concurrent, CrcCheck, DmaApi, DmaSelfTest, Hostile, Info, Insmod, ProbeStep,
     ProbeUnwind, Refused, ResetOutcome, Rmmod, Stats, UnbindBusy, Xfer,
@@ -69,12 +70,17 @@ fn first_light() {
     );
 }
 
-fn transfer_suite(name: &str, iommu: bool, mode: u32) -> Run {
+/// The machine a test runs on (docs/contract.md#platform-conditions).
+fn on(conditions: &str) -> Conditions {
+    Conditions::parse(conditions).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn transfer_suite(name: &str, conditions: &str, mode: u32) -> Run {
     let mut o = VmOptions::new(
         name,
         "load,info,transfers,sg,concurrent,batch,selftest,errors,reset,stats,unload",
     );
-    o.iommu = iommu;
+    o.conditions = on(conditions);
     o.dma_mode = Some(mode);
     let r = run(&o);
     assert_paths(&r, mode);
@@ -182,7 +188,8 @@ fn assert_paths(r: &Run, mode: u32) {
 
 #[test]
 fn transfers_every_opcode_size_and_queue() {
-    let r = transfer_suite("transfers", false, abi::DMA_MODE_BOUNCE);
+    // two vCPUs: the interrupt handler runs on another CPU than the submitter
+    let r = transfer_suite("transfers", "smp2", abi::DMA_MODE_BOUNCE);
     // scatter-gather really happened with many segments
     let max_seg = r
         .all::<Xfer>()
@@ -200,7 +207,7 @@ fn transfers_every_opcode_size_and_queue() {
 /// abstraction, docs/streaming-dma.md).
 #[test]
 fn transfers_zero_copy_every_opcode_size_and_queue() {
-    let r = transfer_suite("transfers_zero_copy", false, abi::DMA_MODE_ZERO_COPY);
+    let r = transfer_suite("transfers_zero_copy", "smp2", abi::DMA_MODE_ZERO_COPY);
     let max_seg = r
         .all::<Xfer>()
         .iter()
@@ -214,11 +221,52 @@ fn transfers_zero_copy_every_opcode_size_and_queue() {
     );
 }
 
+/// Behind the vIOMMU with every IOVA above 4 GiB and unmaps effective at once.
 #[test]
-fn transfers_behind_an_iommu() {
+fn transfers_behind_an_iommu_above_4g() {
     // the default mode: small requests through the bounce pool, large ones zero-copy
-    let r = transfer_suite("transfers_iommu", true, abi::DMA_MODE_AUTO);
+    let r = transfer_suite("transfers_iommu", "iova>4G,strict", abi::DMA_MODE_AUTO);
     assert_iommu_up(&r);
+    assert_dma_above_4g(&r);
+}
+
+/// The device saw only addresses above 4 GiB (rings, descriptors' data and SG lists).
+fn assert_dma_above_4g(r: &Run) {
+    let low: Vec<u64> = r
+        .events
+        .iter()
+        .filter_map(|e| match e.event {
+            dmalab_device::eventlog::Event::Dma { addr, .. } if addr < 1 << 32 => Some(addr),
+            _ => None,
+        })
+        .take(5)
+        .collect();
+    let any = r.events("dma").len();
+    r.check(
+        any > 0 && low.is_empty(),
+        &format!("{any} DMAs; some below 4 GiB: {low:#x?}"),
+    );
+}
+
+/// No IOMMU, RAM above 4 GiB: the driver's buffers are physical addresses above it.
+#[test]
+fn transfers_with_ram_above_4g() {
+    let r = transfer_suite("transfers_high_ram", "ram>4G", abi::DMA_MODE_AUTO);
+    let high = r.events.iter().any(
+        |e| matches!(e.event, dmalab_device::eventlog::Event::Dma { addr, .. } if addr >= 1 << 32),
+    );
+    r.check(high, "no DMA above 4 GiB: the condition did not take");
+}
+
+/// Every streaming mapping bounced (swiotlb=force): the zero-copy path and the self-test's
+/// hand-overs give the right bytes only if every sync is where it belongs.
+#[test]
+fn transfers_with_every_mapping_bounced() {
+    let r = transfer_suite("transfers_swiotlb", "swiotlb", abi::DMA_MODE_ZERO_COPY);
+    r.check(
+        !r.console.contains("swiotlb buffer is full"),
+        "a mapping was longer than swiotlb can bounce",
+    );
 }
 
 fn assert_iommu_up(r: &Run) {
@@ -231,7 +279,11 @@ fn assert_iommu_up(r: &Run) {
 /// Zero-copy behind the vIOMMU: every request's user pages get IOVAs for the request's life.
 #[test]
 fn transfers_zero_copy_behind_an_iommu() {
-    let r = transfer_suite("transfers_zero_copy_iommu", true, abi::DMA_MODE_ZERO_COPY);
+    let r = transfer_suite(
+        "transfers_zero_copy_iommu",
+        "smp2,strict",
+        abi::DMA_MODE_ZERO_COPY,
+    );
     assert_iommu_up(&r);
 }
 
@@ -249,7 +301,9 @@ fn repeated_unload_and_reload() {
 
 #[test]
 fn unbind_with_requests_in_flight() {
-    let r = run(&VmOptions::new("unbind_busy", "load,unbind_busy,unload"));
+    let mut o = VmOptions::new("unbind_busy", "load,unbind_busy,unload");
+    o.conditions = on("smp2,strict");
+    let r = run(&o);
     r.assert_clean();
     let b = r.one::<UnbindBusy>();
     r.check(
@@ -267,10 +321,10 @@ fn unbind_with_requests_in_flight() {
 /// device delays: interrupts are being handled while the unbind resets the device. The driver
 /// must not touch the device after it decided to halt it; the device's account (no refused
 /// doorbell) is the judge, with every waiter released with ENODEV.
-fn unbind_under_delayed_completions(name: &str, iommu: bool) {
+fn unbind_under_delayed_completions(name: &str, conditions: &str) {
     let rounds = 12;
     let mut o = VmOptions::new(name, "load,unbind_repeat,unload");
-    o.iommu = iommu;
+    o.conditions = on(conditions);
     o.append = format!("dmalab.rounds={rounds}");
     o.faults = Some("[[rule]]\nname = \"slow\"\nkind = \"delay_completion\"\nms = 20\n".into());
     let r = run(&o);
@@ -291,12 +345,12 @@ fn unbind_under_delayed_completions(name: &str, iommu: bool) {
 
 #[test]
 fn repeated_unbind_under_delayed_completions_never_touches_a_reset_device() {
-    unbind_under_delayed_completions("unbind_delayed", false);
+    unbind_under_delayed_completions("unbind_delayed", "smp2");
 }
 
 #[test]
-fn repeated_unbind_under_delayed_completions_behind_an_iommu() {
-    unbind_under_delayed_completions("unbind_delayed_iommu", true);
+fn repeated_unbind_under_delayed_completions_behind_a_strict_iommu() {
+    unbind_under_delayed_completions("unbind_delayed_iommu", "smp2,strict");
 }
 
 #[test]
@@ -456,6 +510,8 @@ fn every_probe_step_that_fails_undoes_what_came_before() {
     );
 }
 
+/// The transfer suite under the oracle, on two vCPUs: its per-vCPU windows and the doorbell
+/// synchronization are proven where submitter and interrupt handler run on different CPUs.
 fn oracle_transfer_suite(name: &str, iommu: bool, mode: u32) {
     let mut o = VmOptions::new(
         name,
@@ -463,6 +519,7 @@ fn oracle_transfer_suite(name: &str, iommu: bool, mode: u32) {
     );
     o.oracle = true;
     o.iommu = iommu;
+    o.conditions = on("smp2");
     o.dma_mode = Some(mode);
     // zero-copy: the memory the device owns is the application's, so its accesses count too
     o.oracle_user = mode == abi::DMA_MODE_ZERO_COPY;
@@ -512,6 +569,8 @@ fn the_oracle_finds_no_ownership_violation_behind_an_iommu() {
 fn oracle_catches(bug: u32, delay_ms: u32, kinds: &[&str], function: Option<&str>) {
     let mut o = bug_options(&format!("oracle_bug_{bug}"), bug, delay_ms, 4000);
     o.oracle = true;
+    // two vCPUs: the misuse is caught whichever CPU makes it
+    o.conditions = on("smp2");
     o.dma_mode = Some(abi::DMA_MODE_BOUNCE);
     oracle_names(&run(&o), bug, kinds, function);
 }
@@ -741,6 +800,16 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
         // the device obeys the PCI command register: no DMA without bus mastering, and the
         // card says so in the device's words
         (12, "every_opcode", "bus mastering is off"),
+        // another process's bytes handed back after a silently short READ
+        (15, "stale_bytes", "returned another process's data"),
+        // the three below pass on the gentle machine: each_condition_... shows it
+        (13, "device_reach", "the driver set a 64-bit DMA mask"),
+        (14, "high_addresses", "is not mapped for the device"),
+        (
+            11,
+            "bounce_buffers",
+            "rounds gave the CPU the device's bytes",
+        ),
     ];
     // each grading is its own process with its own VMs: side by side, as many VMs at once as
     // the machine runs
@@ -765,6 +834,53 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
                     .lines()
                     .any(|l| l.contains("FAIL") && l.contains(check)),
             "dma_bug={bug}: expected the check '{check}' to fail:\n{card}"
+        );
+    }
+}
+
+/// Each platform condition has a broken driver that only it catches: graded on the gentle
+/// machine (one vCPU, memory below 4 GiB, nothing bounced, a device that drives 64 address
+/// bits) the same driver passes the same check (`dmalab_check_names_what_each_broken_driver_
+/// gets_wrong` shows it failing under the condition).
+#[test]
+fn each_condition_catches_the_bug_only_it_can_show() {
+    let module = dmalab_harness::artifacts::path("module").unwrap_or_else(|e| panic!("{e}"));
+    let cases = [
+        (13, "device_reach", "ram>4G, dma32"),
+        (14, "high_addresses", "iova>4G"),
+        (11, "bounce_buffers", "swiotlb"),
+    ];
+    let cards = side_by_side(&cases, |&(bug, id, _)| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
+            .args(["--check", id, "--conditions", "gentle"])
+            .args(["--append", &format!("dmalab_module.dma_bug={bug}")])
+            .args(["--run-name", &format!("gentle_bug{bug}")])
+            .arg("--driver")
+            .arg(&module)
+            .output()
+            .expect("run dmalab-check");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    });
+    for ((bug, id, condition), (passed, card)) in cases.iter().zip(cards) {
+        assert!(
+            passed && card.contains("PASS") && card.contains("[smp1, preempt]"),
+            "dma_bug={bug}: {id} must pass on the gentle machine (only {condition} shows the bug):\n{card}"
+        );
+    }
+    // and --list says which condition each of them needs
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
+        .arg("--list")
+        .output()
+        .expect("run dmalab-check --list");
+    let list = String::from_utf8_lossy(&out.stdout);
+    for (_, id, condition) in cases {
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(id) && l.contains(condition)),
+            "--list does not give {id} its condition {condition}:\n{list}"
         );
     }
 }

@@ -383,3 +383,137 @@ pub(super) fn reset() -> Result<(), String> {
     report_xfer(&o, "reset");
     Ok(())
 }
+
+/// Unbind while another process holds `/dev/dmalab0` open and keeps calling it: its calls must
+/// fail with ENODEV (no crash, no hang), and the driver's DMA memory must be gone at the unbind
+/// (DMA-API debug's live entries for the device: 0 while the file is still open), not when the
+/// last file closes. Then the device is bound again and works.
+pub(super) fn unbind_held() -> Result<(), String> {
+    let bdf = bound_device()?;
+    let pipe = || -> Result<[i32; 2], String> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) into a two-element array.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err("pipe failed".into());
+        }
+        Ok(fds)
+    };
+    let (to_child, from_child) = (pipe()?, pipe()?);
+    // SAFETY: fork(2); no other thread runs here, and the child only opens the device, calls
+    // it, talks over its pipes and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: non-blocking reads of the parent's commands.
+        unsafe { libc::fcntl(to_child[0], libc::F_SETFL, libc::O_NONBLOCK) };
+        let say = |s: &str| {
+            // SAFETY: writes `s` to our end of the pipe.
+            unsafe { libc::write(from_child[1], s.as_ptr().cast(), s.len()) };
+        };
+        let d = match Dev::open(0) {
+            Ok(d) => d,
+            Err(_) => {
+                say("fail\n");
+                // SAFETY: leaves the child.
+                unsafe { libc::_exit(1) }
+            }
+        };
+        let (src, mut dst) = (data(4096, 5), vec![0u8; 4096]);
+        let (mut unbound, mut after, mut enodev, mut other) = (false, 0u64, 0u64, 0i32);
+        let mut announced = false;
+        loop {
+            let mut cmd = [0u8; 1];
+            // SAFETY: reads at most one byte into `cmd`.
+            if unsafe { libc::read(to_child[0], cmd.as_mut_ptr().cast(), 1) } == 1 {
+                match cmd[0] {
+                    b'u' => unbound = true,
+                    _ => break,
+                }
+            }
+            let mut r = Request {
+                opcode: abi::OP_COPY,
+                len: 4096,
+                src: src.as_ptr() as u64,
+                dst: dst.as_mut_ptr() as u64,
+                timeout_ms: FAULT_TIMEOUT_MS,
+                ..Default::default()
+            };
+            let results = [d.info_errno(), submit(&d, &mut r)];
+            if !announced {
+                say("ready\n");
+                announced = true;
+            }
+            if unbound {
+                for e in results {
+                    after += 1;
+                    match e {
+                        libc::ENODEV => enodev += 1,
+                        // the first call that did not fail with ENODEV: -1 if it succeeded
+                        _ if other != 0 => {}
+                        0 => other = -1,
+                        e => other = e,
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(d);
+        say(&format!("{after} {enodev} {other}\n"));
+        // SAFETY: leaves the child.
+        unsafe { libc::_exit(0) }
+    }
+    if pid < 0 {
+        return Err("fork failed".into());
+    }
+    let tell = |c: u8| {
+        // SAFETY: writes one byte to the child's command pipe.
+        unsafe { libc::write(to_child[1], [c].as_ptr().cast(), 1) };
+    };
+    let mut from = std::io::BufReader::new(unsafe_file(from_child[0]));
+    let mut line = String::new();
+    use std::io::BufRead;
+    from.read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim() != "ready" {
+        return Err(format!(
+            "the holder process could not use the device: {line}"
+        ));
+    }
+    std::fs::write("/sys/bus/pci/drivers/dmalab/unbind", &bdf)
+        .map_err(|e| format!("unbind {bdf}: {e}"))?;
+    tell(b'u');
+    // the holder keeps calling for a while, its file still open
+    std::thread::sleep(Duration::from_millis(300));
+    let entries_while_held = dev::dma_api_entries(&bdf);
+    tell(b's');
+    line.clear();
+    from.read_line(&mut line).map_err(|e| e.to_string())?;
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let n: Vec<i64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let [after, enodev, other] = n[..] else {
+        return Err(format!("the holder process reported '{}'", line.trim()));
+    };
+    let entries_after_close = dev::dma_api_entries(&bdf);
+    report(Report::UnbindHeld(UnbindHeld {
+        calls_after: after as u64,
+        enodev: enodev as u64,
+        other_errno: if other < 0 { -1 } else { other as i32 },
+        entries_while_held,
+        entries_after_close,
+    }));
+    std::fs::write("/sys/bus/pci/drivers/dmalab/bind", &bdf)
+        .map_err(|e| format!("bind {bdf}: {e}"))?;
+    let o = verified(&Dev::open(0)?, abi::OP_COPY, 0, 65536, 0, 4, 0);
+    report_xfer(&o, "unbind_held");
+    Ok(())
+}
+
+/// `fd` as a File that closes it.
+fn unsafe_file(fd: i32) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is a pipe end this process owns and hands over here.
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}

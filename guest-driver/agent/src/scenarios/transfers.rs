@@ -172,6 +172,49 @@ pub(super) fn concurrent() -> Result<(), String> {
     Ok(())
 }
 
+/// Ring wrap and sharing: four threads on every queue at once, each 60 scatter-gather COPYs
+/// (4 segments, 1 to 16 KiB): 240 requests a queue, so tail and phase wrap the 64-entry rings
+/// more than three times, with up to four requests in flight on one queue (the host makes some
+/// completions come out of order). Every byte is checked; the first failure of each thread is
+/// reported.
+pub(super) fn wrap() -> Result<(), String> {
+    let nq = Dev::open(0)?.info()?.queues as usize;
+    let (per_queue, per_thread) = (4, 60);
+    let threads = per_queue * nq;
+    let ok = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (ok, bad) = (ok.clone(), bad.clone());
+            std::thread::spawn(move || {
+                let d = Dev::open(0).expect("open");
+                for i in 0..per_thread {
+                    let len = 1024 + ((t * 7919 + i * 104_729) % 15_361);
+                    let seed = (t * 1000 + i) as u32;
+                    let o = verified(&d, abi::OP_COPY, (t % nq) as u8, len, 4, seed, 0);
+                    if o.verified {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        report_xfer(&o, "wrap");
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| "worker thread panicked".to_string())?;
+    }
+    report(Report::Concurrent(Concurrent {
+        threads: threads as u64,
+        queues: nq as u64,
+        verified: ok.load(Ordering::Relaxed),
+        failed: bad.load(Ordering::Relaxed),
+    }));
+    Ok(())
+}
+
 /// `IOC_SUBMIT_BATCH`: 32 mixed requests over every queue, every byte checked; 8 MiB-sized
 /// COPYs on one queue (more than its bounce pool: the driver must run them in waves, not wait
 /// for pages its own batch holds); a bad request in the middle of a batch fails alone; three
