@@ -154,4 +154,3 @@ pub(crate) fn read_without_sync_into<D: Direction, S: Owner>(
         done += n;
     }
 }
-

@@ -314,7 +314,7 @@ fn identify(pdev: &pci::Device<Core<'_>>, bar: &Bar0<'_>) -> Result<Identity> {
         return Err(ENODEV);
     }
     let mem_size = regs::mem_size(bar);
-    let dma_bits = u32::from(bar.read(regs::CAP_DMA_BITS).bits().get());
+    let dma_bits = bar.read(regs::CAP_DMA_BITS).bits().get();
     if !(abi::MIN_DMA_BITS..=64).contains(&dma_bits) {
         dev_err!(
             pdev,
