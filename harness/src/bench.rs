@@ -224,6 +224,9 @@ pub const ZERO_COPY_BATCH: &str = "dmalab-zero-copy-batch";
 /// an NVMe read.
 pub const BOUNCE_READ: &str = "dmalab-read";
 pub const ZERO_COPY_READ: &str = "dmalab-zero-copy-read";
+/// The bounce path's READs with the driver loaded not to clear what the device writes
+/// (`dma_bug=15`): the stale-bytes rule's cost is [`BOUNCE_READ`] against it.
+pub const UNCLEARED_READ: &str = "dmalab-read-uncleared";
 
 pub fn goals(c: &Cells) -> Vec<Goal> {
     let mut out = Vec::new();
@@ -340,6 +343,37 @@ pub fn markdown_modes_table(c: &Cells) -> String {
     t
 }
 
+/// The stale-bytes rule's cost in Markdown: the bounce path's READs, clearing the pages the
+/// device writes (the reference) and not (`dma_bug=15`), in the same boot.
+pub fn markdown_clearing(c: &Cells) -> String {
+    let mut t = String::from(
+        "| size | depth | READ ops/s, pages cleared | not cleared | cleared / not |\n|---|---|---|---|---|\n",
+    );
+    let mut rows = 0;
+    for len in [4096u64, 64 << 10, 1 << 20] {
+        for depth in [1u64, 8] {
+            let (Some(a), Some(b)) = (
+                c.get(BOUNCE_READ, len, depth, false),
+                c.get(UNCLEARED_READ, len, depth, false),
+            ) else {
+                continue;
+            };
+            rows += 1;
+            t.push_str(&format!(
+                "| {} | {depth} | {:.0} | {:.0} | {:.2}× |\n",
+                size(len),
+                a.ops_per_s,
+                b.ops_per_s,
+                a.ops_per_s / b.ops_per_s.max(1e-9)
+            ));
+        }
+    }
+    if rows == 0 {
+        return "Not measured in this run.\n".into();
+    }
+    t
+}
+
 /// The crossover sweep in Markdown: depth 1, one queue, each size in both paths.
 pub fn markdown_crossover(c: &Cells) -> String {
     let (first, ratios) = c.crossover();
@@ -447,6 +481,19 @@ mod tests {
         // the all-queues cell (14000) is the best at depth 32: 2.8x
         assert!(find("at least 2.5x").met);
         assert!(find("never slower").met);
+    }
+
+    #[test]
+    fn the_clearing_cost_is_the_ratio_of_the_two_read_cells() {
+        let cells = [
+            cell(BOUNCE_READ, 4096, 1, 1, 900.0),
+            cell(UNCLEARED_READ, 4096, 1, 1, 1000.0),
+            cell(BOUNCE_READ, 65536, 8, 1, 500.0),
+        ];
+        let t = markdown_clearing(&Cells(cells.iter().collect()));
+        assert!(t.contains("| 4 KiB | 1 | 900 | 1000 | 0.90× |"), "{t}");
+        assert_eq!(t.lines().count(), 3, "a size measured one way only has no row: {t}");
+        assert!(markdown_clearing(&Cells(Vec::new())).contains("Not measured"));
     }
 
     #[test]

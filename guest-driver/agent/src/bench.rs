@@ -44,12 +44,21 @@ const MODES: [(u32, &str, &str, &str); 2] = [
     ),
 ];
 
+/// The bounce path's READs without clearing what the device writes (`dma_bug=15`, loaded for
+/// this measurement only): against [`BOUNCE_READ`]'s cells, the cost of the stale-bytes rule.
+const UNCLEARED_READ: &str = "dmalab-read-uncleared";
+
 /// Loads the driver again with `dma_mode=mode` (and the command line's other parameters).
 fn reload(module: &str, mode: u32) -> Result<(), String> {
+    reload_with(module, mode, "")
+}
+
+/// [`reload`], with `extra` module parameters.
+fn reload_with(module: &str, mode: u32, extra: &str) -> Result<(), String> {
     crate::dev::rmmod("dmalab")?;
     crate::dev::insmod_with(
         module,
-        &format!("{} dma_mode={mode}", crate::kmod::module_params()),
+        &format!("{} dma_mode={mode} {extra}", crate::kmod::module_params()),
     )?;
     let got = Dev::open(0)?.info()?.dma_mode;
     if got != mode {
@@ -481,6 +490,20 @@ pub fn matrix(module: &str) -> Result<(), String> {
                 threads: 1,
             };
             measure(cell, |t| DmalabWorker::new(len, 1, t))?;
+        }
+    }
+    // what clearing the bounce pages before a device write costs: the same READs without it
+    reload_with(module, abi::DMA_MODE_BOUNCE, "dma_bug=15")?;
+    for len in SIZES {
+        for depth in [1, 8] {
+            let cell = Cell {
+                device: UNCLEARED_READ,
+                len,
+                depth,
+                queues: 1,
+                threads: depth,
+            };
+            measure(cell, |t| DmalabWorker::read(len, 1, t))?;
         }
     }
     // back to the parameters the boot asked for

@@ -225,6 +225,8 @@ fn render(
     md.push_str(&bench::markdown_modes_table(cells));
     md.push_str("\n### Bounce or zero-copy: the crossover (depth 1, one queue)\n\n");
     md.push_str(&bench::markdown_crossover(cells));
+    md.push_str("\n### What the stale-bytes rule costs (bounce path READs, same boot)\n\n");
+    md.push_str(&bench::markdown_clearing(cells));
     if let (Some(e), Some(d)) = (edu, dmalab_4k) {
         md.push_str(&format!(
             "\nQEMU `edu`, 4 KiB to the device and back (two DMAs, polled): {:.1} ops/s, p50 {:.0} µs; dmalab's 4 KiB COPY at depth 1 in the same boot: {:.0} ops/s = **{:.0}×**.\n",
