@@ -91,7 +91,13 @@ impl VmOptions {
             queues: 4,
             iommu: false,
             memory_mb: 512,
-            timeout: Duration::from_secs(600),
+            // DMALAB_VM_TIMEOUT (seconds): a shorter limit for experiments that boot many VMs
+            timeout: Duration::from_secs(
+                std::env::var("DMALAB_VM_TIMEOUT")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(600),
+            ),
             append: String::new(),
             faults: None,
             kill_device_on: None,
@@ -311,6 +317,14 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
         machine.push_str(&format!(",max-ram-below-4g={}M", Conditions::LOW_RAM_MB));
     }
     let smp = c.smp.max(1);
+    if smp > 1 {
+        // TCG derives every vCPU's TSC from one host clock, so the TSCs agree: tell the guest,
+        // which otherwise runs its clocksource watchdog and TSC checks across vCPU threads that
+        // do not run in lockstep. Without it about one 2-vCPU boot in 40 froze its clock right
+        // at the switch to tsc-early (both vCPUs idle, no timer ever firing again); with it, 0
+        // in 80 (docs/contract.md#platform-conditions).
+        append.push_str(" tsc=reliable");
+    }
     let mut cmd = Command::new(&qemu);
     // -nodefaults: q35's default CD-ROM costs ~30 s of firmware probing under TCG.
     cmd.args([
