@@ -60,6 +60,10 @@ pub(crate) enum DmaBug {
     /// Does not clear a bounce buffer before the device writes it: a device that moves fewer
     /// bytes than it reports hands the caller what an earlier request left there.
     StaleBytes,
+    /// Zero-copy: unmaps the caller's pages before posting the request, and gives the device
+    /// their bus addresses anyway. Without an IOMMU nothing notices, behind a lazy one the
+    /// stale translation usually still works; a strict IOMMU refuses the device's access.
+    UnmapBeforeSubmit,
 }
 
 impl DmaBug {
@@ -81,6 +85,7 @@ impl DmaBug {
             13 => DmaBug::WideMask,
             14 => DmaBug::TruncatedAddress,
             15 => DmaBug::StaleBytes,
+            16 => DmaBug::UnmapBeforeSubmit,
             _ => DmaBug::None,
         }
     }

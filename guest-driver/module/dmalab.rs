@@ -100,7 +100,7 @@ kernel::module_pci_driver! {
         },
         dma_bug: u32 {
             default: 0,
-            description: "Testing only: commit bug N (1..=15, see bugs.rs) for the oracle and dmalab check tests",
+            description: "Testing only: commit bug N (1..=16, see bugs.rs) for the oracle and dmalab check tests",
         },
     },
 }

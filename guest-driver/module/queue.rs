@@ -394,8 +394,18 @@ impl Queue {
                 req.path = abi::PATH_ZERO_COPY;
                 req.pinned_pages = zc.pinned_pages();
                 dev.zero_copy.fetch_add(1, Relaxed);
+                let buffers = if DmaBug::active() == DmaBug::UnmapBeforeSubmit {
+                    // bug: the mapping is undone before the device is told about it, and its
+                    // bus addresses go into the descriptor all the same
+                    // SAFETY: (what the bug breaks) the device has not seen the mappings yet,
+                    // but it will be given their addresses.
+                    zc.release(&unsafe { DeviceDone::new() });
+                    Buffers::Lent
+                } else {
+                    Buffers::ZeroCopy(zc)
+                };
                 return Ok(Prepared {
-                    buffers: Buffers::ZeroCopy(zc),
+                    buffers,
                     src_segs,
                     dst_segs,
                     timeout_ms,

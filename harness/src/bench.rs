@@ -492,7 +492,11 @@ mod tests {
         ];
         let t = markdown_clearing(&Cells(cells.iter().collect()));
         assert!(t.contains("| 4 KiB | 1 | 900 | 1000 | 0.90× |"), "{t}");
-        assert_eq!(t.lines().count(), 3, "a size measured one way only has no row: {t}");
+        assert_eq!(
+            t.lines().count(),
+            3,
+            "a size measured one way only has no row: {t}"
+        );
         assert!(markdown_clearing(&Cells(Vec::new())).contains("Not measured"));
     }
 
