@@ -810,6 +810,7 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
             "bounce_buffers",
             "rounds gave the CPU the device's bytes",
         ),
+        (16, "high_addresses", "is not mapped for the device"),
     ];
     // each grading is its own process with its own VMs: side by side, as many VMs at once as
     // the machine runs
@@ -849,6 +850,9 @@ fn each_condition_catches_the_bug_only_it_can_show() {
         (13, "device_reach", "ram>4G, dma32"),
         (14, "high_addresses", "iova>4G"),
         (11, "bounce_buffers", "swiotlb"),
+        // the vIOMMU, strict as every vIOMMU with device assignment is: the unmap has taken
+        // effect before the device is given the address
+        (16, "high_addresses", "strict"),
     ];
     let cards = side_by_side(&cases, |&(bug, id, _)| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
