@@ -477,10 +477,19 @@ impl MapTable {
     }
 }
 
-/// Refuses a file that cannot back `offset..offset+size` for as long as the mapping lives: too
-/// short now, or able to shrink later (a DMA past a file's end is a SIGBUS, not an error).
+/// Refuses a file that cannot back `offset..offset+size` for as long as the mapping lives: able
+/// to shrink, or too short now (a DMA past a file's end is a SIGBUS, not an error).
+///
+/// The seal is checked first: once `F_SEAL_SHRINK` is set nobody can remove it, so the size
+/// read afterwards can only grow. (The other order let a client shrink the file between the
+/// two checks and seal it after: `tests/map_races.rs`.)
 fn check_backing(file: &File, iova: u64, size: u64, offset: u64) -> Result<(), MapError> {
     let unbacked = |why: String| MapError::Unbacked { iova, size, why };
+    // SAFETY: F_GET_SEALS only reads the descriptor's seals.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        return Err(MapError::Shrinkable { iova, size });
+    }
     let meta = file
         .metadata()
         .map_err(|e| unbacked(format!("fstat: {e}")))?;
@@ -495,11 +504,6 @@ fn check_backing(file: &File, iova: u64, size: u64, offset: u64) -> Result<(), M
             "offset {offset:#x} + size {size:#x} is past the file's end {:#x}",
             meta.len()
         )));
-    }
-    // SAFETY: F_GET_SEALS only reads the descriptor's seals.
-    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-        return Err(MapError::Shrinkable { iova, size });
     }
     Ok(())
 }

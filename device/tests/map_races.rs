@@ -1,0 +1,66 @@
+//! DMA_MAP against a client that changes its backing file while the server checks it
+//! (issue 25: check-then-use on anything a client controls).
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dmalab_device::memory::MapTable;
+
+const BIG: u64 = 2 << 20;
+const SMALL: u64 = 1 << 20;
+
+fn memfd() -> File {
+    // SAFETY: memfd_create with a NUL-terminated name; the File owns the descriptor.
+    unsafe {
+        let fd = libc::memfd_create(c"race".as_ptr(), libc::MFD_ALLOW_SEALING);
+        assert!(fd >= 0);
+        File::from_raw_fd(fd)
+    }
+}
+
+/// A client maps a 2 MiB memfd while another of its threads shrinks the file to 1 MiB and
+/// seals it against shrinking: the map may be refused or accepted, but an accepted map must be
+/// backed to its end for as long as it lives (past the end, a DMA would be a SIGBUS that kills
+/// the server). The size check and the seal check in the wrong order let the shrink slip in
+/// between them.
+#[test]
+fn a_map_accepted_is_backed_to_its_end_whatever_the_client_does_meanwhile() {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut tries = 0u32;
+    while Instant::now() < deadline {
+        tries += 1;
+        let f = memfd();
+        f.set_len(BIG).unwrap();
+        let racer = f.try_clone().unwrap();
+        let go = Arc::new(AtomicBool::new(false));
+        let g = go.clone();
+        let shrink = std::thread::spawn(move || {
+            while !g.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            // spread the shrink over the server's checks
+            for _ in 0..(tries % 64) {
+                std::hint::spin_loop();
+            }
+            racer.set_len(SMALL).unwrap();
+            // SAFETY: F_ADD_SEALS on our own descriptor.
+            unsafe { libc::fcntl(racer.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        });
+        let t = MapTable::new();
+        let backing = f.try_clone().unwrap();
+        go.store(true, Ordering::Release);
+        let mapped = t.map_file(0x1000_0000, BIG, backing, 0, true);
+        shrink.join().unwrap();
+        if mapped.is_ok() {
+            let len = f.metadata().unwrap().len();
+            assert!(
+                len >= BIG,
+                "try {tries}: a 2 MiB mapping was accepted on a file that is now {len:#x} bytes and sealed: a DMA past its end would kill the server"
+            );
+        }
+    }
+    assert!(tries > 10, "too few tries to say anything: {tries}");
+}
