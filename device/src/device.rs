@@ -90,7 +90,8 @@ impl Device {
             irq,
             log,
             internal,
-            faults: Injector::new(&cfg.faults),
+            faults: Injector::try_new(&cfg.faults, cfg.queues)
+                .map_err(|e| std::io::Error::other(format!("fault rules: {e}")))?,
             queues,
             direct,
             error: AtomicU32::new(0),

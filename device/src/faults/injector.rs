@@ -67,6 +67,9 @@ pub struct Injector {
     state: Mutex<State>,
     /// Rules in force; lets the per-descriptor path skip the lock when there are none.
     count: AtomicUsize,
+    /// Queue pairs of the device: a rule's `queue` filter must name one of them, or the
+    /// direct block.
+    queues: usize,
 }
 
 /// splitmix64: small, seedable, the same sequence everywhere.
@@ -79,8 +82,16 @@ fn next_random(s: &mut u64) -> u64 {
 }
 
 impl Injector {
-    /// An injector with `set`'s rules (already validated).
+    /// An injector with `set`'s rules (already validated) for a device with every queue
+    /// ([`abi::MAX_QUEUES`]).
     pub fn new(set: &RuleSet) -> Self {
+        Self::try_new(set, abi::MAX_QUEUES).expect("a validated rule set")
+    }
+
+    /// An injector with `set`'s rules (already validated) for a device with `queues` queue
+    /// pairs: a rule whose `queue` filter names none of them (nor the direct block) would never
+    /// fire, and is refused.
+    pub fn try_new(set: &RuleSet, queues: usize) -> Result<Self, RuleError> {
         let inj = Self {
             state: Mutex::new(State {
                 rules: Vec::new(),
@@ -88,26 +99,77 @@ impl Injector {
                 rng: stream_seeds(set.seed),
             }),
             count: AtomicUsize::new(0),
+            queues,
         };
-        for r in &set.rules {
-            inj.add(r.clone());
+        {
+            let mut st = inj.state.lock().unwrap();
+            for (i, r) in set.rules.iter().enumerate() {
+                inj.check_queue(i, r)?;
+                let name = rule_name(i, r);
+                inj.push(
+                    &mut st,
+                    Rule {
+                        name: Some(name),
+                        ..r.clone()
+                    },
+                );
+            }
         }
-        inj
+        Ok(inj)
     }
 
-    /// Adds a rule at runtime; it must be valid together with the rules in force.
-    pub fn try_add(&self, rule: Rule) -> Result<String, RuleError> {
+    /// Adds a rule at runtime; it must be valid together with the rules in force and name a
+    /// queue this device has. Checked and added under one lock, so concurrent adds cannot
+    /// pass the limit together; an unnamed rule gets the first `ruleN` nobody has.
+    pub fn try_add(&self, mut rule: Rule) -> Result<String, RuleError> {
+        let mut st = self.state.lock().unwrap();
+        if rule.name.is_none() {
+            let taken = |n: &str| st.rules.iter().any(|r| r.name == n);
+            let free = (st.rules.len() + 1..)
+                .map(|i| format!("rule{i}"))
+                .find(|n| !taken(n))
+                .expect("fewer rules than names");
+            rule.name = Some(free);
+        }
         let mut set = RuleSet {
             seed: 0,
-            rules: self.rules(),
+            rules: st
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    name: Some(r.name.clone()),
+                    ..r.rule.clone()
+                })
+                .collect(),
         };
         set.rules.push(rule.clone());
         set.validate()?;
-        Ok(self.add(rule))
+        self.check_queue(st.rules.len(), &rule)?;
+        Ok(self.push(&mut st, rule))
     }
 
-    fn add(&self, rule: Rule) -> String {
-        let mut st = self.state.lock().unwrap();
+    /// A rule's `queue` filter names one of this device's queues or the direct block.
+    fn check_queue(&self, index: usize, rule: &Rule) -> Result<(), RuleError> {
+        match rule.queue {
+            Some(q) if usize::from(q) >= self.queues && q != abi::DIRECT_QUEUE => {
+                Err(RuleError::Field {
+                    index,
+                    name: rule_name(index, rule),
+                    field: "queue".into(),
+                    value: q.to_string(),
+                    why: format!(
+                        "this device has {} queues (0..{}) and the direct block ({}): the rule would never fire",
+                        self.queues,
+                        self.queues,
+                        abi::DIRECT_QUEUE
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn push(&self, st: &mut State, rule: Rule) -> String {
         let name = rule_name(st.rules.len(), &rule);
         let opcode = rule.opcode.as_deref().and_then(opcode_of);
         let armed = rule.after_rule.is_none();

@@ -285,3 +285,77 @@ fn runtime_add_and_remove() {
     assert!(!inj.remove("rule1"));
     assert!(inj.on_descriptor(occ(0, 1, 1)).is_empty());
 }
+
+fn one_rule(toml: &str) -> Rule {
+    RuleSet::from_toml(toml).unwrap().rules.remove(0)
+}
+
+/// Issue 25, item 4: an unnamed rule added after a removal gets a name nobody has.
+#[test]
+fn an_unnamed_rule_never_takes_a_survivor_s_name() {
+    let inj = Injector::try_new(&RuleSet::default(), 4).unwrap();
+    let a = inj
+        .try_add(one_rule("[[rule]]\nkind = \"mark\"\n"))
+        .unwrap();
+    let b = inj
+        .try_add(one_rule("[[rule]]\nkind = \"mark\"\n"))
+        .unwrap();
+    assert!(inj.remove(&a));
+    let c = inj
+        .try_add(one_rule("[[rule]]\nkind = \"mark\"\n"))
+        .expect("an unnamed add after a removal");
+    assert_ne!(b, c);
+    let names: Vec<_> = inj.rules().into_iter().filter_map(|r| r.name).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// Issue 25, item 4: the limit holds when clients add at once.
+#[test]
+fn concurrent_adds_never_exceed_the_limit() {
+    for _round in 0..20 {
+        let inj = std::sync::Arc::new(Injector::try_new(&RuleSet::default(), 4).unwrap());
+        for _ in 0..MAX_RULES - 4 {
+            inj.try_add(one_rule("[[rule]]\nkind = \"mark\"\n"))
+                .unwrap();
+        }
+        let start = std::sync::Arc::new(std::sync::Barrier::new(32));
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                let (inj, start) = (inj.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    inj.try_add(one_rule("[[rule]]\nkind = \"mark\"\n")).is_ok()
+                })
+            })
+            .collect();
+        let added = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&ok| ok)
+            .count();
+        assert_eq!((added, inj.rules().len()), (4, MAX_RULES));
+    }
+}
+
+/// Issue 25, item 4: nothing is silently ignored: a rule for a queue this device does not
+/// have is refused (the direct block, queue 8, is every device's).
+#[test]
+fn a_rule_for_a_queue_the_device_lacks_is_refused() {
+    let inj = Injector::try_new(&RuleSet::default(), 4).unwrap();
+    let e = inj
+        .try_add(one_rule("[[rule]]\nkind = \"stall\"\nqueue = 7\n"))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("queue") && e.to_string().contains("4 queues"),
+        "{e}"
+    );
+    inj.try_add(one_rule("[[rule]]\nkind = \"stall\"\nqueue = 3\n"))
+        .unwrap();
+    inj.try_add(one_rule("[[rule]]\nkind = \"stall\"\nqueue = 8\n"))
+        .unwrap();
+    let set = RuleSet::from_toml("[[rule]]\nkind = \"stall\"\nqueue = 5\n").unwrap();
+    assert!(
+        Injector::try_new(&set, 4).is_err(),
+        "a rules file is checked at start too"
+    );
+}
