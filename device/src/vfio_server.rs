@@ -68,6 +68,26 @@ impl InterruptSink for EventfdSink {
 }
 
 impl EventfdSink {
+    /// A client's TRIGGER: signals exactly the eventfd assigned to sub-index `sub` of
+    /// interrupt `index` (INTx and MSI have only sub-index 0), not whatever the device would
+    /// raise for a vector of that number. Message-signalled interrupts obey Bus Master Enable
+    /// as the device's own do. Returns whether an eventfd was signalled.
+    fn trigger(&self, index: u32, sub: u32) -> bool {
+        let fds = self.fds.read().unwrap();
+        let (target, message) = match (index, sub) {
+            (VFIO_PCI_MSIX_IRQ_INDEX, k) => {
+                (fds.msix.get(k as usize).and_then(Option::as_ref), true)
+            }
+            (VFIO_PCI_MSI_IRQ_INDEX, 0) => (fds.msi.as_ref(), true),
+            (VFIO_PCI_INTX_IRQ_INDEX, 0) => (fds.intx.as_ref(), false),
+            _ => (None, false),
+        };
+        if message && !self.bus_master.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        target.is_some_and(|mut f| f.write(&1u64.to_le_bytes()).is_ok_and(|n| n == 8))
+    }
+
     fn set(&self, action: IrqAction) {
         let mut all = self.fds.write().unwrap();
         match action {
@@ -333,9 +353,9 @@ impl Backend for VfioDevice {
 
     fn set_irqs(&mut self, action: IrqAction) -> Result<(), Errno> {
         debug!("SET_IRQS {action:?}");
-        if let IrqAction::Trigger { subindexes, .. } = &action {
-            for &v in subindexes {
-                self.irqs.raise(v as u16);
+        if let IrqAction::Trigger { index, subindexes } = &action {
+            for &sub in subindexes {
+                self.irqs.trigger(*index, sub);
             }
         }
         self.irqs.set(action);

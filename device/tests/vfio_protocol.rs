@@ -782,3 +782,56 @@ fn a_full_interrupt_eventfd_never_blocks_the_server() {
     c.assert_in_step();
     srv.finish(c);
 }
+
+/// A non-blocking eventfd and a reader of its counter (0 when nothing was signalled).
+fn counted_eventfd() -> (File, impl Fn(&File) -> u64) {
+    // SAFETY: eventfd(2); the File owns the descriptor.
+    let f = unsafe {
+        let fd = libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK);
+        assert!(fd >= 0);
+        File::from_raw_fd(fd)
+    };
+    let count = |f: &File| {
+        let mut b = [0u8; 8];
+        match (&*f).read(&mut b) {
+            Ok(8) => u64::from_le_bytes(b),
+            _ => 0,
+        }
+    };
+    (f, count)
+}
+
+/// Issue 25, item 5: a client's TRIGGER signals the interrupt it names: INTx's or MSI's own
+/// eventfd, or MSI-X vector k's, never the MSI-X vector that happens to share the sub-index.
+#[test]
+fn a_client_trigger_signals_the_index_it_names() {
+    let (srv, mut c) = Server::start("i-trigger");
+    c.negotiate();
+    c.command(true);
+    let (x0, count) = counted_eventfd();
+    let (x1, _) = counted_eventfd();
+    let (intx, _) = counted_eventfd();
+    let (msi, _) = counted_eventfd();
+    let assign = |index: u32, count: u32| le32s(&[20, (1 << 2) | (1 << 5), index, 0, count]);
+    for (index, fds) in [
+        (MSIX, vec![x0.as_raw_fd(), x1.as_raw_fd()]),
+        (0, vec![intx.as_raw_fd()]),
+        (1, vec![msi.as_raw_fd()]),
+    ] {
+        let (r, _) = c.call(SET_IRQS, &assign(index, fds.len() as u32), &fds);
+        assert_eq!(r.errno(), None, "assign index {index}");
+    }
+    let trigger = |index: u32, sub: u32| le32s(&[20, 1 | (1 << 5), index, sub, 1]);
+    let expect = |c: &mut Client, index: u32, sub: u32, fired: &File, name: &str| {
+        let (r, _) = c.call(SET_IRQS, &trigger(index, sub), &[]);
+        assert_eq!(r.errno(), None);
+        let counts = [&x0, &x1, &intx, &msi].map(&count);
+        let want = [&x0, &x1, &intx, &msi].map(|f| u64::from(std::ptr::eq(f, fired)));
+        assert_eq!(counts, want, "TRIGGER on {name}: [msix0, msix1, intx, msi]");
+    };
+    expect(&mut c, 0, 0, &intx, "INTx");
+    expect(&mut c, 1, 0, &msi, "MSI");
+    expect(&mut c, MSIX, 1, &x1, "MSI-X vector 1");
+    expect(&mut c, MSIX, 0, &x0, "MSI-X vector 0");
+    srv.finish(c);
+}
