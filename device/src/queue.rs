@@ -130,7 +130,11 @@ impl QueueShared {
         discarded
     }
 
+    /// Stops the worker for good (the device shuts down: the client left). Like a reset, it cuts
+    /// an injected delay, stall or storm short: nothing the client could still see is pending,
+    /// and the server must not outlive its client by a fault's delay.
     pub(crate) fn stop(&self) {
+        self.reset_requested.store(true, Ordering::SeqCst);
         let _ = self.tx.send(Msg::Stop);
     }
 }

@@ -278,3 +278,41 @@ fn rule_parameters_are_range_checked() {
     let e = dmalab_device::faults::RuleSet::from_toml(&many).unwrap_err();
     assert!(e.to_string().contains("at most"), "{e}");
 }
+
+/// Issue 25, item 3: shutting the device down (the client disconnected, the server exits) cuts
+/// a pending injected delay short, as a reset does, on the rings and on the direct block.
+#[test]
+fn shutdown_cuts_an_injected_delay_short() {
+    for (kind, direct) in [
+        ("delay_completion", false),
+        ("delay_start", false),
+        ("delay_completion", true),
+    ] {
+        let r = Rig::with_faults(
+            1,
+            1 << 20,
+            &format!("[[rule]]\nkind = \"{kind}\"\nms = 60000\n"),
+        );
+        if direct {
+            r.direct_start(
+                &desc(abi::OP_FILL, 1, 64, 0, DATA_BASE),
+                u32::from(abi::OP_FILL),
+            );
+        } else {
+            let mut q = r.setup_queue(0, 8);
+            r.submit(&mut q, &[desc(abi::OP_FILL, 1, 64, 0, DATA_BASE)]);
+        }
+        // the device has taken the descriptor (or command) and is waiting out the delay
+        let t = std::time::Instant::now();
+        while r.log.counters.snapshot().descriptors == 0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let t = std::time::Instant::now();
+        drop(r);
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{kind} (direct {direct}): shutdown waited {:?} for a 60 s delay",
+            t.elapsed()
+        );
+    }
+}
