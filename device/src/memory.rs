@@ -266,6 +266,9 @@ pub struct MapTable {
     retired: Mutex<Vec<Weak<MemView>>>,
     /// [`DmaMemory::set_reach`]'s bits; 0 until set (no limit).
     reach_bits: std::sync::atomic::AtomicU32,
+    /// The backing files of the mappings, by (device, inode): one descriptor each, however
+    /// many mappings share it ([`MapTable::shared_backing`]).
+    backings: Mutex<std::collections::HashMap<(u64, u64), Weak<File>>>,
 }
 
 impl MapTable {
@@ -285,15 +288,36 @@ impl MapTable {
     ) -> Result<(), MapError> {
         self.check_new(iova, size)?;
         check_backing(&file, iova, size, offset)?;
+        let file = self.shared_backing(file);
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         let mmap = MmapRegion::build(
-            Some(FileOffset::new(file, offset)),
+            Some(FileOffset::from_arc(file, offset)),
             size as usize,
             prot,
             libc::MAP_SHARED,
         )
         .map_err(|source| MapError::Mmap { iova, size, source })?;
         self.insert(iova, size, mmap, writable)
+    }
+
+    /// `file`, or the descriptor this table already holds for the same file (device and
+    /// inode): every mapping keeps its backing open, and a client that maps one memfd in many
+    /// pieces (QEMU does, and a hostile client can do it 65,535 times) must not make the
+    /// server hold a descriptor per piece. The duplicate is closed here.
+    fn shared_backing(&self, file: File) -> Arc<File> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = file.metadata() else {
+            return Arc::new(file);
+        };
+        let key = (meta.dev(), meta.ino());
+        let mut files = self.backings.lock().unwrap();
+        files.retain(|_, f| f.strong_count() > 0);
+        if let Some(known) = files.get(&key).and_then(Weak::upgrade) {
+            return known;
+        }
+        let file = Arc::new(file);
+        files.insert(key, Arc::downgrade(&file));
+        file
     }
 
     /// Maps fresh anonymous memory at `iova` (tests, benchmarks).

@@ -13,9 +13,13 @@ const BIG: u64 = 2 << 20;
 const SMALL: u64 = 1 << 20;
 
 fn memfd() -> File {
+    named_memfd(c"race")
+}
+
+fn named_memfd(name: &std::ffi::CStr) -> File {
     // SAFETY: memfd_create with a NUL-terminated name; the File owns the descriptor.
     unsafe {
-        let fd = libc::memfd_create(c"race".as_ptr(), libc::MFD_ALLOW_SEALING);
+        let fd = libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING);
         assert!(fd >= 0);
         File::from_raw_fd(fd)
     }
@@ -63,4 +67,36 @@ fn a_map_accepted_is_backed_to_its_end_whatever_the_client_does_meanwhile() {
         }
     }
     assert!(tries > 10, "too few tries to say anything: {tries}");
+}
+
+/// Open descriptors of this process on the memfd named `name`.
+fn open_fds(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains(&format!("memfd:{name} ")))
+        .count()
+}
+
+/// Issue 25, item 2: mappings of one file, each sent with its own descriptor (as vfio-user
+/// clients do), keep one descriptor open between them, not one each.
+#[test]
+fn mappings_of_one_file_share_one_descriptor() {
+    let f = named_memfd(c"shared");
+    f.set_len(4096 * 2000).unwrap();
+    // SAFETY: F_ADD_SEALS on our own descriptor.
+    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+    let t = MapTable::new();
+    let before = open_fds("shared");
+    for i in 0..2000u64 {
+        let dup = f.try_clone().unwrap();
+        t.map_file(0x1_0000_0000 + i * 0x2000, 4096, dup, i * 4096, true)
+            .unwrap();
+    }
+    let held = open_fds("shared").saturating_sub(before);
+    assert!(
+        held <= 1,
+        "2000 mappings of one file hold {held} descriptors"
+    );
+    assert_eq!(t.len(), 2000);
 }

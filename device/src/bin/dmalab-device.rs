@@ -98,7 +98,34 @@ fn open_event_log(path: &Option<PathBuf>) -> Result<EventLog, String> {
     })
 }
 
+/// Raises the open-file limit to its hard maximum: the client's DMA mappings share one
+/// descriptor per backing file, but distinct files (and the control clients) each hold one,
+/// and the soft limit is often far below what the hard one allows.
+fn raise_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                ..lim
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                log::info!(
+                    "open-file limit raised from {} to {}",
+                    lim.rlim_cur,
+                    lim.rlim_max
+                );
+            }
+        }
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
+    raise_file_limit();
     control::claim_socket_path(&args.socket)?;
     let log = Arc::new(open_event_log(&args.event_log)?);
     let maps = Arc::new(MapTable::new());
