@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use dmalab_abi::{self as abi, Completion, Descriptor};
+use dmalab_abi::{self as abi, Descriptor};
 
 use crate::direct_regs::{DirectRx, Msg};
 use crate::lane::{self, Origin, Publish};
@@ -80,12 +80,6 @@ fn transfer(dev: &Shared, d: &Descriptor) {
         std::sync::atomic::fence(Ordering::Release);
         r.status = DmaStatus::new().with_done(true).with_code(out.status);
     }
-    let c = Completion {
-        result: out.result,
-        bytes: out.bytes,
-        tag: d.tag,
-        status: out.status,
-        phase: 0,
-    };
+    let c = out.completion(d.tag);
     lane::completed(dev, abi::DIRECT_QUEUE, d.tag, &c);
 }

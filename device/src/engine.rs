@@ -147,6 +147,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The completion that reports this outcome for the descriptor tagged `tag` (phase 0: the
+    /// ring sets it when it writes the entry).
+    pub(crate) fn completion(&self, tag: u32) -> dmalab_abi::Completion {
+        dmalab_abi::Completion {
+            result: self.result,
+            bytes: self.bytes,
+            tag,
+            status: self.status,
+            phase: 0,
+        }
+    }
+
     /// Nothing moved, status `status` (an injected error status, or a refusal made before the
     /// engine ran).
     pub(crate) fn failed(status: u16) -> Self {

@@ -153,13 +153,7 @@ impl Worker {
                 }
             }
             self.queue().done.fetch_add(1, Ordering::Relaxed);
-            let c = Completion {
-                result: out.result,
-                bytes: out.bytes,
-                tag: d.tag,
-                status: out.status,
-                phase: 0,
-            };
+            let c = out.completion(d.tag);
             let plan = done.plan;
             let view = match lane::publish(self, &plan, done.view) {
                 Publish::Now(view) => view,

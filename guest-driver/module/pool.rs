@@ -132,13 +132,16 @@ pub(crate) fn wait_for_resources<T: ?Sized, B: kernel::sync::lock::Backend>(
     }
 }
 
-/// Zeroes the first `len` bytes of the pool pages of a side, before the device is told about
-/// them: what the device writes there is what the caller gets back, so a device that moves
-/// fewer bytes than it reports must leave zeroes, never bytes an earlier request (perhaps
-/// another process's) left in these pages. The kernel's swiotlb follows the same rule since
-/// its 2022 information leak (it fills a `DMA_FROM_DEVICE` bounce buffer from the caller's
-/// buffer first).
-pub(crate) fn clear(blocks: &KVec<Coherent<[u8]>>, pages: &[u16], len: usize) -> Result {
+/// Calls `f(start, n)` for each of a side's pool pages in turn, covering its first `len`
+/// bytes: `start` is the page's first byte in its block's CPU mapping, valid for `n` bytes
+/// (checked against the block's size here). The pages must be ones just taken from the free
+/// map, which the device has not been told about: nothing else touches them meanwhile.
+fn for_each_page(
+    blocks: &KVec<Coherent<[u8]>>,
+    pages: &[u16],
+    len: usize,
+    mut f: impl FnMut(*mut u8, usize) -> Result,
+) -> Result {
     let mut left = len;
     for &p in pages {
         let n = left.min(PAGE);
@@ -148,14 +151,28 @@ pub(crate) fn clear(blocks: &KVec<Coherent<[u8]>>, pages: &[u16], len: usize) ->
         if off + n > block.size() {
             return Err(EINVAL);
         }
-        // SAFETY: `off + n <= block.size()` (checked above), so the range is valid for `n`
-        // bytes of the block's CPU mapping. The page was just taken from the free map and the
-        // device has not been told about it, so nothing else reads or writes it meanwhile; the
-        // write goes through a raw pointer, no Rust reference to the DMA memory is formed.
-        unsafe { core::ptr::write_bytes(block.as_mut_ptr().cast::<u8>().add(off), 0, n) };
+        // SAFETY: `off + n <= block.size()` (checked above): the pointer stays inside the
+        // block's CPU mapping.
+        f(unsafe { block.as_mut_ptr().cast::<u8>().add(off) }, n)?;
         left -= n;
     }
     Ok(())
+}
+
+/// Zeroes the first `len` bytes of the pool pages of a side, before the device is told about
+/// them: what the device writes there is what the caller gets back, so a device that moves
+/// fewer bytes than it reports must leave zeroes, never bytes an earlier request (perhaps
+/// another process's) left in these pages. The kernel's swiotlb follows the same rule since
+/// its 2022 information leak (it fills a `DMA_FROM_DEVICE` bounce buffer from the caller's
+/// buffer first).
+pub(crate) fn clear(blocks: &KVec<Coherent<[u8]>>, pages: &[u16], len: usize) -> Result {
+    for_each_page(blocks, pages, len, |start, n| {
+        // SAFETY: `start` is valid for `n` bytes and nothing else touches the page
+        // (`for_each_page`); the write goes through a raw pointer, no Rust reference to the
+        // DMA memory is formed.
+        unsafe { core::ptr::write_bytes(start, 0, n) };
+        Ok(())
+    })
 }
 
 /// Copies `len` bytes from user memory at `src` straight into the pool pages of a side, page
@@ -172,32 +189,15 @@ pub(crate) fn copy_in_from_user(
     len: usize,
 ) -> Result {
     let mut at = src;
-    let mut left = len;
-    for &p in pages {
-        let n = left.min(PAGE);
-        let p = p as usize;
-        let block = blocks.get(p / PAGES_PER_BLOCK).ok_or(EINVAL)?;
-        let off = (p % PAGES_PER_BLOCK) * PAGE;
-        if off + n > block.size() {
-            return Err(EINVAL);
-        }
-        // SAFETY: `off + n <= block.size()` (checked above), so the destination is valid for
-        // `n` bytes of the block's CPU mapping. The page was just taken from the free map and
-        // the device has not been told about it, so nothing else reads or writes it during the
-        // copy. `copy_from_user` checks the user range itself and writes through a raw
-        // pointer: no Rust reference to the DMA memory is formed.
-        let uncopied = unsafe {
-            bindings::copy_from_user(
-                block.as_mut_ptr().cast::<u8>().add(off).cast(),
-                at.as_const_ptr(),
-                n,
-            )
-        };
+    for_each_page(blocks, pages, len, |start, n| {
+        // SAFETY: `start` is valid for `n` bytes and nothing else touches the page during the
+        // copy (`for_each_page`). `copy_from_user` checks the user range itself and writes
+        // through a raw pointer: no Rust reference to the DMA memory is formed.
+        let uncopied = unsafe { bindings::copy_from_user(start.cast(), at.as_const_ptr(), n) };
         if uncopied != 0 {
             return Err(EFAULT);
         }
         at = at.wrapping_byte_add(n);
-        left -= n;
-    }
-    Ok(())
+        Ok(())
+    })
 }

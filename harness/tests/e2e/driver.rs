@@ -815,18 +815,7 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
     // each grading is its own process with its own VMs: side by side, as many VMs at once as
     // the machine runs
     let cards = side_by_side(&cases, |&(bug, id, _)| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
-            .args(["--check", id])
-            .args(["--append", &format!("dmalab_module.dma_bug={bug}")])
-            .args(["--run-name", &format!("check_bug{bug}")])
-            .arg("--driver")
-            .arg(&module)
-            .output()
-            .expect("run dmalab-check");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        grade_broken(&module, bug, &["--check", id], &format!("check_bug{bug}"))
     });
     for ((bug, _, check), (passed, card)) in cases.iter().zip(cards) {
         assert!(
@@ -855,18 +844,8 @@ fn each_condition_catches_the_bug_only_it_can_show() {
         (16, "high_addresses", "strict"),
     ];
     let cards = side_by_side(&cases, |&(bug, id, _)| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
-            .args(["--check", id, "--conditions", "gentle"])
-            .args(["--append", &format!("dmalab_module.dma_bug={bug}")])
-            .args(["--run-name", &format!("gentle_bug{bug}")])
-            .arg("--driver")
-            .arg(&module)
-            .output()
-            .expect("run dmalab-check");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let args = ["--check", id, "--conditions", "gentle"];
+        grade_broken(&module, bug, &args, &format!("gentle_bug{bug}"))
     });
     for ((bug, id, condition), (passed, card)) in cases.iter().zip(cards) {
         assert!(
@@ -887,6 +866,28 @@ fn each_condition_catches_the_bug_only_it_can_show() {
             "--list does not give {id} its condition {condition}:\n{list}"
         );
     }
+}
+
+/// `dmalab check` of our module loaded with `dma_bug=bug`, with `args`, as grading `run_name`:
+/// whether it passed, and its card.
+fn grade_broken(
+    module: &std::path::Path,
+    bug: u32,
+    args: &[&str],
+    run_name: &str,
+) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
+        .args(args)
+        .args(["--append", &format!("dmalab_module.dma_bug={bug}")])
+        .args(["--run-name", run_name])
+        .arg("--driver")
+        .arg(module)
+        .output()
+        .expect("run dmalab-check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// `f` on every item, each in its own thread (their VMs wait for slots), results in order.

@@ -253,13 +253,8 @@ pub(super) fn seed_secret(len: usize, rounds: u32) -> u32 {
                 for _ in 0..rounds {
                     let mut dst = vec![0u8; len];
                     let mut r = Request {
-                        opcode: abi::OP_COPY,
                         queue: q as u8,
-                        len: len as u32,
-                        src: src.as_ptr() as u64,
-                        dst: dst.as_mut_ptr() as u64,
-                        timeout_ms: FAULT_TIMEOUT_MS,
-                        ..Default::default()
+                        ..copy_request(&src, &mut dst, FAULT_TIMEOUT_MS)
                     };
                     n += u32::from(submit(&d, &mut r) == 0 && dst == src);
                 }

@@ -429,14 +429,7 @@ pub(super) fn unbind_held() -> Result<(), String> {
                     _ => break,
                 }
             }
-            let mut r = Request {
-                opcode: abi::OP_COPY,
-                len: 4096,
-                src: src.as_ptr() as u64,
-                dst: dst.as_mut_ptr() as u64,
-                timeout_ms: FAULT_TIMEOUT_MS,
-                ..Default::default()
-            };
+            let mut r = copy_request(&src, &mut dst, FAULT_TIMEOUT_MS);
             let results = [d.info_errno(), submit(&d, &mut r)];
             if !announced {
                 say("ready\n");

@@ -126,60 +126,36 @@ pub(super) fn scatter_gather() -> Result<(), String> {
 
 /// Several threads on every queue at once, every byte checked.
 pub(super) fn concurrent() -> Result<(), String> {
-    let nq = Dev::open(0)?.info()?.queues as usize;
-    let threads = 2 * nq;
-    let per_thread = 12;
-    let ok = Arc::new(AtomicU64::new(0));
-    let bad = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (ok, bad) = (ok.clone(), bad.clone());
-            std::thread::spawn(move || {
-                let d = Dev::open(0).expect("open");
-                for i in 0..per_thread {
-                    let op = OPS[(t + i) % OPS.len()];
-                    let len = 1 + ((t * 7919 + i * 104_729) % 70_000);
-                    let o = verified(
-                        &d,
-                        op,
-                        (t % nq) as u8,
-                        len,
-                        0,
-                        (t * 1000 + i) as u32,
-                        (t as u64) << 20,
-                    );
-                    if o.verified {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        bad.fetch_add(1, Ordering::Relaxed);
-                        report_xfer(&o, "concurrent");
-                        // this thread's first failure says it; the rest would wait too
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().map_err(|_| "worker thread panicked".to_string())?;
-    }
-    report(Report::Concurrent(Concurrent {
-        threads: threads as u64,
-        queues: nq as u64,
-        verified: ok.load(Ordering::Relaxed),
-        failed: bad.load(Ordering::Relaxed),
-    }));
-    Ok(())
+    threads_on_every_queue("concurrent", 2, 12, |d, t, i, nq| {
+        let op = OPS[(t + i) % OPS.len()];
+        let len = 1 + ((t * 7919 + i * 104_729) % 70_000);
+        let seed = (t * 1000 + i) as u32;
+        verified(d, op, (t % nq) as u8, len, 0, seed, (t as u64) << 20)
+    })
 }
 
 /// Ring wrap and sharing: four threads on every queue at once, each 60 scatter-gather COPYs
 /// (4 segments, 1 to 16 KiB): 240 requests a queue, so tail and phase wrap the 64-entry rings
 /// more than three times, with up to four requests in flight on one queue (the host makes some
-/// completions come out of order). Every byte is checked; the first failure of each thread is
-/// reported.
+/// completions come out of order). Every byte is checked.
 pub(super) fn wrap() -> Result<(), String> {
+    threads_on_every_queue("wrap", 4, 60, |d, t, i, nq| {
+        let len = 1024 + ((t * 7919 + i * 104_729) % 15_361);
+        let seed = (t * 1000 + i) as u32;
+        verified(d, abi::OP_COPY, (t % nq) as u8, len, 4, seed, 0)
+    })
+}
+
+/// `per_queue` threads on every queue at once (thread `t` on queue `t % queues`), each running
+/// `request(dev, t, i, queues)` for `i` in `0..per_thread` and stopping at its first failure,
+/// which it reports as `scenario`'s; then one `Concurrent` report of them all.
+fn threads_on_every_queue(
+    scenario: &'static str,
+    per_queue: usize,
+    per_thread: usize,
+    request: fn(&Dev, usize, usize, usize) -> Outcome,
+) -> Result<(), String> {
     let nq = Dev::open(0)?.info()?.queues as usize;
-    let (per_queue, per_thread) = (4, 60);
     let threads = per_queue * nq;
     let ok = Arc::new(AtomicU64::new(0));
     let bad = Arc::new(AtomicU64::new(0));
@@ -189,14 +165,13 @@ pub(super) fn wrap() -> Result<(), String> {
             std::thread::spawn(move || {
                 let d = Dev::open(0).expect("open");
                 for i in 0..per_thread {
-                    let len = 1024 + ((t * 7919 + i * 104_729) % 15_361);
-                    let seed = (t * 1000 + i) as u32;
-                    let o = verified(&d, abi::OP_COPY, (t % nq) as u8, len, 4, seed, 0);
+                    let o = request(&d, t, i, nq);
                     if o.verified {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
                         bad.fetch_add(1, Ordering::Relaxed);
-                        report_xfer(&o, "wrap");
+                        report_xfer(&o, scenario);
+                        // this thread's first failure says it; the rest would wait too
                         break;
                     }
                 }
