@@ -64,6 +64,11 @@ pub(crate) enum DmaBug {
     /// their bus addresses anyway. Without an IOMMU nothing notices, behind a lazy one the
     /// stale translation usually still works; a strict IOMMU refuses the device's access.
     UnmapBeforeSubmit,
+    /// Rings the doorbell before recording the request as in flight, and polls briefly for its
+    /// completion in between, trusting disabled interrupts to keep the completion handler away
+    /// meanwhile. On one CPU they do; on several the handler runs on another CPU, finds no
+    /// request for the completion's tag and drops it as stray: the request times out.
+    IrqsOffAsLock,
 }
 
 impl DmaBug {
@@ -86,6 +91,7 @@ impl DmaBug {
             14 => DmaBug::TruncatedAddress,
             15 => DmaBug::StaleBytes,
             16 => DmaBug::UnmapBeforeSubmit,
+            17 => DmaBug::IrqsOffAsLock,
             _ => DmaBug::None,
         }
     }
@@ -157,5 +163,18 @@ pub(crate) fn read_without_sync_into<D: Direction, S: Owner>(
             kernel::bindings::kunmap_local(va.cast());
         }
         done += n;
+    }
+}
+
+/// Bug, with [`DmaBug::IrqsOffAsLock`]: polls `done` (the queue's completion count) until it
+/// moves past `before`, at most 25 reads (about 2 ms of register reads under TCG), with the
+/// request not yet recorded as in flight.
+#[inline(never)]
+pub(crate) fn poll_for_a_completion(done: impl Fn() -> u32, before: u32) {
+    for _ in 0..25 {
+        if done() != before {
+            return;
+        }
+        core::hint::spin_loop();
     }
 }

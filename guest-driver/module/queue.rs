@@ -232,6 +232,26 @@ impl Queue {
     }
 }
 
+/// Records the request in `slot` as handed to the device: from here its completion is
+/// matched to it.
+fn record_in_flight(st: &mut RingState, slot: usize, generation: u16) {
+    st.outstanding += 1;
+    st.slots[slot] = Slot {
+        state: SlotState::InFlight,
+        generation,
+        start: Some(Instant::now()),
+    };
+    st.stats.submitted += 1;
+}
+
+/// Queue `qi`'s count of completed descriptors (`Q_DONE`), 0 if it cannot be read.
+fn read_done(dev: &impl Owner, qi: usize) -> u32 {
+    dev.bar
+        .try_access()
+        .and_then(|bar| bar.try_read(regs::queue(qi).ok()?).ok())
+        .map_or(0, |r: regs::Q_DONE| r.into_raw())
+}
+
 /// The errno a device completion status becomes (0 for success).
 pub(crate) fn status_to_result(status: u32) -> Result {
     let status = u16::try_from(status).ok().and_then(Status::from_raw);
@@ -609,6 +629,9 @@ impl Queue {
         let generation = st.slots[slot].generation.wrapping_add(1);
         let tag = Tag { slot, generation }.encode();
         req.tag = tag;
+        // bug: the request is recorded in flight only after the doorbell
+        let late_record = bug == DmaBug::IrqsOffAsLock && matches!(handover, Handover::Now);
+        let mut done_before = 0;
         {
             let st = &mut *st;
             let rings = st.rings.as_ref().ok_or(ENODEV)?;
@@ -664,13 +687,11 @@ impl Queue {
             d.src_nseg = s_n;
             d.dst_nseg = d_n;
             let i = st.push(&d)?;
-            st.outstanding += 1;
-            st.slots[slot] = Slot {
-                state: SlotState::InFlight,
-                generation,
-                start: Some(Instant::now()),
-            };
-            st.stats.submitted += 1;
+            if late_record {
+                done_before = read_done(dev, qi);
+            } else {
+                record_in_flight(st, slot, generation);
+            }
             if let Handover::Now = handover {
                 // Descriptor and SG tables must be visible to the device before the doorbell.
                 dma_mb(Write);
@@ -683,6 +704,20 @@ impl Queue {
             if let (DmaBug::RewriteDescriptor, Some(rings)) = (bug, st.rings.as_ref()) {
                 bugs::rewrite_descriptor(&rings.sq, i, tag ^ 0x8000);
             }
+        }
+        if late_record {
+            // bug: "interrupts are off, so the completion cannot come before I record the
+            // request": true on one CPU, where the interrupt waits for the enable; on two, the
+            // handler runs on the other CPU while this one polls, finds no request in flight
+            // for the tag and drops the completion as stray.
+            let irqs = kernel::interrupt::local_interrupt_disable();
+            drop(st);
+            bugs::poll_for_a_completion(|| read_done(dev, qi), done_before);
+            let mut st = self.ring.lock_with(&irqs);
+            record_in_flight(&mut st, slot, generation);
+            drop(st);
+            drop(irqs);
+            return Ok(slot);
         }
         drop(st);
         if matches!(bug, DmaBug::WriteAfterPost | DmaBug::ReadBeforeCompletion) {

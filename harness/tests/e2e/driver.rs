@@ -811,6 +811,8 @@ fn dmalab_check_names_what_each_broken_driver_gets_wrong() {
             "rounds gave the CPU the device's bytes",
         ),
         (16, "high_addresses", "is not mapped for the device"),
+        // interrupts off as a lock: the completion handler runs on the other vCPU
+        (17, "ring_wrap", "rings wrap several times"),
     ];
     // each grading is its own process with its own VMs: side by side, as many VMs at once as
     // the machine runs
@@ -842,6 +844,8 @@ fn each_condition_catches_the_bug_only_it_can_show() {
         // the vIOMMU, strict as every vIOMMU with device assignment is: the unmap has taken
         // effect before the device is given the address
         (16, "high_addresses", "strict"),
+        // one vCPU: the completion interrupt waits until the submitter enables interrupts
+        (17, "ring_wrap", "smp2"),
     ];
     let cards = side_by_side(&cases, |&(bug, id, _)| {
         let args = ["--check", id, "--conditions", "gentle"];
