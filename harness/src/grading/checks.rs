@@ -329,7 +329,7 @@ fn build() -> Vec<Check> {
         },
         Check {
             id: "device_reach",
-            name: "DMA mask = the device's reach (CAP_DMA_BITS 32, RAM above 4 GiB)",
+            name: "DMA mask = the device's reach (CAP_DMA_BITS below 64, addresses above it)",
             level: Some(2),
             steps: None,
             see: "docs/datasheet.md#dma-addressing",
@@ -338,8 +338,9 @@ fn build() -> Vec<Check> {
             judge: |r, _| {
                 let mask = r.all::<Info>().first().map(|i| i.dma_mask_bits);
                 let wide = match mask {
-                    Some(bits) if bits > 32 => format!(
-                        " (the driver set a {bits}-bit DMA mask; this device drives 32 address bits: set the mask to CAP_DMA_BITS)"
+                    // this VM's device drives fewer than 64 bits (`dma32` by default)
+                    Some(bits) if bits >= 64 => format!(
+                        " (the driver set a {bits}-bit DMA mask; this device drives fewer address bits: set the mask to CAP_DMA_BITS)"
                     ),
                     _ => String::new(),
                 };

@@ -857,6 +857,18 @@ fn each_condition_catches_the_bug_only_it_can_show() {
             "dma_bug={bug}: {id} must pass on the gentle machine (only {condition} shows the bug):\n{card}"
         );
     }
+    // `dma40` has no machine of its own (RAM above 1 TiB): the vIOMMU's IOVAs, allocated from
+    // the top of the mask, go beyond 40 bits for a driver with a 64-bit mask
+    let (passed, card) = grade_broken(
+        &module,
+        13,
+        &["--check", "device_reach", "--conditions", "iova>4G,dma40"],
+        "dma40_bug13",
+    );
+    assert!(
+        !passed && card.contains("FAIL") && card.contains("40-bit DMA reach"),
+        "dma_bug=13 must fail device_reach under iova>4G, dma40:\n{card}"
+    );
     // and --list says which condition each of them needs
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
         .arg("--list")
