@@ -206,7 +206,7 @@ type Ranges = smallvec::SmallVec<[(u64, u64); 2]>;
 fn access_status(e: AccessError) -> Status {
     match e {
         AccessError::Overflow { .. } => Status::AddrOverflow,
-        AccessError::Unmapped { .. } => Status::DmaFault,
+        AccessError::Unmapped { .. } | AccessError::Gone { .. } => Status::DmaFault,
         AccessError::BeyondReach { .. } => Status::AddrWidth,
     }
 }
@@ -437,7 +437,27 @@ fn checksum(src: &[VolatileSlice]) -> u32 {
     crc
 }
 
-/// Validates and executes one descriptor against `ctx.view`.
+/// The refusal of a descriptor whose copy ran past the end of a shrunk backing file: the first
+/// range of either side that is now gone ([`AccessError::Gone`]).
+fn gone(ctx: &Ctx, plan: &Plan) -> Refusal {
+    let sides = [(&plan.src, Dir::FromGuest), (&plan.dst, Dir::ToGuest)];
+    for (side, dir) in sides {
+        let Some(side) = side else { continue };
+        for (n, &(a, l)) in side.ranges.iter().enumerate() {
+            if let Err(e @ AccessError::Gone { .. }) = ctx.view.slices(a, l, dir) {
+                let field = match (side.ranges.len() > 1, dir) {
+                    (false, Dir::FromGuest) => Field::Src,
+                    (false, Dir::ToGuest) => Field::Dst,
+                    (true, Dir::FromGuest) => Field::SrcEntry(n as u16),
+                    (true, Dir::ToGuest) => Field::DstEntry(n as u16),
+                };
+                return Refusal::access(field)(e);
+            }
+        }
+    }
+    Status::DmaFault.into()
+}
+
 /// Faults applied while executing (see `faults`): both off by default.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tweak {
@@ -496,6 +516,7 @@ pub fn execute(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
         smallvec::smallvec![ctx.internal.slice(off, len).expect("validated by plan")]
     };
     let mut result = 0;
+    let faults_before = crate::unsealed::faults();
     match d.opcode {
         abi::OP_COPY => copy_lists(src.as_ref().unwrap(), dst.as_ref().unwrap()),
         abi::OP_WRITE => copy_lists(src.as_ref().unwrap(), &internal(d.dst)),
@@ -503,6 +524,10 @@ pub fn execute(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
         abi::OP_FILL => fill(dst.as_ref().unwrap(), d.pattern),
         abi::OP_CHECKSUM => result = checksum(src.as_ref().unwrap()),
         _ => unreachable!("opcode validated by plan"),
+    }
+    if crate::unsealed::faults() != faults_before {
+        // the client shrank a backing file under the copy: name the side that lost memory
+        return Outcome::refused(gone(ctx, &plan));
     }
     if tweak.corrupt_bits > 0 {
         // what the operation wrote: internal memory for WRITE, the result for CHECKSUM, else

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::unsealed;
+
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap, MmapRegion, VolatileSlice,
@@ -48,6 +50,10 @@ pub enum AccessError {
     /// cannot express it ([`DmaMemory::set_reach`]).
     #[error("{addr:#x}+{len:#x} is beyond the device's {bits}-bit DMA reach (CAP_DMA_BITS; the driver's DMA mask is wider than the device)")]
     BeyondReach { addr: u64, len: u64, bits: u32 },
+    /// The range is in a mapping whose backing file the client shrank under it (an unsealed
+    /// memory backend): the memory past the file's end is gone.
+    #[error("{addr:#x}+{len:#x} is gone: the client shrank the file backing its mapping (an unsealed memory backend)")]
+    Gone { addr: u64, len: u64 },
 }
 
 /// The slices of one guest range: almost always one, kept inline.
@@ -61,6 +67,9 @@ pub struct MemView {
     readonly: Vec<(u64, u64)>,
     /// Address bits the device drives (0 or >= 64: no limit).
     reach_bits: u32,
+    /// `[start, end)` of the mappings on unsealed files, and their [`unsealed`] slots: refused
+    /// past the [`unsealed::cut`] once the file shrank under them.
+    unsealed: Vec<(u64, u64, usize)>,
 }
 
 /// Direction of a DMA, as the device sees it.
@@ -82,6 +91,11 @@ impl MemView {
         if (1..64).contains(&self.reach_bits) && end > 1u64 << self.reach_bits {
             let bits = self.reach_bits;
             return Err(AccessError::BeyondReach { addr, len, bits });
+        }
+        if self.unsealed.iter().any(|&(s, e, slot)| {
+            addr < e && s < end && unsealed::cut(slot).is_some_and(|cut| end > s + cut as u64)
+        }) {
+            return Err(AccessError::Gone { addr, len });
         }
         let unmapped = AccessError::Unmapped { addr, len };
         let count = usize::try_from(len).map_err(|_| unmapped)?;
@@ -111,8 +125,29 @@ impl MemView {
             .map_err(|_| AccessError::Unmapped { addr, len })
     }
 
+    /// Whether the calling thread ran into a shrunk file since it read `faults_before`
+    /// ([`unsealed::faults`]): then the access just made is refused as [`AccessError::Gone`].
+    pub fn refuse_if_shrunk(
+        &self,
+        faults_before: u64,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), AccessError> {
+        if unsealed::faults() == faults_before {
+            Ok(())
+        } else {
+            Err(AccessError::Gone { addr, len })
+        }
+    }
+
     /// Reads `buf.len()` bytes at `addr` (all or nothing).
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        let before = unsealed::faults();
+        self.read_unguarded(addr, buf)?;
+        self.refuse_if_shrunk(before, addr, buf.len() as u64)
+    }
+
+    fn read_unguarded(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
         let count = self.check(addr, buf.len() as u64, Dir::FromGuest)?;
         if let Some(s) = self.single(addr, count) {
             s.copy_to(buf);
@@ -125,8 +160,15 @@ impl MemView {
         Ok(())
     }
 
-    /// Writes `data` at `addr` (all or nothing).
+    /// Writes `data` at `addr` (all or nothing; on a file that shrank meanwhile, the bytes
+    /// past its end go nowhere and the write is refused).
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
+        let before = unsealed::faults();
+        self.write_unguarded(addr, data)?;
+        self.refuse_if_shrunk(before, addr, data.len() as u64)
+    }
+
+    fn write_unguarded(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
         let count = self.check(addr, data.len() as u64, Dir::ToGuest)?;
         if let Some(s) = self.single(addr, count) {
             s.copy_from(data);
@@ -162,13 +204,15 @@ impl MemView {
     /// (the completion word that carries the phase bit).
     pub fn store_u32_release(&self, addr: u64, value: u32) -> Result<(), AccessError> {
         self.check(addr, 4, Dir::ToGuest)?;
+        let before = unsealed::faults();
         self.mem
             .store(
                 value.to_le(),
                 GuestAddress(addr),
                 std::sync::atomic::Ordering::Release,
             )
-            .map_err(|_| AccessError::Unmapped { addr, len: 4 })
+            .map_err(|_| AccessError::Unmapped { addr, len: 4 })?;
+        self.refuse_if_shrunk(before, addr, 4)
     }
 
     /// Number of mappings.
@@ -203,12 +247,15 @@ pub enum MapError {
     /// The file is too small, misaligned, or not a regular file.
     #[error("DMA mapping {iova:#x}+{size:#x}: the file cannot back it ({why})")]
     Unbacked { iova: u64, size: u64, why: String },
-    /// The file is not sealed against shrinking.
-    #[error("DMA mapping {iova:#x}+{size:#x}: the file can shrink under the mapping (it needs F_SEAL_SHRINK, as QEMU's memory-backend-memfd sets by default)")]
-    Shrinkable { iova: u64, size: u64 },
     /// The table is full ([`MAX_MAPPINGS`]).
     #[error("DMA mapping {iova:#x}+{size:#x}: already {MAX_MAPPINGS} mappings")]
     TooMany { iova: u64, size: u64 },
+    /// Too many mappings of unsealed files ([`unsealed::MAX_UNSEALED`]).
+    #[error(
+        "DMA mapping {iova:#x}+{size:#x}: already {} mappings of unsealed files",
+        unsealed::MAX_UNSEALED
+    )]
+    TooManyUnsealed { iova: u64, size: u64 },
 }
 
 impl MapError {
@@ -216,7 +263,7 @@ impl MapError {
     pub fn errno(&self) -> i32 {
         match self {
             MapError::Overlap { .. } => libc::EEXIST,
-            MapError::TooMany { .. } => libc::ENOSPC,
+            MapError::TooMany { .. } | MapError::TooManyUnsealed { .. } => libc::ENOSPC,
             MapError::Mmap { .. } => libc::ENOMEM,
             _ => libc::EINVAL,
         }
@@ -247,6 +294,38 @@ struct Mapping {
     /// unmap bookkeeping, but the device cannot DMA there.
     region: Option<Arc<GuestRegionMmap<()>>>,
     writable: bool,
+    /// What must outlive every view of `region`: dropped only after [`MapTable::quiesce`].
+    keep: Keep,
+}
+
+/// What a mapping holds besides its region, released once no view can reach the region.
+#[derive(Default)]
+struct Keep {
+    /// The file is unsealed: its faults are recovered from while this lives.
+    unsealed: Option<unsealed::Registration>,
+    /// A mapping widened to the file's page size (hugetlbfs): the region is a window into it.
+    /// Declared after `unsealed`, so the registration goes before the munmap.
+    widened: Option<RawMmap>,
+}
+
+/// An mmap this module made itself (a hugetlbfs mapping widened to whole huge pages); unmapped
+/// on drop.
+struct RawMmap {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: a plain address range; the memory itself is reached only through views.
+unsafe impl Send for RawMmap {}
+// SAFETY: as above: nothing is accessed through `&RawMmap`.
+unsafe impl Sync for RawMmap {}
+
+impl Drop for RawMmap {
+    fn drop(&mut self) {
+        // SAFETY: `addr..addr+len` is the mmap this value made and owns; every view into it is
+        // gone (a `Keep` is dropped after `quiesce`).
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
 }
 
 impl Mapping {
@@ -287,17 +366,34 @@ impl MapTable {
         writable: bool,
     ) -> Result<(), MapError> {
         self.check_new(iova, size)?;
-        check_backing(&file, iova, size, offset)?;
+        let backing = check_backing(&file, iova, size, offset)?;
         let file = self.shared_backing(file);
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        let mmap = MmapRegion::build(
-            Some(FileOffset::from_arc(file, offset)),
-            size as usize,
-            prot,
-            libc::MAP_SHARED,
-        )
-        .map_err(|source| MapError::Mmap { iova, size, source })?;
-        self.insert(iova, size, mmap, writable)
+        let mut keep = Keep::default();
+        let page = backing.page_size;
+        let mmap = if !offset.is_multiple_of(page) || !size.is_multiple_of(page) {
+            // hugetlbfs maps whole huge pages only: map the huge pages around the range and
+            // give the device the range's window into them
+            let (mmap, raw) = widened(&file, offset, size, page, prot)
+                .map_err(|source| MapError::Mmap { iova, size, source })?;
+            keep.widened = Some(raw);
+            mmap
+        } else {
+            MmapRegion::build(
+                Some(FileOffset::from_arc(file, offset)),
+                size as usize,
+                prot,
+                libc::MAP_SHARED,
+            )
+            .map_err(|source| MapError::Mmap { iova, size, source })?
+        };
+        if !backing.sealed {
+            keep.unsealed = Some(
+                unsealed::register(mmap.as_ptr() as usize, size as usize)
+                    .ok_or(MapError::TooManyUnsealed { iova, size })?,
+            );
+        }
+        self.insert(iova, size, mmap, writable, keep)
     }
 
     /// `file`, or the descriptor this table already holds for the same file (device and
@@ -328,7 +424,7 @@ impl MapTable {
             size,
             source,
         })?;
-        self.insert(iova, size, mmap, true)
+        self.insert(iova, size, mmap, true, Keep::default())
     }
 
     /// Records a window the client mapped without a file: no DMA can reach it, but it takes
@@ -341,6 +437,7 @@ impl MapTable {
             len: size,
             region: None,
             writable: false,
+            keep: Keep::default(),
         }));
         Ok(())
     }
@@ -372,6 +469,7 @@ impl MapTable {
         size: u64,
         mmap: MmapRegion<()>,
         writable: bool,
+        keep: Keep,
     ) -> Result<(), MapError> {
         let region = GuestRegionMmap::new(mmap, GuestAddress(iova))
             .ok_or(MapError::Region { iova, size })?;
@@ -380,6 +478,7 @@ impl MapTable {
             len: size,
             region: Some(Arc::new(region)),
             writable,
+            keep,
         });
         self.publish(&maps);
         Ok(())
@@ -412,17 +511,20 @@ impl MapTable {
                 len: m.len,
             });
         }
-        let before = maps.len();
-        maps.retain(|m| {
-            let (ms, me) = m.range();
-            !(ms >= s && me <= e)
-        });
-        let removed = before - maps.len();
-        if removed > 0 {
+        let gone: Vec<Mapping> = maps
+            .extract_if(.., |m| {
+                let (ms, me) = m.range();
+                ms >= s && me <= e
+            })
+            .collect();
+        if !gone.is_empty() {
             self.publish(&maps);
         }
         drop(maps);
         self.quiesce();
+        // no view reaches them any more: now their registrations and widened mmaps may go
+        let removed = gone.len();
+        drop(gone);
         Ok(removed)
     }
 
@@ -430,10 +532,11 @@ impl MapTable {
     /// once no DMA can reach them.
     pub fn clear(&self) {
         let mut maps = self.maps.lock().unwrap();
-        maps.clear();
+        let gone = std::mem::take(&mut *maps);
         self.publish(&maps);
         drop(maps);
         self.quiesce();
+        drop(gone);
     }
 
     /// Waits until every view replaced by a later one has been dropped: DMA runs only through
@@ -483,6 +586,13 @@ impl MapTable {
             .filter(|m| m.region.is_some() && !m.writable)
             .map(|m| (m.start, m.start + m.len))
             .collect();
+        let unsealed = maps
+            .iter()
+            .filter_map(|m| {
+                let r = m.keep.unsealed.as_ref()?;
+                Some((m.start, m.start + m.len, r.slot()))
+            })
+            .collect();
         let reach_bits = match self.reach_bits.load(Ordering::Relaxed) {
             0 => 64,
             bits => bits,
@@ -493,6 +603,7 @@ impl MapTable {
                 mem,
                 readonly,
                 reach_bits,
+                unsealed,
             }),
         );
         self.retired.lock().unwrap().push(Arc::downgrade(&old));
@@ -501,19 +612,28 @@ impl MapTable {
     }
 }
 
-/// Refuses a file that cannot back `offset..offset+size` for as long as the mapping lives: able
-/// to shrink, or too short now (a DMA past a file's end is a SIGBUS, not an error).
+/// What [`check_backing`] found out about a backing file.
+struct Backing {
+    /// Sealed against shrinking: the mapping stays backed to its end for as long as it lives.
+    /// Otherwise the file may shrink under it at any time ([`unsealed`]).
+    sealed: bool,
+    /// The file's page size: a huge page on hugetlbfs, which maps only whole ones.
+    page_size: u64,
+}
+
+/// Refuses a file that cannot back `offset..offset+size` now (too short, not a regular file),
+/// and says whether it can stop backing it later (no `F_SEAL_SHRINK`).
 ///
 /// The seal is checked first: once `F_SEAL_SHRINK` is set nobody can remove it, so the size
 /// read afterwards can only grow. (The other order let a client shrink the file between the
-/// two checks and seal it after: `tests/map_races.rs`.)
-fn check_backing(file: &File, iova: u64, size: u64, offset: u64) -> Result<(), MapError> {
+/// two checks and seal it after: `tests/map_races.rs`.) An unsealed file can shrink after any
+/// check: its mapping is served through [`unsealed`], which turns the SIGBUS of an access past
+/// the new end into a refused access.
+fn check_backing(file: &File, iova: u64, size: u64, offset: u64) -> Result<Backing, MapError> {
     let unbacked = |why: String| MapError::Unbacked { iova, size, why };
-    // SAFETY: F_GET_SEALS only reads the descriptor's seals.
+    // SAFETY: F_GET_SEALS only reads the descriptor's seals (-1 with EINVAL: no sealing).
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-        return Err(MapError::Shrinkable { iova, size });
-    }
+    let sealed = seals >= 0 && seals & libc::F_SEAL_SHRINK != 0;
     let meta = file
         .metadata()
         .map_err(|e| unbacked(format!("fstat: {e}")))?;
@@ -529,7 +649,75 @@ fn check_backing(file: &File, iova: u64, size: u64, offset: u64) -> Result<(), M
             meta.len()
         )));
     }
-    Ok(())
+    Ok(Backing {
+        sealed,
+        page_size: page_size(file),
+    })
+}
+
+/// The page size `file` is mapped in: the huge page size on hugetlbfs, else the base page.
+fn page_size(file: &File) -> u64 {
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    // SAFETY: sysconf has no preconditions.
+    let base = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    // SAFETY: fstatfs fills the zeroed struct for our own open descriptor.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } == 0
+        && st.f_type as i64 == HUGETLBFS_MAGIC
+        && st.f_bsize as u64 > base
+    {
+        st.f_bsize as u64
+    } else {
+        base
+    }
+}
+
+/// Maps the whole `page`-sized pages of `file` around `offset..offset+size` and returns the
+/// range's window into them (with its file offset, for [`MemView::physical`]) and the mmap.
+fn widened(
+    file: &Arc<File>,
+    offset: u64,
+    size: u64,
+    page: u64,
+    prot: i32,
+) -> Result<(MmapRegion<()>, RawMmap), vm_memory::mmap::MmapRegionError> {
+    let os = |e| vm_memory::mmap::MmapRegionError::Mmap(e);
+    let start = offset - offset % page;
+    let end = offset
+        .checked_add(size)
+        .and_then(|e| e.checked_next_multiple_of(page))
+        .ok_or(vm_memory::mmap::MmapRegionError::InvalidOffsetLength)?;
+    let len = usize::try_from(end - start)
+        .map_err(|_| vm_memory::mmap::MmapRegionError::InvalidOffsetLength)?;
+    // SAFETY: a fresh shared mapping of our own descriptor; the kernel picks the address.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            start as libc::off_t,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(os(std::io::Error::last_os_error()));
+    }
+    let raw = RawMmap { addr, len };
+    let window = (offset - start) as usize;
+    // SAFETY: `addr + window .. + size` lies inside the mmap just made, which `raw` keeps until
+    // after every view of the region is gone; prot and flags are the mmap's own. The window is
+    // not page-aligned for hugetlbfs, which `build_raw` does not require of a raw pointer.
+    let region = unsafe {
+        vm_memory::mmap::MmapRegionBuilder::new(size as usize)
+            .with_raw_mmap_pointer(addr.cast::<u8>().add(window))
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(prot)
+            .with_mmap_flags(libc::MAP_SHARED)
+            .build()
+    }?;
+    Ok((region, raw))
 }
 
 impl DmaMemory for MapTable {
@@ -693,12 +881,10 @@ mod tests {
             t.map_file(0x4000, 0x1000, tempfile_with(0x1000), 0x1000, true),
             Err(MapError::Unbacked { .. })
         ));
-        // a file that can still shrink
-        assert!(matches!(
-            t.map_file(0x4000, 0x1000, memfd(0x1000, false), 0, true),
-            Err(MapError::Shrinkable { .. })
-        ));
         assert!(t.is_empty());
+        // a file that can still shrink is served (tests/unsealed.rs: what happens when it does)
+        t.map_file(0x8000, 0x1000, memfd(0x1000, false), 0, true)
+            .unwrap();
         t.map_file(0x4000, 0x1000, tempfile_with(0x1000), 0, true)
             .unwrap();
     }

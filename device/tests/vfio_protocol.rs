@@ -604,10 +604,11 @@ fn a_file_that_cannot_back_the_map_is_refused() {
         c.dma_map(3, 0, 0x10_0000, 0x10000, Some(&small)).errno(),
         Some(libc::EINVAL)
     );
+    // a file that can shrink is served (tests/unsealed.rs), at an address nothing else uses
     let unsealed = memfd(0x10000, false);
     assert_eq!(
-        c.dma_map(3, 0, 0x10_0000, 0x10000, Some(&unsealed)).errno(),
-        Some(libc::EINVAL)
+        c.dma_map(3, 0, 0x80_0000, 0x10000, Some(&unsealed)).errno(),
+        None
     );
     // Misaligned or wrapping requests.
     let f = memfd(0x10000, true);
@@ -833,5 +834,41 @@ fn a_client_trigger_signals_the_index_it_names() {
     expect(&mut c, 1, 0, &msi, "MSI");
     expect(&mut c, MSIX, 1, &x1, "MSI-X vector 1");
     expect(&mut c, MSIX, 0, &x0, "MSI-X vector 0");
+    srv.finish(c);
+}
+
+/// Guest RAM on a file the client can shrink (`memory-backend-file`, or a memfd without seals):
+/// served like any other; and when the client shrinks the file under a mapping, a descriptor
+/// whose destination lies past the new end completes with `DMA_FAULT` (the access is recovered
+/// from, not a SIGBUS that kills the server), and the server goes on serving.
+#[test]
+fn a_shrunk_backing_file_fails_the_descriptor_not_the_server() {
+    use std::os::unix::fs::FileExt;
+    let (srv, mut c) = Server::start("m-unsealed");
+    c.negotiate();
+    let (size, iova) = (1u64 << 20, 0x1_0000_0000u64);
+    let mem = memfd(size, false);
+    assert_eq!(c.dma_map(3, 0, iova, size, Some(&mem)).errno(), None);
+    // the client takes the second half away; the rings stay in the first
+    mem.set_len(size / 2).unwrap();
+    let dst = iova + 0xc_0000;
+    post_fill(&mut c, &mem, iova, iova, dst, 4096);
+    let cq = abi::queue_reg(0, abi::Q_CQ_TAIL);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.reg_read(cq) == 0 {
+        assert!(Instant::now() < deadline, "the FILL never completed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut raw = [0u8; abi::COMPLETION_SIZE];
+    mem.read_exact_at(&mut raw, 0x1000).unwrap();
+    let done = dmalab_device::wire::decode_completion(&raw);
+    assert_eq!(
+        done.status,
+        abi::Status::DmaFault.raw(),
+        "a FILL past the end of the shrunk file: {done:?}"
+    );
+    // still serving: registers answer, and the file was not grown back
+    assert_eq!(c.reg_read(abi::REG_ID), abi::DEVICE_MAGIC);
+    assert_eq!(mem.metadata().unwrap().len(), size / 2);
     srv.finish(c);
 }
