@@ -8,6 +8,7 @@ pub mod campaign;
 pub mod conditions;
 pub mod grading;
 pub mod html;
+pub mod hugepages;
 pub mod kernel_log;
 pub mod oracle;
 pub mod slots;

@@ -19,6 +19,31 @@ use crate::conditions::Conditions;
 /// otherwise (docs/performance.md has the profile). `DMALAB_CPU=max` restores them.
 pub const GUEST_CPU: &str = "max,fsrm=off,erms=off";
 
+/// What backs the guest's RAM. QEMU hands the device server the same file for its DMA
+/// mappings: a sealed memfd by default, a file that can shrink with the others
+/// (docs/reliability.md: unsealed backing files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RamBackend {
+    /// `memory-backend-memfd` (sealed against shrinking).
+    Memfd,
+    /// `memory-backend-file` in this directory (QEMU creates and unlinks a file in it): tmpfs
+    /// such as /dev/shm, or a hugetlbfs mount for huge pages.
+    File(PathBuf),
+}
+
+impl RamBackend {
+    /// The `-object` argument for `mb` MiB of RAM with the id `mem`.
+    pub fn qemu_object(&self, mb: u32) -> String {
+        match self {
+            RamBackend::Memfd => format!("memory-backend-memfd,id=mem,size={mb}M,share=on"),
+            RamBackend::File(dir) => format!(
+                "memory-backend-file,id=mem,size={mb}M,share=on,mem-path={}",
+                dir.display()
+            ),
+        }
+    }
+}
+
 /// How to boot.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
@@ -81,6 +106,8 @@ pub struct VmOptions {
     /// The platform the VM imitates: vCPUs, where DMA addresses lie, the IOMMU's mode, bounce
     /// buffering, the device's address width ([`Conditions`]).
     pub conditions: Conditions,
+    /// What backs the guest's RAM (and so the device's DMA mappings).
+    pub ram: RamBackend,
 }
 
 impl VmOptions {
@@ -115,6 +142,7 @@ impl VmOptions {
             event_kinds: None,
             dma_api_debug: true,
             conditions: Conditions::GENTLE,
+            ram: RamBackend::Memfd,
         }
     }
 }
@@ -340,13 +368,7 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
         &smp.to_string(),
     ])
     .args(["-m", &format!("{}M", opts.memory_mb)])
-    .args([
-        "-object",
-        &format!(
-            "memory-backend-memfd,id=mem,size={}M,share=on",
-            opts.memory_mb
-        ),
-    ])
+    .args(["-object", &opts.ram.qemu_object(opts.memory_mb)])
     .args(["-display", "none", "-no-reboot"])
     .arg("-serial")
     .arg(format!("file:{}", dir.join("console.log").display()))
