@@ -81,6 +81,14 @@ impl Rig {
         Self::build_with(queues, data_size, log, RuleSet::default(), bits)
     }
 
+    /// As [`Rig::new`], with its RAM on a memfd as QEMU hands it over: sealed against shrinking
+    /// (`memory-backend-memfd`) or not (`memory-backend-file`, `seal=off`), for the engine
+    /// bench's comparison of the two.
+    pub fn on_memfd(queues: usize, data_size: u64, sealed: bool) -> Self {
+        let log = EventLog::disabled();
+        Self::build_on(queues, data_size, log, RuleSet::default(), 64, Some(sealed))
+    }
+
     fn build(queues: usize, data_size: u64, log: EventLog, faults: RuleSet) -> Self {
         Self::build_with(queues, data_size, log, faults, 64)
     }
@@ -92,9 +100,25 @@ impl Rig {
         faults: RuleSet,
         dma_bits: u32,
     ) -> Self {
+        Self::build_on(queues, data_size, log, faults, dma_bits, None)
+    }
+
+    /// `memfd`: the RAM on a memfd, sealed or not; `None`: anonymous memory.
+    fn build_on(
+        queues: usize,
+        data_size: u64,
+        log: EventLog,
+        faults: RuleSet,
+        dma_bits: u32,
+        memfd: Option<bool>,
+    ) -> Self {
         let maps = Arc::new(MapTable::new());
         let ram_size = DATA_BASE - RAM_BASE + data_size;
-        maps.map_anonymous(RAM_BASE, ram_size).expect("map rig RAM");
+        match memfd {
+            None => maps.map_anonymous(RAM_BASE, ram_size),
+            Some(sealed) => maps.map_file(RAM_BASE, ram_size, ram_memfd(ram_size, sealed), 0, true),
+        }
+        .expect("map rig RAM");
         let irq = CountingSink::new();
         let log = Arc::new(log);
         let cfg = DeviceConfig {
@@ -336,4 +360,24 @@ pub fn desc(opcode: u8, tag: u32, len: u32, src: u64, dst: u64) -> Descriptor {
         dst,
         ..Default::default()
     }
+}
+
+/// A memfd of `size` bytes for a rig's RAM, sealed against shrinking or not.
+#[allow(unsafe_code)]
+fn ram_memfd(size: u64, sealed: bool) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; the File owns the descriptor.
+    let f = unsafe {
+        let fd = libc::memfd_create(c"dmalab-rig".as_ptr(), libc::MFD_ALLOW_SEALING);
+        assert!(fd >= 0, "memfd_create");
+        std::fs::File::from_raw_fd(fd)
+    };
+    f.set_len(size).expect("size the rig's memfd");
+    if sealed {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_ADD_SEALS on our own memfd.
+        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(r, 0, "seal the rig's memfd");
+    }
+    f
 }

@@ -36,14 +36,8 @@ impl Drop for Reservation {
 
 fn meminfo(key: &str) -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    info.lines().find_map(|l| {
-        l.strip_prefix(key)?
-            .trim()
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
 }
 
 /// Makes `mb` MiB of 2 MiB huge pages available under a hugetlbfs mount at `dir`, or says why
