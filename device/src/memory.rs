@@ -250,6 +250,9 @@ pub enum MapError {
     /// The table is full ([`MAX_MAPPINGS`]).
     #[error("DMA mapping {iova:#x}+{size:#x}: already {MAX_MAPPINGS} mappings")]
     TooMany { iova: u64, size: u64 },
+    /// Too many distinct backing files open ([`backing_file_limit`]).
+    #[error("DMA mapping {iova:#x}+{size:#x}: already {} backing files open (the open-file limit less {RESERVED_FDS} kept for the control socket and logs)", backing_file_limit())]
+    TooManyFiles { iova: u64, size: u64 },
     /// Too many mappings of unsealed files ([`unsealed::MAX_UNSEALED`]).
     #[error(
         "DMA mapping {iova:#x}+{size:#x}: already {} mappings of unsealed files",
@@ -263,7 +266,9 @@ impl MapError {
     pub fn errno(&self) -> i32 {
         match self {
             MapError::Overlap { .. } => libc::EEXIST,
-            MapError::TooMany { .. } | MapError::TooManyUnsealed { .. } => libc::ENOSPC,
+            MapError::TooMany { .. }
+            | MapError::TooManyFiles { .. }
+            | MapError::TooManyUnsealed { .. } => libc::ENOSPC,
             MapError::Mmap { .. } => libc::ENOMEM,
             _ => libc::EINVAL,
         }
@@ -286,6 +291,27 @@ pub enum UnmapError {
 
 /// Most mappings the table holds at once (the vfio-user default `max_dma_maps`).
 pub const MAX_MAPPINGS: usize = 65535;
+
+/// Descriptors kept free of backing files whatever the client maps: the control socket and
+/// its clients, the interrupt eventfds, the event log and stderr.
+pub const RESERVED_FDS: usize = 256;
+
+/// Most distinct backing files the table keeps open: the process's open-file limit (the server
+/// raises its soft limit to the hard one at start) less [`RESERVED_FDS`], at most
+/// [`MAX_MAPPINGS`]. Mappings of a file already open cost no descriptor.
+pub fn backing_file_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the local struct.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    soft.saturating_sub(RESERVED_FDS).min(MAX_MAPPINGS)
+}
 
 struct Mapping {
     start: u64,
@@ -367,7 +393,9 @@ impl MapTable {
     ) -> Result<(), MapError> {
         self.check_new(iova, size)?;
         let backing = check_backing(&file, iova, size, offset)?;
-        let file = self.shared_backing(file);
+        let file = self
+            .shared_backing(file)
+            .ok_or(MapError::TooManyFiles { iova, size })?;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         let mut keep = Keep::default();
         let page = backing.page_size;
@@ -400,20 +428,25 @@ impl MapTable {
     /// inode): every mapping keeps its backing open, and a client that maps one memfd in many
     /// pieces (QEMU does, and a hostile client can do it 65,535 times) must not make the
     /// server hold a descriptor per piece. The duplicate is closed here.
-    fn shared_backing(&self, file: File) -> Arc<File> {
+    ///
+    /// `None` (and the descriptor closed) for a new file when the table already holds
+    /// [`backing_file_limit`] of them: the descriptors left are the reserve the control
+    /// socket, its clients, the interrupt eventfds and the logs need.
+    fn shared_backing(&self, file: File) -> Option<Arc<File>> {
         use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = file.metadata() else {
-            return Arc::new(file);
-        };
+        let meta = file.metadata().ok()?;
         let key = (meta.dev(), meta.ino());
         let mut files = self.backings.lock().unwrap();
         files.retain(|_, f| f.strong_count() > 0);
         if let Some(known) = files.get(&key).and_then(Weak::upgrade) {
-            return known;
+            return Some(known);
+        }
+        if files.len() >= backing_file_limit() {
+            return None;
         }
         let file = Arc::new(file);
         files.insert(key, Arc::downgrade(&file));
-        file
+        Some(file)
     }
 
     /// Maps fresh anonymous memory at `iova` (tests, benchmarks).
