@@ -892,6 +892,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd_create: a foreign function Miri cannot run")]
     fn read_only_mappings_refuse_device_writes() {
         let t = MapTable::new();
         let f = tempfile_with(0x1000);
@@ -902,6 +903,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd_create: a foreign function Miri cannot run")]
     fn files_that_cannot_back_the_mapping_are_refused() {
         let t = MapTable::new();
         // shorter than the mapping
