@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
-.PHONY: bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke lint-host lint-driver compile-fail exercises check-step clean
+.PHONY: bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize lint-host lint-driver compile-fail exercises check-step clean
 
 all: artifacts
 
@@ -100,7 +100,7 @@ e2e: artifacts
 		echo "== make e2e: $$(( $$(date +%s) - t0 )) s with $(VMS) VM(s) at once"; \
 		target/release/dmalab-timings; exit $$rc
 
-test: lint-host unit fuzz-smoke lint-driver compile-fail e2e
+test: lint-host unit fuzz-smoke miri-smoke lint-driver compile-fail e2e
 
 # Coverage-guided fuzzing (cargo-fuzz, stable toolchain): FUZZ_SECONDS per target.
 fuzz:
@@ -108,6 +108,17 @@ fuzz:
 
 fuzz-smoke:
 	@scripts/fuzz.sh 10
+
+# Miri on the device's unit tests (nightly; make test runs a smoke of the memory views and the
+# control parser), and the device's tests under AddressSanitizer and ThreadSanitizer.
+miri:
+	@scripts/miri.sh
+
+miri-smoke:
+	@scripts/miri.sh --smoke
+
+sanitize:
+	@scripts/sanitize.sh
 
 # A seeded fault campaign (docs/campaigns.md): SEED, OPS, RULES, JOBS (VMs side by side),
 # SHARD=I/N (one slice; `dmalab-campaign merge` the shards), SERIAL=1, RESUME=1.

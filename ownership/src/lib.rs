@@ -33,11 +33,22 @@
 pub mod counting;
 pub mod dma_api;
 pub mod findings;
+mod seqlock {
+    //! The table's seqlock, written once for the real table (std atomics) and for the loom
+    //! model in `tests/loom_seqlock.rs` (loom's atomics), which includes the same file.
+    use super::{Kind, Window, ENTRY_WORDS, HEADER_WORDS, W_COUNT, W_OVERFLOW, W_SEQ};
+    use std::sync::atomic::{fence, AtomicU64, Ordering};
+    include!("seqlock_impl.rs");
+
+    fn spin() {
+        std::hint::spin_loop();
+    }
+}
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Word 0 of the file: "DMALOWN1".
@@ -70,7 +81,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn from_raw(raw: u8) -> Option<Kind> {
+    /// The kind stored in an entry's meta word (`None`: not a kind; the entry is skipped).
+    pub fn from_raw(raw: u8) -> Option<Kind> {
         match raw {
             1 => Some(Kind::ReadOwned),
             2 => Some(Kind::WriteOwned),
@@ -162,6 +174,12 @@ impl Map {
     }
 }
 
+impl seqlock::Words for Map {
+    fn word(&self, i: usize) -> &AtomicU64 {
+        Map::word(self, i)
+    }
+}
+
 impl Drop for Map {
     #[allow(unsafe_code)]
     fn drop(&mut self) {
@@ -242,23 +260,7 @@ impl Publisher {
 
     /// Rewrites the table under the seqlock (called with the window list locked: one writer).
     fn publish(&self, windows: &[Window]) {
-        let m = &self.map;
-        let seq = m.word(W_SEQ).load(Ordering::Relaxed);
-        m.word(W_SEQ).store(seq + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        let n = windows.len().min(CAPACITY);
-        for (i, w) in windows.iter().take(n).enumerate() {
-            let base = HEADER_WORDS + ENTRY_WORDS * i;
-            m.word(base).store(w.start, Ordering::Relaxed);
-            m.word(base + 1).store(w.len, Ordering::Relaxed);
-            let meta = u64::from(w.tag) | (u64::from(w.queue) << 32) | ((w.kind as u64) << 48);
-            m.word(base + 2).store(meta, Ordering::Relaxed);
-            m.word(base + 3).store(u64::from(w.slot), Ordering::Relaxed);
-        }
-        m.word(W_COUNT).store(n as u64, Ordering::Relaxed);
-        m.word(W_OVERFLOW)
-            .store((windows.len() - n) as u64, Ordering::Relaxed);
-        m.word(W_SEQ).store(seq + 2, Ordering::Release);
+        seqlock::publish(&self.map, windows, CAPACITY);
     }
 }
 
@@ -308,35 +310,7 @@ impl Reader {
 
     /// A consistent copy of the windows into `out`; returns the sequence number it belongs to.
     pub fn snapshot(&self, out: &mut Vec<Window>) -> u64 {
-        let m = &self.map;
-        loop {
-            let seq = m.word(W_SEQ).load(Ordering::Acquire);
-            if !seq.is_multiple_of(2) {
-                std::hint::spin_loop();
-                continue;
-            }
-            out.clear();
-            let n = (m.word(W_COUNT).load(Ordering::Relaxed) as usize).min(CAPACITY);
-            for i in 0..n {
-                let base = HEADER_WORDS + ENTRY_WORDS * i;
-                let meta = m.word(base + 2).load(Ordering::Relaxed);
-                let Some(kind) = Kind::from_raw((meta >> 48) as u8) else {
-                    continue;
-                };
-                out.push(Window {
-                    start: m.word(base).load(Ordering::Relaxed),
-                    len: m.word(base + 1).load(Ordering::Relaxed),
-                    tag: meta as u32,
-                    queue: (meta >> 32) as u16,
-                    slot: m.word(base + 3).load(Ordering::Relaxed) as u32,
-                    kind,
-                });
-            }
-            fence(Ordering::Acquire);
-            if m.word(W_SEQ).load(Ordering::Relaxed) == seq {
-                return seq;
-            }
-        }
+        seqlock::snapshot(&self.map, out, CAPACITY)
     }
 }
 

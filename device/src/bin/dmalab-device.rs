@@ -128,6 +128,27 @@ fn run(args: Args) -> Result<(), String> {
     raise_file_limit();
     control::claim_socket_path(&args.socket)?;
     let log = Arc::new(open_event_log(&args.event_log)?);
+    // SIGTERM/SIGINT: write the counters, remove the sockets, leave with status 0. Installed
+    // before any socket exists: a client that sees the socket may signal at once, and the
+    // default action would kill the server with its counters unwritten and its sockets left.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
+    let (sig_log, sig_path, sig_control) = (log.clone(), args.socket.clone(), args.control.clone());
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            info!("signal {sig}: shutting down");
+            sig_log.finish();
+            let _ = std::fs::remove_file(&sig_path);
+            if let Some(c) = &sig_control {
+                let _ = std::fs::remove_file(c);
+            }
+            std::process::exit(0);
+        }
+    });
+
     let maps = Arc::new(MapTable::new());
     let irqs = Arc::new(EventfdSink::default());
     let faults = match &args.faults {
@@ -158,25 +179,6 @@ fn run(args: Args) -> Result<(), String> {
     }
     let listener = control::listen(&args.socket, args.socket_mode)?;
     let server = Server::new(VfioDevice::regions(), VfioDevice::irq_infos(vectors));
-
-    // SIGTERM/SIGINT: write the counters, remove the socket, leave with status 0.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(|e| format!("signals: {e}"))?;
-    let (sig_log, sig_path, sig_control) = (log.clone(), args.socket.clone(), args.control.clone());
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            info!("signal {sig}: shutting down");
-            sig_log.finish();
-            let _ = std::fs::remove_file(&sig_path);
-            if let Some(c) = &sig_control {
-                let _ = std::fs::remove_file(c);
-            }
-            std::process::exit(0);
-        }
-    });
 
     info!(
         "dmalab device {:04x}:{:04x} v{}.{}: {} queues, {} MSI-X vectors, {} bytes internal memory; listening on {}",
