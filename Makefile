@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
-.PHONY: bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize lint-host lint-driver compile-fail exercises check-step clean
+.PHONY: bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises check-step clean
 
 all: artifacts
 
@@ -100,7 +100,7 @@ e2e: artifacts
 		echo "== make e2e: $$(( $$(date +%s) - t0 )) s with $(VMS) VM(s) at once"; \
 		target/release/dmalab-timings; exit $$rc
 
-test: lint-host unit fuzz-smoke miri-smoke lint-driver compile-fail e2e
+test: lint-host unit loom-smoke fuzz-smoke miri-smoke lint-driver compile-fail e2e
 
 # Coverage-guided fuzzing (cargo-fuzz, stable toolchain): FUZZ_SECONDS per target.
 fuzz:
@@ -119,6 +119,19 @@ miri-smoke:
 
 sanitize:
 	@scripts/sanitize.sh
+
+# loom: every interleaving (within its preemption bound) of the ownership table's seqlock
+# (make test runs it) and of the map table's unmap protocol (make loom; it rebuilds the device
+# crate, about 3 minutes).
+loom-smoke:
+	@echo "[dmalab] loom: the ownership table's seqlock"
+	@RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -q --release \
+		-p dmalab-ownership --test loom_seqlock
+
+loom: loom-smoke
+	@echo "[dmalab] loom: the map table's unmap protocol"
+	@RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -q --release \
+		-p dmalab-device --test loom_unmap
 
 # A seeded fault campaign (docs/campaigns.md): SEED, OPS, RULES, JOBS (VMs side by side),
 # SHARD=I/N (one slice; `dmalab-campaign merge` the shards), SERIAL=1, RESUME=1.
