@@ -7,7 +7,7 @@
 source "$(dirname "$0")/lib.sh"
 SECONDS_EACH=${1:-60}
 shift || true
-TARGETS=("${@:-vfio_stream bar_and_rings control_line rules_toml}")
+TARGETS=("${@:-vfio_stream bar_and_rings control_line rules_toml clients_and_control}")
 TARGETS=(${TARGETS[@]})
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS="$CACHE/tools/cargo-fuzz"

@@ -416,6 +416,85 @@ pub fn control_line(data: &[u8]) {
     assert!(dev.shared().faults.rules().len() <= crate::faults::MAX_RULES);
 }
 
+/// Two vfio-user clients, one after the other, while a control client sends its lines at the
+/// same time: interleavings of the message layer, the device's workers and the control socket,
+/// not just inputs. Input: `[len_a: u16][len_b: u16]`, client A's message bytes, client B's,
+/// then control lines (before each, the control thread yields `len % 8` times, so the input
+/// steers where its lines fall among the messages).
+///
+/// Properties: nothing panics or hangs; the rule limit holds; after both clients are gone the
+/// device answers its control socket and a reset.
+pub fn clients_and_control(data: &[u8]) {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    static BACKEND: OnceLock<Mutex<VfioDevice>> = OnceLock::new();
+    let backend = BACKEND.get_or_init(|| {
+        let maps = Arc::new(MapTable::new());
+        let irqs = Arc::new(EventfdSink::default());
+        let log = Arc::new(EventLog::disabled());
+        let cfg = DeviceConfig {
+            queues: 2,
+            internal_mem: 64 << 10,
+            faults: RuleSet::default(),
+            dma_bits: 64,
+        };
+        let dev = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone()).expect("device");
+        Mutex::new(VfioDevice::new(dev, maps, irqs, log))
+    });
+    let mut input = Input(data);
+    let (la, lb) = (usize::from(input.u16()), usize::from(input.u16()));
+    let rest = input.0;
+    let (a, rest) = rest.split_at(la.min(rest.len()));
+    let (b, control) = rest.split_at(lb.min(rest.len()));
+    let mut backend = backend.lock().unwrap_or_else(|p| p.into_inner());
+    let shared = backend.device.shared().clone();
+    let lines: Vec<String> = String::from_utf8_lossy(control)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let controller = std::thread::spawn(move || {
+        for line in lines {
+            for _ in 0..line.len() % 8 {
+                std::thread::yield_now();
+            }
+            let answer = crate::control::handle(&shared, &line);
+            assert!(answer["ok"].is_boolean(), "answer without ok: {answer}");
+        }
+    });
+    for bytes in [a, b] {
+        let vectors = backend.device.vectors();
+        let server = Server::new(VfioDevice::regions(), VfioDevice::irq_infos(vectors));
+        let (mut client, sock) = UnixStream::pair().expect("socketpair");
+        let reader = {
+            let mut c = client.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+            })
+        };
+        let writer = {
+            let bytes = bytes.to_vec();
+            std::thread::spawn(move || {
+                let _ = client.write_all(&bytes);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            })
+        };
+        let _ = server.serve(sock, &mut *backend);
+        crate::vfio_user::Backend::disconnected(&mut *backend);
+        let _ = writer.join();
+        let _ = reader.join();
+    }
+    controller.join().expect("the control client's thread");
+    let shared = backend.device.shared().clone();
+    assert!(shared.faults.rules().len() <= crate::faults::MAX_RULES);
+    let answer = crate::control::handle(&shared, r#"{"cmd":"list"}"#);
+    assert_eq!(
+        answer["ok"], true,
+        "the control socket after the clients: {answer}"
+    );
+    backend.device.reset();
+}
+
 /// A rules file: parsed, validated, and if valid run against a few occurrences.
 pub fn rules_toml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -29,3 +29,8 @@ fn rules_toml_corpus() {
 fn the_canary_check_catches_a_stray_write() {
     fuzzing::stray_write_for_test();
 }
+
+#[test]
+fn clients_and_control_corpus() {
+    assert!(fuzzing::replay_corpus("clients_and_control", fuzzing::clients_and_control) > 0);
+}
