@@ -24,7 +24,7 @@ for san in address thread; do
     say "$san sanitizer: building and running the device's tests"
     log="$out/$san.log"
     RUSTFLAGS="-Zsanitizer=$san" CARGO_TARGET_DIR="$ROOT/target/$san-san" \
-        cargo +nightly test -p dmalab-device --target x86_64-unknown-linux-gnu "${extra[@]}" \
+        cargo +nightly test -p dmalab-device --tests --target x86_64-unknown-linux-gnu "${extra[@]}" \
         >"$log" 2>&1 || { tail -40 "$log"; die "$san sanitizer: tests failed (log: $log)"; }
     passed=$(grep -o 'test result: ok. [0-9]* passed' "$log" | awk '{s+=$4} END {print s}')
     reports=$(cat "$out"/*san.* 2>/dev/null | grep -c "^SUMMARY" || true)
