@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
-.PHONY: bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises check-step clean
+.PHONY: bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
 
 all: artifacts
 
@@ -163,10 +163,18 @@ exercises: kernel
 check-soak: artifacts
 	@RUNS=$(RUNS) AT_ONCE=$(AT_ONCE) DRIVER=$(DRIVER) scripts/check-soak.sh
 
-# Grade a tutorial module: make check-step STEP=N [DIR=your module dir, default the skeleton].
+# Start a tutorial step: copies its skeleton to work/stepN/ (kept if it exists) and says what
+# to do (docs/tutorial/README.md).
+exercise:
+	@scripts/exercise.sh $(STEP)
+
+# Grade a tutorial module: make check-step STEP=N [DIR=module dir]. Default: your work/stepN/
+# (make exercise), else the step's skeleton.
 check-step: artifacts
 	@[ -n "$(STEP)" ] || { echo "usage: make check-step STEP=N [DIR=module dir]"; exit 2; }
-	@ko=$$(scripts/build-exercise.sh "$$(cat $(P)/kbuild)" "$(or $(DIR),exercises/skeletons/step$(STEP))") \
+	@dir="$(or $(DIR),$(if $(wildcard work/step$(STEP)),work/step$(STEP),exercises/skeletons/step$(STEP)))"; \
+		echo "[dmalab] grading $$dir as step $(STEP)"; \
+		ko=$$(scripts/build-exercise.sh "$$(cat $(P)/kbuild)" "$$dir") \
 		&& target/release/dmalab-check --step $(STEP) --driver "$$ko"
 
 clean:

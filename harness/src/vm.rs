@@ -852,7 +852,10 @@ impl Run {
         );
         let done = self.one::<Done>();
         if let Some(e) = self.all::<ScenarioError>().first() {
-            self.fail(&format!("agent error: {e:?}"));
+            self.fail(&format!(
+                "the agent's scenario '{}' stopped: {}",
+                e.scenario, e.error
+            ));
         }
         self.check(done.completed, "the agent did not complete every scenario");
         let problems = crate::kernel_log::problems(&self.console);

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! dmalab tutorial, step 1: bind to the device, enable it, check what it is, unbind cleanly.
-//! The chapter is docs/tutorial/01-bind.md; `dmalab check --step 1` grades this module.
+//! The chapter is docs/tutorial/01-bind.md; `make check-step STEP=1` grades your copy
+//! in work/step1/ (`make exercise STEP=1` makes it; docs/tutorial/README.md).
 
 use kernel::{device::Core, io::Io, pci, prelude::*};
 

@@ -3,7 +3,8 @@
 //! dmalab tutorial, step 3: transfers through a descriptor ring and a completion ring in
 //! coherent memory: a descriptor and a doorbell write start one, a completion in memory says it
 //! is done, found by polling memory (not a register). Still one request at a time.
-//! The chapter is docs/tutorial/03-rings.md; `dmalab check --step 3` grades this module.
+//! The chapter is docs/tutorial/03-rings.md; `make check-step STEP=3` grades your copy
+//! in work/step3/ (`make exercise STEP=3` makes it; docs/tutorial/README.md).
 
 use core::pin::Pin;
 use kernel::{

@@ -2,7 +2,8 @@
 
 //! dmalab tutorial, step 4: every queue, and MSI-X: each queue's completions raise its own
 //! vector, whose handler takes them off the ring and wakes the waiting request. Nothing polls.
-//! The chapter is docs/tutorial/04-msix.md; `dmalab check --step 4` grades this module.
+//! The chapter is docs/tutorial/04-msix.md; `make check-step STEP=4` grades your copy
+//! in work/step4/ (`make exercise STEP=4` makes it; docs/tutorial/README.md).
 
 use core::pin::Pin;
 use kernel::{

@@ -3,7 +3,8 @@
 //! dmalab tutorial, step 5: requests up to 1 MiB, their data spread over blocks of coherent
 //! memory that the device reaches through scatter-gather lists; and a 64-bit DMA mask, so the
 //! memory may lie anywhere.
-//! The chapter is docs/tutorial/05-sg.md; `dmalab check --step 5` grades this module.
+//! The chapter is docs/tutorial/05-sg.md; `make check-step STEP=5` grades your copy
+//! in work/step5/ (`make exercise STEP=5` makes it; docs/tutorial/README.md).
 
 use core::pin::Pin;
 use kernel::{

@@ -3,7 +3,8 @@
 //! dmalab tutorial, step 8: unbind and reset with requests in flight. Every waiter is released
 //! with ENODEV at once, no handler or request touches the device after teardown decided to
 //! halt it, and no memory is freed while the device may still use it.
-//! The chapter is docs/tutorial/08-teardown.md; `dmalab check --step 8` grades this module.
+//! The chapter is docs/tutorial/08-teardown.md; `make check-step STEP=8` grades your copy
+//! in work/step8/ (`make exercise STEP=8` makes it; docs/tutorial/README.md).
 
 use core::pin::Pin;
 use kernel::{

@@ -2,7 +2,8 @@
 
 //! dmalab tutorial, step 2: one DMA transfer at a time through the direct-transfer registers,
 //! with two coherent buffers, started by a register write and polled for (QEMU `edu` style).
-//! The chapter is docs/tutorial/02-direct-dma.md; `dmalab check --step 2` grades this module.
+//! The chapter is docs/tutorial/02-direct-dma.md; `make check-step STEP=2` grades your copy
+//! in work/step2/ (`make exercise STEP=2` makes it; docs/tutorial/README.md).
 
 use core::pin::Pin;
 use kernel::{

@@ -3,7 +3,8 @@
 //! dmalab tutorial, step 6: the same driver behind an IOMMU, where a DMA address is an I/O
 //! virtual address that exists only while its memory is allocated; and teardown as a guard
 //! (`DeviceHalt`) that stops the device before that memory goes, on every path.
-//! The chapter is docs/tutorial/06-iommu.md; `dmalab check --step 6` grades this module.
+//! The chapter is docs/tutorial/06-iommu.md; `make check-step STEP=6` grades your copy
+//! in work/step6/ (`make exercise STEP=6` makes it; docs/tutorial/README.md).
 
 use core::pin::Pin;
 use kernel::{

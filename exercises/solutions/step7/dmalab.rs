@@ -3,7 +3,8 @@
 //! dmalab tutorial, step 7: when things go wrong. Device error statuses become errnos,
 //! a request with no completion times out and its queue is reset, a fatal device error fails
 //! every request at once and the device is reset, and `IOC_RESET` resets it on demand.
-//! The chapter is docs/tutorial/07-errors.md; `dmalab check --step 7` grades this module.
+//! The chapter is docs/tutorial/07-errors.md; `make check-step STEP=7` grades your copy
+//! in work/step7/ (`make exercise STEP=7` makes it; docs/tutorial/README.md).
 
 use core::pin::Pin;
 use kernel::{
