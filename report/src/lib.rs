@@ -223,8 +223,12 @@ pub struct Info {
     pub irq_mode: String,
     /// Ring entries per queue.
     pub ring_size: u32,
-    /// Width of the DMA mask the driver set.
+    /// Width of the DMA mask the driver says it set (IOC_INFO).
     pub dma_mask_bits: u32,
+    /// Width of the DMA mask the kernel holds for the device (sysfs `dma_mask_bits`): what the
+    /// driver really set, whatever it says. 0: not read.
+    #[serde(default)]
+    pub kernel_dma_mask_bits: u32,
     /// The device's internal memory in bytes.
     pub mem_size: u64,
     /// The PCI bus/device/function.

@@ -336,7 +336,11 @@ fn build() -> Vec<Check> {
             chapter: None,
             boot: "narrow_device",
             judge: |r, _| {
-                let mask = r.all::<Info>().first().map(|i| i.dma_mask_bits);
+                // what the kernel holds, where the agent could read it; else what IOC_INFO says
+                let mask = r.all::<Info>().first().map(|i| match i.kernel_dma_mask_bits {
+                    0 => i.dma_mask_bits,
+                    k => k,
+                });
                 let wide = match mask {
                     // this VM's device drives fewer than 64 bits (`dma32` by default)
                     Some(bits) if bits >= 64 => format!(
@@ -489,7 +493,7 @@ fn build() -> Vec<Check> {
         },
         Check {
             id: "dma_mask",
-            name: "IOC_INFO: a 64-bit DMA mask",
+            name: "a 64-bit DMA mask, set in the kernel and reported by IOC_INFO",
             level: None,
             steps: Some(Steps::From(5)),
             see: "docs/tutorial/05-sg.md#the-dma-mask",
@@ -498,12 +502,7 @@ fn build() -> Vec<Check> {
             judge: |r, _| {
                 r.all::<Info>()
                     .first()
-                    .map_or(Err("no IOC_INFO answer".into()), |i| {
-                        ensure(
-                            i.dma_mask_bits == 64,
-                            format!("a {}-bit mask", i.dma_mask_bits),
-                        )
-                    })
+                    .map_or(Err("no IOC_INFO answer".into()), |i| dma_mask_is_64(i))
             },
         },
         Check {
@@ -1129,4 +1128,31 @@ mod tests {
             }
         }
     }
+}
+
+/// The ladder's DMA mask check: the kernel's mask for the device (sysfs `dma_mask_bits`, what
+/// `dma_set_mask_and_coherent` set) is 64 bits, and IOC_INFO says the same. A driver that never
+/// sets the mask keeps the PCI default of 32 bits, whatever it reports.
+fn dma_mask_is_64(i: &Info) -> Result<(), String> {
+    let (said, held) = (i.dma_mask_bits, i.kernel_dma_mask_bits);
+    if held != 0 && held != 64 {
+        return Err(format!(
+            "the kernel holds a {held}-bit DMA mask for the device (sysfs dma_mask_bits{}): \
+             set it with dma_set_mask_and_coherent(DmaMask::new::<64>()) in probe",
+            if held == 32 {
+                ", the PCI default: the driver never set it"
+            } else {
+                ""
+            }
+        ));
+    }
+    if held != 0 && said != held {
+        return Err(format!(
+            "IOC_INFO reports a {said}-bit DMA mask, the kernel holds {held} bits: report the mask the driver set"
+        ));
+    }
+    ensure(
+        said == 64,
+        format!("IOC_INFO reports a {said}-bit DMA mask"),
+    )
 }

@@ -1099,3 +1099,34 @@ fn transfers_with_guest_ram_on_tmpfs_and_on_huge_pages() {
     r.check(c.failed == 0, &format!("concurrent: {c:?}"));
     drop(huge);
 }
+
+/// The DMA mask check looks at what the driver did, not at what it says: the step 4 solution
+/// never sets a mask (step 5 adds it), so the kernel keeps the PCI default of 32 bits, and
+/// step 5's check says so and how to fix it.
+#[test]
+fn the_dma_mask_check_reads_the_kernel_s_mask() {
+    let root = dmalab_harness::artifacts::root();
+    let ko = build_exercise(&root.join("exercises/solutions/step4"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
+        .args([
+            "--step",
+            "5",
+            "--check",
+            "dma_mask",
+            "--run-name",
+            "mask_step4",
+        ])
+        .arg("--driver")
+        .arg(&ko)
+        .output()
+        .expect("run dmalab-check");
+    let card = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success()
+            && card.contains("FAIL")
+            && card.contains("32-bit DMA mask")
+            && card.contains("never set it")
+            && card.contains("05-sg.md#the-dma-mask"),
+        "{card}"
+    );
+}

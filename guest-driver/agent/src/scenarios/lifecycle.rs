@@ -72,6 +72,13 @@ pub(super) fn info() -> Result<(), String> {
         .to_string(),
         ring_size: i.ring_size,
         dma_mask_bits: i.dma_mask_bits,
+        kernel_dma_mask_bits: crate::dev::dmalab_devices()
+            .first()
+            .and_then(|bdf| {
+                std::fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/dma_mask_bits")).ok()
+            })
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
         mem_size: i.mem_size,
         bdf: i.bdf,
         dma_mode: i.dma_mode,
