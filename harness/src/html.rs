@@ -28,16 +28,20 @@ pub fn report_card(
         "<!doctype html><html><head><meta charset=utf-8><title>dmalab check</title><style>\
          body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eee}}\
-         .pass{{color:#070}}.fail{{color:#b00;font-weight:bold}}</style></head><body>\
+         .pass{{color:#070}}.fail{{color:#b00;font-weight:bold}}.notrun{{color:#888}}</style></head><body>\
          <h1>dmalab check</h1><p>{}: {passed} of {} checks passed</p><table><tr><th>level</th>\
          <th>check</th><th>result</th><th>see</th><th>judged on</th><th>platform</th></tr>",
         esc(driver),
         rows.len()
     );
     for r in rows {
-        let (class, text) = match &r.result {
-            Ok(()) => ("pass", "pass".to_string()),
-            Err(why) => ("fail", format!("FAIL: {why}")),
+        let (class, text) = match (&r.result, r.after) {
+            (Ok(()), _) => ("pass", "pass".to_string()),
+            (Err(why), Some(cause)) => (
+                "notrun",
+                format!("not run: the agent stopped when \"{cause}\" failed; what it saw: {why}"),
+            ),
+            (Err(why), None) => ("fail", format!("FAIL: {why}")),
         };
         let _ = write!(
             h,
@@ -83,10 +87,11 @@ fn conditions_matrix(h: &mut String, mark: &str, rows: &[crate::grading::Row]) {
         let _ = write!(h, "<tr><td>{mark}{}</td><td>{}</td>", r.rank, esc(r.name));
         let here = names(r);
         for c in &columns {
-            let cell = match (here.contains(c), r.result.is_ok()) {
-                (false, _) => "<td></td>",
-                (true, true) => "<td class=pass>pass</td>",
-                (true, false) => "<td class=fail>FAIL</td>",
+            let cell = match (here.contains(c), r.result.is_ok(), r.after.is_some()) {
+                (false, _, _) => "<td></td>",
+                (true, true, _) => "<td class=pass>pass</td>",
+                (true, false, true) => "<td class=notrun>not run</td>",
+                (true, false, false) => "<td class=fail>FAIL</td>",
             };
             h.push_str(cell);
         }
@@ -219,6 +224,8 @@ mod tests {
             see,
             conditions: "the oracle & co",
             platform: "smp2, preempt, iova>4G".into(),
+            boot: "transfers",
+            after: None,
         };
         let rows = [
             row(1, "loads", Ok(()), "docs/contract.md"),

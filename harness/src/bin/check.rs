@@ -152,10 +152,17 @@ fn main() -> ExitCode {
                 passed += 1;
                 println!("  PASS  {mark}{} {} [{}]", c.rank, c.name, c.platform);
             }
-            Err(why) => println!(
-                "  FAIL  {mark}{} {} [{}]: {why}  (see {}; the VM: {})",
-                c.rank, c.name, c.platform, c.see, c.conditions
-            ),
+            Err(why) => match c.after {
+                // a consequence of an earlier failure on the same VM: the cause is above
+                Some(cause) => println!(
+                    "  NOT RUN  {mark}{} {} [{}]: the agent stopped when \"{cause}\" failed (above); what it saw: {why}",
+                    c.rank, c.name, c.platform
+                ),
+                None => println!(
+                    "  FAIL  {mark}{} {} [{}]: {why}  (see {}; the VM: {})",
+                    c.rank, c.name, c.platform, c.see, c.conditions
+                ),
+            },
         }
     }
     let notes = grader.notes.borrow().clone();

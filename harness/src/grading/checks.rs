@@ -1069,6 +1069,33 @@ fn removal(r: &Run) -> Graded {
     clean(r)
 }
 
+/// The ladder's DMA mask check: the kernel's mask for the device (sysfs `dma_mask_bits`, what
+/// `dma_set_mask_and_coherent` set) is 64 bits, and IOC_INFO says the same. A driver that never
+/// sets the mask keeps the PCI default of 32 bits, whatever it reports.
+fn dma_mask_is_64(i: &Info) -> Result<(), String> {
+    let (said, held) = (i.dma_mask_bits, i.kernel_dma_mask_bits);
+    if held != 0 && held != 64 {
+        return Err(format!(
+            "the kernel holds a {held}-bit DMA mask for the device (sysfs dma_mask_bits{}): \
+             set it with dma_set_mask_and_coherent(DmaMask::new::<64>()) in probe",
+            if held == 32 {
+                ", the PCI default: the driver never set it"
+            } else {
+                ""
+            }
+        ));
+    }
+    if held != 0 && said != held {
+        return Err(format!(
+            "IOC_INFO reports a {said}-bit DMA mask, the kernel holds {held} bits: report the mask the driver set"
+        ));
+    }
+    ensure(
+        said == 64,
+        format!("IOC_INFO reports a {said}-bit DMA mask"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{boots, Mode};
@@ -1128,31 +1155,4 @@ mod tests {
             }
         }
     }
-}
-
-/// The ladder's DMA mask check: the kernel's mask for the device (sysfs `dma_mask_bits`, what
-/// `dma_set_mask_and_coherent` set) is 64 bits, and IOC_INFO says the same. A driver that never
-/// sets the mask keeps the PCI default of 32 bits, whatever it reports.
-fn dma_mask_is_64(i: &Info) -> Result<(), String> {
-    let (said, held) = (i.dma_mask_bits, i.kernel_dma_mask_bits);
-    if held != 0 && held != 64 {
-        return Err(format!(
-            "the kernel holds a {held}-bit DMA mask for the device (sysfs dma_mask_bits{}): \
-             set it with dma_set_mask_and_coherent(DmaMask::new::<64>()) in probe",
-            if held == 32 {
-                ", the PCI default: the driver never set it"
-            } else {
-                ""
-            }
-        ));
-    }
-    if held != 0 && said != held {
-        return Err(format!(
-            "IOC_INFO reports a {said}-bit DMA mask, the kernel holds {held} bits: report the mask the driver set"
-        ));
-    }
-    ensure(
-        said == 64,
-        format!("IOC_INFO reports a {said}-bit DMA mask"),
-    )
 }

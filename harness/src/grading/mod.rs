@@ -170,6 +170,11 @@ pub struct Row {
     pub conditions: &'static str,
     /// The platform the VM imitated (`smp2, preempt, strict`).
     pub platform: String,
+    /// The boot it was judged on.
+    pub boot: &'static str,
+    /// Failed only because an earlier check on the same VM failed first and the agent stopped
+    /// there: that check's name. The card says "not run" and points at it.
+    pub after: Option<&'static str>,
 }
 
 /// Boots what the selected checks need, once each, and judges them.
@@ -303,11 +308,37 @@ impl Grader {
                     see: c.pointer(self.mode),
                     conditions: boots::by_name(c.boot).conditions,
                     platform: self.platform_label(boots::by_name(c.boot)),
+                    boot: c.boot,
+                    after: None,
                 }
             })
             .collect();
         rows.sort_by_key(|r| r.rank);
+        self.mark_consequences(&mut rows);
         rows
+    }
+
+    /// On a VM whose agent stopped at its first failed scenario, the first failing check is the
+    /// cause; every later failing check on that VM only saw the agent gone, so it is marked
+    /// "not run" after the cause instead of adding a failure of its own.
+    fn mark_consequences(&self, rows: &mut [Row]) {
+        let mut first_failure: HashMap<&'static str, &'static str> = HashMap::new();
+        for row in rows.iter_mut() {
+            if row.result.is_ok() {
+                continue;
+            }
+            let stopped = matches!(
+                &*self.run(row.boot),
+                Ok(r) if !r.all::<dmalab_report::ScenarioError>().is_empty()
+            );
+            match first_failure.get(row.boot) {
+                Some(&cause) if stopped => row.after = Some(cause),
+                Some(_) => {}
+                None => {
+                    first_failure.insert(row.boot, row.name);
+                }
+            }
+        }
     }
 }
 
