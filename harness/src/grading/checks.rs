@@ -148,8 +148,10 @@ fn build() -> Vec<Check> {
                 ensure(
                     r.all::<Insmod>().first().is_some_and(|i| i.ok),
                     format!(
-                        "insmod failed: {:?}",
-                        r.all::<Insmod>().first().map(|i| &i.error)
+                        "insmod failed: {}",
+                        r.all::<Insmod>()
+                            .first()
+                            .map_or("no report from the agent".into(), |i| i.error.clone())
                     ),
                 )
             },
@@ -165,8 +167,8 @@ fn build() -> Vec<Check> {
             judge: |r, _| match bound(r, "loaded") {
                 Some(b) if b.driver.as_deref() == Some("dmalab") => Ok(()),
                 Some(b) => Err(format!(
-                    "the device is bound to {:?}, not to dmalab: probe() failed{}",
-                    b.driver,
+                    "the device is bound to {}, not to dmalab: probe() failed{}",
+                    b.driver.as_deref().unwrap_or("no driver"),
                     driver_complaints(r)
                 )),
                 None => Err(format!(
@@ -226,7 +228,11 @@ fn build() -> Vec<Check> {
                 let rm = r.all::<Rmmod>();
                 ensure(
                     rm.first().is_some_and(|m| m.ok && !m.still_loaded),
-                    format!("rmmod failed: {:?}", rm.first().map(|m| &m.error)),
+                    format!(
+                        "rmmod failed: {}",
+                        rm.first()
+                            .map_or("no report from the agent".into(), |m| m.error.clone())
+                    ),
                 )
                 .and_then(|_| {
                     ensure(
@@ -591,7 +597,18 @@ fn build() -> Vec<Check> {
                 let f = r.all::<Refused>();
                 ensure(
                     f.first().is_some_and(|x| x.errno == libc::ERANGE),
-                    format!("{:?}{}", f.first(), driver_complaints(r)),
+                    format!(
+                        "{}{}",
+                        f.first().map_or("no bad request was reported".into(), |x| format!(
+                            "the bad request '{}' on queue {} came back with errno {}{}, status {}",
+                            x.case,
+                            x.queue,
+                            x.errno,
+                            super::judge::errno_hint(x.errno),
+                            super::judge::status_name(x.status)
+                        )),
+                        driver_complaints(r)
+                    ),
                 )
             },
         },
@@ -623,7 +640,12 @@ fn build() -> Vec<Check> {
                 let outcome = r.all::<ResetOutcome>();
                 ensure(
                     outcome.first().is_some_and(|x| x.ok),
-                    format!("IOC_RESET: {:?}", outcome.first().map(|x| &x.error)),
+                    format!(
+                        "IOC_RESET failed: {}",
+                        outcome
+                            .first()
+                            .map_or("no report from the agent".into(), |x| x.error.clone())
+                    ),
                 )
                 .and_then(|_| {
                     all_verified_in(r, "reset_cleared", 1)

@@ -61,18 +61,50 @@ pub fn driver_complaints(r: &Run) -> String {
     }
 }
 
-/// What an errno from a tutorial module most likely means.
-pub fn errno_hint(errno: i32) -> &'static str {
-    match errno {
-        libc::ENOSYS => " (ENOSYS: a TODO of the skeleton still returns its stub)",
-        libc::ENODEV => " (ENODEV: the device or its buffers are gone, or were never set up)",
-        libc::ETIMEDOUT => {
-            " (ETIMEDOUT: DONE or a completion never came; was the transfer started?)"
-        }
-        libc::EINVAL => " (EINVAL: the driver refused the request)",
-        libc::EBUSY => " (EBUSY: the driver ran out of DMA memory for the request)",
+/// An errno by name, with what it most likely means from a tutorial module: ` (ETIMEDOUT:
+/// DONE or a completion never came; ...)`, ` (EFAULT)`; empty for an errno without a name here.
+pub fn errno_hint(errno: i32) -> String {
+    let hint = match errno {
+        libc::ENOSYS => "a TODO of the skeleton still returns its stub",
+        libc::ENODEV => "the device or its buffers are gone, or were never set up",
+        libc::ETIMEDOUT => "DONE or a completion never came; was the transfer started?",
+        libc::EINVAL => "the driver refused the request",
+        libc::EBUSY => "the driver ran out of DMA memory for the request",
+        libc::EIO => "the driver failed the request; with a status, the device did",
+        libc::ENOTTY => "the driver does not know this ioctl",
         _ => "",
+    };
+    match (errno_name(errno), hint) {
+        (None, _) => String::new(),
+        (Some(name), "") => format!(" ({name})"),
+        (Some(name), hint) => format!(" ({name}: {hint})"),
     }
+}
+
+/// The name of an errno the driver may return (`EIO`), if it is a common one.
+pub fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::E2BIG => "E2BIG",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::ENODEV => "ENODEV",
+        libc::EINVAL => "EINVAL",
+        libc::ENOTTY => "ENOTTY",
+        libc::ENOSPC => "ENOSPC",
+        libc::ERANGE => "ERANGE",
+        libc::ENOSYS => "ENOSYS",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        _ => return None,
+    })
 }
 
 /// As [`all_verified`], for the transfers of one scenario.
@@ -119,15 +151,23 @@ pub fn status_name(status: u32) -> String {
 fn verified_among(r: &Run, x: Vec<&Xfer>, min: usize) -> Graded {
     match x.iter().find(|x| !x.ok()) {
         Some(bad) => Err(format!(
-            "{} of {} bytes on queue {}: errno {}{}, status {}, verified {} {}{}",
+            "{} of {} bytes on queue {}: errno {}{}, status {}, {}{}{}",
             bad.op,
             bad.len,
             bad.queue,
             bad.errno,
             errno_hint(bad.errno),
             status_name(bad.status),
-            bad.verified,
-            bad.detail,
+            if bad.verified {
+                "the bytes were right"
+            } else {
+                "the bytes were not right"
+            },
+            if bad.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", bad.detail.trim())
+            },
             device_account(r)
         )),
         None => ensure(
