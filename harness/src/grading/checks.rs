@@ -536,7 +536,7 @@ fn build() -> Vec<Check> {
             name: "the run is clean",
             level: None,
             steps: Some(Steps::From(2)),
-            see: "docs/contract.md#1--binds",
+            see: "docs/tutorial/README.md#rules-that-hold-in-every-step",
             chapter: None,
             boot: "ladder",
             judge: |r, _| clean(r),
