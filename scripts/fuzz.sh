@@ -28,7 +28,7 @@ for t in "${TARGETS[@]}"; do
     log="$ROOT/target/fuzz-results/$t.log"
     say "fuzzing $t for ${SECONDS_EACH}s (log: $log)"
     cargo fuzz run -s none -O "$t" "$ROOT/target/fuzz-corpus/$t" "corpus/$t" -- \
-        -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+        -max_total_time="$SECONDS_EACH" -timeout="${FUZZ_TIMEOUT:-20}" -rss_limit_mb=4096 -print_final_stats=1 \
         >"$log" 2>&1 &
     pid=$!
     while kill -0 "$pid" 2>/dev/null; do
