@@ -350,23 +350,33 @@ pub fn stray_write_for_test() {
 /// A vfio-user byte stream from a client, into the real server loop with the real device
 /// behind it. Fails on a panic or a hang (libFuzzer's timeout); replies are read and dropped.
 pub fn vfio_stream(data: &[u8]) {
+    static BACKEND: OnceLock<Mutex<VfioDevice>> = OnceLock::new();
+    let backend = BACKEND.get_or_init(|| Mutex::new(fuzz_vfio_device()));
+    let mut backend = backend.lock().unwrap_or_else(|p| p.into_inner());
+    serve_one_client(&mut backend, data);
+}
+
+/// The device the vfio-user targets serve: two queues, 64 KiB of internal memory, no rules.
+fn fuzz_vfio_device() -> VfioDevice {
+    let maps = Arc::new(MapTable::new());
+    let irqs = Arc::new(EventfdSink::default());
+    let log = Arc::new(EventLog::disabled());
+    let cfg = DeviceConfig {
+        queues: 2,
+        internal_mem: 64 << 10,
+        faults: RuleSet::default(),
+        dma_bits: 64,
+    };
+    let dev = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone()).expect("device");
+    VfioDevice::new(dev, maps, irqs, log)
+}
+
+/// One client's whole session: `bytes` are written to a fresh socket (then its write half is
+/// shut), the real server loop serves them until the client is gone, replies are read and
+/// dropped, and the backend is told of the disconnect as the server binary tells it.
+fn serve_one_client(backend: &mut VfioDevice, bytes: &[u8]) {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
-    static BACKEND: OnceLock<Mutex<VfioDevice>> = OnceLock::new();
-    let backend = BACKEND.get_or_init(|| {
-        let maps = Arc::new(MapTable::new());
-        let irqs = Arc::new(EventfdSink::default());
-        let log = Arc::new(EventLog::disabled());
-        let cfg = DeviceConfig {
-            queues: 2,
-            internal_mem: 64 << 10,
-            faults: RuleSet::default(),
-            dma_bits: 64,
-        };
-        let dev = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone()).expect("device");
-        Mutex::new(VfioDevice::new(dev, maps, irqs, log))
-    });
-    let mut backend = backend.lock().unwrap_or_else(|p| p.into_inner());
     let vectors = backend.device.vectors();
     let server = Server::new(VfioDevice::regions(), VfioDevice::irq_infos(vectors));
     let (mut client, sock) = UnixStream::pair().expect("socketpair");
@@ -378,14 +388,14 @@ pub fn vfio_stream(data: &[u8]) {
         })
     };
     let writer = {
-        let data = data.to_vec();
+        let bytes = bytes.to_vec();
         std::thread::spawn(move || {
-            let _ = client.write_all(&data);
+            let _ = client.write_all(&bytes);
             let _ = client.shutdown(std::net::Shutdown::Write);
         })
     };
-    let _ = server.serve(sock, &mut *backend);
-    crate::vfio_user::Backend::disconnected(&mut *backend);
+    let _ = server.serve(sock, backend);
+    crate::vfio_user::Backend::disconnected(backend);
     let _ = writer.join();
     let _ = reader.join();
 }
@@ -425,22 +435,8 @@ pub fn control_line(data: &[u8]) {
 /// Properties: nothing panics or hangs; the rule limit holds; after both clients are gone the
 /// device answers its control socket and a reset.
 pub fn clients_and_control(data: &[u8]) {
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
     static BACKEND: OnceLock<Mutex<VfioDevice>> = OnceLock::new();
-    let backend = BACKEND.get_or_init(|| {
-        let maps = Arc::new(MapTable::new());
-        let irqs = Arc::new(EventfdSink::default());
-        let log = Arc::new(EventLog::disabled());
-        let cfg = DeviceConfig {
-            queues: 2,
-            internal_mem: 64 << 10,
-            faults: RuleSet::default(),
-            dma_bits: 64,
-        };
-        let dev = Device::new(&cfg, maps.clone(), irqs.clone(), log.clone()).expect("device");
-        Mutex::new(VfioDevice::new(dev, maps, irqs, log))
-    });
+    let backend = BACKEND.get_or_init(|| Mutex::new(fuzz_vfio_device()));
     let mut input = Input(data);
     let (la, lb) = (usize::from(input.u16()), usize::from(input.u16()));
     let rest = input.0;
@@ -462,27 +458,7 @@ pub fn clients_and_control(data: &[u8]) {
         }
     });
     for bytes in [a, b] {
-        let vectors = backend.device.vectors();
-        let server = Server::new(VfioDevice::regions(), VfioDevice::irq_infos(vectors));
-        let (mut client, sock) = UnixStream::pair().expect("socketpair");
-        let reader = {
-            let mut c = client.try_clone().expect("clone");
-            std::thread::spawn(move || {
-                let mut sink = [0u8; 4096];
-                while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
-            })
-        };
-        let writer = {
-            let bytes = bytes.to_vec();
-            std::thread::spawn(move || {
-                let _ = client.write_all(&bytes);
-                let _ = client.shutdown(std::net::Shutdown::Write);
-            })
-        };
-        let _ = server.serve(sock, &mut *backend);
-        crate::vfio_user::Backend::disconnected(&mut *backend);
-        let _ = writer.join();
-        let _ = reader.join();
+        serve_one_client(&mut backend, bytes);
     }
     controller.join().expect("the control client's thread");
     let shared = backend.device.shared().clone();
