@@ -93,13 +93,18 @@ pub fn skeleton_of(solution: &str, step: u32) -> Result<String, String> {
 }
 
 /// The code between `// ANCHOR: name` and `// ANCHOR_END: name` of a solution file, with other
-/// anchors and the exercise markers left out and the common indentation removed.
-pub fn listing(solution: &str, name: &str) -> Option<String> {
+/// anchors left out and the common indentation removed. An exercise region is shown as its
+/// task, never its code: the task's text, a gap for the student's code, and where the
+/// reference solution is (`reference`, the solution file's path).
+pub fn listing(solution: &str, name: &str, reference: &str) -> Option<String> {
     let start = format!("{ANCHOR}{name}");
     let end = format!("{ANCHOR_END}{name}");
     let mut lines = solution.lines();
     lines.by_ref().find(|l| l.trim() == start)?;
     let mut body: Vec<String> = Vec::new();
+    // Inside an exercise region: its indentation, and whether its task text is over (at the
+    // first `// STUB:` line).
+    let mut exercise: Option<(String, bool)> = None;
     for l in lines.by_ref() {
         if l.trim() == end {
             let indent = body
@@ -115,14 +120,30 @@ pub fn listing(solution: &str, name: &str) -> Option<String> {
             return Some(text.join("\n") + "\n");
         }
         let t = l.trim_start();
-        if is_anchor(l) || t.starts_with(STUB) || t.starts_with(END_EXERCISE) {
+        if is_anchor(l) {
             continue;
         }
-        let indent = &l[..l.len() - t.len()];
-        body.push(match t.strip_prefix(EXERCISE) {
-            Some(what) => format!("{indent}// You write: {what}"),
-            None => l.to_string(),
-        });
+        if let Some(what) = t.strip_prefix(EXERCISE) {
+            let indent = &l[..l.len() - t.len()];
+            body.push(format!("{indent}// YOUR TASK: {what}"));
+            exercise = Some((indent.to_string(), false));
+            continue;
+        }
+        match &mut exercise {
+            None => body.push(l.to_string()),
+            Some((indent, _)) if t.starts_with(END_EXERCISE) => {
+                body.push(format!("{indent}//"));
+                body.push(format!("{indent}// ...your code..."));
+                body.push(format!(
+                    "{indent}// (stuck? the reference solution: {reference})"
+                ));
+                exercise = None;
+            }
+            Some((_, task_over)) if t.starts_with(STUB) => *task_over = true,
+            Some((_, false)) if t.starts_with("// ") => body.push(l.to_string()),
+            // the solution is left out
+            Some(_) => {}
+        }
     }
     None
 }
@@ -149,7 +170,7 @@ pub fn refresh_chapter(chapter: &str, root: &Path) -> Result<String, String> {
             .ok_or_else(|| format!("`{line}`: want `<!-- listing PATH ANCHOR -->`"))?;
         let text = std::fs::read_to_string(root.join(path)).map_err(|e| format!("{path}: {e}"))?;
         let code =
-            listing(&text, anchor).ok_or_else(|| format!("{path} has no anchor {anchor}"))?;
+            listing(&text, anchor, path).ok_or_else(|| format!("{path} has no anchor {anchor}"))?;
         match lines.next() {
             Some(fence) if fence.starts_with("```") => {}
             _ => return Err(format!("`{line}` is not followed by a code block")),
@@ -241,12 +262,12 @@ fn probe() -> Result {
     }
 
     #[test]
-    fn a_listing_is_the_anchor_without_markers() {
+    fn a_listing_shows_an_exercise_as_its_task_not_its_code() {
         assert_eq!(
-            listing(SOLUTION, "body").unwrap(),
-            "let x = 1;\n// You write: Read the ID register.\n// Then check it.\nlet id = read();\ncheck(id)\n"
+            listing(SOLUTION, "body", "sol.rs").unwrap(),
+            "let x = 1;\n// YOUR TASK: Read the ID register.\n// Then check it.\n//\n// ...your code...\n// (stuck? the reference solution: sol.rs)\n"
         );
-        assert!(listing(SOLUTION, "nothing").is_none());
+        assert!(listing(SOLUTION, "nothing", "sol.rs").is_none());
     }
 
     fn root() -> PathBuf {
@@ -307,6 +328,66 @@ fn probe() -> Result {
                 have == want,
                 "{}: a listing differs from its solution file: run DMALAB_BLESS=1 cargo test -p dmalab-harness --lib tutorial",
                 path.display()
+            );
+        }
+    }
+    /// The code lines inside the exercise regions of step `step`'s solution (comments, lines
+    /// too short to give anything away, and lines the given code has too left out): what the
+    /// student must write.
+    fn answer_lines(root: &Path, step: u32) -> Vec<String> {
+        let (mut inside_lines, mut given) = (Vec::new(), std::collections::BTreeSet::new());
+        for (name, _) in skeleton_files(root, step).unwrap() {
+            let text = std::fs::read_to_string(solution_dir(root, step).join(&name)).unwrap();
+            let mut inside = false;
+            for l in text.lines().map(str::trim) {
+                if l.starts_with(EXERCISE) {
+                    inside = true;
+                } else if l.starts_with(END_EXERCISE) {
+                    inside = false;
+                } else if !inside {
+                    given.insert(l.to_string());
+                } else if !l.starts_with("//") && l.len() >= 16 {
+                    inside_lines.push(l.to_string());
+                }
+            }
+        }
+        inside_lines.retain(|l| !given.contains(l));
+        inside_lines
+    }
+
+    /// A chapter states its exercise and links the solution; it never prints the code the
+    /// exercise asks for (in a listing or anywhere else).
+    #[test]
+    fn no_chapter_prints_the_code_its_exercise_asks_for() {
+        let root = root();
+        let dir = root.join("docs/tutorial");
+        for step in 1..=STEPS {
+            let Some(chapter) = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| Some(e.ok()?.path()))
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{step:02}-")))
+                })
+            else {
+                panic!("no chapter for step {step} in {}", dir.display());
+            };
+            let text = std::fs::read_to_string(&chapter).unwrap();
+            let printed: std::collections::BTreeSet<&str> = text.lines().map(str::trim).collect();
+            let answers = answer_lines(&root, step);
+            assert!(!answers.is_empty(), "step {step} has no exercise");
+            let given: Vec<&String> = answers
+                .iter()
+                .filter(|a| printed.contains(a.as_str()))
+                .collect();
+            assert!(
+                given.is_empty(),
+                "{} prints {} of the {} lines its exercise asks for, e.g. `{}`",
+                chapter.display(),
+                given.len(),
+                answers.len(),
+                given[0]
             );
         }
     }
