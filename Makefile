@@ -174,6 +174,7 @@ check-step: artifacts
 	@[ -n "$(STEP)" ] || { echo "usage: make check-step STEP=N [DIR=module dir]"; exit 2; }
 	@dir="$(or $(DIR),$(if $(wildcard work/step$(STEP)),work/step$(STEP),exercises/skeletons/step$(STEP)))"; \
 		echo "[dmalab] grading $$dir as step $(STEP)"; \
+		mkdir -p work && ln -sfn "$$(cat $(P)/kbuild)/source" work/linux; \
 		ko=$$(scripts/build-exercise.sh "$$(cat $(P)/kbuild)" "$$dir") \
 		&& target/release/dmalab-check --step $(STEP) --driver "$$ko"
 

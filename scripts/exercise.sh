@@ -16,6 +16,10 @@ else
     cp -r "$skel" "$dest"
     say "copied the step $step skeleton to work/step$step"
 fi
+# the kernel source the chapters link into (work/linux/rust/kernel/...), once it is unpacked
+if [ -f "$ROOT/target/paths/kbuild" ] && [ -d "$(cat "$ROOT/target/paths/kbuild")/source" ]; then
+    ln -sfn "$(cat "$ROOT/target/paths/kbuild")/source" "$ROOT/work/linux"
+fi
 todos=$(grep -c "TODO(step $step)" "$dest"/*.rs | awk -F: '{s+=$2} END {print s}')
 cat <<MSG
 
@@ -27,6 +31,8 @@ cat <<MSG
 
   The first check on a fresh machine builds QEMU, the guest kernel and the grader (about
   17 minutes, once; cached in ~/.cache/dmalab); after that a step grades in 20-60 s.
+  The kernel's Rust API the chapter links to is in work/linux/rust/kernel/ (the guest
+  kernel's source, linked there once the first check has unpacked it).
   Stuck: the chapter's hints, then exercises/solutions/step$step/.
 
 MSG

@@ -187,6 +187,73 @@ pub fn refresh_chapter(chapter: &str, root: &Path) -> Result<String, String> {
     Ok(out)
 }
 
+/// The rows of a chapter's "The kernel API" table: each signature (the second column, without
+/// its backticks) and the file of the kernel tree it is quoted from (`rust/kernel/...`).
+pub fn api_rows(chapter: &str) -> Vec<(String, String)> {
+    let Some(start) = chapter.find("## The kernel API") else {
+        return Vec::new();
+    };
+    chapter[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            let sig = cells.get(1)?.trim().strip_prefix('`')?.strip_suffix('`')?;
+            let file = cells.get(2)?.split('`').nth(1)?;
+            Some((sig.to_string(), file.to_string()))
+        })
+        .collect()
+}
+
+/// Every signature a chapter quotes that the kernel tree at `tree` does not declare, as
+/// "chapter: `signature` is not in rust/kernel/file" (whitespace and trailing commas aside).
+pub fn api_mismatches(root: &Path, tree: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for step in 1..=STEPS {
+        let Some(chapter) = chapter_path(root, step) else {
+            out.push(format!("step {step} has no chapter"));
+            continue;
+        };
+        let text = std::fs::read_to_string(&chapter).unwrap_or_default();
+        let rows = api_rows(&text);
+        if rows.is_empty() {
+            out.push(format!("{}: no kernel API table", chapter.display()));
+        }
+        for (sig, file) in rows {
+            let source = std::fs::read_to_string(tree.join(&file)).unwrap_or_default();
+            if !declares(&source, &sig) {
+                out.push(format!("{}: `{sig}` is not in {file}", chapter.display()));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `source` declares `sig`, whitespace and trailing commas in argument lists aside (a
+/// signature quoted on one line matches one rustfmt broke over several).
+pub fn declares(source: &str, sig: &str) -> bool {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .replace(",)", ")")
+    };
+    squash(source).contains(&squash(sig))
+}
+
+/// `docs/tutorial/NN-*.md`, the chapter of step `step`.
+pub fn chapter_path(root: &Path, step: u32) -> Option<PathBuf> {
+    std::fs::read_dir(root.join("docs/tutorial"))
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{step:02}-")))
+        })
+}
+
 /// `exercises/solutions/stepN` under `root`.
 pub fn solution_dir(root: &Path, step: u32) -> PathBuf {
     root.join(format!("exercises/solutions/step{step}"))
@@ -355,6 +422,23 @@ fn probe() -> Result {
         inside_lines
     }
 
+    /// A quoted signature is looked up in the tree; one the tree does not declare is named.
+    #[test]
+    fn api_rows_are_checked_against_a_tree() {
+        let chapter = "# x\n## The kernel API\n\n| what | signature | where |\n|---|---|---|\n| a | `pub fn f(&self, a: u32,) -> Result` | [`rust/kernel/a.rs`](x) |\n\n## Check it\n";
+        let rows = api_rows(chapter);
+        assert_eq!(
+            rows,
+            [(
+                "pub fn f(&self, a: u32,) -> Result".to_string(),
+                "rust/kernel/a.rs".to_string()
+            )]
+        );
+        let source = "    pub fn f(\n        &self,\n        a: u32,\n    ) -> Result {";
+        assert!(declares(source, &rows[0].0));
+        assert!(!declares(source, "pub fn f(&self, a: u64) -> Result"));
+    }
+
     /// A chapter states its exercise and links the solution; it never prints the code the
     /// exercise asks for (in a listing or anywhere else).
     #[test]
@@ -362,15 +446,7 @@ fn probe() -> Result {
         let root = root();
         let dir = root.join("docs/tutorial");
         for step in 1..=STEPS {
-            let Some(chapter) = std::fs::read_dir(&dir)
-                .unwrap()
-                .filter_map(|e| Some(e.ok()?.path()))
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{step:02}-")))
-                })
-            else {
+            let Some(chapter) = chapter_path(&root, step) else {
                 panic!("no chapter for step {step} in {}", dir.display());
             };
             let text = std::fs::read_to_string(&chapter).unwrap();

@@ -1016,6 +1016,25 @@ fn every_tutorial_solution_passes_its_step_and_every_skeleton_fails_it_helpfully
     }
 }
 
+/// Every kernel API signature a tutorial chapter quotes is declared, as quoted, by the guest
+/// kernel's tree the build unpacked (no VM: the tree is an artifact like the kernel).
+#[test]
+fn the_tutorial_quotes_the_kernel_api_as_the_tree_declares_it() {
+    let kbuild = dmalab_harness::artifacts::path("kbuild").unwrap_or_else(|e| panic!("{e}"));
+    let tree = kbuild.join("source");
+    assert!(
+        tree.join("rust/kernel/dma.rs").exists(),
+        "no kernel tree at {}",
+        tree.display()
+    );
+    let wrong = dmalab_harness::tutorial::api_mismatches(&dmalab_harness::artifacts::root(), &tree);
+    assert!(
+        wrong.is_empty(),
+        "the tutorial misquotes the kernel:\n{}",
+        wrong.join("\n")
+    );
+}
+
 /// `make bench`'s boot in miniature: every cell of its table runs (dmalab on one queue and on
 /// all, QEMU's NVMe on both namespaces through the kernel's driver, edu from user space, the
 /// guest's memcpy), moves the right bytes and fails no request, and dmalab's data path reads no
