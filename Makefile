@@ -110,7 +110,9 @@ fuzz-smoke:
 	@scripts/fuzz.sh 10
 
 # Miri on the device's unit tests (nightly; make test runs a smoke of the memory views and the
-# control parser), and the device's tests under AddressSanitizer and ThreadSanitizer.
+# control parser), and the device's tests under AddressSanitizer and ThreadSanitizer
+# (SANITIZE_E2E=1: then the e2e transfer, hostile-guest and unbind suites with each sanitized
+# server).
 miri:
 	@scripts/miri.sh
 

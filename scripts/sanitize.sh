@@ -35,3 +35,32 @@ for san in address thread; do
     fi
     unset TSAN_OPTIONS ASAN_OPTIONS
 done
+
+# SANITIZE_E2E=1: then the e2e suites that drive the server hardest (transfers, the hostile
+# guest, unbind under load; real QEMU, real guest) with the server built instrumented in
+# release (a debug TSan server is too slow for the suites' timeouts), its reports collected.
+[ "${SANITIZE_E2E:-}" = 1 ] || exit 0
+for san in address thread; do
+    extra=()
+    [ $san = thread ] && extra=(-Zbuild-std)
+    say "$san sanitizer: building the release server"
+    dir="$ROOT/target/$san-san-release"
+    RUSTFLAGS="-Zsanitizer=$san" CARGO_TARGET_DIR="$dir" \
+        cargo +nightly build --release -p dmalab-device --target x86_64-unknown-linux-gnu "${extra[@]}" \
+        >"$out/$san-e2e-build.log" 2>&1 || die "$san sanitizer: the server does not build (log: $out/$san-e2e-build.log)"
+    if [ $san = thread ]; then
+        export TSAN_OPTIONS="suppressions=$ROOT/scripts/tsan.supp halt_on_error=0 log_path=$out/e2e-tsan"
+    else
+        export ASAN_OPTIONS="log_path=$out/e2e-asan detect_leaks=0"
+    fi
+    say "$san sanitizer: the e2e transfer, hostile-guest and unbind suites"
+    log="$out/$san-e2e.log"
+    DMALAB_DEVICE="$dir/x86_64-unknown-linux-gnu/release/dmalab-device" \
+        cargo test --release -p dmalab-harness --test e2e -- transfer hostile unbind \
+        >"$log" 2>&1 || { tail -40 "$log"; die "$san sanitizer: e2e tests failed (log: $log)"; }
+    passed=$(grep -o 'test result: ok. [0-9]* passed' "$log" | awk '{s+=$4} END {print s}')
+    reports=$(cat "$out"/e2e-"${san:0:1}"san.* 2>/dev/null | grep -c "^SUMMARY" || true)
+    say "$san sanitizer: $passed e2e tests passed, $reports reports"
+    [ "$reports" = 0 ] || die "$san sanitizer: $reports reports (in $out)"
+    unset TSAN_OPTIONS ASAN_OPTIONS
+done
