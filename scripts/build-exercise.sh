@@ -19,6 +19,9 @@ flock 9
 rm -f "$mod"/*.rs
 cp "$src"/Kbuild "$src"/*.rs "$mod/"
 cp "$ROOT/abi/regs.rs" "$work/abi/"
+# step 9 uses the reference driver's streaming abstraction as it is (`#[path]` to it)
+mkdir -p "$work/guest-driver/module"
+cp "$ROOT/guest-driver/module/streaming.rs" "$work/guest-driver/module/"
 run_logged "build of $(basename "$(dirname "$src")")/$(basename "$src")" "$mod/build.log" \
     make -C "$kbuild" M="$mod" LLVM=-19 ARCH=x86_64 modules
 echo "$mod/dmalab.ko"

@@ -3,7 +3,7 @@
 # write the step; `make check-step STEP=N` grades that folder. Never overwrites your work.
 source "$(dirname "$0")/lib.sh"
 step=${1:-}
-[[ "$step" =~ ^[1-8]$ ]] || die "usage: make exercise STEP=N (N = 1..8, docs/tutorial/README.md)"
+[[ "$step" =~ ^[1-9]$ ]] || die "usage: make exercise STEP=N (N = 1..9, docs/tutorial/README.md)"
 skel="$ROOT/exercises/skeletons/step$step"
 dest="$ROOT/work/step$step"
 chapter=$(ls "$ROOT"/docs/tutorial/0"$step"-*.md)

@@ -87,6 +87,14 @@ pub enum Event {
         /// What happened, for people.
         what: String,
     },
+    /// The guest changed the PCI command register's memory-space or bus-master bit (the
+    /// device's own account of what the driver enabled).
+    Command {
+        /// Memory Space Enable (bit 1): BAR accesses reach the device.
+        memory: bool,
+        /// Bus Master Enable (bit 2): the device may access guest memory.
+        bus_master: bool,
+    },
     /// Device or queue reset.
     Reset {
         /// The queue reset, or `None` for a device reset.
@@ -227,6 +235,7 @@ impl Event {
             Event::Complete { .. } => "complete",
             Event::Irq { .. } => "irq",
             Event::Error { .. } => "error",
+            Event::Command { .. } => "command",
             Event::Reset { .. } => "reset",
             Event::Fault(_) => "fault",
             Event::Epoch { .. } => "epoch",

@@ -116,6 +116,11 @@ impl ConfigSpace {
         self.bytes[0x04] & 1 << 2 != 0
     }
 
+    /// Memory Space Enable: bit 1 of the command register (0 at power-on).
+    pub fn memory_space(&self) -> bool {
+        self.bytes[0x04] & 1 << 1 != 0
+    }
+
     /// Back to power-on values (device reset).
     pub fn reset(&mut self) {
         self.bytes = self.reset_bytes;

@@ -152,6 +152,8 @@ pub struct VfioDevice {
     maps: Arc<MapTable>,
     irqs: Arc<EventfdSink>,
     log: Arc<EventLog>,
+    /// The command register's memory-space bit as last seen (for [`Event::Command`]).
+    memory_space: std::sync::atomic::AtomicBool,
 }
 
 impl VfioDevice {
@@ -170,6 +172,7 @@ impl VfioDevice {
             maps,
             irqs,
             log,
+            memory_space: std::sync::atomic::AtomicBool::new(false),
         };
         s.follow_command_register();
         s
@@ -178,12 +181,21 @@ impl VfioDevice {
     /// Bus Master Enable as the command register now says, for the device and its interrupts.
     fn follow_command_register(&self) {
         let on = self.config.bus_master();
-        if on
-            != self
-                .irqs
+        let memory = self.config.memory_space();
+        let was = (
+            self.memory_space
+                .swap(memory, std::sync::atomic::Ordering::SeqCst),
+            self.irqs
                 .bus_master
-                .load(std::sync::atomic::Ordering::SeqCst)
-        {
+                .load(std::sync::atomic::Ordering::SeqCst),
+        );
+        if was != (memory, on) {
+            self.log.record(|| Event::Command {
+                memory,
+                bus_master: on,
+            });
+        }
+        if on != was.1 {
             info!(
                 "PCI command register: bus mastering {}",
                 if on { "on" } else { "off" }

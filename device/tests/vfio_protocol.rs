@@ -872,3 +872,34 @@ fn a_shrunk_backing_file_fails_the_descriptor_not_the_server() {
     assert_eq!(mem.metadata().unwrap().len(), size / 2);
     srv.finish(c);
 }
+
+/// The device's own account of what the driver enabled: every change of the command
+/// register's memory-space or bus-master bit is an event (the tutorial's checks read it
+/// instead of trusting the driver).
+#[test]
+fn command_register_changes_are_events() {
+    let (srv, mut c) = Server::start("m-command");
+    c.negotiate();
+    c.command(false);
+    c.command(false);
+    c.command(true);
+    let dir = srv.dir.clone();
+    srv.finish(c);
+    let log = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    let seen: Vec<(bool, bool)> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "command")
+        .map(|v| {
+            (
+                v["memory"].as_bool().unwrap(),
+                v["bus_master"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [(true, false), (true, true)],
+        "one event per change, none for a write that changes nothing"
+    );
+}

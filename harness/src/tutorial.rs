@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 
 /// Steps of the ladder.
-pub const STEPS: u32 = 8;
+pub const STEPS: u32 = 9;
 
 const EXERCISE: &str = "// EXERCISE: ";
 const STUB: &str = "// STUB: ";
@@ -254,6 +254,67 @@ pub fn chapter_path(root: &Path, step: u32) -> Option<PathBuf> {
         })
 }
 
+/// A typical student mistake of the catalogue (`exercises/mistakes.toml`, which says what each
+/// field means): a variant of a step's solution, and what grading it must say.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mistake {
+    pub id: String,
+    pub step: u32,
+    pub what: String,
+    pub file: String,
+    pub find: String,
+    pub replace: String,
+    pub check: String,
+    pub says: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Catalogue {
+    mistake: Vec<Mistake>,
+}
+
+/// The mistake catalogue under `root`.
+pub fn mistakes(root: &Path) -> Result<Vec<Mistake>, String> {
+    let path = root.join("exercises/mistakes.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let c: Catalogue = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(c.mistake)
+}
+
+/// The module files of mistake `m`: its step's solution with `find` replaced once. Errors
+/// say when `find` does not occur exactly once (the solution moved on without the catalogue).
+pub fn mistake_files(root: &Path, m: &Mistake) -> Result<Vec<(String, String)>, String> {
+    let dir = solution_dir(root, m.step);
+    let mut out = Vec::new();
+    let mut changed = false;
+    for (name, _) in skeleton_files(root, m.step)? {
+        let text = std::fs::read_to_string(dir.join(&name)).map_err(|e| format!("{name}: {e}"))?;
+        if name != m.file {
+            out.push((name, text));
+            continue;
+        }
+        match text.matches(m.find.as_str()).count() {
+            1 => out.push((name, text.replacen(m.find.as_str(), &m.replace, 1))),
+            n => {
+                return Err(format!(
+                    "mistake {}: its `find` occurs {n} times in step {} {} (want once)",
+                    m.id, m.step, m.file
+                ))
+            }
+        }
+        changed = true;
+    }
+    if !changed {
+        return Err(format!(
+            "mistake {}: step {} has no file {}",
+            m.id, m.step, m.file
+        ));
+    }
+    Ok(out)
+}
+
 /// `exercises/solutions/stepN` under `root`.
 pub fn solution_dir(root: &Path, step: u32) -> PathBuf {
     root.join(format!("exercises/solutions/step{step}"))
@@ -437,6 +498,41 @@ fn probe() -> Result {
         let source = "    pub fn f(\n        &self,\n        a: u32,\n    ) -> Result {";
         assert!(declares(source, &rows[0].0));
         assert!(!declares(source, "pub fn f(&self, a: u64) -> Result"));
+    }
+
+    /// The catalogue holds at least 15 mistakes over the steps, each with a distinct id, a
+    /// `find` that occurs once, a check its step grades, and something its message must say.
+    #[test]
+    fn every_catalogued_mistake_applies_to_its_solution() {
+        let root = root();
+        let all = mistakes(&root).unwrap();
+        assert!(all.len() >= 15, "only {} mistakes", all.len());
+        let mut ids = std::collections::BTreeSet::new();
+        for m in &all {
+            assert!(ids.insert(m.id.clone()), "two mistakes are named {}", m.id);
+            assert!(
+                (1..=STEPS).contains(&m.step),
+                "{}: no step {}",
+                m.id,
+                m.step
+            );
+            assert!(!m.says.is_empty(), "{}: says nothing", m.id);
+            let files = mistake_files(&root, m).unwrap_or_else(|e| panic!("{e}"));
+            assert!(files.iter().any(|(n, _)| *n == m.file));
+            let check = crate::grading::checks::table()
+                .iter()
+                .find(|c| c.id == m.check)
+                .unwrap_or_else(|| panic!("{}: no check {}", m.id, m.check));
+            assert!(
+                check.steps.is_some_and(|s| s.graded_at(m.step)),
+                "{}: step {} does not grade {}",
+                m.id,
+                m.step,
+                m.check
+            );
+        }
+        let steps: std::collections::BTreeSet<u32> = all.iter().map(|m| m.step).collect();
+        assert!(steps.len() >= 7, "mistakes in only {} steps", steps.len());
     }
 
     /// A chapter states its exercise and links the solution; it never prints the code the

@@ -158,6 +158,10 @@ pub struct Bound {
     pub driver: Option<String>,
     /// Its PCI command register (bit 1 memory space, bit 2 bus master).
     pub command: u16,
+    /// The kernel's count of enables of the device (sysfs `enable`: `pci_enable_device_mem`
+    /// and friends, which the firmware's settings do not count); `None` if unreadable.
+    #[serde(default)]
+    pub enable_count: Option<u32>,
 }
 
 impl Bound {

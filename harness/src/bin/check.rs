@@ -34,7 +34,7 @@ struct Args {
     from: u32,
     /// Grade a tutorial module instead (docs/tutorial/): the checks of ladder steps 1..=N,
     /// which need only the part of the contract those steps build
-    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=8))]
+    #[arg(long, conflicts_with = "level", value_parser = clap::value_parser!(u32).range(1..=dmalab_harness::tutorial::STEPS as i64))]
     step: Option<u32>,
     /// Boot this kernel image (bzImage) instead of the one the build made; the module must be
     /// built against it, and its configuration must have what the checks read (see

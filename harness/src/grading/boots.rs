@@ -57,6 +57,7 @@ pub fn dir_name(boot: &Boot, mode: Mode) -> String {
     match (boot.name, mode) {
         ("ladder", Mode::Step(n)) => format!("step{n}"),
         ("ladder_iommu", Mode::Step(n)) => format!("step{n}_iommu"),
+        ("ownership", Mode::Step(n)) if n >= 9 => format!("step{n}_ownership"),
         (name, _) => name.to_string(),
     }
 }
@@ -181,7 +182,11 @@ pub static BOOTS: &[Boot] = &[
         name: "ownership",
         conditions: "the ownership oracle, completions 5 ms late",
         platform: Conditions::GENTLE,
-        scenarios: |_| "load,transfers,sg,concurrent,unload".into(),
+        // from step 9 on, the ladder's driver streams too: the oracle watches its hand-overs
+        scenarios: |mode| match mode {
+            Mode::Step(n) if n >= 9 => "load,transfers,sg,concurrent,selftest,unload".into(),
+            _ => "load,transfers,sg,concurrent,unload".into(),
+        },
         tune: oracle_with_late_completions,
         requires: None,
     },
@@ -220,6 +225,31 @@ pub static BOOTS: &[Boot] = &[
         platform: STRICT,
         scenarios: |_| "load,transfers,sg,unload".into(),
         tune: |o| o.iommu = true,
+        requires: None,
+    },
+    Boot {
+        name: "ladder_timeout",
+        conditions: "the first direct transfer stalled",
+        platform: Conditions::GENTLE,
+        scenarios: |_| "load,stall_recovery,unload".into(),
+        tune: |o| {
+            // queue 8 is the direct block (abi::DIRECT_QUEUE): the rule stalls its first
+            // transfer, which the agent submits on queue 0 with a 2 s timeout
+            o.faults =
+                Some("[[rule]]\nname = \"stall\"\nkind = \"stall\"\nqueue = 8\ntimes = 1\n".into());
+            o.append = format!("dmalab.stall_queue=0 {}", o.append);
+        },
+        requires: None,
+    },
+    Boot {
+        name: "ladder_bounce",
+        conditions: "every streaming mapping bounced (swiotlb=force)",
+        platform: Conditions {
+            swiotlb: true,
+            ..Conditions::GENTLE
+        },
+        scenarios: |_| "load,selftest,unload".into(),
+        tune: nothing,
         requires: None,
     },
     Boot {

@@ -185,15 +185,33 @@ fn build() -> Vec<Check> {
             see: "docs/tutorial/01-bind.md#enabling",
             chapter: None,
             boot: "step1",
-            judge: |r, _| match bound(r, "loaded") {
-                Some(b) => ensure(
-                    b.enabled(),
-                    format!(
-                        "PCI command register {:#06x}: bits 1 and 2 must be set",
+            judge: |r, _| {
+                let Some(b) = bound(r, "loaded") else {
+                    return Err("not looked at: the module did not load".into());
+                };
+                // the device's own account: what the guest wrote into its command register
+                let bus_master = r.events("command").iter().any(|e| {
+                    matches!(e, Event::Command { bus_master: true, .. })
+                });
+                if !bus_master {
+                    return Err(format!(
+                        "the device never saw bus mastering turned on (PCI command register bit 2 stayed clear; it reads {:#06x} while bound): without it the device may not touch memory. Call pdev.set_master() in probe",
                         b.command
+                    ));
+                }
+                match b.enable_count {
+                    Some(0) => Err(format!(
+                        "the kernel counts no enable of the device while the driver is bound (sysfs 'enable' reads 0): memory decoding is on only because the firmware left it on (command register {:#06x}). Call pdev.enable_device_mem() in probe",
+                        b.command
+                    )),
+                    _ => ensure(
+                        b.enabled(),
+                        format!(
+                            "PCI command register {:#06x} while bound: memory decoding (bit 1) is off",
+                            b.command
+                        ),
                     ),
-                ),
-                None => Err("the module did not load".into()),
+                }
             },
         },
         Check {
@@ -421,6 +439,36 @@ fn build() -> Vec<Check> {
             judge: |r, _| {
                 let n = fetched_on(r, abi::DIRECT_QUEUE);
                 ensure(n >= 120, format!("the device ran {n} direct transfers"))
+            },
+        },
+        Check {
+            id: "timeout_reset",
+            name: "a transfer that times out fails with ETIMEDOUT, and the device is reset before the next one",
+            level: None,
+            steps: Some(Steps::Only(2)),
+            see: "docs/tutorial/02-direct-dma.md#the-transfer",
+            chapter: Some("docs/tutorial/02-direct-dma.md#the-transfer"),
+            boot: "ladder_timeout",
+            judge: |r, _| {
+                let Some(s) = r.all::<Stalled>().first().cloned() else {
+                    return Err(format!(
+                        "not looked at: the stalled transfer was never submitted{}",
+                        driver_complaints(r)
+                    ));
+                };
+                if !s.returned {
+                    return Err("a transfer the device never finishes did not come back within 20 s: the driver must give up after the request's timeout (2000 ms here) and return ETIMEDOUT".into());
+                }
+                if s.errno != libc::ETIMEDOUT {
+                    return Err(format!(
+                        "the stalled transfer came back with errno {}{} after {} ms, not ETIMEDOUT",
+                        s.errno,
+                        errno_hint(s.errno),
+                        s.ms
+                    ));
+                }
+                reset_after_stall(r)?;
+                all_verified_in(r, "after_stall", 1).and_then(|()| clean(r))
             },
         },
         Check {
@@ -854,7 +902,46 @@ fn build() -> Vec<Check> {
             boot: "ownership",
             judge: |r, _| clean(r),
         },
+        // --- streaming DMA: step 9
+        Check {
+            id: "streaming_selftest",
+            name: "the streaming self-test with every mapping bounced: each round the CPU reads the device's bytes",
+            level: None,
+            steps: Some(Steps::From(9)),
+            see: "docs/tutorial/09-streaming.md#the-cycle",
+            chapter: Some("docs/tutorial/09-streaming.md#the-cycle"),
+            boot: "ladder_bounce",
+            judge: |r, _| selftests_verified(r).and_then(|()| clean(r)),
+        },
     ]
+}
+
+/// The device's account of a direct transfer that timed out: after the stalled transfer, the
+/// driver reset the device before it started another one (a transfer that never finished still
+/// owns its buffers, and the device refuses a new command while it runs).
+fn reset_after_stall(r: &Run) -> Graded {
+    let events: Vec<&Event> = r.events.iter().map(|rec| &rec.event).collect();
+    let Some(stall) = events
+        .iter()
+        .position(|e| matches!(e, Event::Fault(f) if f.queue == abi::DIRECT_QUEUE))
+    else {
+        return Err("the device never stalled a transfer (the fault rule did not fire)".into());
+    };
+    for e in &events[stall + 1..] {
+        match e {
+            Event::Reset { queue: None, .. } => return Ok(()),
+            Event::Fetch { queue, .. } if *queue == abi::DIRECT_QUEUE => break,
+            _ => {}
+        }
+    }
+    let refused = events[stall + 1..].iter().find_map(|e| match e {
+        Event::Error { what, .. } => Some(what.as_str()),
+        _ => None,
+    });
+    Err(format!(
+        "after the stalled transfer failed with ETIMEDOUT, the driver started another without resetting the device: the device's log has no reset between them{}. The device still runs a transfer that timed out, and owns its buffers: reset it (DEV_CTRL.RESET) before returning ETIMEDOUT",
+        refused.map_or(String::new(), |w| format!(" (and it says: {w})"))
+    ))
 }
 
 /// The driver binding reported `when` ("loaded", "unloaded").
@@ -1150,7 +1237,7 @@ mod tests {
                 "level {level} has no check"
             );
         }
-        for step in 1..=8 {
+        for step in 1..=crate::tutorial::STEPS {
             assert!(
                 t.iter().any(|c| c.selected(Mode::Step(step))),
                 "step {step}"
@@ -1158,7 +1245,7 @@ mod tests {
         }
         // a step grades what the steps before it did, except what it replaces
         let at = |s| t.iter().filter(|c| c.selected(Mode::Step(s))).count();
-        assert!(at(8) > at(7) && at(7) > at(6));
+        assert!(at(9) > at(8) && at(8) > at(7) && at(7) > at(6));
     }
 
     /// The checks a contract level and a ladder step share are one entry each: no two

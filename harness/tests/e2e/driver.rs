@@ -1016,6 +1016,69 @@ fn every_tutorial_solution_passes_its_step_and_every_skeleton_fails_it_helpfully
     }
 }
 
+/// The mistake catalogue (exercises/mistakes.toml): each typical student mistake, built as a
+/// variant of its step's solution and graded by the check that should catch it, fails that
+/// check with a message naming its cause and pointing at its step's chapter.
+#[test]
+fn every_catalogued_mistake_fails_its_step_naming_its_cause() {
+    use dmalab_harness::tutorial;
+    let root = dmalab_harness::artifacts::root();
+    let all = tutorial::mistakes(&root).unwrap_or_else(|e| panic!("{e}"));
+    let results = side_by_side(&all, |m| {
+        let dir = root.join("target/mistakes").join(&m.id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mistake dir");
+        for (name, text) in tutorial::mistake_files(&root, m).unwrap_or_else(|e| panic!("{e}")) {
+            std::fs::write(dir.join(name), text).expect("write variant");
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-check"))
+            .args(["--step", &m.step.to_string(), "--check", &m.check])
+            .args(["--run-name", &format!("mistake_{}", m.id)])
+            .arg("--driver")
+            .arg(build_exercise(&dir))
+            .output()
+            .expect("run dmalab-check");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    });
+    let mut wrong = Vec::new();
+    for (m, (passed, card)) in all.iter().zip(results) {
+        let chapter = tutorial::chapter_path(&root, m.step).expect("chapter");
+        let chapter = format!(
+            "docs/tutorial/{}",
+            chapter.file_name().unwrap().to_string_lossy()
+        );
+        let fail = card.lines().find(|l| l.contains("FAIL"));
+        let problem = match fail {
+            _ if passed => Some("the step passes".to_string()),
+            None => Some("no check failed".to_string()),
+            Some(l) => {
+                let missing: Vec<&String> =
+                    m.says.iter().filter(|w| !l.contains(w.as_str())).collect();
+                if !missing.is_empty() {
+                    Some(format!("its failure does not say {missing:?}: {l}"))
+                } else if !l.contains(&chapter) {
+                    Some(format!("its failure does not point at {chapter}: {l}"))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(p) = problem {
+            wrong.push(format!("{} (step {}, {}): {p}", m.id, m.step, m.what));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} mistakes are not caught as they should be:\n{}",
+        wrong.len(),
+        all.len(),
+        wrong.join("\n")
+    );
+}
+
 /// Every kernel API signature a tutorial chapter quotes is declared, as quoted, by the guest
 /// kernel's tree the build unpacked (no VM: the tree is an artifact like the kernel).
 #[test]

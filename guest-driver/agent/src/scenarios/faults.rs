@@ -17,10 +17,14 @@ use super::verify::{
     FAULT_TIMEOUT_MS,
 };
 
-/// The host stalls queue 1's first request: it must come back within its timeout (2 s) as
-/// ETIMEDOUT, and the queue must work again afterwards (the driver reset it). The request runs
-/// in a thread, so a driver that never times out is reported instead of hanging the agent.
+/// The host stalls queue 1's first request (queue `dmalab.stall_queue`: 0 for the tutorial's
+/// step 2, whose driver has the direct block only): it must come back within its timeout (2 s)
+/// as ETIMEDOUT, and the queue must work again afterwards (the driver reset it). The request
+/// runs in a thread, so a driver that never times out is reported instead of hanging the agent.
 pub(super) fn stall_recovery() -> Result<(), String> {
+    let queue: u8 = crate::cmdline_param("dmalab.stall_queue")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let (tx, rx) = std::sync::mpsc::channel();
     let t = Instant::now();
     let waiter = std::thread::spawn(move || {
@@ -28,7 +32,7 @@ pub(super) fn stall_recovery() -> Result<(), String> {
             let Ok(d) = Dev::open(0) else {
                 return;
             };
-            verified_with(&d, abi::OP_COPY, 1, 4096, 0, 1, 0, 2000).errno
+            verified_with(&d, abi::OP_COPY, queue, 4096, 0, 1, 0, 2000).errno
             // the device file closes here, before the answer goes out: an open file holds
             // the module, and the `unload` after this scenario must not find it held (on a
             // loaded machine this thread could be descheduled between answering and closing,
@@ -49,7 +53,7 @@ pub(super) fn stall_recovery() -> Result<(), String> {
     if answer.is_none() {
         return Err("the stalled request never returned".into());
     }
-    let o = verified_with(&Dev::open(0)?, abi::OP_COPY, 1, 4096, 0, 2, 0, 5000);
+    let o = verified_with(&Dev::open(0)?, abi::OP_COPY, queue, 4096, 0, 2, 0, 5000);
     report_xfer(&o, "after_stall");
     Ok(())
 }

@@ -30,11 +30,16 @@ pub(super) fn bind(module: &str) -> Result<(), String> {
         let command = config
             .get(4..6)
             .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+        // how many times the PCI core counted the device enabled (pci_enable_device*)
+        let enable_count = std::fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/enable"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
         report(Report::Bound(Bound {
             when: when.into(),
             bdf: bdf.clone(),
             driver,
             command,
+            enable_count,
         }));
     };
     insmod(module)?;
