@@ -436,6 +436,16 @@ impl Device {
                     }
                     r.sq_tail = v;
                 } else {
+                    // The driver may return only slots the device has written: from its last
+                    // CQ_HEAD up to CQ_TAIL (taken before a completion becomes visible).
+                    let dist = |from: u32, to: u32| (to + r.size - from) % r.size;
+                    if dist(r.cq_head, v) > dist(r.cq_head, r.cq_tail) {
+                        let (head, tail) = (r.cq_head, r.cq_tail);
+                        drop(r);
+                        return self.bad_doorbell(format!(
+                            "queue {qi}: CQ_HEAD = {v} refused: the device has written completions up to slot {tail} (CQ_TAIL) and the driver had returned up to {head}, so the driver took a slot the device never wrote: an old completion taken for a new one (after the completion ring wraps, new completions carry the other phase bit)"
+                        ));
+                    }
                     r.cq_head = v;
                 }
                 drop(r);

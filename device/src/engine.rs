@@ -114,6 +114,8 @@ impl BadAccess {
 struct Refusal {
     status: Status,
     access: Option<BadAccess>,
+    /// Why, in the datasheet's terms, where the status alone does not say.
+    why: Option<&'static str>,
 }
 
 impl From<Status> for Refusal {
@@ -121,15 +123,25 @@ impl From<Status> for Refusal {
         Self {
             status,
             access: None,
+            why: None,
         }
     }
 }
 
 impl Refusal {
+    fn because(status: Status, why: &'static str) -> Self {
+        Self {
+            status,
+            access: None,
+            why: Some(why),
+        }
+    }
+
     fn access(field: Field) -> impl FnOnce(AccessError) -> Refusal {
         move |error| Refusal {
             status: access_status(error),
             access: Some(BadAccess { field, error }),
+            why: None,
         }
     }
 }
@@ -144,6 +156,8 @@ pub struct Outcome {
     pub violation: bool,
     /// The guest range refused, if that was the reason.
     pub access: Option<BadAccess>,
+    /// Otherwise, why the descriptor was refused where its status alone does not say.
+    pub why: Option<&'static str>,
 }
 
 impl Outcome {
@@ -168,6 +182,7 @@ impl Outcome {
             result: 0,
             violation: false,
             access: None,
+            why: None,
         }
     }
 
@@ -178,6 +193,7 @@ impl Outcome {
             result,
             violation: false,
             access: None,
+            why: None,
         }
     }
     fn refused(r: Refusal) -> Self {
@@ -187,6 +203,7 @@ impl Outcome {
             result: 0,
             violation: r.status == Status::DmaFault,
             access: r.access,
+            why: r.why,
         }
     }
 }
@@ -294,16 +311,25 @@ fn guest_side<'m>(
         let mut total = 0u64;
         for e in table.chunks_exact(abi::SG_ENTRY_SIZE).map(wire::decode_sg) {
             if e.rsvd != 0 {
-                return Err(Status::BadDescriptor.into());
+                return Err(Refusal::because(
+                    Status::BadDescriptor,
+                    "an SG entry's reserved word is not 0",
+                ));
             }
             if e.len == 0 {
-                return Err(Status::BadLength.into());
+                return Err(Refusal::because(
+                    Status::BadLength,
+                    "an SG entry has length 0",
+                ));
             }
             total += u64::from(e.len);
             ranges.push((e.addr, u64::from(e.len)));
         }
         if total != len {
-            return Err(Status::BadLength.into());
+            return Err(Refusal::because(
+                Status::BadLength,
+                "its SG list's entry lengths do not add up to the descriptor's LEN",
+            ));
         }
         ranges
     } else {
@@ -359,7 +385,10 @@ fn plan<'m>(ctx: &Ctx<'m>, d: &Descriptor) -> Result<Plan<'m>, Refusal> {
     };
     if let (Some(s), Some(t)) = (&src, &dst) {
         if overlaps(&s.ranges, &t.ranges) {
-            return Err(Status::Overlap.into());
+            return Err(Refusal::because(
+                Status::Overlap,
+                "its source and destination ranges overlap",
+            ));
         }
     }
     Ok(Plan { src, dst })

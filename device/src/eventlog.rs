@@ -67,6 +67,9 @@ pub enum Event {
         bytes: u32,
         /// Its result word.
         result: u32,
+        /// Its phase bit (ring completions: 1 on the ring's first pass, 0 on the second, ...).
+        #[serde(default)]
+        phase: bool,
     },
     /// An interrupt was raised (`delivered: false`: no vector or line was configured).
     Irq {
@@ -435,6 +438,7 @@ mod tests {
                 status: 4,
                 bytes: 12,
                 result: 5,
+                phase: true,
             },
             Event::Irq {
                 vector: 4,

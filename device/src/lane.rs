@@ -132,7 +132,15 @@ pub(crate) fn execute(
         let cause = if !master {
             Some(BUS_MASTER_OFF.to_string())
         } else {
-            out.access.map(|a| a.describe(direct))
+            out.access.map(|a| a.describe(direct)).or_else(|| {
+                // the status by name, and why where the status alone does not say
+                let name = abi::Status::from_raw(out.status).map(|s| s.name());
+                match (name, out.why) {
+                    (Some(n), Some(why)) => Some(format!("{n}: {why}")),
+                    (Some(n), None) => Some(n.to_string()),
+                    (None, _) => None,
+                }
+            })
         };
         dev.log.record(|| Event::Error {
             queue: Some(q),
@@ -195,5 +203,6 @@ pub(crate) fn completed(dev: &Shared, queue: u16, index: u32, c: &Completion) {
         status: c.status,
         bytes: c.bytes,
         result: c.result,
+        phase: c.phase & 1 != 0,
     });
 }

@@ -244,7 +244,7 @@ impl Worker {
             return true;
         }
         let (cq_base, cq_tail, phase) = {
-            let r = self.queue().regs.lock().unwrap();
+            let mut r = self.queue().regs.lock().unwrap();
             if Some((r.cq_base, r.size)) != self.geometry {
                 // The driver reprogrammed the completion ring (queue disabled) while this
                 // descriptor ran: its completion has no valid slot any more; drop it.
@@ -257,7 +257,18 @@ impl Worker {
                 });
                 return true;
             }
-            (r.cq_base, r.cq_tail, r.phase)
+            // The slot is taken now, before the completion is visible: a driver that sees it
+            // and returns it at once finds CQ_TAIL already past it (the CQ_HEAD check counts on
+            // that).
+            let taken = (r.cq_base, r.cq_tail, r.phase);
+            let Some(t) = (r.cq_tail + 1).checked_rem(r.size) else {
+                return false;
+            };
+            r.cq_tail = t;
+            if r.cq_tail == 0 {
+                r.phase = !r.phase;
+            }
+            taken
         };
         c.phase = u16::from(phase);
         // wrapping: a base rewritten while the queue was disabled may be anything; the view
@@ -273,16 +284,6 @@ impl Worker {
                 format!("queue {q}: completion write: {e}"),
             );
             return false;
-        }
-        {
-            let mut regs = self.queue().regs.lock().unwrap();
-            let Some(t) = (regs.cq_tail + 1).checked_rem(regs.size) else {
-                return false;
-            };
-            regs.cq_tail = t;
-            if regs.cq_tail == 0 {
-                regs.phase = !regs.phase;
-            }
         }
         lane::completed(&self.dev, q, cq_tail, &c);
         if irq

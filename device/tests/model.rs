@@ -903,3 +903,29 @@ fn a_posted_request_owns_its_memory_until_its_completion() {
     assert_eq!(table2.count(), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A driver that takes an old completion for a new one (its phase never flipped at the wrap)
+/// returns a slot the device never wrote: the CQ_HEAD doorbell is refused, the device says so,
+/// and the completions it did write stay where they are.
+#[test]
+fn a_cq_head_past_the_written_completions_is_refused() {
+    let r = rig();
+    let mut q = r.setup_queue(0, 4);
+    let fill = |tag| {
+        let mut d = desc(abi::OP_FILL, tag, 16, 0, B + 16 * u64::from(tag));
+        d.pattern = 1;
+        d
+    };
+    r.submit(&mut q, &[fill(1)]);
+    assert_eq!(r.wait(&mut q, 1)[0].tag, 1);
+    // one written, one returned: returning a second is taking a slot the device never wrote
+    r.write32(abi::queue_reg(0, abi::Q_CQ_HEAD), 2);
+    assert_ne!(
+        r.read32(abi::REG_ERROR) & abi::ERR_BAD_DOORBELL,
+        0,
+        "the device did not flag the doorbell"
+    );
+    // the device still counts from its own head: the next completion lands in slot 1
+    r.submit(&mut q, &[fill(2)]);
+    assert_eq!(r.wait(&mut q, 1)[0].tag, 2);
+}

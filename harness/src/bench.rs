@@ -556,6 +556,7 @@ mod tests {
                 status: 0,
                 bytes: 0,
                 result: 0,
+                phase: true,
             },
         }
     }

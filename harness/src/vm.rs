@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use std::collections::HashSet;
 
 use dmalab_device::eventlog::{CountersSnapshot, Event, Injected, Record};
+use dmalab_device::faults::FaultKind;
 use dmalab_report::{DmaApi, Done, Kind, ModuleSymbols, Refused, Report, ScenarioError};
 
 use crate::artifacts;
@@ -769,7 +770,23 @@ impl Run {
     /// an injected fault on the same request (queue and tag), not a request the agent had
     /// refused on purpose, not an expectation the test declared.
     pub fn unexplained_device_errors(&self) -> Vec<DeviceError<'_>> {
-        let faulted: HashSet<(u16, u32)> = self.faults().iter().map(|f| (f.queue, f.tag)).collect();
+        // a fault that only changes timing (a late start or completion, a lost or spurious
+        // interrupt) explains no error of the device's
+        let faulted: HashSet<(u16, u32)> = self
+            .faults()
+            .iter()
+            .filter(|f| {
+                !matches!(
+                    f.fault,
+                    FaultKind::DelayCompletion { .. }
+                        | FaultKind::DelayStart { .. }
+                        | FaultKind::SpuriousIrq
+                        | FaultKind::LostIrq
+                        | FaultKind::Mark
+                )
+            })
+            .map(|f| (f.queue, f.tag))
+            .collect();
         let refused: HashSet<(u16, u32)> = self
             .all::<Refused>()
             .iter()

@@ -42,6 +42,16 @@ fn oracle_with_late_completions(o: &mut VmOptions) {
     o.faults = Some("[[rule]]\nname = \"late\"\nkind = \"delay_completion\"\nms = 5\n".into());
 }
 
+/// Every direct-block transfer (step 2's) takes 20 ms in the device: a driver that takes the
+/// result without waiting for DONE reads it while the transfer still runs, every time, however
+/// quickly the device would otherwise have been done. (Queue 8 is the direct block,
+/// `abi::DIRECT_QUEUE`; the later steps' ring transfers are not slowed.)
+fn slow_direct_transfers(o: &mut VmOptions) {
+    o.faults = Some(
+        "[[rule]]\nname = \"slow_direct\"\nkind = \"delay_completion\"\nqueue = 8\nms = 20\n".into(),
+    );
+}
+
 /// The campaign's boot runs only when the stall check's driver gave up on its request at all
 /// (a driver that never times out would hang the campaign until the harness gave up).
 fn stall_returned(r: &Run) -> Graded {
@@ -216,7 +226,7 @@ pub static BOOTS: &[Boot] = &[
             }
             .into()
         },
-        tune: nothing,
+        tune: slow_direct_transfers,
         requires: None,
     },
     Boot {

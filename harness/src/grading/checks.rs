@@ -32,12 +32,20 @@ fn selftests_verified(r: &Run) -> Graded {
         ));
     }
     match tests.iter().find(|t| t.errno != 0 || t.verified != t.rounds) {
-        Some(t) => Err(format!(
-            "streaming self-test of {} bytes: {} of {} rounds gave the CPU the device's bytes{}: with every mapping bounced, the CPU sees the device's data only after dma_sync_*_for_cpu (or the unmap) copies it back",
+        Some(t) if t.errno != 0 => Err(format!(
+            "streaming self-test of {} bytes failed with errno {}{} after {} of {} rounds came back right{}",
             t.len,
+            t.errno,
+            errno_hint(t.errno),
             t.verified,
             t.rounds,
-            if t.errno != 0 { format!(" (errno {})", t.errno) } else { String::new() }
+            driver_complaints(r)
+        )),
+        Some(t) => Err(format!(
+            "streaming self-test of {} bytes: {} of {} rounds gave the CPU the device's bytes: with every mapping bounced, the device sees only what the CPU wrote before handing the memory over (the map, sync_for_device), and the CPU sees the device's data only after sync_for_cpu (or the unmap) copies it back",
+            t.len,
+            t.verified,
+            t.rounds
         )),
         None => Ok(()),
     }
@@ -414,7 +422,7 @@ fn build() -> Vec<Check> {
             level: None,
             steps: Some(Steps::From(2)),
             see: "docs/datasheet.md#opcodes",
-            chapter: None,
+            chapter: Some("docs/tutorial/02-direct-dma.md#the-transfer"),
             boot: "ladder",
             judge: |r, _| all_verified_in(r, "basic", 20),
         },
@@ -575,7 +583,7 @@ fn build() -> Vec<Check> {
             level: None,
             steps: Some(Steps::From(5)),
             see: "docs/datasheet.md#scatter-gather-entry-16-bytes",
-            chapter: None,
+            chapter: Some("docs/tutorial/05-sg.md#building-a-list"),
             boot: "ladder",
             judge: |r, _| sg_lists(r),
         },
@@ -885,8 +893,10 @@ fn build() -> Vec<Check> {
                 )),
                 // the request's own timeout is 30 s: half of it is "not at once" by any measure
                 Some(s) if s.errno != libc::ENODEV || s.waited_ms > 15_000 => Err(format!(
-                    "the waiter got errno {} after {} ms (its timeout is 30000 ms)",
-                    s.errno, s.waited_ms
+                    "the waiter waited {} ms (its own timeout is 30000 ms) and got errno {}{}: unbind must fail every waiting request with ENODEV at once (fail them before it waits for them), not leave them to their timeouts",
+                    s.waited_ms,
+                    s.errno,
+                    errno_hint(s.errno)
                 )),
                 Some(_) => all_verified_in(r, "unbind_stalled", 1).and_then(|_| clean(r)),
             },

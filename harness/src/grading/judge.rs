@@ -148,36 +148,129 @@ pub fn status_name(status: u32) -> String {
     }
 }
 
-fn verified_among(r: &Run, x: Vec<&Xfer>, min: usize) -> Graded {
-    match x.iter().find(|x| !x.ok()) {
-        Some(bad) => Err(format!(
-            "{} of {} bytes on queue {}: errno {}{}, status {}, {}{}{}",
-            bad.op,
-            bad.len,
-            bad.queue,
-            bad.errno,
-            errno_hint(bad.errno),
-            status_name(bad.status),
-            if bad.verified {
-                "the bytes were right"
-            } else {
-                "the bytes were not right"
-            },
-            if bad.detail.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", bad.detail.trim())
-            },
-            device_account(r)
-        )),
-        None => ensure(
-            x.len() >= min,
-            format!(
-                "{} transfers reported, expected {min} (the agent stops at the first failure){}",
-                x.len(),
-                driver_complaints(r)
-            ),
+/// What the device's log says about the request `bad` failed on, where it explains a typical
+/// driver mistake the errno cannot: the result taken before the device said DONE (direct
+/// block), a descriptor the device never fetched (the doorbell), a completion the device wrote
+/// on the completion ring's next pass that the driver missed or took for an old one (the phase
+/// bit). Empty when it explains nothing. The agent stops at a scenario's first failure, so the
+/// request is the last one the device saw on its queue.
+pub fn device_story(r: &Run, bad: &Xfer) -> String {
+    use dmalab_device::eventlog::Event;
+    let events: Vec<&Event> = r.events.iter().map(|rec| &rec.event).collect();
+    let direct = dmalab_abi::DIRECT_QUEUE;
+    let q = u16::from(bad.queue);
+    let on_ring = events
+        .iter()
+        .any(|e| matches!(e, Event::Fetch { queue, .. } if *queue == q));
+    let on_direct = events
+        .iter()
+        .any(|e| matches!(e, Event::Fetch { queue, .. } if *queue == direct));
+    if !on_ring && on_direct {
+        // the direct block: after the device completed the last transfer, did the driver read
+        // DMA_STATUS (and so see DONE) before it took the result?
+        let Some(last) = events
+            .iter()
+            .rposition(|e| matches!(e, Event::Fetch { queue, .. } if *queue == direct))
+        else {
+            return String::new();
+        };
+        let done = events[last..]
+            .iter()
+            .position(|e| matches!(e, Event::Complete { queue, .. } if *queue == direct))
+            .map(|i| last + i);
+        let status_read_after = |from: usize| {
+            events[from..].iter().any(|e| {
+                matches!(e, Event::BarRead { offset } if *offset == dmalab_abi::REG_DMA_STATUS as u64)
+            })
+        };
+        let seen = done.is_some_and(|d| status_read_after(d));
+        if !seen && bad.status == 0 {
+            return "; the device's log: the driver's last DMA_STATUS read came before the device set DONE, so it took the result of a transfer still running (poll DMA_STATUS until DONE; docs/tutorial/02-direct-dma.md#the-transfer)".into();
+        }
+        return String::new();
+    }
+    if bad.errno == 0 {
+        return String::new();
+    }
+    if !on_ring {
+        return format!(
+            "; the device's log: it fetched no descriptor from queue {q}'s submission ring: the SQ_TAIL doorbell must move past the descriptor's slot, since the device reads the slots from its head up to the tail the driver writes (docs/tutorial/03-rings.md#posting)"
+        );
+    }
+    let Some(last) = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Fetch { queue, .. } if *queue == q))
+    else {
+        return String::new();
+    };
+    let Event::Fetch { tag, .. } = events[last] else {
+        return String::new();
+    };
+    let completion = events[last..].iter().find_map(|e| match e {
+        Event::Complete {
+            queue,
+            tag: t,
+            index,
+            status,
+            phase,
+            ..
+        } if *queue == q && t == tag => Some((*index, *status, *phase)),
+        _ => None,
+    });
+    match completion {
+        Some((index, 0, false)) => format!(
+            "; the device's log: it completed the request (tag {tag}) with status OK at completion slot {index}, phase 0: on the completion ring's second pass (and every other) a new completion's phase bit is 0, so a driver that keeps expecting 1 after cq_head wraps to 0 takes the first pass's old completions for new ones, or never sees the new ones (docs/tutorial/03-rings.md#the-phase-bit)"
         ),
+        _ => String::new(),
+    }
+}
+
+/// One failed transfer in the user's terms: the request, the errno and status by name, whether
+/// the bytes were right, and what the device's log says about it.
+fn describe(r: &Run, bad: &Xfer) -> String {
+    format!(
+        "{} of {} bytes on queue {}: errno {}{}, status {}, {}{}{}{}",
+        bad.op,
+        bad.len,
+        bad.queue,
+        bad.errno,
+        errno_hint(bad.errno),
+        status_name(bad.status),
+        if bad.verified {
+            "the bytes were right"
+        } else {
+            "the bytes were not right"
+        },
+        if bad.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", bad.detail.trim())
+        },
+        device_account(r),
+        device_story(r, bad)
+    )
+}
+
+fn verified_among(r: &Run, x: Vec<&Xfer>, min: usize) -> Graded {
+    if let Some(bad) = x.iter().find(|x| !x.ok()) {
+        return Err(describe(r, bad));
+    }
+    if x.len() >= min {
+        return Ok(());
+    }
+    // too few: most likely the agent stopped at a failure in an earlier scenario
+    match r.all::<Xfer>().into_iter().find(|x| !x.ok()) {
+        Some(bad) => Err(format!(
+            "{} transfers reported, expected {min}: the agent stopped at an earlier failure: {} in {}",
+            x.len(),
+            describe(r, bad),
+            bad.scenario
+        )),
+        None => Err(format!(
+            "{} transfers reported, expected {min} (the agent stops at the first failure){}",
+            x.len(),
+            driver_complaints(r)
+        )),
     }
 }
 
