@@ -48,7 +48,8 @@ fn oracle_with_late_completions(o: &mut VmOptions) {
 /// `abi::DIRECT_QUEUE`; the later steps' ring transfers are not slowed.)
 fn slow_direct_transfers(o: &mut VmOptions) {
     o.faults = Some(
-        "[[rule]]\nname = \"slow_direct\"\nkind = \"delay_completion\"\nqueue = 8\nms = 20\n".into(),
+        "[[rule]]\nname = \"slow_direct\"\nkind = \"delay_completion\"\nqueue = 8\nms = 20\n"
+            .into(),
     );
 }
 

@@ -139,7 +139,7 @@ pub fn listing() -> String {
     let mut out = String::from("id                    level  steps  VM (conditions) [platform]\n");
     for c in checks::table() {
         let steps = match c.steps {
-            Some(Steps::From(n)) => format!("{n}-8"),
+            Some(Steps::From(n)) => format!("{n}-{}", crate::tutorial::STEPS),
             Some(Steps::Only(n)) => format!("{n}"),
             None => "-".into(),
         };
