@@ -183,7 +183,7 @@ pub fn device_story(r: &Run, bad: &Xfer) -> String {
                 matches!(e, Event::BarRead { offset } if *offset == dmalab_abi::REG_DMA_STATUS as u64)
             })
         };
-        let seen = done.is_some_and(|d| status_read_after(d));
+        let seen = done.is_some_and(status_read_after);
         if !seen && bad.status == 0 {
             return "; the device's log: the driver's last DMA_STATUS read came before the device set DONE, so it took the result of a transfer still running (poll DMA_STATUS until DONE; docs/tutorial/02-direct-dma.md#the-transfer)".into();
         }
