@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
-.PHONY: bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
+.PHONY: conformance bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
 
 all: artifacts
 
@@ -134,6 +134,14 @@ loom: loom-smoke
 	@echo "[dmalab] loom: the map table's unmap protocol"
 	@RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -q --release \
 		-p dmalab-device --test loom_unmap
+
+# The conformance suite of the kernel's Rust DMA abstraction (docs/conformance.md): every
+# kernel::dma and scatterlist API against the device, under each platform condition; table,
+# target/conformance/report.html, exit status. KERNEL_SRC=/path/to/tree: that tree (cached).
+# CONDITIONS="gentle;swiotlb": other sets of conditions.
+conformance: artifacts
+	@cargo run --release -q -p dmalab-harness --bin dmalab-conformance -- --kbuild "$$(cat $(P)/kbuild)" \
+		$(if $(CONDITIONS),--conditions "$(CONDITIONS)")
 
 # A seeded fault campaign (docs/campaigns.md): SEED, OPS, RULES, JOBS (VMs side by side),
 # SHARD=I/N (one slice; `dmalab-campaign merge` the shards), SERIAL=1, RESUME=1.

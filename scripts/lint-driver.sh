@@ -17,3 +17,24 @@ if grep -q "warning" <<<"$out"; then
     die "the kernel module has clippy warnings"
 fi
 say "kernel module: rustfmt and clippy clean"
+
+# The conformance module (conformance/module/), with every API's tests: from its build copy,
+# which has the typed registers it shares with the tutorial (regs.rs) next to it.
+cmod="$ROOT/target/conformance-lint"
+"$ROOT/scripts/build-conformance.sh" "$kbuild" "$cmod" >/dev/null
+bdir="$cmod/build/conformance/module"
+for f in "$ROOT"/conformance/module/*.rs; do
+    rustfmt --check --edition 2021 --config-path "$kbuild/source/.rustfmt.toml" "$bdir/$(basename "$f")" >/dev/null \
+        || die "conformance/module/$(basename "$f") is not formatted (rustfmt --edition 2021 --config-path <kernel>/.rustfmt.toml)"
+done
+[ "$(grep -o '"built":\[[^]]*\]' "$cmod/apis.json" | tr -cd ',' | wc -c)" -ge 5 ] \
+    || die "the conformance module does not build every API's tests here: $(cat "$cmod/apis.json")"
+touch "$bdir"/*.rs
+cfg=$(grep -o '"built":\[[^]]*\]' "$cmod/apis.json" | grep -o '"[a-z_]*"' | grep -v built | tr -d '"' | sed 's/^/--cfg api_/' | tr '\n' ' ')
+out=$(make -s -C "$kbuild" M="$bdir" LLVM=-19 ARCH=x86_64 CLIPPY=1 CONFORMANCE_CFG="$cfg" modules 2>&1) \
+    || { echo "$out" >&2; die "clippy build of the conformance module failed"; }
+if grep -q "warning" <<<"$out"; then
+    echo "$out" >&2
+    die "the conformance module has clippy warnings"
+fi
+say "conformance module: rustfmt and clippy clean"

@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod bench;
 pub mod campaign;
 pub mod conditions;
+pub mod conformance;
 pub mod grading;
 pub mod html;
 pub mod hugepages;

@@ -501,7 +501,8 @@ fn probe() -> Result {
     }
 
     /// The catalogue holds at least 15 mistakes over the steps, each with a distinct id, a
-    /// `find` that occurs once, a check its step grades, and something its message must say.
+    /// `find` that occurs once, and something its message must say (that its check exists and
+    /// its step grades it: `grading::checks`' tests).
     #[test]
     fn every_catalogued_mistake_applies_to_its_solution() {
         let root = root();
@@ -519,17 +520,6 @@ fn probe() -> Result {
             assert!(!m.says.is_empty(), "{}: says nothing", m.id);
             let files = mistake_files(&root, m).unwrap_or_else(|e| panic!("{e}"));
             assert!(files.iter().any(|(n, _)| *n == m.file));
-            let check = crate::grading::checks::table()
-                .iter()
-                .find(|c| c.id == m.check)
-                .unwrap_or_else(|| panic!("{}: no check {}", m.id, m.check));
-            assert!(
-                check.steps.is_some_and(|s| s.graded_at(m.step)),
-                "{}: step {} does not grade {}",
-                m.id,
-                m.step,
-                m.check
-            );
         }
         let steps: std::collections::BTreeSet<u32> = all.iter().map(|m| m.step).collect();
         assert!(steps.len() >= 7, "mistakes in only {} steps", steps.len());

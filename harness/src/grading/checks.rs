@@ -1310,6 +1310,25 @@ mod tests {
         assert!(at(9) > at(8) && at(8) > at(7) && at(7) > at(6));
     }
 
+    /// Every mistake of the tutorial's catalogue names a check that its step grades.
+    #[test]
+    fn every_catalogued_mistake_names_a_check_its_step_grades() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        for m in crate::tutorial::mistakes(&root).unwrap() {
+            let check = table()
+                .iter()
+                .find(|c| c.id == m.check)
+                .unwrap_or_else(|| panic!("{}: no check {}", m.id, m.check));
+            assert!(
+                check.steps.is_some_and(|s| s.graded_at(m.step)),
+                "{}: step {} does not grade {}",
+                m.id,
+                m.step,
+                m.check
+            );
+        }
+    }
+
     /// The checks a contract level and a ladder step share are one entry each: no two
     /// checks say the same thing.
     #[test]

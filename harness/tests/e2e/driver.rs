@@ -1079,6 +1079,46 @@ fn every_catalogued_mistake_fails_its_step_naming_its_cause() {
     );
 }
 
+/// `make conformance` in short: the suite of the kernel's Rust DMA abstraction builds every
+/// API's tests on the build's tree and passes them with the real device, with one vCPU and with
+/// every streaming mapping bounced (the full run covers five sets of conditions).
+#[test]
+fn the_conformance_suite_passes_on_the_build_tree() {
+    let kbuild = dmalab_harness::artifacts::path("kbuild").unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmalab-conformance"))
+        .arg("--kbuild")
+        .arg(&kbuild)
+        .args([
+            "--conditions",
+            "gentle;swiotlb",
+            "--run-name",
+            "conformance_smoke",
+        ])
+        .output()
+        .expect("run dmalab-conformance");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the conformance suite fails on the build's tree:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // every API built, and the table has its rows under both conditions
+    assert!(!report.contains("NOT BUILT"), "{report}");
+    for api in [
+        "coherent",
+        "coherent_box",
+        "coherent_handle",
+        "attrs",
+        "dma_mask",
+        "sgtable",
+    ] {
+        assert!(
+            report.lines().any(|l| l.starts_with(api)),
+            "no {api} row:\n{report}"
+        );
+    }
+}
+
 /// Every kernel API signature a tutorial chapter quotes is declared, as quoted, by the guest
 /// kernel's tree the build unpacked (no VM: the tree is an artifact like the kernel).
 #[test]

@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `dma::Coherent`: `zeroed_slice`, `from_slice`, `zeroed`/`init` of one value, `dma_address`,
+//! `size`/`len`, and the CPU's view of what the device wrote (`as_ref` once the device is
+//! done, `io_project!` volatile reads), from 1 byte to 4 MiB and at unaligned offsets.
+
+use kernel::{
+    dma::Coherent,
+    io::{io_project, Io},
+    prelude::*,
+};
+
+use crate::device::{errname, expect, fill_byte, text, Dma, Failed};
+use crate::report::result;
+
+const API: &str = "coherent";
+
+/// Sizes from 1 byte to several MiB: one byte, odd, a page, a page and one, 64 KiB, 4 MiB.
+const SIZES: [usize; 6] = [1, 333, 4096, 4097, 64 << 10, 4 << 20];
+
+pub(crate) fn run(dma: &Dma<'_>) {
+    for len in SIZES {
+        result(
+            API,
+            format_args!("zeroed_slice {len} B: zeroed, then filled by the device"),
+            zeroed_then_filled(dma, len),
+        );
+    }
+    for (len, off) in [(4096, 1), (65536, 4093), (1 << 20, 12345)] {
+        result(
+            API,
+            format_args!("from_slice {len} B: device copies from offset {off}"),
+            from_slice_copied(dma, len, off),
+        );
+    }
+    result(
+        API,
+        format_args!("zeroed and init of one value: device fills it"),
+        one_value(dma),
+    );
+}
+
+fn zeroed_then_filled(dma: &Dma<'_>, len: usize) -> Result<(), Failed> {
+    let buf = Coherent::<u8>::zeroed_slice(dma.dev(), len, GFP_KERNEL)
+        .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
+    if buf.len() != len || buf.size() != len {
+        return Err(text(format_args!(
+            "len {} size {}, asked {len}",
+            buf.len(),
+            buf.size()
+        )));
+    }
+    // SAFETY: the device has not been given the address yet.
+    let zero = unsafe { buf.as_ref() };
+    expect("before the device ran", len, |i| zero[i], |_| 0)?;
+    let pattern = 0xa5c3_0f1e ^ len as u32;
+    dma.fill(buf.dma_address(), len, pattern)?;
+    // SAFETY: the device's transfer is done (DONE read); nothing else writes the buffer.
+    let got = unsafe { buf.as_ref() };
+    expect(
+        "after the device's FILL",
+        len,
+        |i| got[i],
+        |i| fill_byte(pattern, i),
+    )
+}
+
+fn from_slice_copied(dma: &Dma<'_>, len: usize, off: usize) -> Result<(), Failed> {
+    let mut data =
+        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i * 7 + len) as u8;
+    }
+    let src = Coherent::<u8>::from_slice(dma.dev(), &data, GFP_KERNEL)
+        .map_err(|e| text(format_args!("from_slice: {}", errname(e))))?;
+    let dst = Coherent::<u8>::zeroed_slice(dma.dev(), len, GFP_KERNEL)
+        .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
+    let n = len - off;
+    dma.copy(src.dma_address() + off as u64, dst.dma_address(), n)?;
+    // volatile reads through the I/O view, as a driver reads memory a device may touch
+    let mut got =
+        KVVec::from_elem(0u8, n, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    let mut read = || -> Result {
+        io_project!(dst, [try: 0..n]).copy_to_slice(&mut got);
+        Ok(())
+    };
+    read().map_err(|e| text(format_args!("io_project! of 0..{n}: {}", errname(e))))?;
+    expect(
+        "the copy read through io_project!",
+        n,
+        |i| got[i],
+        |i| data[off + i],
+    )
+}
+
+/// A `#[repr(C)]` value the device fills as bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Pair {
+    a: u64,
+    b: u32,
+    c: u32,
+}
+
+// SAFETY: `Pair` is plain integers without padding: every bit pattern is valid.
+unsafe impl kernel::transmute::FromBytes for Pair {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::AsBytes for Pair {}
+
+fn one_value(dma: &Dma<'_>) -> Result<(), Failed> {
+    let zeroed = Coherent::<Pair>::zeroed(dma.dev(), GFP_KERNEL)
+        .map_err(|e| text(format_args!("zeroed: {}", errname(e))))?;
+    let init = Coherent::<Pair>::init(dma.dev(), GFP_KERNEL, Pair { a: 1, b: 2, c: 3 })
+        .map_err(|e| text(format_args!("init: {}", errname(e))))?;
+    // SAFETY: the device has not been given either address yet.
+    let (z, i) = unsafe { (*zeroed.as_ref(), *init.as_ref()) };
+    if (z.a, z.b, z.c) != (0, 0, 0) || (i.a, i.b, i.c) != (1, 2, 3) {
+        return Err(text(format_args!(
+            "initial values wrong: zeroed {} {} {}, init {} {} {}",
+            z.a, z.b, z.c, i.a, i.b, i.c
+        )));
+    }
+    let size = core::mem::size_of::<Pair>();
+    dma.fill(init.dma_address(), size, 0x1122_3344)?;
+    // SAFETY: the device's transfer is done.
+    let v = unsafe { *init.as_ref() };
+    if (v.a, v.b, v.c) != (0x1122_3344_1122_3344, 0x1122_3344, 0x1122_3344) {
+        return Err(text(format_args!(
+            "after the device's FILL: a {:#x} b {:#x} c {:#x}",
+            v.a, v.b, v.c
+        )));
+    }
+    Ok(())
+}
