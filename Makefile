@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
-.PHONY: conformance bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
+.PHONY: conformance conformance-selftest bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
 
 all: artifacts
 
@@ -142,6 +142,13 @@ loom: loom-smoke
 conformance: artifacts
 	@cargo run --release -q -p dmalab-harness --bin dmalab-conformance -- --kbuild "$$(cat $(P)/kbuild)" \
 		$(if $(CONDITIONS),--conditions "$(CONDITIONS)")
+
+# Proof that the suite judges the abstraction: each patch of conformance/selftest/ breaks one
+# rule of rust/kernel/dma.rs or scatterlist.rs and must fail exactly its expected APIs' tests
+# (an incremental kernel rebuild per patch, cached; PATCHES=... for some of them).
+conformance-selftest: artifacts
+	@cargo build --release -q -p dmalab-harness --bin dmalab-conformance
+	@scripts/conformance-selftest.sh "$$(cat $(P)/kbuild)" "$$(cat $(P)/agent)" $(PATCHES)
 
 # A seeded fault campaign (docs/campaigns.md): SEED, OPS, RULES, JOBS (VMs side by side),
 # SHARD=I/N (one slice; `dmalab-campaign merge` the shards), SERIAL=1, RESUME=1.

@@ -25,6 +25,52 @@ struct Args {
     /// Name of this run: its VMs' logs are target/e2e/NAME_<condition>, its report target/NAME
     #[arg(long, default_value = "conformance")]
     run_name: String,
+    /// Use the module and initramfs already built into target/NAME (apis.json, initramfs):
+    /// for builds that had to happen elsewhere (`make conformance-selftest` builds in a mount
+    /// namespace where the patched tree stands in for the original)
+    #[arg(long)]
+    prebuilt: bool,
+}
+
+/// Builds the module against `kbuild` (scripts/build-conformance.sh) and its initramfs into
+/// `out`: which APIs' tests built, and the initramfs.
+fn build(
+    root: &std::path::Path,
+    kbuild: &std::path::Path,
+    agent: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<(Built, PathBuf), String> {
+    let built = Command::new(root.join("scripts/build-conformance.sh"))
+        .arg(kbuild)
+        .arg(out)
+        .output()
+        .map_err(|e| format!("build-conformance.sh: {e}"))?;
+    eprint!("{}", String::from_utf8_lossy(&built.stderr));
+    if !built.status.success() {
+        return Err("the module does not build".into());
+    }
+    let module = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim());
+    let apis: Built = std::fs::read_to_string(out.join("apis.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let initramfs = Command::new(root.join("scripts/build-initramfs.sh"))
+        .arg(kbuild)
+        .arg(agent)
+        .arg(&module)
+        .arg(out)
+        .output()
+        .map_err(|e| format!("build-initramfs.sh: {e}"))?;
+    if !initramfs.status.success() {
+        return Err(format!(
+            "initramfs: {}",
+            String::from_utf8_lossy(&initramfs.stderr)
+        ));
+    }
+    Ok((
+        apis,
+        PathBuf::from(String::from_utf8_lossy(&initramfs.stdout).trim()),
+    ))
 }
 
 fn main() -> ExitCode {
@@ -42,36 +88,21 @@ fn main() -> ExitCode {
         .display()
         .to_string();
 
-    let built = Command::new(root.join("scripts/build-conformance.sh"))
-        .arg(&kbuild)
-        .arg(&out)
-        .output()
-        .expect("run build-conformance.sh");
-    eprint!("{}", String::from_utf8_lossy(&built.stderr));
-    if !built.status.success() {
-        eprintln!("dmalab conformance: the module does not build on {tree}");
-        return ExitCode::FAILURE;
-    }
-    let module = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim());
-    let apis: Built = std::fs::read_to_string(out.join("apis.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
-    let initramfs = Command::new(root.join("scripts/build-initramfs.sh"))
-        .arg(&kbuild)
-        .arg(&agent)
-        .arg(&module)
-        .arg(&out)
-        .output()
-        .expect("run build-initramfs.sh");
-    if !initramfs.status.success() {
-        eprintln!(
-            "dmalab conformance: initramfs: {}",
-            String::from_utf8_lossy(&initramfs.stderr)
-        );
-        return ExitCode::FAILURE;
-    }
-    let initramfs = PathBuf::from(String::from_utf8_lossy(&initramfs.stdout).trim());
+    let (apis, initramfs) = if args.prebuilt {
+        let apis: Built = std::fs::read_to_string(out.join("apis.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        (apis, out.join("initramfs.cpio"))
+    } else {
+        match build(&root, &kbuild, &agent, &out) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("dmalab conformance: {e} ({tree})");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     let kernel = args
         .kbuild
         .as_ref()

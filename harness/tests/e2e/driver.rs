@@ -1119,6 +1119,33 @@ fn the_conformance_suite_passes_on_the_build_tree() {
     }
 }
 
+/// `make conformance-selftest` in short: two patches that each break one rule of the kernel's
+/// Rust DMA abstraction (an SG entry's length, a refused DMA mask reported as accepted), each
+/// applied to a copy of the tree whose kernel is rebuilt: the suite fails exactly the tests of
+/// the API each breaks, and no other.
+#[test]
+fn the_conformance_suite_catches_an_abstraction_broken_on_purpose() {
+    let root = dmalab_harness::artifacts::root();
+    let need = |n: &str| dmalab_harness::artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(root.join("scripts/conformance-selftest.sh"))
+        .arg(need("kbuild"))
+        .arg(need("agent"))
+        .arg(root.join("conformance/selftest/sg-entry-length-short.patch"))
+        .arg(root.join("conformance/selftest/mask-error-ignored.patch"))
+        .env(
+            "DMALAB_CONFORMANCE_BIN",
+            env!("CARGO_BIN_EXE_dmalab-conformance"),
+        )
+        .output()
+        .expect("run conformance-selftest.sh");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "a broken abstraction was not caught as it should be:\n{log}"
+    );
+    assert_eq!(log.matches("caught: the tests of").count(), 2, "{log}");
+}
+
 /// Every kernel API signature a tutorial chapter quotes is declared, as quoted, by the guest
 /// kernel's tree the build unpacked (no VM: the tree is an artifact like the kernel).
 #[test]
