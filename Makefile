@@ -138,10 +138,13 @@ loom: loom-smoke
 # The conformance suite of the kernel's Rust DMA abstraction (docs/conformance.md): every
 # kernel::dma and scatterlist API against the device, under each platform condition; table,
 # target/conformance/report.html, exit status. KERNEL_SRC=/path/to/tree: that tree (cached).
+# KERNEL_SERIES=7.2: that series from the package mirror instead (built and cached beside 7.3).
 # CONDITIONS="gentle;swiotlb": other sets of conditions.
 conformance: artifacts
-	@cargo run --release -q -p dmalab-harness --bin dmalab-conformance -- --kbuild "$$(cat $(P)/kbuild)" \
-		$(if $(CONDITIONS),--conditions "$(CONDITIONS)")
+	@kb="$$(cat $(P)/kbuild)"; \
+		if [ -n "$(KERNEL_SERIES)" ]; then kb=$$(DMALAB_KERNEL_SERIES=$(KERNEL_SERIES) scripts/build-kernel.sh) || exit 1; fi; \
+		cargo run --release -q -p dmalab-harness --bin dmalab-conformance -- --kbuild "$$kb" \
+		--run-name conformance$(if $(KERNEL_SERIES),-$(KERNEL_SERIES)) $(if $(CONDITIONS),--conditions "$(CONDITIONS)")
 
 # Proof that the suite judges the abstraction: each patch of conformance/selftest/ breaks one
 # rule of rust/kernel/dma.rs or scatterlist.rs and must fail exactly its expected APIs' tests

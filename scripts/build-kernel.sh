@@ -7,7 +7,9 @@
 source "$(dirname "$0")/lib.sh"
 export PATH="$CACHE/tools/bin:$PATH"
 
-SERIES=7.3
+# DMALAB_KERNEL_SERIES: another series from the package mirror (make conformance's second tree,
+# 7.2); the driver itself is written for 7.3.
+SERIES=${DMALAB_KERNEL_SERIES:-7.3}
 LLVM_SUFFIX=-19
 # DMALAB_KERNEL_FRAGMENT: another configuration fragment (make bench-kernel's, without the
 # debug options); its own cache key, so both kernels stay cached side by side.
