@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
-.PHONY: conformance conformance-selftest bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
+.PHONY: conformance conformance-selftest kernel-patches bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
 
 all: artifacts
 
@@ -152,6 +152,12 @@ conformance: artifacts
 conformance-selftest: artifacts
 	@cargo build --release -q -p dmalab-harness --bin dmalab-conformance
 	@scripts/conformance-selftest.sh "$$(cat $(P)/kbuild)" "$$(cat $(P)/agent)" $(PATCHES)
+
+# The streaming abstraction as a kernel patch (kernel-patches/streaming/, docs/conformance.md):
+# made from guest-driver/module/streaming.rs (BLESS=1 rewrites it), checkpatch.pl --strict
+# clean, and a kernel built with it, rustdoc included (an incremental rebuild, cached).
+kernel-patches: kernel
+	@scripts/kernel-patches.sh "$$(cat $(P)/kbuild)"
 
 # A seeded fault campaign (docs/campaigns.md): SEED, OPS, RULES, JOBS (VMs side by side),
 # SHARD=I/N (one slice; `dmalab-campaign merge` the shards), SERIAL=1, RESUME=1.

@@ -9,6 +9,7 @@
 # Patched builds are cached in ~/.cache/dmalab/conformance-selftest/ by the patch's hash.
 # Usage: conformance-selftest.sh <kernel build dir> <agent> [patch ...]
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/patched-tree.sh"
 kbuild=$(cd "${1:?kernel build dir}" && pwd)
 agent=${2:?agent binary}
 shift 2
@@ -27,36 +28,19 @@ for p in "${patches[@]}"; do
     expect=$(sed -n 's/^expect-fail: *//p' "$p" | head -n 1)
     conds=$(sed -n 's/^conditions: *//p' "$p" | head -n 1)
     [ -n "$expect" ] || die "$p has no 'expect-fail:' line"
-    key=$(cat "$p" "$kbuild/.config" | sha256sum | cut -c1-12)
-    work="$CACHE/conformance-selftest/$name-$key"
     out="$ROOT/target/selftest_$name"
     say "selftest $n/${#patches[@]}: $name (must fail: $expect)"
-    if [ ! -f "$work/.built" ]; then
-        rm -rf "$work"
-        mkdir -p "$work"
-        say "  copying the tree and its build directory"
-        cp -al "$src" "$work/src"
-        # the files the patch changes become real copies before it touches them
-        for f in $(sed -n 's|^+++ b/||p' "$p"); do
-            cp --remove-destination "$src/$f" "$work/src/$f"
-        done
-        (cd "$work/src" && sed -n '/^---$/,$p' "$p" | tail -n +2 | patch -p1 --quiet) \
-            || die "$p does not apply to $src"
-        cp -a "$kbuild" "$work/build"
-        rm -f "$work/build/source"
-        ln -s "$src" "$work/build/source"
-    fi
+    # the patch's own header (above its `---` line) is not part of the diff
+    patched_tree "selftest-$name" "$kbuild" "$p"
     mkdir -p "$out"
     say "  rebuilding the kernel (incremental) and the conformance module"
-    unshare -m --propagation private bash -ec '
-        mount --bind "$1" "$2"
-        mount --bind "$3" "$4"
-        make -s -C "$4" LLVM=-19 ARCH=x86_64 -j"$(nproc)" >"$5/kernel.log" 2>&1
-        ko=$("$6/scripts/build-conformance.sh" "$4" "$5")
-        "$6/scripts/build-initramfs.sh" "$4" "$7" "$ko" "$5" >/dev/null
-    ' _ "$work/src" "$src" "$work/build" "$kbuild" "$out" "$ROOT" "$agent" \
+    in_patched bash -ec '
+        make -s -C "$1" LLVM=-19 ARCH=x86_64 -j"$(nproc)" >"$2/kernel.log" 2>&1
+        ko=$("$3/scripts/build-conformance.sh" "$1" "$2")
+        "$3/scripts/build-initramfs.sh" "$1" "$4" "$ko" "$2" >/dev/null
+    ' _ "$kbuild" "$out" "$ROOT" "$agent" \
         || { tail -20 "$out/kernel.log" >&2; die "$name: the patched kernel or module does not build (log: $out/kernel.log)"; }
-    touch "$work/.built"
+    work=$PATCHED
     "$bin" --kbuild "$work/build" --prebuilt --run-name "selftest_$name" \
         ${conds:+--conditions "$conds"} >"$out/report.txt" 2>"$out/stderr.log" || true
     got=$(grep -E '^  (FAIL|\[)' "$out/report.txt" | sed -n 's/^  FAIL \([a-z_]*\) .*/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//')

@@ -38,3 +38,7 @@ if grep -q "warning" <<<"$out"; then
     die "the conformance module has clippy warnings"
 fi
 say "conformance module: rustfmt and clippy clean"
+
+# The streaming abstraction's kernel patch is made from the module's streaming.rs and stays
+# checkpatch clean (the full build of the patched kernel: make kernel-patches).
+"$ROOT/scripts/kernel-patches.sh" "$kbuild" --check-only

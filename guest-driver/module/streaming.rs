@@ -315,7 +315,9 @@ unsafe impl<D: Direction, S: Owner> Send for Mapping<D, S> {}
 /// One mapped segment: bus address and length.
 #[derive(Clone, Copy)]
 pub(crate) struct Segment {
+    /// The bus address the device uses.
     pub(crate) addr: u64,
+    /// Its length in bytes.
     pub(crate) len: u32,
 }
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# make kernel-patches: the streaming abstraction (guest-driver/module/streaming.rs) as a kernel
+# patch (kernel-patches/streaming/). Regenerates the patch from the one source and the tree,
+# requires it to equal the committed one (BLESS=1 writes it instead), checkpatch.pl --strict
+# clean, the patched kernel to build without a warning, and its rustdoc to build.
+# Usage: kernel-patches.sh <kernel build dir> [--check-only]
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/patched-tree.sh"
+kbuild=$(cd "${1:?kernel build dir}" && pwd)
+src=$(readlink -f "$kbuild/source")
+export PATH="$CACHE/tools/bin:$PATH"
+patch="$ROOT/kernel-patches/streaming/0001-rust-dma-add-typed-streaming-mappings-of-user-pages.patch"
+fresh=$(mktemp)
+trap 'rm -f "$fresh"' EXIT
+python3 "$ROOT/scripts/streaming-patch.py" "$src" "$fresh"
+if [ "${BLESS:-}" = 1 ]; then
+    cp "$fresh" "$patch"
+    say "wrote $patch"
+elif ! cmp -s "$fresh" "$patch"; then
+    diff -u "$patch" "$fresh" | head -20 >&2
+    die "kernel-patches/streaming is not made from guest-driver/module/streaming.rs: run BLESS=1 make kernel-patches"
+fi
+report=$(perl "$src/scripts/checkpatch.pl" --no-tree --strict "$patch" 2>&1 || true)
+grep -q '^total: 0 errors, 0 warnings, 0 checks' <<<"$report" \
+    || { echo "$report" >&2; die "checkpatch.pl --strict is not clean on $(basename "$patch")"; }
+say "streaming patch: made from its source, checkpatch.pl --strict clean"
+[ "${2:-}" = --check-only ] && exit 0
+patched_tree streaming "$kbuild" "$patch"
+say "building the kernel with the streaming patch (incremental), then its rustdoc"
+log="$PATCHED/build.log"
+in_patched bash -ec 'make -C "$1" LLVM=-19 ARCH=x86_64 -j"$(nproc)" >"$2" 2>&1' _ "$kbuild" "$log" \
+    || { tail -30 "$log" >&2; die "the kernel does not build with the streaming patch (log: $log)"; }
+if grep -q 'dma/streaming.rs' "$log" && grep -A3 '^warning' "$log" | grep -q 'dma/streaming.rs'; then
+    grep -B2 -A8 '^warning' "$log" >&2
+    die "rust/kernel/dma/streaming.rs builds with warnings (log: $log)"
+fi
+in_patched bash -ec 'make -C "$1" LLVM=-19 ARCH=x86_64 rustdoc >"$2" 2>&1' _ "$kbuild" "$PATCHED/rustdoc.log" \
+    || { tail -30 "$PATCHED/rustdoc.log" >&2; die "rustdoc fails with the streaming patch (log: $PATCHED/rustdoc.log)"; }
+grep -q 'warning' "$PATCHED/rustdoc.log" && grep -A6 'warning' "$PATCHED/rustdoc.log" | grep -q streaming \
+    && { grep -A8 'warning' "$PATCHED/rustdoc.log" >&2; die "rustdoc warns about the streaming module"; }
+say "streaming patch: the kernel builds with it, rustdoc too (docs in $PATCHED/build/Documentation/output/rust/rustdoc/kernel/dma/streaming/)"
+echo "$PATCHED/build"
