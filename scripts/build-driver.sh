@@ -14,7 +14,14 @@ mkdir -p "$work/guest-driver/module" "$work/abi"
 rm -f "$work"/guest-driver/module/*.rs
 cp "$ROOT"/guest-driver/module/Kbuild "$ROOT"/guest-driver/module/*.rs "$work/guest-driver/module/"
 cp "$ROOT/abi/regs.rs" "$work/abi/"
-say "building the dmalab kernel module"
+cfg=""
+if [ -f "$kbuild/source/rust/kernel/dma/streaming.rs" ]; then
+    # the tree has the streaming abstraction (kernel-patches/streaming/): use the kernel's
+    cfg="--cfg kernel_dma_streaming"
+    say "building the dmalab kernel module (with the tree's kernel::dma::streaming)"
+else
+    say "building the dmalab kernel module"
+fi
 run_logged "kernel module build" "$work/build.log" \
-    make -C "$kbuild" M="$work/guest-driver/module" LLVM=-19 ARCH=x86_64 modules
+    make -C "$kbuild" M="$work/guest-driver/module" LLVM=-19 ARCH=x86_64 DMALAB_CFG="$cfg" modules
 echo "$work/guest-driver/module/dmalab.ko"

@@ -39,4 +39,15 @@ in_patched bash -ec 'make -C "$1" LLVM=-19 ARCH=x86_64 rustdoc >"$2" 2>&1' _ "$k
 grep -q 'warning' "$PATCHED/rustdoc.log" && grep -A6 'warning' "$PATCHED/rustdoc.log" | grep -q streaming \
     && { grep -A8 'warning' "$PATCHED/rustdoc.log" >&2; die "rustdoc warns about the streaming module"; }
 say "streaming patch: the kernel builds with it, rustdoc too (docs in $PATCHED/build/Documentation/output/rust/rustdoc/kernel/dma/streaming/)"
+
+# The reference driver on that kernel, with the kernel's streaming module instead of its copy,
+# graded on the contract's transfers (zero-copy, every mapping bounced, the streaming self-test).
+ko=$(in_patched "$ROOT/scripts/build-driver.sh" "$kbuild" "$PATCHED/kmod" 2>"$PATCHED/driver.log") \
+    || { cat "$PATCHED/driver.log" >&2; die "the driver does not build on the patched kernel"; }
+grep -q "with the tree's kernel::dma::streaming" "$PATCHED/driver.log" \
+    || die "the driver did not pick up the tree's kernel::dma::streaming"
+say "grading the reference driver on it (dmalab check --level 2: transfers, zero-copy, bounced)"
+"$ROOT/target/release/dmalab-check" --level 2 --kernel "$PATCHED/build/arch/x86/boot/bzImage" \
+    --driver "$ko" --run-name streaming_intree \
+    || die "the reference driver fails on the kernel's streaming module (card above; logs target/e2e/streaming_intree_*)"
 echo "$PATCHED/build"

@@ -76,7 +76,12 @@ mod regs;
 mod ring;
 mod selftest;
 mod state;
+/// The typed streaming-DMA abstraction (docs/streaming-dma.md): this module's copy, or the
+/// kernel's own where the tree has it (kernel-patches/streaming/ is made from this file).
+#[cfg(not(kernel_dma_streaming))]
 mod streaming;
+#[cfg(kernel_dma_streaming)]
+use kernel::dma::streaming;
 mod zerocopy;
 
 kernel::module_pci_driver! {
