@@ -10,6 +10,8 @@ out=${2:?out dir}
 [ -f "$kbuild/Module.symvers" ] || die "$kbuild is not a built kernel tree (run 'make kernel')"
 export PATH="$CACHE/tools/bin:$PATH"
 APIS=(coherent coherent_box coherent_handle attrs dma_mask sgtable)
+# APIs a tree may not have at all (kernel-patches/ adds them): absent is not a failure
+OPTIONAL=(streaming)
 mkdir -p "$out"
 work=$(cd "$out" && pwd)/build
 rm -rf "$work"
@@ -28,18 +30,31 @@ build() { # build <log> <api>...: 0 when the module builds with these APIs' test
     make -C "$kbuild" M="$mod" LLVM=-19 ARCH=x86_64 CONFORMANCE_CFG="$cfg" modules >"$log" 2>&1
 }
 
-built=("${APIS[@]}")
+built=("${APIS[@]}" "${OPTIONAL[@]}")
 failed_json=""
-say "conformance module: building with the tests of ${#APIS[@]} APIs"
-if ! build "$work/all.log" "${APIS[@]}"; then
-    say "conformance module: not every API's tests build on this tree; trying each alone"
+absent_json=""
+say "conformance module: building with the tests of ${#built[@]} APIs"
+if ! build "$work/all.log" "${built[@]}"; then
+    say "conformance module: not every API's tests build on this tree; finding which"
     build "$work/none.log" || { tail -30 "$work/none.log" >&2; die "the conformance module does not build even without tests (log: $work/none.log)"; }
-    built=()
-    for a in "${APIS[@]}"; do
+    # the required APIs together first (one build when only an optional one is missing)
+    if build "$work/required.log" "${APIS[@]}"; then
+        built=("${APIS[@]}")
+        candidates=("${OPTIONAL[@]}")
+    else
+        built=()
+        candidates=("${APIS[@]}" "${OPTIONAL[@]}")
+    fi
+    for a in "${candidates[@]}"; do
         if build "$work/$a.log" "$a"; then
             built+=("$a")
+            continue
+        fi
+        first=$(grep -m1 -E '^error' "$work/$a.log" | sed 's/\\/\\\\/g; s/"/\\"/g')
+        if [[ " ${OPTIONAL[*]} " == *" $a "* ]]; then
+            say "  $a: not in this tree ($first)"
+            absent_json="$absent_json${absent_json:+,}\"$a\":\"$first\""
         else
-            first=$(grep -m1 -E '^error' "$work/$a.log" | sed 's/\\/\\\\/g; s/"/\\"/g')
             say "  $a: does not build ($first)"
             failed_json="$failed_json${failed_json:+,}\"$a\":\"$first\""
         fi
@@ -47,5 +62,5 @@ if ! build "$work/all.log" "${APIS[@]}"; then
     build "$work/all.log" "${built[@]}" || { tail -30 "$work/all.log" >&2; die "the APIs that build alone do not build together (log: $work/all.log)"; }
 fi
 built_json=$(printf '"%s",' "${built[@]}")
-printf '{"built":[%s],"failed":{%s}}\n' "${built_json%,}" "$failed_json" >"$out/apis.json"
+printf '{"built":[%s],"failed":{%s},"absent":{%s}}\n' "${built_json%,}" "$failed_json" "$absent_json" >"$out/apis.json"
 echo "$mod/dmalab.ko"

@@ -50,4 +50,17 @@ say "grading the reference driver on it (dmalab check --level 2: transfers, zero
 "$ROOT/target/release/dmalab-check" --level 2 --kernel "$PATCHED/build/arch/x86/boot/bzImage" \
     --driver "$ko" --run-name streaming_intree \
     || die "the reference driver fails on the kernel's streaming module (card above; logs target/e2e/streaming_intree_*)"
+
+# The conformance suite on that kernel: every API, the streaming one included.
+out="$ROOT/target/conformance-streaming"
+mkdir -p "$out"
+in_patched bash -ec 'ko=$("$1/scripts/build-conformance.sh" "$2" "$3"); "$1/scripts/build-initramfs.sh" "$2" "$4" "$ko" "$3" >/dev/null' \
+    _ "$ROOT" "$kbuild" "$out" "$(cat "$ROOT/target/paths/agent")" \
+    || die "the conformance module does not build on the patched kernel"
+grep -q '"streaming"' <(grep -o '"built":\[[^]]*\]' "$out/apis.json") \
+    || die "the streaming API's conformance tests do not build on the patched kernel: $(cat "$out/apis.json")"
+say "the conformance suite on it (streaming included)"
+"$ROOT/target/release/dmalab-conformance" --kbuild "$PATCHED/build" --prebuilt \
+    --run-name conformance-streaming --conditions "gentle;strict;swiotlb" \
+    || die "the conformance suite fails on the kernel with the streaming patch (report: $out/report.txt)"
 echo "$PATCHED/build"

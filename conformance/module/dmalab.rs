@@ -35,6 +35,8 @@ mod api_coherent_handle;
 mod api_dma_mask;
 #[cfg(api_sgtable)]
 mod api_sgtable;
+#[cfg(api_streaming)]
+mod api_streaming;
 
 /// BAR0 as the suite sees it.
 type Bar0<'a> = pci::Bar<'a, { abi::BAR0_SIZE }>;
@@ -80,6 +82,8 @@ fn probe<'bound>(pdev: &'bound pci::Device<Core<'_>>) -> Result<Bound<'bound>> {
     api_attrs::run(&dev);
     #[cfg(api_sgtable)]
     api_sgtable::run(&dev);
+    #[cfg(api_streaming)]
+    api_streaming::run(&dev);
     // last: it changes the device's mask and sets it back
     #[cfg(api_dma_mask)]
     api_dma_mask::run(&dev, pdev);

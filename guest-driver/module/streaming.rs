@@ -18,9 +18,11 @@
 //!   ([`DeviceDone`]: its completion was seen, or its queue was reset). The evidence is made in
 //!   one `unsafe` place per driver, where that argument is written down.
 //! - The direction is a type parameter too ([`ToDevice`], [`FromDevice`], [`Bidirectional`]):
-//!   the CPU may only read a buffer the device writes ([`CpuReads`]) and only write one it reads
-//!   ([`CpuWrites`]); pages the device writes are pinned writable and marked dirty when
-//!   unpinned.
+//!   the CPU may only read a buffer the device writes ([`CpuReads`]) and only write one the
+//!   device reads and that is pinned writable ([`CpuWrites`]: [`Bidirectional`]); pages the
+//!   device writes are pinned writable and marked dirty when unpinned, pages it only reads are
+//!   pinned read-only (they may be the shared zero page or shared copy-on-write) and never
+//!   written.
 //! - Dropping a [`DeviceOwned`] mapping cannot know whether the device still uses it, so it
 //!   leaks it: the pages stay pinned and mapped, which is safe (the memory is never reused while
 //!   the device may write it) and reported once. Dropping a [`CpuOwned`] mapping unmaps it.
@@ -87,9 +89,18 @@ pub(crate) trait CpuReads: Direction {}
 impl CpuReads for FromDevice {}
 impl CpuReads for Bidirectional {}
 
-/// Directions whose data the CPU may write (for the device to read).
-pub(crate) trait CpuWrites: Direction {}
-impl CpuWrites for ToDevice {}
+/// Directions whose pages are pinned writable (the device writes them): only those may the CPU
+/// write too. Pages pinned for a device that only reads are pinned read-only, and may be the
+/// shared zero page or shared copy-on-write with another process: a CPU write there would
+/// corrupt memory that is not the caller's.
+pub(crate) trait PinnedWritable: Direction {}
+impl PinnedWritable for FromDevice {}
+impl PinnedWritable for Bidirectional {}
+
+/// Directions whose data the CPU may write through a mapping (for the device to read, and
+/// pinned writable): [`Bidirectional`]. A [`ToDevice`] buffer holds the caller's data, which
+/// the CPU reads only.
+pub(crate) trait CpuWrites: PinnedWritable {}
 impl CpuWrites for Bidirectional {}
 
 /// Who may touch a mapping's memory now.
@@ -211,27 +222,6 @@ impl<D: Direction> UserPages<D> {
         )
     }
 
-    /// Copies `data` into the pinned memory at `offset`: the CPU owns pages no mapping lends
-    /// to a device (a `CpuOwned` mapping writes through here too). `EINVAL` when the range is
-    /// not inside.
-    pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
-        let mut done = 0;
-        each_piece(
-            &self.pages,
-            self.offset,
-            self.len,
-            offset,
-            data.len(),
-            |va, n| {
-                // SAFETY: `va` is valid for `n` bytes (`each_piece`); the user may touch its own
-                // page concurrently, so this is a byte copy through raw pointers, never a
-                // reference into it.
-                unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
-                done += n;
-            },
-        )
-    }
-
     /// Maps the pages for `dev` and hands them to it. `max_segment` bounds each segment's length
     /// (the device's limit); physically contiguous pages are merged up to it, and never beyond
     /// what the DMA layer can map in one piece (`dma_max_mapping_size`: 256 KiB when every
@@ -279,6 +269,29 @@ impl<D: Direction> UserPages<D> {
             pages: ManuallyDrop::new(pages),
             _owner: PhantomData,
         })
+    }
+}
+
+impl<D: PinnedWritable> UserPages<D> {
+    /// Copies `data` into the pinned memory at `offset`: the CPU owns pages no mapping lends
+    /// to a device (a `CpuOwned` mapping writes through here too). `EINVAL` when the range is
+    /// not inside.
+    pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
+        let mut done = 0;
+        each_piece(
+            &self.pages,
+            self.offset,
+            self.len,
+            offset,
+            data.len(),
+            |va, n| {
+                // SAFETY: `va` is valid for `n` bytes (`each_piece`); the user may touch its own
+                // page concurrently, so this is a byte copy through raw pointers, never a
+                // reference into it.
+                unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
+                done += n;
+            },
+        )
     }
 }
 

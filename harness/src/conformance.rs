@@ -66,6 +66,10 @@ pub struct Built {
     pub built: Vec<String>,
     /// API → the first compiler error of its tests on this tree.
     pub failed: BTreeMap<String, String>,
+    /// Optional APIs this tree does not have (kernel-patches/ adds them), with the error that
+    /// says so: reported, not a failure.
+    #[serde(default)]
+    pub absent: BTreeMap<String, String>,
 }
 
 /// What one VM under one set of conditions made of the suite.
@@ -381,6 +385,7 @@ mod tests {
         let built = Built {
             built: vec!["a".into()],
             failed: BTreeMap::new(),
+            absent: BTreeMap::from([("streaming".to_string(), "no module".to_string())]),
         };
         assert!(passed(&built, &[run(vec![ok.clone()])]));
         let bad = Outcome {

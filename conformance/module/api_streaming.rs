@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `dma::streaming` (kernel-patches/streaming/; a tree without it reports this API absent):
+//! user pages pinned, mapped for the device, and handed between the CPU and the device. The
+//! pages are a fresh anonymous mapping of the task that loads the module. With every mapping
+//! bounced (swiotlb), a sync that does not copy, or copies the wrong way, gives wrong bytes.
+
+use kernel::{
+    bindings,
+    dma::{
+        streaming::{
+            Bidirectional, DeviceDone, DeviceOwned, Direction, FromDevice, Mapping, ToDevice,
+            UserPages,
+        },
+        Coherent,
+    },
+    prelude::*,
+    uaccess::{UserPtr, UserSlice},
+};
+
+use crate::device::{errname, expect, fill_byte, text, Dma, Failed};
+use crate::report::result;
+
+const API: &str = "streaming";
+
+/// The device's maximum segment length (the PCI default; nothing raises it).
+const MAX_SEGMENT: u32 = 64 * 1024;
+
+pub(crate) fn run(dma: &Dma<'_>) {
+    for (len, off) in [(4096, 0), (200_000, 123), (1 << 20, 4000)] {
+        result(
+            API,
+            format_args!("FromDevice {len} B at page offset {off}: the device fills, the CPU reads after sync_for_cpu"),
+            from_device(dma, len, off),
+        );
+        result(
+            API,
+            format_args!("ToDevice {len} B at page offset {off}: the device sees the caller's data after the map"),
+            to_device(dma, len, off),
+        );
+        result(
+            API,
+            format_args!("Bidirectional {len} B at page offset {off}: map, device, sync_for_cpu, CPU, sync_for_device, device"),
+            whole_cycle(dma, len, off),
+        );
+    }
+}
+
+/// An anonymous mapping of `len` bytes in the current task, unmapped when dropped.
+struct UserBuffer {
+    addr: usize,
+    len: usize,
+}
+
+impl UserBuffer {
+    fn new(len: usize) -> Result<Self, Failed> {
+        const PROT_READ_WRITE: usize = 0x3;
+        const MAP_PRIVATE_ANONYMOUS: usize = 0x22;
+        // SAFETY: an anonymous private mapping of the current task; no file.
+        let addr = unsafe {
+            bindings::vm_mmap(
+                core::ptr::null_mut(),
+                0,
+                len,
+                PROT_READ_WRITE,
+                MAP_PRIVATE_ANONYMOUS,
+                0,
+            )
+        };
+        if addr >= (-4095isize) as usize {
+            return Err(text(format_args!(
+                "vm_mmap of {len} bytes: errno {}",
+                addr as isize
+            )));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl Drop for UserBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the range was mapped by `new` and nothing else unmaps it.
+        unsafe { bindings::vm_munmap(self.addr, self.len) };
+    }
+}
+
+fn from_device(dma: &Dma<'_>, len: usize, off: usize) -> Result<(), Failed> {
+    let user = UserBuffer::new(len + off)?;
+    let pages = UserPages::<FromDevice>::pin(UserPtr::from_addr(user.addr + off), len)
+        .map_err(|e| text(format_args!("pin: {}", errname(e))))?;
+    let mapped = pages
+        .map(dma.dev(), MAX_SEGMENT)
+        .map_err(|e| text(format_args!("map: {}", errname(e))))?;
+    let pattern = 0x6d61_7020 ^ len as u32;
+    // what each byte must be: FILL starts its pattern afresh in every segment
+    let mut want =
+        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    let mut at = 0usize;
+    for s in mapped.segments() {
+        let n = s.len as usize;
+        if at + n > len {
+            return Err(text(format_args!(
+                "the segments run past the {len} bytes mapped"
+            )));
+        }
+        dma.fill(s.addr, n, pattern)?;
+        for (k, w) in want[at..at + n].iter_mut().enumerate() {
+            *w = fill_byte(pattern, k);
+        }
+        at += n;
+    }
+    if at != len {
+        return Err(text(format_args!("the segments cover {at} of {len} bytes")));
+    }
+    // SAFETY: every transfer above is over (DONE read); the device has no other request.
+    let done = unsafe { DeviceDone::new() };
+    let cpu = mapped.sync_for_cpu(&done);
+    let mut got =
+        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    cpu.read(0, &mut got)
+        .map_err(|e| text(format_args!("read: {}", errname(e))))?;
+    expect(
+        "what the CPU reads after sync_for_cpu",
+        len,
+        |i| got[i],
+        |i| want[i],
+    )?;
+    drop(cpu.unmap());
+    Ok(())
+}
+
+fn to_device(dma: &Dma<'_>, len: usize, off: usize) -> Result<(), Failed> {
+    let user = UserBuffer::new(len + off)?;
+    let data = |i: usize| (i * 13 + len) as u8;
+    let mut buf =
+        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = data(i);
+    }
+    // the caller's data, written as the caller would (a device that only reads gets pages
+    // pinned read-only, which the CPU may not write through the abstraction)
+    UserSlice::new(UserPtr::from_addr(user.addr + off), len)
+        .writer()
+        .write_slice(&buf)
+        .map_err(|e| text(format_args!("copy to the user buffer: {}", errname(e))))?;
+    let pages = UserPages::<ToDevice>::pin(UserPtr::from_addr(user.addr + off), len)
+        .map_err(|e| text(format_args!("pin: {}", errname(e))))?;
+    let mapped = pages
+        .map(dma.dev(), MAX_SEGMENT)
+        .map_err(|e| text(format_args!("map: {}", errname(e))))?;
+    let out = Coherent::<u8>::zeroed_slice(dma.dev(), len, GFP_KERNEL)
+        .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
+    copy_out(dma, &mapped, &out, len)?;
+    // SAFETY: the device's transfers are done.
+    let got = unsafe { out.as_ref() };
+    expect("the device's copy after the map", len, |i| got[i], data)?;
+    // SAFETY: no transfer is running.
+    drop(mapped.unmap(&unsafe { DeviceDone::new() }));
+    Ok(())
+}
+
+/// The whole cycle on one `Bidirectional` mapping: the device fills, the CPU reads after
+/// `sync_for_cpu`, writes new data, gives it back with `sync_for_device`, the device copies it.
+fn whole_cycle(dma: &Dma<'_>, len: usize, off: usize) -> Result<(), Failed> {
+    let user = UserBuffer::new(len + off)?;
+    let pages = UserPages::<Bidirectional>::pin(UserPtr::from_addr(user.addr + off), len)
+        .map_err(|e| text(format_args!("pin: {}", errname(e))))?;
+    let mapped = pages
+        .map(dma.dev(), MAX_SEGMENT)
+        .map_err(|e| text(format_args!("map: {}", errname(e))))?;
+    let pattern = 0x0c1c_1e00 ^ len as u32;
+    let mut want =
+        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    let mut at = 0usize;
+    for s in mapped.segments() {
+        let n = s.len as usize;
+        if at + n > len {
+            return Err(text(format_args!(
+                "the segments run past the {len} bytes mapped"
+            )));
+        }
+        dma.fill(s.addr, n, pattern)?;
+        for (k, w) in want[at..at + n].iter_mut().enumerate() {
+            *w = fill_byte(pattern, k);
+        }
+        at += n;
+    }
+    // SAFETY: every transfer above is over (DONE read).
+    let mut cpu = mapped.sync_for_cpu(&unsafe { DeviceDone::new() });
+    let mut got =
+        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    cpu.read(0, &mut got)
+        .map_err(|e| text(format_args!("read: {}", errname(e))))?;
+    expect(
+        "what the CPU reads after sync_for_cpu",
+        len,
+        |i| got[i],
+        |i| want[i],
+    )?;
+    for (i, b) in got.iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    cpu.write(0, &got)
+        .map_err(|e| text(format_args!("write: {}", errname(e))))?;
+    let mapped = cpu.sync_for_device();
+    let out = Coherent::<u8>::zeroed_slice(dma.dev(), len, GFP_KERNEL)
+        .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
+    copy_out(dma, &mapped, &out, len)?;
+    // SAFETY: the device's transfers are done.
+    let dev_saw = unsafe { out.as_ref() };
+    expect(
+        "the device's copy after sync_for_device",
+        len,
+        |i| dev_saw[i],
+        |i| (i * 7 + 3) as u8,
+    )?;
+    // SAFETY: no transfer is running.
+    drop(mapped.unmap(&unsafe { DeviceDone::new() }));
+    Ok(())
+}
+
+/// The device copies every segment of `m`, in order, into `out`.
+fn copy_out<D: Direction>(
+    dma: &Dma<'_>,
+    m: &Mapping<D, DeviceOwned>,
+    out: &Coherent<[u8]>,
+    len: usize,
+) -> Result<(), Failed> {
+    let mut at = 0usize;
+    for s in m.segments() {
+        let n = s.len as usize;
+        if at + n > len {
+            return Err(text(format_args!(
+                "the segments run past the {len} bytes mapped"
+            )));
+        }
+        dma.copy(s.addr, out.dma_address() + at as u64, n)?;
+        at += n;
+    }
+    if at != len {
+        return Err(text(format_args!("the segments cover {at} of {len} bytes")));
+    }
+    Ok(())
+}
