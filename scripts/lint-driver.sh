@@ -19,7 +19,7 @@ fi
 say "kernel module: rustfmt and clippy clean"
 
 # The conformance module (conformance/module/), with every API's tests: from its build copy,
-# which has the typed registers it shares with the tutorial (regs.rs) next to it.
+# which has abi/regs.rs where its `include!` expects it.
 cmod="$ROOT/target/conformance-lint"
 "$ROOT/scripts/build-conformance.sh" "$kbuild" "$cmod" >/dev/null
 bdir="$cmod/build/conformance/module"

@@ -8,7 +8,7 @@ use kernel::{
     prelude::*,
 };
 
-use crate::device::{errname, expect, fill_byte, text, Dma, Failed};
+use crate::device::{errname, expect, fill_byte, text, BusAddress, Dma, Failed};
 use crate::report::result;
 
 const API: &str = "attrs";
@@ -37,7 +37,7 @@ fn filled(dma: &Dma<'_>, attrs: Attrs) -> Result<(), Failed> {
     let buf = Coherent::<u8>::zeroed_slice_with_attrs(dma.dev(), len, GFP_KERNEL, attrs)
         .map_err(|e| text(format_args!("zeroed_slice_with_attrs: {}", errname(e))))?;
     let pattern = 0x0f0f_a5a5;
-    dma.fill(buf.dma_address(), len, pattern)?;
+    dma.fill(buf.bus(), len, pattern)?;
     // SAFETY: the device's transfer is done.
     let got = unsafe { buf.as_ref() };
     expect(

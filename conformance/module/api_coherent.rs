@@ -2,15 +2,14 @@
 
 //! `dma::Coherent`: `zeroed_slice`, `from_slice`, `zeroed`/`init` of one value, `dma_address`,
 //! `size`/`len`, and the CPU's view of what the device wrote (`as_ref` once the device is
-//! done, `io_project!` volatile reads), from 1 byte to 4 MiB and at unaligned offsets.
+//! done, volatile reads through `io_project!` (`dma_read!` on 7.2)), from 1 byte to 4 MiB and at
+//! unaligned offsets.
 
-use kernel::{
-    dma::Coherent,
-    io::{io_project, Io},
-    prelude::*,
-};
+#[cfg(not(series_7_2))]
+use kernel::io::Io;
+use kernel::{dma::Coherent, prelude::*};
 
-use crate::device::{errname, expect, fill_byte, text, Dma, Failed};
+use crate::device::{errname, expect, fill_byte, text, BusAddress, Dma, Failed};
 use crate::report::result;
 
 const API: &str = "coherent";
@@ -86,7 +85,7 @@ fn zeroed_then_filled(dma: &Dma<'_>, len: usize) -> Result<(), Failed> {
     let zero = unsafe { buf.as_ref() };
     expect("before the device ran", len, |i| zero[i], |_| 0)?;
     let pattern = 0xa5c3_0f1e ^ len as u32;
-    dma.fill(buf.dma_address(), len, pattern)?;
+    dma.fill(buf.bus(), len, pattern)?;
     // SAFETY: the device's transfer is done (DONE read); nothing else writes the buffer.
     let got = unsafe { buf.as_ref() };
     expect(
@@ -108,21 +107,35 @@ fn from_slice_copied(dma: &Dma<'_>, len: usize, off: usize) -> Result<(), Failed
     let dst = Coherent::<u8>::zeroed_slice(dma.dev(), len, GFP_KERNEL)
         .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
     let n = len - off;
-    dma.copy(src.dma_address() + off as u64, dst.dma_address(), n)?;
-    // volatile reads through the I/O view, as a driver reads memory a device may touch
-    let mut got =
-        KVVec::from_elem(0u8, n, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
-    let mut read = || -> Result {
-        io_project!(dst, [try: 0..n]).copy_to_slice(&mut got);
-        Ok(())
-    };
-    read().map_err(|e| text(format_args!("io_project! of 0..{n}: {}", errname(e))))?;
+    dma.copy(src.bus() + off as u64, dst.bus(), n)?;
+    let got = volatile_read(&dst, n)?;
     expect(
-        "the copy read through io_project!",
+        "the copy read back through the abstraction's volatile accessor",
         n,
         |i| got[i],
         |i| data[off + i],
     )
+}
+
+/// The first `n` bytes of `buf`, read as a driver reads memory a device may touch: volatile,
+/// through the I/O view (`io_project!`, 7.3) or `dma_read!` (7.2, one byte at a time).
+fn volatile_read(buf: &Coherent<[u8]>, n: usize) -> Result<KVVec<u8>, Failed> {
+    let mut got =
+        KVVec::from_elem(0u8, n, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    #[cfg(not(series_7_2))]
+    let mut read = || -> Result {
+        kernel::io::io_project!(buf, [try: 0..n]).copy_to_slice(&mut got);
+        Ok(())
+    };
+    #[cfg(series_7_2)]
+    let mut read = || -> Result {
+        for (i, b) in got.iter_mut().enumerate() {
+            *b = kernel::dma_read!(buf, [try: i]);
+        }
+        Ok(())
+    };
+    read().map_err(|e| text(format_args!("a volatile read of 0..{n}: {}", errname(e))))?;
+    Ok(got)
 }
 
 /// A `#[repr(C)]` value the device fills as bytes.
@@ -153,7 +166,7 @@ fn one_value(dma: &Dma<'_>) -> Result<(), Failed> {
         )));
     }
     let size = core::mem::size_of::<Pair>();
-    dma.fill(init.dma_address(), size, 0x1122_3344)?;
+    dma.fill(init.bus(), size, 0x1122_3344)?;
     // SAFETY: the device's transfer is done.
     let v = unsafe { *init.as_ref() };
     if (v.a, v.b, v.c) != (0x1122_3344_1122_3344, 0x1122_3344, 0x1122_3344) {

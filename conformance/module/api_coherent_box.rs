@@ -9,7 +9,7 @@ use kernel::{
     prelude::*,
 };
 
-use crate::device::{errname, expect, text, Dma, Failed};
+use crate::device::{errname, expect, text, BusAddress, Dma, Failed};
 use crate::report::result;
 
 const API: &str = "coherent_box";
@@ -46,7 +46,7 @@ fn filled_then_copied(dma: &Dma<'_>, n: usize) -> Result<(), Failed> {
     let src: Coherent<[u32]> = b.into();
     let dst = Coherent::<u8>::zeroed_slice(dma.dev(), n * 4, GFP_KERNEL)
         .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
-    dma.copy(src.dma_address(), dst.dma_address(), n * 4)?;
+    dma.copy(src.bus(), dst.bus(), n * 4)?;
     // SAFETY: the device's transfer is done.
     let got = unsafe { dst.as_ref() };
     expect(
@@ -74,7 +74,7 @@ fn from_slice(dma: &Dma<'_>, n: usize) -> Result<(), Failed> {
     let src: Coherent<[u8]> = b.into();
     let dst = Coherent::<u8>::zeroed_slice(dma.dev(), n, GFP_KERNEL)
         .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
-    dma.copy(src.dma_address(), dst.dma_address(), n)?;
+    dma.copy(src.bus(), dst.bus(), n)?;
     // SAFETY: the device's transfer is done.
     let got = unsafe { dst.as_ref() };
     expect("the device's copy", n, |i| got[i], |i| data[i])

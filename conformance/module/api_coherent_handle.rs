@@ -10,7 +10,7 @@ use kernel::{
     prelude::*,
 };
 
-use crate::device::{errname, expect, fill_byte, text, Dma, Failed};
+use crate::device::{errname, expect, fill_byte, text, BusAddress, Dma, Failed};
 use crate::report::result;
 
 const API: &str = "coherent_handle";
@@ -35,8 +35,8 @@ fn filled_and_copied(dma: &Dma<'_>, len: usize) -> Result<(), Failed> {
     let out = Coherent::<u8>::zeroed_slice(dma.dev(), len, GFP_KERNEL)
         .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
     let pattern = 0x7e57_c0de;
-    dma.fill(h.dma_address(), len, pattern)?;
-    dma.copy(h.dma_address(), out.dma_address(), len)?;
+    dma.fill(h.bus(), len, pattern)?;
+    dma.copy(h.bus(), out.bus(), len)?;
     // SAFETY: the device's transfers are done.
     let got = unsafe { out.as_ref() };
     expect(

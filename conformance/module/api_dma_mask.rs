@@ -10,7 +10,7 @@ use kernel::{
     prelude::*,
 };
 
-use crate::device::{errname, expect, fill_byte, text, Dma, Failed};
+use crate::device::{errname, expect, fill_byte, text, BusAddress, Dma, Failed};
 use crate::report::result;
 
 const API: &str = "dma_mask";
@@ -85,10 +85,10 @@ fn too_small(dma: &Dma<'_>, pdev: &pci::Device<kernel::device::Core<'_>>) -> Res
     // below it, or the allocation must fail.
     match Coherent::<u8>::zeroed_slice(dma.dev(), 4096, GFP_KERNEL | __GFP_NOWARN) {
         Err(_) => Ok(()),
-        Ok(buf) if buf.dma_address() + 4095 <= mask.value() => Ok(()),
+        Ok(buf) if buf.bus() + 4095 <= mask.value() => Ok(()),
         Ok(buf) => Err(text(format_args!(
             "a 12-bit mask was accepted, then an allocation got bus address {:#x}",
-            buf.dma_address()
+            buf.bus()
         ))),
     }
 }
@@ -109,14 +109,14 @@ fn below(
     let len = 1 << 20;
     let buf = Coherent::<u8>::zeroed_slice(dma.dev(), len, GFP_KERNEL)
         .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
-    let end = buf.dma_address() + len as u64 - 1;
+    let end = buf.bus() + len as u64 - 1;
     if end & !mask.value() != 0 {
         return Err(text(format_args!(
             "bus address {end:#x} is above the {bits}-bit mask"
         )));
     }
     let pattern = 0x3c3c_5a5a;
-    dma.fill(buf.dma_address(), len, pattern)?;
+    dma.fill(buf.bus(), len, pattern)?;
     // SAFETY: the device's transfer is done.
     let got = unsafe { buf.as_ref() };
     expect(

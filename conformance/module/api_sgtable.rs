@@ -14,7 +14,7 @@ use kernel::{
     scatterlist::SGTable,
 };
 
-use crate::device::{errname, expect, text, Dma, Failed};
+use crate::device::{errname, expect, text, BusAddress, Dma, Failed};
 use crate::report::result;
 
 const API: &str = "sgtable";
@@ -55,7 +55,7 @@ fn to_device(dma: &Dma<'_>, pages: usize) -> Result<(), Failed> {
                 at + len
             )));
         }
-        dma.copy(e.dma_address(), out.dma_address() + at as u64, len)?;
+        dma.copy(e.dma_address(), out.bus() + at as u64, len)?;
         at += len;
         entries += 1;
     }

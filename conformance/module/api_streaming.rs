@@ -18,7 +18,7 @@ use kernel::{
     uaccess::{UserPtr, UserSlice},
 };
 
-use crate::device::{errname, expect, fill_byte, text, Dma, Failed};
+use crate::device::{errname, expect, fill_byte, text, BusAddress, Dma, Failed};
 use crate::report::result;
 
 const API: &str = "streaming";
@@ -234,7 +234,7 @@ fn copy_out<D: Direction>(
                 "the segments run past the {len} bytes mapped"
             )));
         }
-        dma.copy(s.addr, out.dma_address() + at as u64, n)?;
+        dma.copy(s.addr, out.bus() + at as u64, n)?;
         at += n;
     }
     if at != len {

@@ -11,6 +11,10 @@
 
 use kernel::{device::Core, dma::Device as _, io::Io, pci, prelude::*};
 
+// The binding itself moves between kernel series (`pci_device_table!`'s arguments, `probe`'s
+// id argument): scripts/build-conformance.sh passes `--cfg series_7_2` for a 7.2 tree. This
+// is the suite's base, not an API under test.
+
 /// The device's registers, constants and structures (docs/datasheet.md), shared verbatim with
 /// the device model, the driver and the agent.
 #[macro_use]
@@ -19,8 +23,6 @@ pub mod abi {
 }
 
 mod device;
-#[allow(dead_code)]
-mod regs;
 mod report;
 
 #[cfg(api_attrs)]
@@ -48,8 +50,19 @@ struct Bound<'bound> {
     _bar: Bar0<'bound>,
 }
 
+#[cfg(not(series_7_2))]
 kernel::pci_device_table!(
     PCI_TABLE,
+    <Conformance as pci::Driver>::IdInfo,
+    [(
+        pci::DeviceId::from_id(pci::Vendor::REDHAT, abi::PCI_DEVICE_ID as u32),
+        ()
+    )]
+);
+#[cfg(series_7_2)]
+kernel::pci_device_table!(
+    PCI_TABLE,
+    MODULE_PCI_TABLE,
     <Conformance as pci::Driver>::IdInfo,
     [(
         pci::DeviceId::from_id(pci::Vendor::REDHAT, abi::PCI_DEVICE_ID as u32),
@@ -61,11 +74,11 @@ fn probe<'bound>(pdev: &'bound pci::Device<Core<'_>>) -> Result<Bound<'bound>> {
     pdev.enable_device_mem()?;
     pdev.set_master();
     let bar = pdev.iomap_region_sized::<{ abi::BAR0_SIZE }>(0, c"dmalab-conformance")?;
-    if bar.read(regs::ID).magic().get() != abi::DEVICE_MAGIC {
+    if bar.read32(abi::REG_ID) != abi::DEVICE_MAGIC {
         dev_err!(pdev, "not a dmalab device\n");
         return Err(ENODEV);
     }
-    let dma_bits = bar.read(regs::CAP_DMA_BITS).bits().get();
+    let dma_bits = bar.read32(abi::REG_CAP_DMA_BITS) & 0xff;
     // SAFETY: no DMA allocation or mapping exists for this device yet.
     unsafe { pdev.dma_set_mask_and_coherent(kernel::dma::DmaMask::try_new(dma_bits)?)? };
     let dev = device::Dma::new(&bar, pdev.as_ref(), dma_bits);
@@ -96,9 +109,18 @@ impl pci::Driver for Conformance {
     type Data<'bound> = Bound<'bound>;
     const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
 
+    #[cfg(not(series_7_2))]
     fn probe<'bound>(
         pdev: &'bound pci::Device<Core<'_>>,
         _info: Option<&'bound Self::IdInfo>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        probe(pdev)
+    }
+
+    #[cfg(series_7_2)]
+    fn probe<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+        _info: &'bound Self::IdInfo,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         probe(pdev)
     }
