@@ -30,8 +30,11 @@ for p in "${patches[@]}"; do
     [ -n "$expect" ] || die "$p has no 'expect-fail:' line"
     out="$ROOT/target/selftest_$name"
     say "selftest $n/${#patches[@]}: $name (must fail: $expect)"
-    # the patch's own header (above its `---` line) is not part of the diff
-    patched_tree "selftest-$name" "$kbuild" "$p"
+    # the patch's own header (above its `---` line) is not part of the diff; `requires:` names
+    # patches (from the repository's root) it applies on top of
+    requires=()
+    for r in $(sed -n '1,/^---$/s/^requires: *//p' "$p"); do requires+=("$ROOT/$r"); done
+    patched_tree "selftest-$name" "$kbuild" "${requires[@]}" "$p"
     mkdir -p "$out"
     say "  rebuilding the kernel (incremental) and the conformance module"
     in_patched bash -ec '
