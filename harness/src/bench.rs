@@ -230,19 +230,21 @@ pub const UNCLEARED_READ: &str = "dmalab-read-uncleared";
 
 pub fn goals(c: &Cells) -> Vec<Goal> {
     let mut out = Vec::new();
-    // issue 14: the zero-copy path against QEMU's NVMe (a READ is the like-for-like: one user
-    // buffer the device writes; a COPY pins and maps two), and at 4 KiB against the bounce pool
+    // the zero-copy path against QEMU's NVMe (a READ is the like-for-like: one user buffer the
+    // device writes; a COPY pins and maps two): READ at least 1.2x NVMe's from 64 KiB up (the
+    // third performance issue's goal; the second asked for 1x), and at 4 KiB against the bounce
+    // pool
     for len in [64u64 << 10, 1 << 20] {
         for depth in [1u64, 8, 32] {
             let nvme = c.get("nvme", len, depth, false);
             if let (Some(z), Some(n)) = (c.get(ZERO_COPY_READ, len, depth, false), nvme) {
                 out.push(goal(
                     format!(
-                        "{} at depth {depth}: zero-copy READ ahead of QEMU NVMe's read",
+                        "{} at depth {depth}: zero-copy READ at least 1.2x QEMU NVMe's read",
                         size(len)
                     ),
                     z.ops_per_s / n.ops_per_s.max(1e-9),
-                    1.0,
+                    1.2,
                 ));
             }
             if let (Some(z), Some(n)) = (c.zero_copy_best(len, depth), nvme) {
@@ -514,6 +516,7 @@ mod tests {
             cell(ZERO_COPY_BATCH, 1 << 20, 8, 4, 900.0),
             cell("nvme", 1 << 20, 8, 1, 1000.0),
             cell(ZERO_COPY_READ, 1 << 20, 8, 1, 1200.0),
+            cell(ZERO_COPY_READ, 65536, 1, 1, 1650.0),
         ];
         let c = Cells(cells.iter().collect());
         let g = goals(&c);
@@ -522,8 +525,14 @@ mod tests {
         // the batched all-queue cell is zero-copy's best at 1 MiB depth 8: 0.9x
         let m = find("1 MiB at depth 8: zero-copy COPY ahead");
         assert!(!m.met && m.measured.starts_with("0.90x"), "{m:?}");
-        // the like-for-like READ is judged on its own cell
-        assert!(find("1 MiB at depth 8: zero-copy READ ahead").met);
+        // the like-for-like READ is judged on its own cell, against 1.2x: 1.2 meets it, and
+        // a READ only ahead of NVMe would not
+        assert!(find("1 MiB at depth 8: zero-copy READ at least 1.2x").met);
+        let under = find("64 KiB at depth 1: zero-copy READ at least 1.2x");
+        assert!(
+            !under.met && under.measured == "1.10x (goal 1.2x)",
+            "{under:?}"
+        );
         assert!(!find("4 KiB at depth 1: zero-copy no slower").met);
         let (first, ratios) = c.crossover();
         assert_eq!(first, Some(16384));

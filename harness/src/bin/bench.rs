@@ -75,21 +75,46 @@ fn main() -> ExitCode {
         measured: format!("{} reads", reads.len()),
         met: reads.is_empty(),
     });
-    let engine_64k = engine.as_ref().and_then(|e| {
-        e["copy"]
-            .as_array()?
-            .iter()
-            .find(|c| c["len"] == 65536)
-            .map(|c| {
-                c["engine_bytes_per_s"].as_f64().unwrap_or(0.0)
-                    / c["memcpy_bytes_per_s"].as_f64().unwrap_or(1.0)
-            })
-    });
-    if let Some(r) = engine_64k {
+    let engine_at = |len: u64| {
+        engine.as_ref().and_then(|e| {
+            e["copy"]
+                .as_array()?
+                .iter()
+                .find(|c| c["len"] == len)
+                .map(|c| {
+                    c["engine_bytes_per_s"].as_f64().unwrap_or(0.0)
+                        / c["memcpy_bytes_per_s"].as_f64().unwrap_or(1.0)
+                })
+        })
+    };
+    for (len, want) in [(65536u64, 0.85), (4096, 0.20)] {
+        if let Some(r) = engine_at(len) {
+            goals.push(Goal {
+                goal: format!(
+                    "device library at {} KiB: at least {:.0}% of memcpy",
+                    len / 1024,
+                    want * 100.0
+                ),
+                measured: format!("{:.0}%", r * 100.0),
+                met: r >= want,
+            });
+        }
+    }
+    // Goals this bench cannot judge yet, said so rather than left out.
+    for (what, why) in [
+        (
+            "2 vCPUs: depth 8 and 32 over all queues at least 1.6x one vCPU at 4 KiB, and ahead of NVMe there",
+            "not measured: the matrix runs on one vCPU only",
+        ),
+        (
+            "no allocation on the zero-copy request path",
+            "not measured: no instruction or allocation count per zero-copy request yet",
+        ),
+    ] {
         goals.push(Goal {
-            goal: "device library at 64 KiB: at least 80% of memcpy".into(),
-            measured: format!("{:.0}%", r * 100.0),
-            met: r >= 0.8,
+            goal: what.into(),
+            measured: why.into(),
+            met: false,
         });
     }
 
