@@ -43,8 +43,7 @@ for p in "${patches[@]}"; do
         "$3/scripts/build-initramfs.sh" "$1" "$4" "$ko" "$2" >/dev/null
     ' _ "$kbuild" "$out" "$ROOT" "$agent" \
         || { tail -20 "$out/kernel.log" >&2; die "$name: the patched kernel or module does not build (log: $out/kernel.log)"; }
-    work=$PATCHED
-    "$bin" --kbuild "$work/build" --prebuilt --run-name "selftest_$name" \
+    "$bin" --kbuild "$PATCHED/build" --prebuilt --run-name "selftest_$name" \
         ${conds:+--conditions "$conds"} >"$out/report.txt" 2>"$out/stderr.log" || true
     got=$(grep -E '^  (FAIL|\[)' "$out/report.txt" | sed -n 's/^  FAIL \([a-z_]*\) .*/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//')
     unclean=$(grep -c 'was not clean\|did not reach its end' "$out/report.txt" || true)

@@ -32,6 +32,14 @@ struct Args {
     prebuilt: bool,
 }
 
+/// Which APIs' tests built (`apis.json`, written by scripts/build-conformance.sh into `out`).
+fn built_apis(out: &std::path::Path) -> Built {
+    std::fs::read_to_string(out.join("apis.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
 /// Builds the module against `kbuild` (scripts/build-conformance.sh) and its initramfs into
 /// `out`: which APIs' tests built, and the initramfs.
 fn build(
@@ -50,10 +58,7 @@ fn build(
         return Err("the module does not build".into());
     }
     let module = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim());
-    let apis: Built = std::fs::read_to_string(out.join("apis.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
+    let apis = built_apis(out);
     let initramfs = Command::new(root.join("scripts/build-initramfs.sh"))
         .arg(kbuild)
         .arg(agent)
@@ -89,10 +94,7 @@ fn main() -> ExitCode {
         .to_string();
 
     let (apis, initramfs) = if args.prebuilt {
-        let apis: Built = std::fs::read_to_string(out.join("apis.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default();
+        let apis = built_apis(&out);
         (apis, out.join("initramfs.cpio"))
     } else {
         match build(&root, &kbuild, &agent, &out) {
