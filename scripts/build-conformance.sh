@@ -9,7 +9,7 @@ kbuild=${1:?usage: build-conformance.sh <kernel build dir> <out dir>}
 out=${2:?out dir}
 [ -f "$kbuild/Module.symvers" ] || die "$kbuild is not a built kernel tree (run 'make kernel')"
 export PATH="$CACHE/tools/bin:$PATH"
-APIS=(coherent coherent_box coherent_handle attrs dma_mask sgtable)
+APIS=(coherent coherent_box coherent_handle attrs dma_mask sgtable lifetime)
 # APIs a tree may not have at all (kernel-patches/ adds them): absent is not a failure
 OPTIONAL=(streaming)
 mkdir -p "$out"

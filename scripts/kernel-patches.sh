@@ -9,7 +9,7 @@ source "$(dirname "$0")/patched-tree.sh"
 kbuild=$(cd "${1:?kernel build dir}" && pwd)
 src=$(readlink -f "$kbuild/source")
 export PATH="$CACHE/tools/bin:$PATH"
-patch="$ROOT/kernel-patches/streaming/0001-rust-dma-add-typed-streaming-mappings-of-user-pages.patch"
+patch="$ROOT/kernel-patches/streaming/0001-rust-dma-add-typed-streaming-mappings.patch"
 fresh=$(mktemp)
 trap 'rm -f "$fresh"' EXIT
 python3 "$ROOT/scripts/streaming-patch.py" "$src" "$fresh"

@@ -14,7 +14,11 @@ patched_tree() {
     shift 2
     local src key f p
     src=$(readlink -f "$kb/source")
-    key=$(cat "$@" "$kb/.config" | sha256sum | cut -c1-12)
+    # keyed by what is applied (a patch's header may change without a rebuild) and the config
+    key=$({
+        for p in "$@"; do sed -n '/^--- \(a\/\|\/dev\/null\)/,$p' "$p"; done
+        cat "$kb/.config"
+    } | sha256sum | cut -c1-12)
     PATCHED="$CACHE/patched/$name-$key"
     PATCHED_SRC=$src
     PATCHED_KBUILD=$kb

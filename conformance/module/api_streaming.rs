@@ -1,19 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! `dma::streaming` (kernel-patches/streaming/; a tree without it reports this API absent):
-//! user pages pinned, mapped for the device, and handed between the CPU and the device. The
-//! pages are a fresh anonymous mapping of the task that loads the module. With every mapping
-//! bounced (swiotlb), a sync that does not copy, or copies the wrong way, gives wrong bytes.
+//! user pages pinned, mapped for the device, and handed between the CPU and the device; the
+//! driver's own pages (`DriverPages`); part of a mapping lent to the CPU
+//! (`sync_range_for_cpu`); one page mapped without a table (`SinglePage`). The user pages are a
+//! fresh anonymous mapping of the task that loads the module. With every mapping bounced
+//! (swiotlb), a sync that does not copy, or copies the wrong way, gives wrong bytes.
 
 use kernel::{
     bindings,
     dma::{
         streaming::{
-            Bidirectional, DeviceDone, DeviceOwned, Direction, FromDevice, Mapping, ToDevice,
-            UserPages,
+            Bidirectional, DeviceDone, DeviceOwned, Direction, DriverPages, FromDevice, Mapping,
+            PageProvider, SinglePage, ToDevice, UserPages,
         },
         Coherent,
     },
+    page::Page,
     prelude::*,
     uaccess::{UserPtr, UserSlice},
 };
@@ -44,6 +47,25 @@ pub(crate) fn run(dma: &Dma<'_>) {
             whole_cycle(dma, len, off),
         );
     }
+    for len in [4096, 300_000] {
+        result(
+            API,
+            format_args!("DriverPages {len} B: CPU writes, ToDevice map, device copies; then FromDevice, device fills, CPU reads"),
+            driver_pages(dma, len),
+        );
+    }
+    result(
+        API,
+        format_args!("sync_range_for_cpu: four slots of a device-owned mapping lent to the CPU one by one, read and rewritten"),
+        partial_syncs(dma),
+    );
+    result(
+        API,
+        format_args!(
+            "SinglePage 3000 B at offset 100: device fills, CPU reads and writes, device copies"
+        ),
+        single_page(dma),
+    );
 }
 
 /// An anonymous mapping of `len` bytes in the current task, unmapped when dropped.
@@ -219,10 +241,202 @@ fn whole_cycle(dma: &Dma<'_>, len: usize, off: usize) -> Result<(), Failed> {
     Ok(())
 }
 
-/// The device copies every segment of `m`, in order, into `out`.
-fn copy_out<D: Direction>(
+/// The driver's own pages: written by the CPU and read by the device, then written by the
+/// device and read by the CPU, mapped twice.
+fn driver_pages(dma: &Dma<'_>, len: usize) -> Result<(), Failed> {
+    let mut pages = DriverPages::alloc(len, GFP_KERNEL)
+        .map_err(|e| text(format_args!("alloc: {}", errname(e))))?;
+    let mut buf =
+        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i * 31 + len) as u8;
+    }
+    pages
+        .write(0, &buf)
+        .map_err(|e| text(format_args!("write: {}", errname(e))))?;
+    let mapped = pages
+        .map::<ToDevice>(dma.dev(), MAX_SEGMENT)
+        .map_err(|e| text(format_args!("map ToDevice: {}", errname(e))))?;
+    let out = Coherent::<u8>::zeroed_slice(dma.dev(), len, GFP_KERNEL)
+        .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
+    copy_out(dma, &mapped, &out, len)?;
+    // SAFETY: the device's transfers are done.
+    let got = unsafe { out.as_ref() };
+    expect(
+        "the device's copy of the CPU's data",
+        len,
+        |i| got[i],
+        |i| (i * 31 + len) as u8,
+    )?;
+    // SAFETY: no transfer is running.
+    let pages = mapped.unmap(&unsafe { DeviceDone::new() });
+    let mapped = pages
+        .map::<FromDevice>(dma.dev(), MAX_SEGMENT)
+        .map_err(|e| text(format_args!("map FromDevice: {}", errname(e))))?;
+    let pattern = 0x4472_7650 ^ len as u32;
+    let want = fill_segments(dma, &mapped, len, pattern)?;
+    // SAFETY: the device's transfers are done.
+    let cpu = mapped.sync_for_cpu(&unsafe { DeviceDone::new() });
+    cpu.read(0, &mut buf)
+        .map_err(|e| text(format_args!("read: {}", errname(e))))?;
+    expect(
+        "what the CPU reads after sync_for_cpu",
+        len,
+        |i| buf[i],
+        |i| want[i],
+    )?;
+    drop(cpu.unmap());
+    Ok(())
+}
+
+/// Four slots of one device-owned mapping, each lent to the CPU on its own while the device
+/// keeps the mapping: the CPU reads what the device wrote there and writes new data, which the
+/// device must see once the slot is given back. An empty or outside range is `EINVAL`.
+fn partial_syncs(dma: &Dma<'_>) -> Result<(), Failed> {
+    const SLOT: usize = 5000;
+    const LEN: usize = 4 * SLOT;
+    let pages = DriverPages::alloc(LEN, GFP_KERNEL)
+        .map_err(|e| text(format_args!("alloc: {}", errname(e))))?;
+    let mut mapped = pages
+        .map::<Bidirectional>(dma.dev(), MAX_SEGMENT)
+        .map_err(|e| text(format_args!("map: {}", errname(e))))?;
+    let pattern = 0x5107_0000;
+    let want = fill_segments(dma, &mapped, LEN, pattern)?;
+    // SAFETY: the device's transfers are done; it starts no other.
+    let done = unsafe { DeviceDone::new() };
+    for (offset, len) in [(0, 0), (LEN - 10, 11), (usize::MAX, 2)] {
+        if !matches!(mapped.sync_range_for_cpu(&done, offset, len), Err(e) if e == EINVAL) {
+            return Err(text(format_args!(
+                "sync_range_for_cpu({offset}, {len}) was not refused with EINVAL"
+            )));
+        }
+    }
+    let mut got = [0u8; SLOT];
+    for slot in 0..4 {
+        let mut range = mapped
+            .sync_range_for_cpu(&done, slot * SLOT, SLOT)
+            .map_err(|e| text(format_args!("sync_range_for_cpu: {}", errname(e))))?;
+        range
+            .read(0, &mut got)
+            .map_err(|e| text(format_args!("read: {}", errname(e))))?;
+        expect(
+            "what the CPU reads in the lent slot",
+            SLOT,
+            |i| got[i],
+            |i| want[slot * SLOT + i],
+        )
+        .map_err(|why| {
+            text(format_args!(
+                "slot {slot}: {}",
+                kernel::str::BStr::from_bytes(&why)
+            ))
+        })?;
+        got.iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i + slot * 77) as u8);
+        range
+            .write(0, &got)
+            .map_err(|e| text(format_args!("write: {}", errname(e))))?;
+        // dropping the range gives it back to the device
+    }
+    let out = Coherent::<u8>::zeroed_slice(dma.dev(), LEN, GFP_KERNEL)
+        .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
+    copy_out(dma, &mapped, &out, LEN)?;
+    // SAFETY: the device's transfers are done.
+    let dev_saw = unsafe { out.as_ref() };
+    expect(
+        "the device's copy after every slot was given back",
+        LEN,
+        |i| dev_saw[i],
+        |i| (i % SLOT + (i / SLOT) * 77) as u8,
+    )?;
+    drop(mapped.unmap(&done));
+    Ok(())
+}
+
+/// One range of a driver's page, mapped without a table: the whole cycle.
+fn single_page(dma: &Dma<'_>) -> Result<(), Failed> {
+    const OFF: usize = 100;
+    const LEN: usize = 3000;
+    let page = Page::alloc_page(GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    let refused = SinglePage::<Bidirectional, DeviceOwned>::map(page, 4000, 200, dma.dev());
+    if !matches!(refused, Err(e) if e == EINVAL) {
+        return Err(text(format_args!(
+            "a range that leaves the page was not refused with EINVAL"
+        )));
+    }
+    let page = Page::alloc_page(GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    let mapped = SinglePage::<Bidirectional, DeviceOwned>::map(page, OFF, LEN, dma.dev())
+        .map_err(|e| text(format_args!("map: {}", errname(e))))?;
+    let pattern = 0x5167_1e00;
+    dma.fill(mapped.addr(), LEN, pattern)?;
+    // SAFETY: the device's transfer is done.
+    let mut cpu = mapped.sync_for_cpu(&unsafe { DeviceDone::new() });
+    let mut got = [0u8; LEN];
+    cpu.read(0, &mut got)
+        .map_err(|e| text(format_args!("read: {}", errname(e))))?;
+    expect(
+        "what the CPU reads after sync_for_cpu",
+        LEN,
+        |i| got[i],
+        |i| fill_byte(pattern, i),
+    )?;
+    got.iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i * 5 + 1) as u8);
+    cpu.write(0, &got)
+        .map_err(|e| text(format_args!("write: {}", errname(e))))?;
+    let mapped = cpu.sync_for_device();
+    let out = Coherent::<u8>::zeroed_slice(dma.dev(), LEN, GFP_KERNEL)
+        .map_err(|e| text(format_args!("zeroed_slice: {}", errname(e))))?;
+    dma.copy(mapped.addr(), out.bus(), LEN)?;
+    // SAFETY: the device's transfer is done.
+    let dev_saw = unsafe { out.as_ref() };
+    expect(
+        "the device's copy after sync_for_device",
+        LEN,
+        |i| dev_saw[i],
+        |i| (i * 5 + 1) as u8,
+    )?;
+    // SAFETY: no transfer is running.
+    drop(mapped.unmap(&unsafe { DeviceDone::new() }));
+    Ok(())
+}
+
+/// The device fills every segment of `m` with `pattern` (afresh in each segment): the bytes
+/// it wrote.
+fn fill_segments<D: Direction, P: PageProvider>(
     dma: &Dma<'_>,
-    m: &Mapping<D, DeviceOwned>,
+    m: &Mapping<D, DeviceOwned, P>,
+    len: usize,
+    pattern: u32,
+) -> Result<KVVec<u8>, Failed> {
+    let mut want =
+        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
+    let mut at = 0usize;
+    for s in m.segments() {
+        let n = s.len as usize;
+        if at + n > len {
+            return Err(text(format_args!(
+                "the segments run past the {len} bytes mapped"
+            )));
+        }
+        dma.fill(s.addr, n, pattern)?;
+        for (k, w) in want[at..at + n].iter_mut().enumerate() {
+            *w = fill_byte(pattern, k);
+        }
+        at += n;
+    }
+    if at != len {
+        return Err(text(format_args!("the segments cover {at} of {len} bytes")));
+    }
+    Ok(want)
+}
+
+/// The device copies every segment of `m`, in order, into `out`.
+fn copy_out<D: Direction, P: PageProvider>(
+    dma: &Dma<'_>,
+    m: &Mapping<D, DeviceOwned, P>,
     out: &Coherent<[u8]>,
     len: usize,
 ) -> Result<(), Failed> {

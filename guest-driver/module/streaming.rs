@@ -26,13 +26,21 @@
 //! - Dropping a [`DeviceOwned`] mapping cannot know whether the device still uses it, so it
 //!   leaks it: the pages stay pinned and mapped, which is safe (the memory is never reused while
 //!   the device may write it) and reported once. Dropping a [`CpuOwned`] mapping unmaps it.
+//!
+//! Where the pages come from is a seam ([`PageProvider`]): a user's pages ([`UserPages`]) or
+//! pages the driver owns ([`DriverPages`]). Part of a device-owned mapping can be lent to the CPU
+//! while the device keeps the rest ([`Mapping::sync_range_for_cpu`], a guard that gives the
+//! range back when dropped), and one page can be mapped without a scatter-gather table
+//! ([`SinglePage`]).
 
 use core::{marker::PhantomData, mem::ManuallyDrop, ptr};
 use kernel::{
+    alloc::Flags,
     bindings,
     device::{Bound, Device},
     dma::DataDirection,
     error::to_result,
+    page::Page,
     pr_warn_once,
     prelude::*,
     sync::aref::ARef,
@@ -84,6 +92,12 @@ impl Direction for Bidirectional {
     const DEVICE_WRITES: bool = true;
 }
 
+/// Directions whose data the device reads: the CPU may write such memory while it owns it, when
+/// the memory is writable ([`CpuWritable`]).
+pub(crate) trait DeviceReads: Direction {}
+impl DeviceReads for ToDevice {}
+impl DeviceReads for Bidirectional {}
+
 /// Directions whose data the CPU may read back (the device wrote it).
 pub(crate) trait CpuReads: Direction {}
 impl CpuReads for FromDevice {}
@@ -134,11 +148,74 @@ pub(crate) struct DeviceDone(());
 impl DeviceDone {
     /// # Safety
     ///
-    /// The device does not access the memory of any mapping this value is shown to, from now
-    /// until the mapping is handed back with [`Mapping::sync_for_device`] (or remapped).
+    /// The device does not access the memory of any mapping (or the range of one, for
+    /// [`Mapping::sync_range_for_cpu`]) this value is shown to, from now until it is handed back
+    /// to the device (or remapped).
     pub(crate) unsafe fn new() -> Self {
         Self(())
     }
+}
+
+/// Where a mapping's memory comes from: pages that stay where they are while it is mapped, and
+/// what becomes of them afterwards (a user's pages are unpinned, a driver's freed), which is the
+/// implementer's `Drop`.
+///
+/// # Safety
+///
+/// The pages [`PageProvider::pages`] returns are valid and are neither freed nor moved until
+/// the value is dropped; [`PageProvider::offset`] is less than `PAGE_SIZE` and `offset() + len()`
+/// bytes fit in the pages; none of the three answers ever changes.
+pub(crate) unsafe trait PageProvider: Send {
+    /// The pages, in order.
+    fn pages(&self) -> &[*mut bindings::page];
+    /// Offset of the first byte in the first page.
+    fn offset(&self) -> usize;
+    /// Bytes provided, from [`PageProvider::offset`] on.
+    fn len(&self) -> usize;
+}
+
+/// Memory the CPU may write while it owns a mapping of it in direction `D`: a user's pages pinned
+/// writable for a device that reads them ([`CpuWrites`]), or a driver's pages the device reads.
+pub(crate) trait CpuWritable<D: Direction>: PageProvider {}
+impl<D: CpuWrites> CpuWritable<D> for UserPages<D> {}
+impl<D: DeviceReads> CpuWritable<D> for DriverPages {}
+
+/// Copies `out.len()` bytes at `offset` out of the memory `p` provides. `EINVAL` when the range
+/// is not inside.
+fn read_from(p: &impl PageProvider, offset: usize, out: &mut [u8]) -> Result {
+    let mut done = 0;
+    each_piece(
+        p.pages(),
+        p.offset(),
+        p.len(),
+        offset,
+        out.len(),
+        |va, n| {
+            // SAFETY: `va` is valid for `n` bytes (`each_piece`); a user may write its own page
+            // concurrently, so this is a byte copy through raw pointers, never a reference into it.
+            unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
+            done += n;
+        },
+    )
+}
+
+/// Copies `data` into the memory `p` provides, at `offset`. `EINVAL` when the range is not
+/// inside. The caller has the right to write it (the CPU owns it, and it is writable).
+fn write_into(p: &impl PageProvider, offset: usize, data: &[u8]) -> Result {
+    let mut done = 0;
+    each_piece(
+        p.pages(),
+        p.offset(),
+        p.len(),
+        offset,
+        data.len(),
+        |va, n| {
+            // SAFETY: `va` is valid for `n` bytes (`each_piece`); a user may touch its own page
+            // concurrently, so this is a byte copy through raw pointers, never a reference into it.
+            unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
+            done += n;
+        },
+    )
 }
 
 /// A caller's memory, pinned: its pages cannot be freed, swapped out or migrated until this
@@ -202,96 +279,39 @@ impl<D: Direction> UserPages<D> {
     }
 
     /// Copies `out.len()` bytes at `offset` out of the pinned memory: the CPU owns pages no
-    /// mapping lends to a device (a `CpuOwned` mapping reads through here too). `EINVAL` when
-    /// the range is not inside.
+    /// mapping lends to a device. `EINVAL` when the range is not inside.
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
-        let mut done = 0;
-        each_piece(
-            &self.pages,
-            self.offset,
-            self.len,
-            offset,
-            out.len(),
-            |va, n| {
-                // SAFETY: `va` is valid for `n` bytes (`each_piece`); the user may write its own
-                // page concurrently, so this is a byte copy through raw pointers, never a reference
-                // into it.
-                unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
-                done += n;
-            },
-        )
+        read_from(self, offset, out)
     }
 
-    /// Maps the pages for `dev` and hands them to it. `max_segment` bounds each segment's length
-    /// (the device's limit); physically contiguous pages are merged up to it, and never beyond
-    /// what the DMA layer can map in one piece (`dma_max_mapping_size`: 256 KiB when every
-    /// mapping bounces through swiotlb, where a longer segment would fail to map).
-    ///
-    /// On failure the pages are unpinned (`ENOMEM` for the table, or the DMA API's error).
+    /// Maps the pages for `dev` and hands them to it ([`map`]).
     pub(crate) fn map(
         self,
         dev: &Device<Bound>,
         max_segment: u32,
     ) -> Result<Mapping<D, DeviceOwned>> {
-        let mut pages = self;
-        let table = Opaque::<bindings::sg_table>::zeroed();
-        let n = u32::try_from(pages.pages.len())?;
-        // SAFETY: `dev` is bound for the duration of the call.
-        let layer_max = unsafe { bindings::dma_max_mapping_size(raw(dev)) };
-        let max_segment = u32::try_from(layer_max).map_or(max_segment, |m| m.min(max_segment));
-        // SAFETY: `table` is zeroed memory for a `struct sg_table`; `pages` holds `n` pinned
-        // pages, which outlive the table (the table goes first in every path below and in
-        // `Mapping`'s drop); offset and length lie within them (`pin`).
-        to_result(unsafe {
-            bindings::sg_alloc_table_from_pages_segment(
-                table.get(),
-                pages.pages.as_mut_ptr(),
-                n,
-                pages.offset as u32,
-                pages.len,
-                max_segment.max(PAGE_SIZE as u32),
-                bindings::GFP_KERNEL,
-            )
-        })?;
-        // SAFETY: `dev` is bound for the duration of the call; the table was just built from
-        // pinned pages.
-        let mapped = to_result(unsafe {
-            bindings::dma_map_sgtable(raw(dev), table.get(), D::DIR.into(), 0)
-        });
-        if let Err(e) = mapped {
-            // SAFETY: the table was allocated above and is not mapped.
-            unsafe { bindings::sg_free_table(table.get()) };
-            return Err(e);
-        }
-        Ok(Mapping {
-            table,
-            dev: ManuallyDrop::new(dev.into()),
-            pages: ManuallyDrop::new(pages),
-            _owner: PhantomData,
-        })
+        map(self, dev, max_segment)
+    }
+}
+
+// SAFETY: the pages are pinned until `drop` unpins them; `pin` checked offset and length.
+unsafe impl<D: Direction> PageProvider for UserPages<D> {
+    fn pages(&self) -> &[*mut bindings::page] {
+        &self.pages
+    }
+    fn offset(&self) -> usize {
+        self.offset
+    }
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
 impl<D: PinnedWritable> UserPages<D> {
     /// Copies `data` into the pinned memory at `offset`: the CPU owns pages no mapping lends
-    /// to a device (a `CpuOwned` mapping writes through here too). `EINVAL` when the range is
-    /// not inside.
+    /// to a device. `EINVAL` when the range is not inside.
     pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
-        let mut done = 0;
-        each_piece(
-            &self.pages,
-            self.offset,
-            self.len,
-            offset,
-            data.len(),
-            |va, n| {
-                // SAFETY: `va` is valid for `n` bytes (`each_piece`); the user may touch its own
-                // page concurrently, so this is a byte copy through raw pointers, never a
-                // reference into it.
-                unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
-                done += n;
-            },
-        )
+        write_into(self, offset, data)
     }
 }
 
@@ -308,22 +328,146 @@ impl<D: Direction> Drop for UserPages<D> {
     }
 }
 
-/// Pinned pages mapped for one device, owned by `S` ([`DeviceOwned`] or [`CpuOwned`]).
+/// Maps `pages` for `dev` and hands them to it. `max_segment` bounds each segment's length
+/// (the device's limit); physically contiguous pages are merged up to it, and never beyond
+/// what the DMA layer can map in one piece (`dma_max_mapping_size`: 256 KiB when every
+/// mapping bounces through swiotlb, where a longer segment would fail to map).
+///
+/// On failure the pages are given back (unpinned or freed: `ENOMEM` for the table, or the DMA
+/// API's error).
+pub(crate) fn map<D: Direction, P: PageProvider>(
+    pages: P,
+    dev: &Device<Bound>,
+    max_segment: u32,
+) -> Result<Mapping<D, DeviceOwned, P>> {
+    let table = Opaque::<bindings::sg_table>::zeroed();
+    let n = u32::try_from(pages.pages().len())?;
+    // SAFETY: `dev` is bound for the duration of the call.
+    let layer_max = unsafe { bindings::dma_max_mapping_size(raw(dev)) };
+    let max_segment = u32::try_from(layer_max).map_or(max_segment, |m| m.min(max_segment));
+    // SAFETY: `table` is zeroed memory for a `struct sg_table`; `pages` holds `n` pages that
+    // stay put until it is dropped, after the table (the table goes first in every path below
+    // and in `Mapping`'s drop); offset and length lie within them (`PageProvider`). The call
+    // only reads the page array.
+    to_result(unsafe {
+        bindings::sg_alloc_table_from_pages_segment(
+            table.get(),
+            pages.pages().as_ptr().cast_mut(),
+            n,
+            pages.offset() as u32,
+            pages.len(),
+            max_segment.max(PAGE_SIZE as u32),
+            bindings::GFP_KERNEL,
+        )
+    })?;
+    // SAFETY: `dev` is bound for the duration of the call; the table was just built from the
+    // provider's pages.
+    let mapped =
+        to_result(unsafe { bindings::dma_map_sgtable(raw(dev), table.get(), D::DIR.into(), 0) });
+    if let Err(e) = mapped {
+        // SAFETY: the table was allocated above and is not mapped.
+        unsafe { bindings::sg_free_table(table.get()) };
+        return Err(e);
+    }
+    Ok(Mapping {
+        table,
+        dev: ManuallyDrop::new(dev.into()),
+        pages: ManuallyDrop::new(pages),
+        _dir: PhantomData,
+        _owner: PhantomData,
+    })
+}
+
+/// Memory the driver owns, for streaming DMA of the driver's own buffers: whole pages, not
+/// physically contiguous, freed when dropped. The CPU reads and writes it while no mapping
+/// lends it to a device.
+pub(crate) struct DriverPages {
+    owned: KVec<Page>,
+    /// The same pages, as the array the scatter-gather calls take.
+    pages: KVec<*mut bindings::page>,
+    len: usize,
+}
+
+// SAFETY: the pages are the value's own, and any task may use and free them.
+unsafe impl Send for DriverPages {}
+
+impl DriverPages {
+    /// Allocates `len` bytes (whole pages, zeroed when `flags` has `__GFP_ZERO`). `EINVAL` for
+    /// zero bytes, `ENOMEM` when the pages cannot be had.
+    pub(crate) fn alloc(len: usize, flags: Flags) -> Result<Self> {
+        if len == 0 {
+            return Err(EINVAL);
+        }
+        let count = len.div_ceil(PAGE_SIZE);
+        let mut owned = KVec::with_capacity(count, GFP_KERNEL)?;
+        let mut pages = KVec::with_capacity(count, GFP_KERNEL)?;
+        for _ in 0..count {
+            let page = Page::alloc_page(flags)?;
+            pages.push(page.as_ptr(), GFP_KERNEL)?;
+            owned.push(page, GFP_KERNEL)?;
+        }
+        Ok(Self { owned, pages, len })
+    }
+
+    /// Bytes allocated (as asked).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies `out.len()` bytes at `offset` out of the memory. `EINVAL` when the range is not
+    /// inside.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
+        read_from(self, offset, out)
+    }
+
+    /// Copies `data` into the memory at `offset`. `EINVAL` when the range is not inside.
+    pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
+        write_into(self, offset, data)
+    }
+
+    /// Maps the pages for `dev` in direction `D` and hands them to it ([`map`]).
+    pub(crate) fn map<D: Direction>(
+        self,
+        dev: &Device<Bound>,
+        max_segment: u32,
+    ) -> Result<Mapping<D, DeviceOwned, Self>> {
+        map(self, dev, max_segment)
+    }
+}
+
+// SAFETY: `owned` holds the pages until the value is dropped; offset 0 and `len` fit in
+// `len.div_ceil(PAGE_SIZE)` pages (`alloc`).
+unsafe impl PageProvider for DriverPages {
+    fn pages(&self) -> &[*mut bindings::page] {
+        debug_assert_eq!(self.pages.len(), self.owned.len());
+        &self.pages
+    }
+    fn offset(&self) -> usize {
+        0
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Pages of a [`PageProvider`] `P` mapped for one device in direction `D`, owned by `S`
+/// ([`DeviceOwned`] or [`CpuOwned`]).
 ///
 /// The bus addresses ([`Mapping::segments`]) can be read in either state: they are what the
 /// driver writes into descriptors. The mapping must be undone before `dev` unbinds (the driver
 /// guarantees it; docs/streaming-dma.md says how dmalab's does).
-pub(crate) struct Mapping<D: Direction, S: Owner> {
+pub(crate) struct Mapping<D: Direction, S: Owner, P: PageProvider = UserPages<D>> {
     table: Opaque<bindings::sg_table>,
-    // Both `ManuallyDrop`: a leaked device-owned mapping keeps its device reference and pins.
+    // Both `ManuallyDrop`: a leaked device-owned mapping keeps its device reference and pages.
     dev: ManuallyDrop<ARef<Device>>,
-    pages: ManuallyDrop<UserPages<D>>,
+    pages: ManuallyDrop<P>,
+    _dir: PhantomData<D>,
     _owner: PhantomData<S>,
 }
 
-// SAFETY: the table and the pins may be used and dropped from any task; the DMA API calls made
-// through `&self` (none) or by value do not depend on the calling task.
-unsafe impl<D: Direction, S: Owner> Send for Mapping<D, S> {}
+// SAFETY: the table and the pages may be used and dropped from any task (`P: Send`); the DMA
+// API calls made through `&self` (none) or by value do not depend on the calling task.
+unsafe impl<D: Direction, S: Owner, P: PageProvider> Send for Mapping<D, S, P> {}
 
 /// One mapped segment: bus address and length.
 #[derive(Clone, Copy)]
@@ -334,7 +478,7 @@ pub(crate) struct Segment {
     pub(crate) len: u32,
 }
 
-impl<D: Direction, S: Owner> Mapping<D, S> {
+impl<D: Direction, S: Owner, P: PageProvider> Mapping<D, S, P> {
     /// The mapped segments, in order (`nents` after merging; at most the page count).
     pub(crate) fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
         // SAFETY: the table is mapped (type invariant) and not changed while `self` is borrowed.
@@ -367,7 +511,7 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
 
     /// Pages pinned under the mapping.
     pub(crate) fn page_count(&self) -> usize {
-        self.pages.pages.len()
+        self.pages.pages().len()
     }
 
     /// The segments covering `len` bytes at `offset` of the mapping, in order (pieces of
@@ -402,13 +546,13 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
         if offset >= self.len() {
             return None;
         }
-        let at = self.pages.offset + offset;
-        Some((self.pages.pages[at / PAGE_SIZE], at % PAGE_SIZE))
+        let at = self.pages.offset() + offset;
+        Some((self.pages.pages()[at / PAGE_SIZE], at % PAGE_SIZE))
     }
 
     /// The same mapping with another owner, without a DMA API call: the hand-overs below are
     /// the only callers and make the call themselves.
-    fn retype<T: Owner>(self) -> Mapping<D, T> {
+    fn retype<T: Owner>(self) -> Mapping<D, T, P> {
         let this = ManuallyDrop::new(self);
         // SAFETY: each field is read once out of `this`, which is never used or dropped again.
         unsafe {
@@ -416,6 +560,7 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
                 table: ptr::read(&this.table),
                 dev: ptr::read(&this.dev),
                 pages: ptr::read(&this.pages),
+                _dir: PhantomData,
                 _owner: PhantomData,
             }
         }
@@ -431,7 +576,7 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
             i32,
             bindings::dma_data_direction,
         ),
-    ) -> Mapping<D, T> {
+    ) -> Mapping<D, T, P> {
         // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant), and
         // `orig_nents` is its CPU entry count, which is what the sync calls take.
         unsafe {
@@ -442,8 +587,8 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
     }
 
     /// Unmaps (the DMA API syncs for the CPU as part of it), frees the table and returns the
-    /// still-pinned pages.
-    fn undo(self) -> UserPages<D> {
+    /// pages (still pinned, for a user's).
+    fn undo(self) -> P {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant); after
         // the unmap it is freed, and `this` is never used again except to move the pages out.
@@ -456,47 +601,148 @@ impl<D: Direction, S: Owner> Mapping<D, S> {
     }
 }
 
-impl<D: Direction> Mapping<D, DeviceOwned> {
+impl<D: Direction, P: PageProvider> Mapping<D, DeviceOwned, P> {
     /// Takes the memory back for the CPU, keeping the mapping (`dma_sync_sgtable_for_cpu`).
-    pub(crate) fn sync_for_cpu(self, _done: &DeviceDone) -> Mapping<D, CpuOwned> {
+    pub(crate) fn sync_for_cpu(self, _done: &DeviceDone) -> Mapping<D, CpuOwned, P> {
         self.sync(bindings::__dma_sync_sg_for_cpu)
     }
 
-    /// Undoes the mapping and returns the pinned pages, the device being done with them.
-    pub(crate) fn unmap(self, _done: &DeviceDone) -> UserPages<D> {
+    /// Undoes the mapping and returns the pages, the device being done with them.
+    pub(crate) fn unmap(self, _done: &DeviceDone) -> P {
         self.undo()
+    }
+
+    /// Takes `len` bytes at `offset` back for the CPU while the device keeps the rest of the
+    /// mapping (`dma_sync_single_range_for_cpu` on each segment piece of the range): for a
+    /// driver that reads one part of a buffer the device goes on writing, such as one slot of
+    /// a receive ring. The returned guard gives the range back to the device when dropped;
+    /// while it lives the mapping cannot be handed over as a whole.
+    ///
+    /// `EINVAL` when the range is empty or not inside the mapping.
+    pub(crate) fn sync_range_for_cpu(
+        &mut self,
+        _done: &DeviceDone,
+        offset: usize,
+        len: usize,
+    ) -> Result<CpuRange<'_, D, P>> {
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(EINVAL);
+        }
+        self.sync_range(offset, len, bindings::__dma_sync_single_for_cpu);
+        Ok(CpuRange {
+            mapping: self,
+            offset,
+            len,
+        })
+    }
+
+    /// Syncs the segment pieces of `len` bytes at `offset` with `call`
+    /// (`__dma_sync_single_for_cpu` or `_for_device`, the bodies of the inline
+    /// `dma_sync_single_range_*` wrappers).
+    fn sync_range(
+        &self,
+        offset: usize,
+        len: usize,
+        call: unsafe extern "C" fn(
+            *mut bindings::device,
+            bindings::dma_addr_t,
+            usize,
+            bindings::dma_data_direction,
+        ),
+    ) {
+        for piece in self.segments_in(offset, len) {
+            // SAFETY: the piece lies inside one segment the table maps for `dev` in direction
+            // `D::DIR` (type invariant; `segments_in`).
+            unsafe {
+                call(
+                    raw(&self.dev),
+                    piece.addr,
+                    piece.len as usize,
+                    D::DIR.into(),
+                )
+            };
+        }
     }
 }
 
-impl<D: Direction> Mapping<D, CpuOwned> {
+/// A range of a device-owned mapping lent to the CPU ([`Mapping::sync_range_for_cpu`]): given
+/// back to the device (`dma_sync_single_range_for_device`) when dropped.
+pub(crate) struct CpuRange<'a, D: Direction, P: PageProvider> {
+    mapping: &'a mut Mapping<D, DeviceOwned, P>,
+    offset: usize,
+    len: usize,
+}
+
+impl<D: Direction, P: PageProvider> CpuRange<'_, D, P> {
+    /// Bytes lent.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The range inside the mapping of `n` bytes at `offset` of this one. `EINVAL` when they
+    /// are not inside it.
+    fn inside(&self, offset: usize, n: usize) -> Result<usize> {
+        match offset.checked_add(n) {
+            Some(end) if end <= self.len => Ok(self.offset + offset),
+            _ => Err(EINVAL),
+        }
+    }
+}
+
+impl<D: CpuReads, P: PageProvider> CpuRange<'_, D, P> {
+    /// Copies `out.len()` bytes at `offset` (of the range) out of the memory the device wrote.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
+        read_from(&*self.mapping.pages, self.inside(offset, out.len())?, out)
+    }
+}
+
+impl<D: Direction, P: CpuWritable<D>> CpuRange<'_, D, P> {
+    /// Copies `data` into the memory at `offset` (of the range), for the device to read once
+    /// the range is given back.
+    pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
+        write_into(&*self.mapping.pages, self.inside(offset, data.len())?, data)
+    }
+}
+
+impl<D: Direction, P: PageProvider> Drop for CpuRange<'_, D, P> {
+    fn drop(&mut self) {
+        self.mapping.sync_range(
+            self.offset,
+            self.len,
+            bindings::__dma_sync_single_for_device,
+        );
+    }
+}
+
+impl<D: Direction, P: PageProvider> Mapping<D, CpuOwned, P> {
     /// Hands the memory (and whatever the CPU wrote into it) back to the device
     /// (`dma_sync_sgtable_for_device`).
-    pub(crate) fn sync_for_device(self) -> Mapping<D, DeviceOwned> {
+    pub(crate) fn sync_for_device(self) -> Mapping<D, DeviceOwned, P> {
         self.sync(bindings::__dma_sync_sg_for_device)
     }
 
-    /// Undoes the mapping and returns the pinned pages.
-    pub(crate) fn unmap(self) -> UserPages<D> {
+    /// Undoes the mapping and returns the pages.
+    pub(crate) fn unmap(self) -> P {
         self.undo()
     }
 }
 
-impl<D: CpuReads> Mapping<D, CpuOwned> {
+impl<D: CpuReads, P: PageProvider> Mapping<D, CpuOwned, P> {
     /// Copies `out.len()` bytes at `offset` out of the memory the device wrote.
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
-        self.pages.read(offset, out)
+        read_from(&*self.pages, offset, out)
     }
 }
 
-impl<D: CpuWrites> Mapping<D, CpuOwned> {
+impl<D: Direction, P: CpuWritable<D>> Mapping<D, CpuOwned, P> {
     /// Copies `data` into the memory at `offset`, for the device to read after
     /// [`Mapping::sync_for_device`].
     pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
-        self.pages.write(offset, data)
+        write_into(&*self.pages, offset, data)
     }
 }
 
-impl<D: Direction, S: Owner> Drop for Mapping<D, S> {
+impl<D: Direction, S: Owner, P: PageProvider> Drop for Mapping<D, S, P> {
     fn drop(&mut self) {
         if S::DEVICE {
             // The device may still use the memory: leaking pins and mapping is the safe choice.
@@ -509,6 +755,193 @@ impl<D: Direction, S: Owner> Drop for Mapping<D, S> {
             bindings::sg_free_table(self.table.get());
             ManuallyDrop::drop(&mut self.dev);
             ManuallyDrop::drop(&mut self.pages);
+        }
+    }
+}
+
+/// Whether `addr`, returned by a map call for `dev`, is the DMA API's error value
+/// (`dma_mapping_error`).
+fn mapping_error(dev: &Device, addr: bindings::dma_addr_t) -> bool {
+    // `dma_mapping_error` is an inline function: what it does, with DMA-API debug's record
+    // that the driver checked the address before using it.
+    #[cfg(CONFIG_DMA_API_DEBUG)]
+    // SAFETY: `dev` is a valid `struct device`; the call only records the check.
+    unsafe {
+        bindings::debug_dma_mapping_error(raw(dev), addr)
+    };
+    addr == bindings::dma_addr_t::MAX
+}
+
+/// One range of a driver's page mapped for one device in direction `D` with `dma_map_page` (no
+/// scatter-gather table: one bus address), owned by `S` like a [`Mapping`]: for small buffers
+/// a driver maps and unmaps often, such as a command or a status page.
+pub(crate) struct SinglePage<D: Direction, S: Owner> {
+    // Both `ManuallyDrop`: a leaked device-owned mapping keeps its device reference and page.
+    dev: ManuallyDrop<ARef<Device>>,
+    page: ManuallyDrop<Page>,
+    offset: usize,
+    len: usize,
+    addr: bindings::dma_addr_t,
+    _dir: PhantomData<D>,
+    _owner: PhantomData<S>,
+}
+
+// SAFETY: the page and the mapping may be used and undone from any task.
+unsafe impl<D: Direction, S: Owner> Send for SinglePage<D, S> {}
+
+impl<D: Direction> SinglePage<D, DeviceOwned> {
+    /// Maps `len` bytes at `offset` of `page` for `dev` and hands them to the device.
+    ///
+    /// `EINVAL` for an empty range or one that leaves the page; `ENOMEM` when the DMA layer
+    /// cannot map it (no IOVA space, no bounce buffer). The page is freed on failure.
+    pub(crate) fn map(page: Page, offset: usize, len: usize, dev: &Device<Bound>) -> Result<Self> {
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
+            return Err(EINVAL);
+        }
+        // SAFETY: `dev` is bound for the duration of the call; `page` is a valid page this
+        // value will own until the mapping is undone, and the range lies inside it.
+        let addr = unsafe {
+            bindings::dma_map_page_attrs(raw(dev), page.as_ptr(), offset, len, D::DIR.into(), 0)
+        };
+        if mapping_error(dev, addr) {
+            return Err(ENOMEM);
+        }
+        Ok(Self {
+            dev: ManuallyDrop::new(dev.into()),
+            page: ManuallyDrop::new(page),
+            offset,
+            len,
+            addr,
+            _dir: PhantomData,
+            _owner: PhantomData,
+        })
+    }
+
+    /// Takes the memory back for the CPU, keeping the mapping (`dma_sync_single_for_cpu`).
+    pub(crate) fn sync_for_cpu(self, _done: &DeviceDone) -> SinglePage<D, CpuOwned> {
+        self.sync(bindings::__dma_sync_single_for_cpu)
+    }
+
+    /// Undoes the mapping and returns the page, the device being done with it.
+    pub(crate) fn unmap(self, _done: &DeviceDone) -> Page {
+        self.undo()
+    }
+}
+
+impl<D: Direction, S: Owner> SinglePage<D, S> {
+    /// The bus address the device uses.
+    pub(crate) fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Bytes mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The same mapping with another owner, without a DMA API call (as [`Mapping`]'s).
+    fn retype<T: Owner>(self) -> SinglePage<D, T> {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: each field is read once out of `this`, which is never used or dropped again.
+        unsafe {
+            SinglePage {
+                dev: ptr::read(&this.dev),
+                page: ptr::read(&this.page),
+                offset: this.offset,
+                len: this.len,
+                addr: this.addr,
+                _dir: PhantomData,
+                _owner: PhantomData,
+            }
+        }
+    }
+
+    /// Hands the mapping over with `call` (`__dma_sync_single_for_cpu` or `_for_device`).
+    fn sync<T: Owner>(
+        self,
+        call: unsafe extern "C" fn(
+            *mut bindings::device,
+            bindings::dma_addr_t,
+            usize,
+            bindings::dma_data_direction,
+        ),
+    ) -> SinglePage<D, T> {
+        // SAFETY: `addr` maps `len` bytes for `dev` in direction `D::DIR` (type invariant).
+        unsafe { call(raw(&self.dev), self.addr, self.len, D::DIR.into()) };
+        self.retype()
+    }
+
+    /// Unmaps and returns the page.
+    fn undo(self) -> Page {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `addr` maps `len` bytes for `dev` in direction `D::DIR` (type invariant);
+        // `this` is never used again except to move the page out.
+        unsafe {
+            bindings::dma_unmap_page_attrs(raw(&this.dev), this.addr, this.len, D::DIR.into(), 0);
+            ManuallyDrop::drop(&mut this.dev);
+            ManuallyDrop::take(&mut this.page)
+        }
+    }
+
+    /// Runs `f` on the mapped bytes from `offset` on (`n` of them), through a temporary kernel
+    /// mapping of the page. `EINVAL` when they are not inside.
+    fn bytes(&self, offset: usize, n: usize, f: impl FnMut(*mut u8, usize)) -> Result {
+        each_piece(&[self.page.as_ptr()], self.offset, self.len, offset, n, f)
+    }
+}
+
+impl<D: Direction> SinglePage<D, CpuOwned> {
+    /// Hands the memory (and whatever the CPU wrote into it) back to the device
+    /// (`dma_sync_single_for_device`).
+    pub(crate) fn sync_for_device(self) -> SinglePage<D, DeviceOwned> {
+        self.sync(bindings::__dma_sync_single_for_device)
+    }
+
+    /// Undoes the mapping and returns the page.
+    pub(crate) fn unmap(self) -> Page {
+        self.undo()
+    }
+}
+
+impl<D: CpuReads> SinglePage<D, CpuOwned> {
+    /// Copies `out.len()` bytes at `offset` (of the mapped range) out of the memory the device
+    /// wrote.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
+        let mut done = 0;
+        self.bytes(offset, out.len(), |va, n| {
+            // SAFETY: `va` is valid for `n` bytes (`each_piece`); the CPU owns the memory.
+            unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
+            done += n;
+        })
+    }
+}
+
+impl<D: DeviceReads> SinglePage<D, CpuOwned> {
+    /// Copies `data` into the memory at `offset` (of the mapped range), for the device to read
+    /// after [`SinglePage::sync_for_device`].
+    pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
+        let mut done = 0;
+        self.bytes(offset, data.len(), |va, n| {
+            // SAFETY: `va` is valid for `n` bytes (`each_piece`); the CPU owns the memory.
+            unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
+            done += n;
+        })
+    }
+}
+
+impl<D: Direction, S: Owner> Drop for SinglePage<D, S> {
+    fn drop(&mut self) {
+        if S::DEVICE {
+            // The device may still use the memory: leaking the page and mapping is the safe
+            // choice.
+            pr_warn_once!("dmalab: a device-owned DMA page mapping was dropped; leaking it\n");
+            return;
+        }
+        // SAFETY: as in `undo`; the fields are not used after this.
+        unsafe {
+            bindings::dma_unmap_page_attrs(raw(&self.dev), self.addr, self.len, D::DIR.into(), 0);
+            ManuallyDrop::drop(&mut self.dev);
+            ManuallyDrop::drop(&mut self.page);
         }
     }
 }

@@ -18,6 +18,8 @@ pub fn problems(console: &str) -> Vec<String> {
         "Kernel panic",
         "DMA-API: dmalab",
         "DMA-API: device driver",
+        // a report on a device no driver is bound to any more (at unbind): the bus's name
+        "DMA-API: pci ",
         "general protection fault",
         "rcu_sched self-detected stall",
         "rcu: INFO",
@@ -43,6 +45,10 @@ mod tests {
         assert!(p[0].contains("WARNING"));
         assert!(p[1].contains("BUG"));
         assert!(problems("[ 1.0] all fine\n").is_empty());
+        // DMA-API debug names the bus, not the driver, once the driver has unbound
+        let unbound = "[ 2.2] DMA-API: pci 0000:01:00.0: device driver has pending DMA allocations while released from device [count=1]\n\
+                       [ 0.1] DMA-API: preallocated 65536 debug entries\n";
+        assert_eq!(problems(unbound).len(), 1);
         let benign = "[0.0] rcu: \tRCU lockdep checking is enabled.\n[0.4] DMA-API: preallocated 65536 debug entries\n";
         assert!(problems(benign).is_empty());
         assert_eq!(
