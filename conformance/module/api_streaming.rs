@@ -326,10 +326,9 @@ fn partial_syncs(dma: &Dma<'_>) -> Result<(), Failed> {
             |i| want[slot * SLOT + i],
         )
         .map_err(|why| {
-            text(format_args!(
-                "slot {slot}: {}",
-                kernel::str::BStr::from_bytes(&why)
-            ))
+            let mut t = text(format_args!("slot {slot}: "));
+            let _ = t.extend_from_slice(&why, GFP_KERNEL);
+            t
         })?;
         got.iter_mut()
             .enumerate()
