@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
-.PHONY: conformance conformance-selftest kernel-patches bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
+.PHONY: conformance conformance-selftest kernel-patches bench-streaming bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
 
 all: artifacts
 
@@ -173,6 +173,13 @@ bench: artifacts bench-kernel
 	cargo bench -p dmalab-device --bench engine
 	@cargo run --release -q -p dmalab-harness --bin dmalab-bench
 	@$(MAKE) -s bench-oracle
+
+# The driver's zero-copy path on the kernel's streaming module (kernel-patches/streaming/)
+# against its own copy, in one boot of the patched production-like kernel (docs/performance.md).
+bench-streaming: artifacts bench-kernel
+	@out=$$(scripts/bench-streaming.sh "$$(cat $(P)/kbuild-bench)" "$$(cat $(P)/agent)") || exit 1; \
+		cargo run --release -q -p dmalab-harness --bin dmalab-bench-streaming -- \
+		--kernel "$$(sed -n 1p <<<"$$out")" --initramfs "$$(sed -n 2p <<<"$$out")"
 
 # What the DMA ownership oracle costs: the same guest work with it off and on (docs/oracle.md).
 bench-oracle: artifacts

@@ -15,7 +15,9 @@ rm -f "$work"/guest-driver/module/*.rs
 cp "$ROOT"/guest-driver/module/Kbuild "$ROOT"/guest-driver/module/*.rs "$work/guest-driver/module/"
 cp "$ROOT/abi/regs.rs" "$work/abi/"
 cfg=""
-if [ -f "$kbuild/source/rust/kernel/dma/streaming.rs" ]; then
+# DMALAB_STREAMING=module builds the driver's own copy even so (`make bench-streaming` compares
+# the two on one kernel)
+if [ -f "$kbuild/source/rust/kernel/dma/streaming.rs" ] && [ "${DMALAB_STREAMING:-}" != module ]; then
     # the tree has the streaming abstraction (kernel-patches/streaming/): use the kernel's
     cfg="--cfg kernel_dma_streaming"
     say "building the dmalab kernel module (with the tree's kernel::dma::streaming)"

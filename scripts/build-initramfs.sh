@@ -34,6 +34,10 @@ file /bin/busybox $bb 0755 0 0
 file /bin/dmalab-agent $agent 0755 0 0
 file /lib/modules/dmalab.ko $module 0644 0 0
 LIST
+# DMALAB_EXTRA_MODULES="NAME.ko=PATH ...": more modules beside it, in /lib/modules
+for m in ${DMALAB_EXTRA_MODULES:-}; do
+    echo "file /lib/modules/${m%%=*} ${m#*=} 0644 0 0" >>"$out/list"
+done
 "$gen" "$out/list" >"$out/initramfs.cpio.tmp" || die "gen_init_cpio failed"
 mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
 echo "$out/initramfs.cpio"

@@ -551,6 +551,53 @@ pub fn matrix(module: &str) -> Result<(), String> {
     )
 }
 
+/// Where `make bench-streaming` puts the driver built on the kernel's own
+/// `kernel::dma::streaming` (kernel-patches/streaming/); the boot's module is the same driver
+/// with its own copy of the abstraction.
+const IN_TREE_MODULE: &str = "/lib/modules/dmalab-intree.ko";
+
+/// `make bench-streaming`: the zero-copy path (which is where the streaming abstraction runs)
+/// with the driver's own copy of the abstraction and with the kernel's, in one boot, A B A B A B
+/// so that drift falls on both. Cells `zero-copy-module[-read]` and `zero-copy-in-tree[-read]`,
+/// three of each, in round order.
+pub fn module_pair(module: &str) -> Result<(), String> {
+    const SIDES: [(&str, &str, &str); 2] = [
+        ("", "zero-copy-module", "zero-copy-module-read"),
+        (
+            IN_TREE_MODULE,
+            "zero-copy-in-tree",
+            "zero-copy-in-tree-read",
+        ),
+    ];
+    for _round in 0..3 {
+        for (path, copy_name, read_name) in SIDES {
+            let path = if path.is_empty() { module } else { path };
+            reload(path, abi::DMA_MODE_ZERO_COPY)?;
+            for len in SIZES {
+                let mut w = DmalabWorker::new(len, 1, 0)?;
+                for _ in 0..20 {
+                    w.run();
+                }
+            }
+            for len in SIZES {
+                for depth in [1, 8] {
+                    let cell = |device| Cell {
+                        device,
+                        len,
+                        depth,
+                        queues: 1,
+                        threads: depth,
+                    };
+                    measure(cell(copy_name), |t| DmalabWorker::new(len, 1, t))?;
+                    measure(cell(read_name), |t| DmalabWorker::read(len, 1, t))?;
+                }
+            }
+        }
+    }
+    crate::dev::rmmod("dmalab")?;
+    crate::dev::insmod_with(module, &crate::kmod::module_params())
+}
+
 /// QEMU's `edu` (docs/specs/edu.rst), driven the way its teaching drivers do: program source,
 /// destination and count, start, poll until the run bit clears; 4 KiB from memory into the
 /// device's buffer and back out to a second page, checked. No kernel driver exists for it, so

@@ -68,6 +68,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "reload" => reload(module),
         "bench" => bench(),
         "bench_matrix" => crate::bench::matrix(module),
+        "bench_module_pair" => crate::bench::module_pair(module),
         "stats" => stats(),
         "errors" => errors(),
         "reset" => reset(),

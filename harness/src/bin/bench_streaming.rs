@@ -1,0 +1,123 @@
+//! `make bench-streaming`: the driver's zero-copy path with its own copy of the streaming
+//! abstraction (`guest-driver/module/streaming.rs`) and with the kernel's, made from the same
+//! source by the streaming patch (kernel-patches/streaming/), in one boot of the production-like
+//! bench kernel with the patch (the agent's `bench_module_pair`, A B A B A B). Prints each
+//! cell's ratio in-tree / module (the median of the three rounds' ratios, each round's two sides
+//! measured back to back) and judges "no regression"; writes `target/bench/streaming.json`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use dmalab_harness::vm::{run, VmOptions};
+use dmalab_report::Bench;
+
+/// Below this ratio a cell counts as a regression: two builds of one source differ only by
+/// noise between rounds, which is a few percent under TCG.
+const NO_REGRESSION: f64 = 0.95;
+
+#[derive(clap::Parser, Debug)]
+#[command(about = "The driver on the kernel's streaming module against its own copy")]
+struct Args {
+    /// The patched bench kernel (scripts/bench-streaming.sh prints it)
+    #[arg(long)]
+    kernel: PathBuf,
+    /// The initramfs holding both builds of the driver (scripts/bench-streaming.sh)
+    #[arg(long)]
+    initramfs: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = <Args as clap::Parser>::parse();
+    let mut o = VmOptions::new("bench_streaming", "load,bench_module_pair,unload");
+    o.kernel = Some(args.kernel);
+    o.initramfs = Some(args.initramfs);
+    o.dma_api_debug = false;
+    o.event_kinds = Some(&["error"]);
+    o.echo = vec!["bench"];
+    o.timeout = std::time::Duration::from_secs(1800);
+    eprintln!("dmalab-bench-streaming: one boot, the zero-copy path on the driver's streaming module and on the kernel's, A B A B A B (~4 min of guest time)");
+    let r = run(&o);
+    r.assert_clean();
+    // (op, len, depth) -> side -> ops/s of each round
+    let mut cells: BTreeMap<(String, u64, u64), BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    for b in r.all::<Bench>() {
+        r.check(
+            b.failed == 0 && b.ops > 0,
+            &format!("a cell with failed requests or none done: {b:?}"),
+        );
+        let side = if b.device.starts_with("zero-copy-in-tree") {
+            "in-tree"
+        } else if b.device.starts_with("zero-copy-module") {
+            "module"
+        } else {
+            continue;
+        };
+        let op = if b.device.ends_with("-read") {
+            "READ"
+        } else {
+            "COPY"
+        };
+        cells
+            .entry((op.to_string(), b.len, b.depth))
+            .or_default()
+            .entry(side)
+            .or_default()
+            .push(b.ops_per_s);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    // each round's sides ran back to back: their ratio is the least drifted figure
+    let median_ratio = |m: &[f64], t: &[f64]| {
+        let mut r: Vec<f64> = m
+            .iter()
+            .zip(t)
+            .filter(|(m, _)| **m > 0.0)
+            .map(|(m, t)| t / m)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!("\n== the zero-copy path: the kernel's streaming module against the driver's copy (one boot, 3 rounds each; ratio: the median round's)");
+    println!(
+        "{:<5} {:>8} {:>6} {:>14} {:>14} {:>8}",
+        "op", "size", "depth", "module ops/s", "in-tree ops/s", "ratio"
+    );
+    let mut rows = Vec::new();
+    let mut worst = f64::INFINITY;
+    for ((op, len, depth), sides) in &cells {
+        let (ms, ts) = (
+            sides.get("module").map_or(&[][..], |v| v),
+            sides.get("in-tree").map_or(&[][..], |v| v),
+        );
+        let (m, t) = (mean(ms), mean(ts));
+        let ratio = median_ratio(ms, ts);
+        worst = worst.min(ratio);
+        println!(
+            "{op:<5} {:>8} {depth:>6} {m:>14.0} {t:>14.0} {ratio:>7.2}x",
+            dmalab_harness::bench::size(*len)
+        );
+        rows.push(serde_json::json!({"op": op, "len": len, "depth": depth,
+            "module_ops_per_s": m, "in_tree_ops_per_s": t, "ratio": ratio}));
+    }
+    let met = !rows.is_empty() && worst >= NO_REGRESSION;
+    println!(
+        "\ngoal: the in-tree module at least {NO_REGRESSION:.2}x the driver's copy in every cell: {} (worst {worst:.2}x)",
+        if met { "met" } else { "MISSED" }
+    );
+    let root = dmalab_harness::artifacts::root();
+    let _ = std::fs::create_dir_all(root.join("target/bench"));
+    let json = serde_json::json!({"cells": rows, "worst_ratio": worst, "goal_met": met});
+    let path = root.join("target/bench/streaming.json");
+    if let Err(e) = std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    ) {
+        eprintln!("dmalab-bench-streaming: {}: {e}", path.display());
+    }
+    println!("written: {}", path.display());
+    if cells.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
