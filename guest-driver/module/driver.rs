@@ -356,6 +356,7 @@ fn request_handlers<'bound>(
             })
         };
         let req: irq::IrqRequest<'bound> = vectors.index(k)?.into();
+        let number = req.irq();
         let flags = if per_queue {
             irq::Flags::TRIGGER_NONE
         } else {
@@ -367,9 +368,32 @@ fn request_handlers<'bound>(
             unsafe { irq::Registration::new(req, flags, c"dmalab", Ok::<_, Error>(handler)) },
             GFP_KERNEL,
         )?;
+        if per_queue && k < nq {
+            spread_affinity(number, k);
+        }
         irqs.push(reg, GFP_KERNEL)?;
     }
     Ok(irqs)
+}
+
+/// Points queue `queue`'s vector at one CPU, the queues spread round-robin over the CPUs (what
+/// blk-mq's managed affinity does), so that a load that picks its queue by CPU, as blk-mq
+/// does, has its completions handled on the CPU that submitted them. A CPU that is not online
+/// keeps the kernel's default affinity: the vector still works, only less locally.
+fn spread_affinity(irq: u32, queue: usize) {
+    let Some(cpu) = (queue as u32)
+        .checked_rem(kernel::cpu::nr_cpu_ids())
+        .and_then(kernel::cpu::CpuId::from_u32)
+    else {
+        return;
+    };
+    let Ok(mut mask) = kernel::cpumask::CpumaskVar::new_zero(GFP_KERNEL) else {
+        return;
+    };
+    mask.set(cpu);
+    // SAFETY: `irq` is a vector this driver has requested and not freed; the kernel copies the
+    // mask, which only has to live for the call.
+    let _ = unsafe { kernel::bindings::irq_set_affinity(irq, mask.as_raw()) };
 }
 
 /// Probe step 8: every queue's rings into the device, each queue enabled. `DeviceHalt` must

@@ -240,7 +240,12 @@ fn measure<W: Worker + 'static>(
 /// dmalab: COPY of `len` bytes on queue `thread % queues`, through the driver's ioctl.
 struct DmalabWorker {
     dev: Dev,
+    /// The queue of a one-queue cell (and of the READ cells' setup).
     queue: u8,
+    /// Queues the cell spreads over: more than one, and each request goes to the queue of the
+    /// CPU it is submitted on, as blk-mq maps CPUs to hardware queues (the driver points each
+    /// queue's vector at that CPU).
+    queues: usize,
     src: Vec<u8>,
     dst: Vec<u8>,
     /// READ from internal memory at this offset (where `src` was written first) instead of
@@ -253,6 +258,7 @@ impl DmalabWorker {
         Ok(Self {
             dev: Dev::open(0)?,
             queue: (thread % queues) as u8,
+            queues,
             src: data(len, thread as u32 + 1),
             dst: vec![0u8; len],
             read_at: None,
@@ -283,9 +289,16 @@ impl DmalabWorker {
 
 impl Worker for DmalabWorker {
     fn run(&mut self) -> bool {
+        let queue = if self.queues > 1 {
+            // SAFETY: no arguments; returns the CPU the thread runs on, or -1.
+            let cpu = unsafe { libc::sched_getcpu() };
+            (cpu.max(0) as usize % self.queues) as u8
+        } else {
+            self.queue
+        };
         let mut r = Request {
             opcode: abi::OP_COPY,
-            queue: self.queue,
+            queue,
             len: self.src.len() as u32,
             src: self.src.as_ptr() as u64,
             dst: self.dst.as_mut_ptr() as u64,
@@ -549,6 +562,44 @@ pub fn matrix(module: &str) -> Result<(), String> {
         },
         |_| edu::Edu::new(),
     )
+}
+
+/// `make bench`'s vCPU scaling boots (one vCPU, then two under MTTCG): dmalab in the driver's
+/// default data path over all queues, each request on the queue of the CPU it is submitted
+/// on, COPY and READ, and QEMU's NVMe read (whose blk-mq does the same), at every size and
+/// depth. The same load in both boots, so that their ratio is what a second CPU buys.
+pub fn scaling() -> Result<(), String> {
+    let queues = Dev::open(0)?.info()?.queues as usize;
+    for len in SIZES {
+        let mut w: [Box<dyn Worker>; 2] = [
+            Box::new(DmalabWorker::new(len, queues, 0)?),
+            Box::new(NvmeWorker::new(NVME_ZEROES, len, 0)?),
+        ];
+        for w in w.iter_mut() {
+            for _ in 0..20 {
+                w.run();
+            }
+        }
+    }
+    for len in SIZES {
+        for depth in DEPTHS {
+            let cell = |device, queues| Cell {
+                device,
+                len,
+                depth,
+                queues,
+                threads: depth,
+            };
+            measure(cell("dmalab", queues), |t| {
+                DmalabWorker::new(len, queues, t)
+            })?;
+            measure(cell("dmalab-read", queues), |t| {
+                DmalabWorker::read(len, queues, t)
+            })?;
+            measure(cell("nvme", 1), |t| NvmeWorker::new(NVME_ZEROES, len, t))?;
+        }
+    }
+    Ok(())
 }
 
 /// Where `make bench-streaming` puts the driver built on the kernel's own

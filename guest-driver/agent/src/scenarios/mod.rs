@@ -69,6 +69,7 @@ pub fn run(name: &str, module: &str) -> Result<(), String> {
         "bench" => bench(),
         "bench_matrix" => crate::bench::matrix(module),
         "bench_module_pair" => crate::bench::module_pair(module),
+        "bench_scaling" => crate::bench::scaling(),
         "stats" => stats(),
         "errors" => errors(),
         "reset" => reset(),
