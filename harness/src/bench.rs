@@ -109,7 +109,18 @@ pub fn scan_events(path: &std::path::Path, lens: &[u64]) -> EventScan {
 /// counts them between the ioctl's entry and the driver's return, one request at a time):
 /// `ops` COPYs of `len` bytes under the oracle. The plugin's JSON and the ops/s it ran at.
 pub fn instructions_per_request(len: u32, ops: u32) -> (Value, f64) {
-    let mut o = VmOptions::new(&format!("bench_count_{len}"), "load,serial_copies,unload");
+    instructions_in_mode(len, ops, None)
+}
+
+/// [`instructions_per_request`] with the driver loaded in data path `dma_mode` (`None`: its
+/// default, which chooses by size).
+pub fn instructions_in_mode(len: u32, ops: u32, dma_mode: Option<u32>) -> (Value, f64) {
+    let name = match dma_mode {
+        Some(m) => format!("bench_count_{len}_mode{m}"),
+        None => format!("bench_count_{len}"),
+    };
+    let mut o = VmOptions::new(&name, "load,serial_copies,unload");
+    o.dma_mode = dma_mode;
     o.oracle = true;
     o.count_instructions = true;
     o.append = format!("dmalab.len={len} dmalab.ops={ops}");
