@@ -13,7 +13,7 @@ P := target/paths
 AGENT := target/x86_64-unknown-linux-gnu/release/dmalab-agent
 CARGO_E2E := cargo test --release -p dmalab-harness --test e2e
 
-.PHONY: conformance conformance-selftest kernel-patches bench-streaming bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
+.PHONY: conformance conformance-selftest kernel-patches kernel-doctests bench-streaming bench-kernel bench-oracle check-soak all deps qemu kernel device oracle driver agent initramfs artifacts run test unit lint e2e bench campaign fuzz fuzz-smoke miri miri-smoke sanitize loom loom-smoke lint-host lint-driver compile-fail exercises exercise check-step clean
 
 all: artifacts
 
@@ -158,6 +158,13 @@ conformance-selftest: artifacts
 # clean, and a kernel built with it, rustdoc included (an incremental rebuild, cached).
 kernel-patches: kernel
 	@scripts/kernel-patches.sh "$$(cat $(P)/kbuild)"
+
+# The kernel crate's doctests, the streaming patch's among them, as KUnit runs them at boot: a
+# kernel of their own (the patched tree with KUnit and CONFIG_RUST_KERNEL_DOCTESTS; a full build).
+kernel-doctests: kernel agent
+	@out=$$(scripts/kernel-doctests.sh "$$(cat $(P)/kbuild)" "$$(cat $(P)/agent)") || exit 1; \
+		cargo run --release -q -p dmalab-harness --bin dmalab-kernel-doctests -- \
+		--kernel "$$(sed -n 1p <<<"$$out")" --initramfs "$$(sed -n 2p <<<"$$out")"
 
 # A seeded fault campaign (docs/campaigns.md): SEED, OPS, RULES, JOBS (VMs side by side),
 # SHARD=I/N (one slice; `dmalab-campaign merge` the shards), SERIAL=1, RESUME=1.

@@ -381,6 +381,24 @@ pub(crate) fn map<D: Direction, P: PageProvider>(
 /// Memory the driver owns, for streaming DMA of the driver's own buffers: whole pages, not
 /// physically contiguous, freed when dropped. The CPU reads and writes it while no mapping
 /// lends it to a device.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::dma::streaming::DriverPages;
+///
+/// // three pages and a bit; the CPU's accesses may cross page boundaries
+/// let mut pages = DriverPages::alloc(3 * 4096 + 100, GFP_KERNEL)?;
+/// pages.write(4090, b"across a page boundary")?;
+/// let mut back = [0u8; 22];
+/// pages.read(4090, &mut back)?;
+/// assert_eq!(&back, b"across a page boundary");
+///
+/// // nothing outside the allocation
+/// assert_eq!(pages.read(3 * 4096 + 90, &mut back), Err(EINVAL));
+/// assert!(DriverPages::alloc(0, GFP_KERNEL).is_err());
+/// # Ok::<(), Error>(())
+/// ```
 pub(crate) struct DriverPages {
     owned: KVec<Page>,
     /// The same pages, as the array the scatter-gather calls take.
