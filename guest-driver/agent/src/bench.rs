@@ -608,9 +608,10 @@ pub fn scaling() -> Result<(), String> {
 const IN_TREE_MODULE: &str = "/lib/modules/dmalab-intree.ko";
 
 /// `make bench-streaming`: the zero-copy path (which is where the streaming abstraction runs)
-/// with the driver's own copy of the abstraction and with the kernel's, in one boot, A B A B A B
-/// so that drift falls on both. Cells `zero-copy-module[-read]` and `zero-copy-in-tree[-read]`,
-/// three of each, in round order.
+/// with the driver's own copy of the abstraction and with the kernel's, in one boot: four rounds
+/// in the order A B, B A, A B, B A, so that neither drift nor going first or second in a round
+/// favours a side. Cells `zero-copy-module[-read]` and `zero-copy-in-tree[-read]`, four of each,
+/// in round order.
 pub fn module_pair(module: &str) -> Result<(), String> {
     const SIDES: [(&str, &str, &str); 2] = [
         ("", "zero-copy-module", "zero-copy-module-read"),
@@ -620,8 +621,9 @@ pub fn module_pair(module: &str) -> Result<(), String> {
             "zero-copy-in-tree-read",
         ),
     ];
-    for _round in 0..3 {
-        for (path, copy_name, read_name) in SIDES {
+    for round in 0..4 {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for (path, copy_name, read_name) in order.map(|i| SIDES[i]) {
             let path = if path.is_empty() { module } else { path };
             reload(path, abi::DMA_MODE_ZERO_COPY)?;
             for len in SIZES {
