@@ -323,6 +323,17 @@ fn start_device(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> PathBuf {
     sock
 }
 
+/// The `System.map` of the kernel the VM boots: beside `opts.kernel`'s build (its bzImage is
+/// `<build>/arch/x86/boot/bzImage`), else the default kernel's. The oracle finds the kernel's
+/// functions by it, so it must be the booted kernel's own.
+fn system_map(opts: &VmOptions) -> Option<PathBuf> {
+    let build = match &opts.kernel {
+        Some(k) => k.ancestors().nth(4)?.to_path_buf(),
+        None => artifacts::path("kbuild").ok()?,
+    };
+    Some(build.join("System.map")).filter(|m| m.exists())
+}
+
 /// Starts QEMU with the device attached over `sock`.
 fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
     let need = |n| artifacts::path(n).unwrap_or_else(|e| panic!("{e}"));
@@ -393,11 +404,7 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
         let extra = std::env::var("DMALAB_ORACLE_ARGS")
             .map(|a| format!(",{a}"))
             .unwrap_or_default();
-        let ranges = |f: fn(&Path) -> String| {
-            artifacts::path("kbuild")
-                .map(|k| f(&k.join("System.map")))
-                .unwrap_or_default()
-        };
+        let ranges = |f: fn(&Path) -> String| system_map(opts).map(|m| f(&m)).unwrap_or_default();
         let mut helpers = String::new();
         if opts.oracle_user {
             helpers.push_str(",user=on");
@@ -673,8 +680,7 @@ pub fn run(opts: &VmOptions) -> Run {
             .filter_map(ModuleSymbols::of)
             .map(|m| (m.module.as_str(), m.symbols.as_slice()))
             .collect();
-        let system_map = artifacts::path("kbuild").ok().map(|k| k.join("System.map"));
-        let symbols = crate::oracle::Symbols::new(system_map.as_deref(), &modules);
+        let symbols = crate::oracle::Symbols::new(system_map(opts).as_deref(), &modules);
         crate::oracle::read(&dir, &symbols).unwrap_or_default()
     });
     Run {

@@ -125,10 +125,56 @@ fn main() -> ExitCode {
             format!("; slower in every round: {}", regressed.join(", "))
         }
     );
+    // Guest instructions per zero-copy request, each build on its own: a count, not a time,
+    // so it says whether the in-tree build does more work where the timings are noise.
+    println!(
+        "\n== guest instructions per zero-copy COPY (median submit + complete, under the oracle)"
+    );
+    let mut counts = Vec::new();
+    for len in [4096u32, 1 << 20] {
+        let mut row = serde_json::json!({"len": len});
+        for (side, module) in [
+            ("module", "/lib/modules/dmalab.ko"),
+            ("in-tree", "/lib/modules/dmalab-intree.ko"),
+        ] {
+            let ops = if len == 4096 { 200 } else { 30 };
+            let mut c = VmOptions::new(
+                &format!("bench_streaming_count_{side}_{len}"),
+                "load,serial_copies,unload",
+            );
+            c.kernel = o.kernel.clone();
+            c.initramfs = o.initramfs.clone();
+            c.dma_api_debug = false;
+            c.oracle = true;
+            c.count_instructions = true;
+            c.dma_mode = Some(dmalab_abi::DMA_MODE_ZERO_COPY);
+            c.append = format!("dmalab.len={len} dmalab.ops={ops} dmalab.module={module}");
+            let r = run(&c);
+            r.assert_clean();
+            let i = r.oracle.as_ref().and_then(|o| o.instructions.clone());
+            let total = i
+                .as_ref()
+                .and_then(|i| Some(i["submit_median"].as_f64()? + i["complete_median"].as_f64()?));
+            row[side] = serde_json::json!(total);
+        }
+        let (m, t) = (row["module"].as_f64(), row["in-tree"].as_f64());
+        println!(
+            "{:>8}: module {}, in-tree {}{}",
+            dmalab_harness::bench::size(u64::from(len)),
+            m.map_or("?".into(), |v| format!("{v:.0}")),
+            t.map_or("?".into(), |v| format!("{v:.0}")),
+            match (m, t) {
+                (Some(m), Some(t)) if m > 0.0 => format!(" ({:+.1}%)", 100.0 * (t - m) / m),
+                _ => String::new(),
+            }
+        );
+        counts.push(row);
+    }
+
     let root = dmalab_harness::artifacts::root();
     let _ = std::fs::create_dir_all(root.join("target/bench"));
     let json = serde_json::json!({"cells": rows, "overall_ratio": overall,
-        "regressed": regressed, "goal_met": met});
+        "regressed": regressed, "goal_met": met, "instructions_per_request": counts});
     let path = root.join("target/bench/streaming.json");
     if let Err(e) = std::fs::write(
         &path,
