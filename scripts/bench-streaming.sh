@@ -23,7 +23,7 @@ grep -q "with the tree's kernel::dma::streaming" "$out/intree.log" \
     || die "the driver did not pick up the tree's kernel::dma::streaming"
 copy=$(DMALAB_STREAMING=module in_patched "$ROOT/scripts/build-driver.sh" "$kbuild" "$out/kmod-module" 2>"$out/module.log") \
     || { cat "$out/module.log" >&2; die "the driver does not build with its own streaming module"; }
-initramfs=$(in_patched env DMALAB_EXTRA_MODULES="dmalab-intree.ko=$intree" \
+initramfs=$(DMALAB_EXTRA_MODULES="dmalab-intree.ko=$intree" \
     "$ROOT/scripts/build-initramfs.sh" "$kbuild" "$agent" "$copy" "$out") \
     || die "the initramfs does not build"
 echo "$PATCHED/build/arch/x86/boot/bzImage"

@@ -117,27 +117,7 @@ fn from_device(dma: &Dma<'_>, len: usize, off: usize) -> Result<(), Failed> {
     let mapped = pages
         .map(dma.dev(), MAX_SEGMENT)
         .map_err(|e| text(format_args!("map: {}", errname(e))))?;
-    let pattern = 0x6d61_7020 ^ len as u32;
-    // what each byte must be: FILL starts its pattern afresh in every segment
-    let mut want =
-        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
-    let mut at = 0usize;
-    for s in mapped.segments() {
-        let n = s.len as usize;
-        if at + n > len {
-            return Err(text(format_args!(
-                "the segments run past the {len} bytes mapped"
-            )));
-        }
-        dma.fill(s.addr, n, pattern)?;
-        for (k, w) in want[at..at + n].iter_mut().enumerate() {
-            *w = fill_byte(pattern, k);
-        }
-        at += n;
-    }
-    if at != len {
-        return Err(text(format_args!("the segments cover {at} of {len} bytes")));
-    }
+    let want = fill_segments(dma, &mapped, len, 0x6d61_7020 ^ len as u32)?;
     // SAFETY: every transfer above is over (DONE read); the device has no other request.
     let done = unsafe { DeviceDone::new() };
     let cpu = mapped.sync_for_cpu(&done);
@@ -194,23 +174,7 @@ fn whole_cycle(dma: &Dma<'_>, len: usize, off: usize) -> Result<(), Failed> {
     let mapped = pages
         .map(dma.dev(), MAX_SEGMENT)
         .map_err(|e| text(format_args!("map: {}", errname(e))))?;
-    let pattern = 0x0c1c_1e00 ^ len as u32;
-    let mut want =
-        KVVec::from_elem(0u8, len, GFP_KERNEL).map_err(|_| text(format_args!("no memory")))?;
-    let mut at = 0usize;
-    for s in mapped.segments() {
-        let n = s.len as usize;
-        if at + n > len {
-            return Err(text(format_args!(
-                "the segments run past the {len} bytes mapped"
-            )));
-        }
-        dma.fill(s.addr, n, pattern)?;
-        for (k, w) in want[at..at + n].iter_mut().enumerate() {
-            *w = fill_byte(pattern, k);
-        }
-        at += n;
-    }
+    let want = fill_segments(dma, &mapped, len, 0x0c1c_1e00 ^ len as u32)?;
     // SAFETY: every transfer above is over (DONE read).
     let mut cpu = mapped.sync_for_cpu(&unsafe { DeviceDone::new() });
     let mut got =
@@ -417,8 +381,8 @@ fn single_page(dma: &Dma<'_>) -> Result<(), Failed> {
     Ok(())
 }
 
-/// The device fills every segment of `m` with `pattern` (afresh in each segment): the bytes
-/// it wrote.
+/// The device fills every segment of `m` with `pattern`: the bytes it wrote (FILL starts its
+/// pattern afresh in every segment). The segments must cover the `len` bytes mapped exactly.
 fn fill_segments<D: Direction, P: PageProvider>(
     dma: &Dma<'_>,
     m: &Mapping<D, DeviceOwned, P>,

@@ -183,39 +183,47 @@ impl<D: DeviceReads> CpuWritable<D> for DriverPages {}
 /// Copies `out.len()` bytes at `offset` out of the memory `p` provides. `EINVAL` when the range
 /// is not inside.
 fn read_from(p: &impl PageProvider, offset: usize, out: &mut [u8]) -> Result {
-    let mut done = 0;
-    each_piece(
-        p.pages(),
-        p.offset(),
-        p.len(),
-        offset,
-        out.len(),
-        |va, n| {
-            // SAFETY: `va` is valid for `n` bytes (`each_piece`); a user may write its own page
-            // concurrently, so this is a byte copy through raw pointers, never a reference into it.
-            unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
-            done += n;
-        },
-    )
+    read_pages(p.pages(), p.offset(), p.len(), offset, out)
 }
 
 /// Copies `data` into the memory `p` provides, at `offset`. `EINVAL` when the range is not
 /// inside. The caller has the right to write it (the CPU owns it, and it is writable).
 fn write_into(p: &impl PageProvider, offset: usize, data: &[u8]) -> Result {
+    write_pages(p.pages(), p.offset(), p.len(), offset, data)
+}
+
+/// [`read_from`] on `total` bytes of `pages` starting `first` bytes into the first page.
+fn read_pages(
+    pages: &[*mut bindings::page],
+    first: usize,
+    total: usize,
+    offset: usize,
+    out: &mut [u8],
+) -> Result {
     let mut done = 0;
-    each_piece(
-        p.pages(),
-        p.offset(),
-        p.len(),
-        offset,
-        data.len(),
-        |va, n| {
-            // SAFETY: `va` is valid for `n` bytes (`each_piece`); a user may touch its own page
-            // concurrently, so this is a byte copy through raw pointers, never a reference into it.
-            unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
-            done += n;
-        },
-    )
+    each_piece(pages, first, total, offset, out.len(), |va, n| {
+        // SAFETY: `va` is valid for `n` bytes (`each_piece`); a user may write its own page
+        // concurrently, so this is a byte copy through raw pointers, never a reference into it.
+        unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
+        done += n;
+    })
+}
+
+/// [`write_into`] on `total` bytes of `pages` starting `first` bytes into the first page.
+fn write_pages(
+    pages: &[*mut bindings::page],
+    first: usize,
+    total: usize,
+    offset: usize,
+    data: &[u8],
+) -> Result {
+    let mut done = 0;
+    each_piece(pages, first, total, offset, data.len(), |va, n| {
+        // SAFETY: `va` is valid for `n` bytes (`each_piece`); a user may touch its own page
+        // concurrently, so this is a byte copy through raw pointers, never a reference into it.
+        unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
+        done += n;
+    })
 }
 
 /// A caller's memory, pinned: its pages cannot be freed, swapped out or migrated until this
@@ -900,12 +908,6 @@ impl<D: Direction, S: Owner> SinglePage<D, S> {
             ManuallyDrop::take(&mut this.page)
         }
     }
-
-    /// Runs `f` on the mapped bytes from `offset` on (`n` of them), through a temporary kernel
-    /// mapping of the page. `EINVAL` when they are not inside.
-    fn bytes(&self, offset: usize, n: usize, f: impl FnMut(*mut u8, usize)) -> Result {
-        each_piece(&[self.page.as_ptr()], self.offset, self.len, offset, n, f)
-    }
 }
 
 impl<D: Direction> SinglePage<D, CpuOwned> {
@@ -925,12 +927,7 @@ impl<D: CpuReads> SinglePage<D, CpuOwned> {
     /// Copies `out.len()` bytes at `offset` (of the mapped range) out of the memory the device
     /// wrote.
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result {
-        let mut done = 0;
-        self.bytes(offset, out.len(), |va, n| {
-            // SAFETY: `va` is valid for `n` bytes (`each_piece`); the CPU owns the memory.
-            unsafe { ptr::copy_nonoverlapping(va, out.as_mut_ptr().add(done), n) };
-            done += n;
-        })
+        read_pages(&[self.page.as_ptr()], self.offset, self.len, offset, out)
     }
 }
 
@@ -938,12 +935,7 @@ impl<D: DeviceReads> SinglePage<D, CpuOwned> {
     /// Copies `data` into the memory at `offset` (of the mapped range), for the device to read
     /// after [`SinglePage::sync_for_device`].
     pub(crate) fn write(&mut self, offset: usize, data: &[u8]) -> Result {
-        let mut done = 0;
-        self.bytes(offset, data.len(), |va, n| {
-            // SAFETY: `va` is valid for `n` bytes (`each_piece`); the CPU owns the memory.
-            unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(done), va, n) };
-            done += n;
-        })
+        write_pages(&[self.page.as_ptr()], self.offset, self.len, offset, data)
     }
 }
 

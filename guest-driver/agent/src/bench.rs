@@ -438,31 +438,33 @@ impl Worker for MemcpyWorker {
     }
 }
 
+/// Untimed warm-up of one worker: TCG translates each code path the first time it runs, which
+/// would otherwise be charged to whichever cell comes first.
+fn warm_up(w: &mut dyn Worker) {
+    for _ in 0..20 {
+        w.run();
+    }
+}
+
+/// dmalab (over `queues` queues) and NVMe warmed up at every size.
+fn warm_up_both(queues: usize) -> Result<(), String> {
+    for len in SIZES {
+        warm_up(&mut DmalabWorker::new(len, queues, 0)?);
+        warm_up(&mut NvmeWorker::new(NVME_ZEROES, len, 0)?);
+    }
+    Ok(())
+}
+
 /// The whole table: every size and depth through dmalab on one queue and on all queues, QEMU's
 /// NVMe on both namespaces, edu at 4 KiB, and the guest's own memcpy.
 pub fn matrix(module: &str) -> Result<(), String> {
     let queues = Dev::open(0)?.info()?.queues as usize;
-    // Untimed warm-up: TCG translates each code path the first time it runs, which would
-    // otherwise be charged to whichever cell comes first.
-    for len in SIZES {
-        let mut w: [Box<dyn Worker>; 2] = [
-            Box::new(DmalabWorker::new(len, 1, 0)?),
-            Box::new(NvmeWorker::new(NVME_ZEROES, len, 0)?),
-        ];
-        for w in w.iter_mut() {
-            for _ in 0..20 {
-                w.run();
-            }
-        }
-    }
+    warm_up_both(1)?;
     // dmalab in each data path: the driver reloaded with that `dma_mode`
     for (mode, threads_name, batch_name, read_name) in MODES {
         reload(module, mode)?;
         for len in SIZES {
-            let mut w = DmalabWorker::new(len, 1, 0)?;
-            for _ in 0..20 {
-                w.run();
-            }
+            warm_up(&mut DmalabWorker::new(len, 1, 0)?);
         }
         for len in SIZES {
             for depth in DEPTHS {
@@ -570,17 +572,7 @@ pub fn matrix(module: &str) -> Result<(), String> {
 /// depth. The same load in both boots, so that their ratio is what a second CPU buys.
 pub fn scaling() -> Result<(), String> {
     let queues = Dev::open(0)?.info()?.queues as usize;
-    for len in SIZES {
-        let mut w: [Box<dyn Worker>; 2] = [
-            Box::new(DmalabWorker::new(len, queues, 0)?),
-            Box::new(NvmeWorker::new(NVME_ZEROES, len, 0)?),
-        ];
-        for w in w.iter_mut() {
-            for _ in 0..20 {
-                w.run();
-            }
-        }
-    }
+    warm_up_both(queues)?;
     for len in SIZES {
         for depth in DEPTHS {
             let cell = |device, queues| Cell {
@@ -613,10 +605,11 @@ const IN_TREE_MODULE: &str = "/lib/modules/dmalab-intree.ko";
 /// favours a side. Cells `zero-copy-module[-read]` and `zero-copy-in-tree[-read]`, four of each,
 /// in round order.
 pub fn module_pair(module: &str) -> Result<(), String> {
-    const SIDES: [(&str, &str, &str); 2] = [
-        ("", "zero-copy-module", "zero-copy-module-read"),
+    // (the module to load, `None` for the boot's own; the cells' names)
+    const SIDES: [(Option<&str>, &str, &str); 2] = [
+        (None, "zero-copy-module", "zero-copy-module-read"),
         (
-            IN_TREE_MODULE,
+            Some(IN_TREE_MODULE),
             "zero-copy-in-tree",
             "zero-copy-in-tree-read",
         ),
@@ -624,13 +617,9 @@ pub fn module_pair(module: &str) -> Result<(), String> {
     for round in 0..4 {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for (path, copy_name, read_name) in order.map(|i| SIDES[i]) {
-            let path = if path.is_empty() { module } else { path };
-            reload(path, abi::DMA_MODE_ZERO_COPY)?;
+            reload(path.unwrap_or(module), abi::DMA_MODE_ZERO_COPY)?;
             for len in SIZES {
-                let mut w = DmalabWorker::new(len, 1, 0)?;
-                for _ in 0..20 {
-                    w.run();
-                }
+                warm_up(&mut DmalabWorker::new(len, 1, 0)?);
             }
             for len in SIZES {
                 for depth in [1, 8] {
