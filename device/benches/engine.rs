@@ -82,6 +82,15 @@ fn main() {
     let budget = Duration::from_millis(if quick { 50 } else { 1500 });
     let rig = Rig::new(1, 160 << 20);
     let mut ring = rig.setup_queue(0, RING);
+    // `--profile LEN`: only the engine at LEN bytes for 10 s, for `perf record` (the per-descriptor
+    // cost is what a profile of the whole run hides behind the large copies)
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(len) = args.windows(2).find(|w| w[0] == "--profile").map(|w| &w[1]) {
+        let len: u32 = len.parse().expect("--profile LEN: a length in bytes");
+        let (bps, dps) = engine(&rig, &mut ring, len, Duration::from_secs(10));
+        println!("{len} B: {:.0} MB/s, {dps:.0} descriptors/s", bps / 1e6);
+        return;
+    }
     println!(
         "{:>9} {:>14} {:>14} {:>8}",
         "size", "engine MB/s", "memcpy MB/s", "ratio"

@@ -530,7 +530,7 @@ fn flip_bits(list: &[VolatileSlice], n: usize, bits: u32) {
 
 /// Validates and executes one descriptor against `ctx.view`, with injected faults (`tweak`).
 pub fn execute(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
-    let plan = match plan(ctx, d) {
+    let mut plan = match plan(ctx, d) {
         Ok(p) => p,
         Err(refusal) => return Outcome::refused(refusal),
     };
@@ -539,19 +539,25 @@ pub fn execute(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
     let counters = &ctx.log.counters;
     log_side(ctx, d.tag, &plan.src, Dir::FromGuest);
     log_side(ctx, d.tag, &plan.dst, Dir::ToGuest);
-    let src = plan.src.as_ref().map(|s| truncate(&s.slices, n as usize));
-    let dst = plan.dst.as_ref().map(|s| truncate(&s.slices, n as usize));
+    if n < d.len {
+        // an injected short transfer: only the first n bytes of each side move
+        for side in [&mut plan.src, &mut plan.dst].into_iter().flatten() {
+            side.slices = truncate(&side.slices, n as usize);
+        }
+    }
+    let src = plan.src.as_ref().map(|s| &s.slices[..]);
+    let dst = plan.dst.as_ref().map(|s| &s.slices[..]);
     let internal = |off| -> Slices {
         smallvec::smallvec![ctx.internal.slice(off, len).expect("validated by plan")]
     };
     let mut result = 0;
     let faults_before = crate::unsealed::faults();
     match d.opcode {
-        abi::OP_COPY => copy_lists(src.as_ref().unwrap(), dst.as_ref().unwrap()),
-        abi::OP_WRITE => copy_lists(src.as_ref().unwrap(), &internal(d.dst)),
-        abi::OP_READ => copy_lists(&internal(d.src), dst.as_ref().unwrap()),
-        abi::OP_FILL => fill(dst.as_ref().unwrap(), d.pattern),
-        abi::OP_CHECKSUM => result = checksum(src.as_ref().unwrap()),
+        abi::OP_COPY => copy_lists(src.unwrap(), dst.unwrap()),
+        abi::OP_WRITE => copy_lists(src.unwrap(), &internal(d.dst)),
+        abi::OP_READ => copy_lists(&internal(d.src), dst.unwrap()),
+        abi::OP_FILL => fill(dst.unwrap(), d.pattern),
+        abi::OP_CHECKSUM => result = checksum(src.unwrap()),
         _ => unreachable!("opcode validated by plan"),
     }
     if crate::unsealed::faults() != faults_before {
@@ -566,7 +572,7 @@ pub fn execute(ctx: &Ctx, d: &Descriptor, tweak: Tweak) -> Outcome {
                 result ^= (1u64 << tweak.corrupt_bits.min(32)).wrapping_sub(1) as u32
             }
             abi::OP_WRITE => flip_bits(&internal(d.dst), n as usize, tweak.corrupt_bits),
-            _ => flip_bits(dst.as_ref().unwrap(), n as usize, tweak.corrupt_bits),
+            _ => flip_bits(dst.unwrap(), n as usize, tweak.corrupt_bits),
         }
     }
     use std::sync::atomic::Ordering::Relaxed;

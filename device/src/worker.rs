@@ -46,14 +46,16 @@ impl Worker {
 
     /// The current DMA mappings; refetched only when the map table changed.
     fn view(&mut self) -> Arc<MemView> {
+        self.refresh_view();
+        self.view.as_ref().expect("refreshed just now").1.clone()
+    }
+
+    /// Brings the cached view up to date with the map table (no reference count is taken: a
+    /// descriptor fetch borrows it).
+    fn refresh_view(&mut self) {
         let generation = self.dev.mem.generation();
-        match &self.view {
-            Some((g, v)) if *g == generation => v.clone(),
-            _ => {
-                let v = self.dev.mem.view();
-                self.view = Some((generation, v.clone()));
-                v
-            }
+        if !matches!(&self.view, Some((g, _)) if *g == generation) {
+            self.view = Some((generation, self.dev.mem.view()));
         }
     }
 
@@ -202,7 +204,8 @@ impl Worker {
     /// Reads the descriptor at the submission head of a queue whose registers were `r`; on a
     /// ring the device cannot read, halts the queue (ring-fetch error) and returns `None`.
     fn fetch(&mut self, r: &QueueRegs) -> Option<[u8; abi::DESC_SIZE]> {
-        let view = self.view();
+        self.refresh_view();
+        let view = &self.view.as_ref().expect("refreshed just now").1;
         let mut raw = [0u8; abi::DESC_SIZE];
         let slot = r
             .sq_base
@@ -286,11 +289,7 @@ impl Worker {
             return false;
         }
         lane::completed(&self.dev, q, cq_tail, &c);
-        if irq
-            && self
-                .coalescer
-                .completion(self.coalesce_cfg(), Instant::now())
-        {
+        if irq && self.coalescer.completion(self.coalesce_cfg(), Instant::now) {
             self.raise();
         }
         true

@@ -422,7 +422,7 @@ fn start_qemu(opts: &VmOptions, dir: &Path, sock: &Path, reaper: &mut Reaper) {
             helpers.push_str(&format!(",count=on,syscall={syscall}"));
         }
         for (key, value) in [
-            ("helpers", ranges(crate::oracle::helper_ranges)),
+            ("bulk", ranges(crate::oracle::helper_ranges)),
             ("io", ranges(crate::oracle::io_ranges)),
         ] {
             if !value.is_empty() {

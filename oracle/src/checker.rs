@@ -131,6 +131,18 @@ impl Checker {
         }
     }
 
+    /// Whether nothing is owned by the device now (no window, no device-owned mapping), so no
+    /// access can break ownership.
+    pub(crate) fn idle(&self) -> bool {
+        self.table.count() == 0 && self.mappings.device_owned.load(Ordering::Acquire) == 0
+    }
+
+    /// Changes whenever what the device owns may have changed (the window table's sequence,
+    /// the DMA API mappings' version).
+    pub(crate) fn generation(&self) -> (u64, u64) {
+        (self.table.seq(), self.mappings.version())
+    }
+
     /// A memory access at guest-physical `gpa` by the instruction at `pc`; `caller` finds who
     /// called the function `pc` is in (asked only when the access is a violation).
     pub(crate) fn access(

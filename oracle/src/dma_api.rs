@@ -61,6 +61,11 @@ pub(crate) struct Call {
 }
 
 impl Mappings {
+    /// Changes whenever the mappings change.
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     /// The hook at `pc`, if any.
     pub(crate) fn hook_at(&self, pc: u64) -> Option<Hook> {
         self.hooks.iter().find(|(a, _)| *a == pc).map(|&(_, h)| h)

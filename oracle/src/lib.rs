@@ -14,6 +14,12 @@
 //! - `helpers`: guest-virtual ranges `start-end:start-end...` (hex) of kernel helpers such as
 //!   `memcpy`: a violation inside one also records the helper's return address, so the report
 //!   names the driver function that called it;
+//! - `bulk`: `kind@start-end:...` (hex) of kernel helpers whose arguments name all the memory
+//!   they touch: `copy` (dst rdi, src rsi, length rdx: `memcpy`, `memmove`), `fill` (dst rdi,
+//!   length rdx: `memset`), `ucopy` and `ufill` (the same with the length in rcx: the user-copy
+//!   routines). Their loads and stores are not instrumented one by one: at the helper's first
+//!   instruction the plugin reads the arguments and checks the whole ranges at once, page by
+//!   page, and a violation records the helper's caller as for `helpers`;
 //! - `io`: ranges of the kernel's register accessors (`rust_helper_writel`, `iowrite32`, ...),
 //!   through which drivers store to device registers;
 //! - `scope`: `driver` (default) checks code in module space, the helpers and the register
@@ -35,6 +41,7 @@
 
 #![deny(unsafe_code)]
 
+mod bulk;
 mod checker;
 mod dma_api;
 mod guest;
@@ -48,6 +55,7 @@ use qemu_plugin::{
 };
 
 use checker::{Checker, Config};
+use dmalab_ownership::helpers::Helpers;
 
 /// The plugin API this plugin is built for (the `plugin-api-v5` feature of `qemu-plugin`).
 const API_VERSION: i64 = 5;
@@ -63,6 +71,8 @@ struct Oracle {
     user: bool,
     /// Kernel helper functions (`[start, end)`): accesses there also capture the return address.
     helpers: Vec<(u64, u64)>,
+    /// Kernel helpers checked once per call, from their arguments.
+    bulk: Helpers,
     /// The kernel's register accessors.
     io: Vec<(u64, u64)>,
     /// Check all kernel code, not only the driver's (`scope=kernel`).
@@ -86,13 +96,17 @@ fn parse_ranges(s: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The value of a 64-bit register of the current vCPU.
+fn read_register(reg: &Mutex<Option<RegisterDescriptor<'static>>>) -> Option<u64> {
+    let reg = reg.lock().ok()?;
+    let raw = reg.as_ref()?.read().ok()?;
+    Some(u64::from_le_bytes(raw.get(..8)?.try_into().ok()?))
+}
+
 /// The return address at the top of the guest stack (a leaf helper such as `memcpy` has not
 /// pushed anything), read through the vCPU's stack pointer.
 fn return_address(rsp: &Mutex<Option<RegisterDescriptor<'static>>>) -> Option<u64> {
-    let rsp = rsp.lock().ok()?;
-    let raw = rsp.as_ref()?.read().ok()?;
-    let sp = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
-    guest::read_u64(sp)
+    guest::read_u64(read_register(rsp)?)
 }
 
 /// An access of `size` bytes at guest-virtual `vaddr` (guest-physical `gpa` for its first
@@ -153,6 +167,14 @@ impl Register for Oracle {
         self.helpers = string_arg(args, "helpers")
             .map(|s| parse_ranges(&s))
             .unwrap_or_default();
+        self.bulk = match string_arg(args, "bulk").map(|s| Helpers::parse(&s)) {
+            None => Helpers::default(),
+            Some(Ok(h)) => h,
+            Some(Err(e)) => {
+                eprintln!("dmalab-oracle: bulk={e}");
+                return Err(qemu_plugin::Error::PluginInstanceSetError);
+            }
+        };
         self.io = string_arg(args, "io")
             .map(|s| parse_ranges(&s))
             .unwrap_or_default();
@@ -262,6 +284,23 @@ impl HasCallbacks for Oracle {
                     },
                     CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
                 );
+            }
+            if let Some((helper, entry)) = self.bulk.at(pc) {
+                // a copy or fill helper: checked once, from its arguments, at its entry; its
+                // own loads and stores are not instrumented
+                if entry {
+                    let (c, rsp, args) = (checker.clone(), self.rsp.clone(), self.args.clone());
+                    insn.register_execute_callback_flags(
+                        move |_| {
+                            if let Some(call) = read_args(&args) {
+                                let sp = read_register(&rsp);
+                                bulk::check(&c, helper, pc, sp, &call.args);
+                            }
+                        },
+                        CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
+                    );
+                }
+                continue;
             }
             let checked = pc < KERNEL_BASE
                 || self.whole_kernel

@@ -95,26 +95,21 @@ impl Violation {
     }
 }
 
-/// Kernel helpers that copy or fill memory for their caller: an access inside one is reported
-/// with the caller's name too (the plugin reads the return address).
-const HELPERS: &[&str] = &[
-    "memcpy",
-    "__memcpy",
-    // where `memcpy` and `memset` jump on CPUs without fast `rep movsb`/`stosb` (the guest
-    // runs with them off: docs/performance.md)
-    "memcpy_orig",
-    "memset_orig",
-    "memmove",
-    "__memmove",
-    "memset",
-    "__memset",
-    "rep_movs_alternative",
-    "rep_stos_alternative",
-];
-
-/// The plugin's `helpers=` argument: `start-end:...` of [`HELPERS`] in `system_map`.
+/// The plugin's `bulk=` argument: `kind@start-end:...` of the kernel's copy and fill helpers
+/// ([`crate::helpers::HELPERS`]) in `system_map`: the oracle checks each call once, from its
+/// arguments, and names the helper's caller in a violation.
 pub fn helper_ranges(system_map: &Path) -> String {
-    ranges_of(system_map, |n| HELPERS.contains(&n))
+    let kind = |n: &str| {
+        crate::helpers::HELPERS
+            .iter()
+            .find(|(h, _)| *h == n)
+            .map(|(_, k)| *k)
+    };
+    ranges_of(system_map, |n| kind(n).is_some())
+        .into_iter()
+        .map(|(name, range)| format!("{}@{range}", kind(&name).unwrap_or("copy")))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The plugin's `io=` argument: the kernel's register-store accessors in `system_map`.
@@ -123,6 +118,10 @@ pub fn io_ranges(system_map: &Path) -> String {
         let n = n.strip_prefix("rust_helper_").unwrap_or(n);
         n.starts_with("write") || n.starts_with("iowrite") || n.starts_with("__iowrite")
     })
+    .into_iter()
+    .map(|(_, range)| range)
+    .collect::<Vec<_>>()
+    .join(":")
 }
 
 /// The plugin's `syscall=` argument for `count=on`: the system-call entry's address (hex).
@@ -182,10 +181,11 @@ fn text_symbols(system_map: &str) -> impl Iterator<Item = (u64, &str)> {
     })
 }
 
-/// `start-end:...` of the text symbols of `system_map` that `wanted` picks.
-fn ranges_of(system_map: &Path, wanted: impl Fn(&str) -> bool) -> String {
+/// The text symbols of `system_map` that `wanted` picks: each with its range `start-end` (hex),
+/// up to the next symbol at a higher address.
+fn ranges_of(system_map: &Path, wanted: impl Fn(&str) -> bool) -> Vec<(String, String)> {
     let Ok(text) = std::fs::read_to_string(system_map) else {
-        return String::new();
+        return Vec::new();
     };
     let mut text_syms: Vec<(u64, &str)> = text_symbols(&text).collect();
     text_syms.sort();
@@ -193,11 +193,11 @@ fn ranges_of(system_map: &Path, wanted: impl Fn(&str) -> bool) -> String {
     for (i, (a, n)) in text_syms.iter().enumerate() {
         if wanted(n) {
             if let Some((end, _)) = text_syms[i + 1..].iter().find(|(b, _)| b > a) {
-                ranges.push(format!("{a:x}-{end:x}"));
+                ranges.push((n.to_string(), format!("{a:x}-{end:x}")));
             }
         }
     }
-    ranges.join(":")
+    ranges
 }
 
 /// Reads `dir/oracle.jsonl`, if the run had the oracle on.

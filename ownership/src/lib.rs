@@ -33,6 +33,7 @@
 pub mod counting;
 pub mod dma_api;
 pub mod findings;
+pub mod helpers;
 mod seqlock {
     //! The table's seqlock, written once for the real table (std atomics) and for the loom
     //! model in `tests/loom_seqlock.rs` (loom's atomics), which includes the same file.
