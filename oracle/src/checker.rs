@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dmalab_abi as abi;
-use dmalab_ownership::{Kind, Reader, Window};
+use dmalab_ownership::{Kind, Reader, Window, WindowIndex};
 
 use crate::dma_api::{Mappings, Range};
 
@@ -58,8 +58,8 @@ pub(crate) struct Checker {
 }
 
 thread_local! {
-    /// This vCPU thread's copy of the windows, and the table sequence it belongs to.
-    static WINDOWS: RefCell<(u64, Vec<Window>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+    /// This vCPU thread's copy of the windows, indexed, and the table sequence it belongs to.
+    static WINDOWS: RefCell<(u64, WindowIndex)> = RefCell::new((u64::MAX, WindowIndex::default()));
 }
 
 /// The name of a violation of a window of `kind` by a load or store.
@@ -167,11 +167,12 @@ impl Checker {
         WINDOWS.with(|cell| {
             let mut cache = cell.borrow_mut();
             if self.table.seq() != cache.0 {
-                let (seq, windows) = &mut *cache;
-                *seq = self.table.snapshot(windows);
+                let (seq, index) = &mut *cache;
+                *seq = self.table.snapshot(index.windows_mut());
+                index.sort();
             }
-            for w in cache.1.iter() {
-                if w.overlaps(gpa, size) && w.kind.forbids(store) {
+            for w in cache.1.overlapping(gpa, size) {
+                if w.kind.forbids(store) {
                     self.record(w, gpa, size, store, pc, caller);
                 }
             }
