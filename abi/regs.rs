@@ -810,6 +810,10 @@ pub struct Stats {
     /// pinnable, a destination not cache-line aligned, source and destination overlapping,
     /// too fragmented for one scatter-gather list, or a failed mapping).
     pub zero_copy_fallbacks: u64,
+    /// Zero-copy request storage the driver made (page arrays, scatter-gather tables, segment
+    /// lists): one per request mapped at the same time at the most, reused by every later one;
+    /// a request path that allocated would count one per request.
+    pub zero_copy_storage: u64,
 }
 
 /// `_IOR('D', 1, DeviceInfo)`: what the driver found at probe.
@@ -851,5 +855,5 @@ const _: () = assert!(core::mem::size_of::<Request>() == 80);
 const _: () = assert!(core::mem::size_of::<Batch>() == 16);
 const _: () = assert!(core::mem::size_of::<SelfTest>() == 24);
 const _: () = assert!(core::mem::size_of::<QueueStats>() == 64);
-const _: () = assert!(core::mem::size_of::<Stats>() == 64 * MAX_QUEUES + 48);
+const _: () = assert!(core::mem::size_of::<Stats>() == 64 * MAX_QUEUES + 56);
 const _: () = assert!(irq_cause_queue(MAX_QUEUES - 1) < IRQ_CAUSE_ERROR);

@@ -41,7 +41,7 @@ pub mod abi {
 /// Each is `#[repr(C)]`, made only of integers and arrays of them (every bit pattern is a valid
 /// value), and has no padding: `abi/regs.rs`, which this crate compiles, asserts in `const`
 /// items that each one's size is the sum of its fields' (`DESC_SIZE`, `SG_ENTRY_SIZE`,
-/// `COMPLETION_SIZE`, and 56, 80, 16, 24, 64 and `64 * MAX_QUEUES + 48` bytes for `DeviceInfo`,
+/// `COMPLETION_SIZE`, and 56, 80, 16, 24, 64 and `64 * MAX_QUEUES + 56` bytes for `DeviceInfo`,
 /// `Request`, `Batch`, `SelfTest`, `QueueStats` and `Stats`).
 macro_rules! plain_abi_data {
     ($($t:ty),* $(,)?) => {$(

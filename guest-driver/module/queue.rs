@@ -396,7 +396,7 @@ impl Queue {
         req.path = abi::PATH_NONE;
         req.pinned_pages = 0;
         if (src_guest || dst_guest) && zerocopy::wanted(req) {
-            if let Some(zc) = ZeroCopy::try_map(&dev.map_gate, dev.bar.device(), req) {
+            if let Some(mut zc) = ZeroCopy::try_map(&dev.map_gate, dev.bar.device(), req) {
                 let segs = zc.segments().and_then(|(mut s, mut d)| {
                     split_to(&mut s, want)?;
                     split_to(&mut d, want)?;
@@ -553,13 +553,23 @@ impl Queue {
         };
         let failed = out.is_err() || req.status != u32::from(Status::Ok.raw());
         let leak = failed && DmaBug::active() == DmaBug::LeakOnError;
-        match p.buffers {
+        let Prepared {
+            buffers,
+            src_segs,
+            dst_segs,
+            ..
+        } = p;
+        match buffers {
             // bug: the error path forgets to give the request's pages back
             Buffers::Bounce { .. } if leak => {}
             Buffers::Bounce { src, dst } => self.release(&src, &dst),
             // bug: the error path forgets the unmap (the mapping stays, the device unbinds)
             Buffers::ZeroCopy(zc) if leak => zc.leak(),
-            Buffers::ZeroCopy(zc) => zc.release(done),
+            Buffers::ZeroCopy(mut zc) => {
+                // the segment lists go back with the rest of the request's storage
+                zc.keep_segments(src_segs, dst_segs);
+                zc.release(done)
+            }
             Buffers::Lent => {}
         }
         out

@@ -127,6 +127,7 @@ impl DevState {
         s.zero_copy = self.zero_copy.load(Relaxed);
         s.bounced = self.bounced.load(Relaxed);
         s.zero_copy_fallbacks = self.zero_copy_fallbacks.load(Relaxed);
+        s.zero_copy_storage = self.map_gate.storage_made() as u64;
         s
     }
 }

@@ -4,7 +4,7 @@
 //! device, and handed between the CPU and the device by type (docs/streaming-dma.md).
 //!
 //! Written against the kernel's C calls only (`pin_user_pages_fast`,
-//! `sg_alloc_table_from_pages_segment`, `dma_map_sgtable`, `dma_unmap_sgtable`,
+//! `sg_alloc_table_from_pages_segment`, `sg_alloc_table`, `dma_map_sgtable`, `dma_unmap_sgtable`,
 //! `__dma_sync_sg_for_cpu`/`_for_device`, `unpin_user_pages_dirty_lock`) and nothing of dmalab,
 //! as a candidate for `kernel::dma`. The rules it encodes are the DMA API's
 //! (`Documentation/core-api/dma-api-howto.rst`):
@@ -32,6 +32,11 @@
 //! while the device keeps the rest ([`Mapping::sync_range_for_cpu`], a guard that gives the
 //! range back when dropped), and one page can be mapped without a scatter-gather table
 //! ([`SinglePage`]).
+//!
+//! A driver that maps on every request can keep what a mapping needs besides the pages and
+//! reuse it: the page array ([`UserPages::pin_in`], [`UserPages::unpin`]) and the
+//! scatter-gather table ([`SgStore`], [`map_in`], [`Mapping::unmap_keeping`]), so that its
+//! request path allocates nothing.
 
 use core::{marker::PhantomData, mem::ManuallyDrop, ptr};
 use kernel::{
@@ -246,6 +251,16 @@ impl<D: Direction> UserPages<D> {
     /// Fails with `EINVAL` for an empty or wrapping range and with `EFAULT` when part of the
     /// range is not mapped (or not writable when it must be); nothing stays pinned then.
     pub(crate) fn pin(addr: UserPtr, len: usize) -> Result<Self> {
+        Self::pin_in(addr, len, KVec::new())
+    }
+
+    /// [`UserPages::pin`] with `pages` as the page array: nothing is allocated when it has room
+    /// for the range's pages (its contents are dropped). On failure the array is freed.
+    pub(crate) fn pin_in(
+        addr: UserPtr,
+        len: usize,
+        mut pages: KVec<*mut bindings::page>,
+    ) -> Result<Self> {
         let start = addr.as_const_ptr() as usize;
         let end = start.checked_add(len).ok_or(EINVAL)?;
         if len == 0 {
@@ -254,7 +269,8 @@ impl<D: Direction> UserPages<D> {
         let first = start & !(PAGE_SIZE - 1);
         let count = (end - first).div_ceil(PAGE_SIZE);
         let nr = i32::try_from(count).map_err(|_| EINVAL)?;
-        let mut pages = KVec::with_capacity(count, GFP_KERNEL)?;
+        pages.clear();
+        pages.reserve(count, GFP_KERNEL)?;
         let flags = if D::DEVICE_WRITES {
             bindings::FOLL_WRITE
         } else {
@@ -284,6 +300,30 @@ impl<D: Direction> UserPages<D> {
     /// Bytes pinned (the caller's length).
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Unpins the pages (marking them dirty when the device wrote them) and returns the page
+    /// array, empty, for [`UserPages::pin_in`] to reuse.
+    pub(crate) fn unpin(self) -> KVec<*mut bindings::page> {
+        let mut this = ManuallyDrop::new(self);
+        this.unpin_all();
+        // SAFETY: `this` is never used or dropped again; its array is moved out once.
+        let mut pages = unsafe { ptr::read(&this.pages) };
+        pages.clear();
+        pages
+    }
+
+    /// Gives up every pin this value holds.
+    fn unpin_all(&mut self) {
+        // SAFETY: every entry is a page this value pinned and still holds the pin of; the
+        // callers never use the entries again.
+        unsafe {
+            bindings::unpin_user_pages_dirty_lock(
+                self.pages.as_mut_ptr(),
+                self.pages.len(),
+                D::DEVICE_WRITES,
+            )
+        };
     }
 
     /// Copies `out.len()` bytes at `offset` out of the pinned memory: the CPU owns pages no
@@ -325,14 +365,7 @@ impl<D: PinnedWritable> UserPages<D> {
 
 impl<D: Direction> Drop for UserPages<D> {
     fn drop(&mut self) {
-        // SAFETY: every entry is a page this value pinned and still holds the pin of.
-        unsafe {
-            bindings::unpin_user_pages_dirty_lock(
-                self.pages.as_mut_ptr(),
-                self.pages.len(),
-                D::DEVICE_WRITES,
-            )
-        };
+        self.unpin_all();
     }
 }
 
@@ -350,9 +383,7 @@ pub(crate) fn map<D: Direction, P: PageProvider>(
 ) -> Result<Mapping<D, DeviceOwned, P>> {
     let table = Opaque::<bindings::sg_table>::zeroed();
     let n = u32::try_from(pages.pages().len())?;
-    // SAFETY: `dev` is bound for the duration of the call.
-    let layer_max = unsafe { bindings::dma_max_mapping_size(raw(dev)) };
-    let max_segment = u32::try_from(layer_max).map_or(max_segment, |m| m.min(max_segment));
+    let max_segment = segment_limit(dev, max_segment);
     // SAFETY: `table` is zeroed memory for a `struct sg_table`; `pages` holds `n` pages that
     // stay put until it is dropped, after the table (the table goes first in every path below
     // and in `Mapping`'s drop); offset and length lie within them (`PageProvider`). The call
@@ -368,22 +399,184 @@ pub(crate) fn map<D: Direction, P: PageProvider>(
             bindings::GFP_KERNEL,
         )
     })?;
-    // SAFETY: `dev` is bound for the duration of the call; the table was just built from the
-    // provider's pages.
-    let mapped =
-        to_result(unsafe { bindings::dma_map_sgtable(raw(dev), table.get(), D::DIR.into(), 0) });
-    if let Err(e) = mapped {
-        // SAFETY: the table was allocated above and is not mapped.
-        unsafe { bindings::sg_free_table(table.get()) };
-        return Err(e);
+    // SAFETY: the call built a table of `orig_nents` entries, all of them walkable.
+    let capacity = unsafe { (*table.get()).orig_nents };
+    // dropping the store frees the table whatever happens next
+    let store = SgStore { table, capacity };
+    // SAFETY: the table was just built from the provider's pages.
+    unsafe { map_table(pages, dev, store) }.map_err(|(e, _, _)| e)
+}
+
+/// The longest segment to build for `dev`: `max_segment` (the device's limit), and never
+/// beyond what the DMA layer can map in one piece (`dma_max_mapping_size`).
+fn segment_limit(dev: &Device<Bound>, max_segment: u32) -> u32 {
+    // SAFETY: `dev` is bound for the duration of the call.
+    let layer_max = unsafe { bindings::dma_max_mapping_size(raw(dev)) };
+    u32::try_from(layer_max).map_or(max_segment, |m| m.min(max_segment))
+}
+
+/// What a failed map gives back: the error, the pages and the table.
+type MapError<P> = (Error, P, SgStore);
+
+/// Maps `store`'s table for `dev` and makes the mapping.
+///
+/// # Safety
+///
+/// `store`'s table holds exactly the pages of `pages` (their offset and length).
+unsafe fn map_table<D: Direction, P: PageProvider>(
+    pages: P,
+    dev: &Device<Bound>,
+    store: SgStore,
+) -> core::result::Result<Mapping<D, DeviceOwned, P>, MapError<P>> {
+    // SAFETY: `dev` is bound for the duration of the call; the table describes the provider's
+    // pages (the caller's guarantee), which stay put until the mapping gives them back.
+    let mapped = to_result(unsafe {
+        bindings::dma_map_sgtable(raw(dev), store.table.get(), D::DIR.into(), 0)
+    });
+    match mapped {
+        Ok(()) => Ok(Mapping {
+            table: ManuallyDrop::new(store),
+            dev: ManuallyDrop::new(dev.into()),
+            pages: ManuallyDrop::new(pages),
+            _dir: PhantomData,
+            _owner: PhantomData,
+        }),
+        Err(e) => Err((e, pages, store)),
     }
-    Ok(Mapping {
-        table,
-        dev: ManuallyDrop::new(dev.into()),
-        pages: ManuallyDrop::new(pages),
-        _dir: PhantomData,
-        _owner: PhantomData,
-    })
+}
+
+/// [`map`] into a table that exists already: nothing is allocated. `E2BIG` when `store` has
+/// fewer entries than the pages need.
+///
+/// # Errors
+///
+/// On failure the pages and the store come back with the error, for the caller to reuse.
+pub(crate) fn map_in<D: Direction, P: PageProvider>(
+    pages: P,
+    dev: &Device<Bound>,
+    max_segment: u32,
+    mut store: SgStore,
+) -> core::result::Result<Mapping<D, DeviceOwned, P>, MapError<P>> {
+    let max_segment = segment_limit(dev, max_segment).max(PAGE_SIZE as u32) as usize;
+    if let Err(e) = store.fill(&pages, max_segment) {
+        return Err((e, pages, store));
+    }
+    // SAFETY: `fill` just made the table hold the provider's pages.
+    unsafe { map_table(pages, dev, store) }
+}
+
+/// A scatter-gather table allocated once and filled again for every mapping ([`map_in`]):
+/// for a driver whose request path must not allocate. Freed when dropped.
+pub(crate) struct SgStore {
+    table: Opaque<bindings::sg_table>,
+    /// Entries it holds, all of them reachable with `sg_next`.
+    capacity: u32,
+}
+
+// SAFETY: the table is memory the store owns; any task may fill, map or free it.
+unsafe impl Send for SgStore {}
+
+impl SgStore {
+    /// A table of `entries` entries (chained in pieces of a page when they do not fit in one),
+    /// enough to map that many pages whatever their layout.
+    pub(crate) fn new(entries: u32) -> Result<Self> {
+        let table = Opaque::<bindings::sg_table>::zeroed();
+        // SAFETY: `table` is zeroed memory for a `struct sg_table`.
+        to_result(unsafe {
+            bindings::sg_alloc_table(table.get(), entries.max(1), bindings::GFP_KERNEL)
+        })?;
+        Ok(Self {
+            table,
+            capacity: entries.max(1),
+        })
+    }
+
+    /// Entries the table holds.
+    pub(crate) fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Describes the pages of `pages` in the table, physically adjacent ones merged up to
+    /// `max_segment` bytes (a multiple of the page size): what
+    /// `sg_alloc_table_from_pages_segment` builds, written into entries that exist. `E2BIG`
+    /// when they are too few.
+    fn fill(&mut self, pages: &impl PageProvider, max_segment: usize) -> Result {
+        let list = pages.pages();
+        let per_segment = (max_segment / PAGE_SIZE).max(1);
+        let (mut offset, mut left) = (pages.offset(), pages.len());
+        // SAFETY: the table was allocated with `capacity` entries (type invariant).
+        let mut sg = unsafe { (*self.table.get()).sgl };
+        let mut used = 0u32;
+        let mut i = 0;
+        while i < list.len() {
+            let mut j = i + 1;
+            while j < list.len() && j - i < per_segment && adjacent(list[j - 1], list[j]) {
+                j += 1;
+            }
+            if used == self.capacity {
+                return Err(E2BIG);
+            }
+            let n = ((j - i) * PAGE_SIZE - offset).min(left);
+            let last = j == list.len();
+            let entry = bindings::scatterlist {
+                // `sg_set_page` and, on the last entry, `sg_mark_end`: the page pointer with
+                // the end bit; the bits of the entry's previous use are gone
+                page_link: list[i] as usize | if last { bindings::SG_END as usize } else { 0 },
+                offset: offset as u32,
+                length: n as u32,
+                // SAFETY: all-zero is a valid entry (what `sg_init_table` writes); the DMA
+                // fields are set by the map.
+                ..unsafe { core::mem::zeroed() }
+            };
+            // SAFETY: `sg` is entry `used` < `capacity` of the table: reached from the first
+            // entry with `sg_next` over entries without the end bit, so chain links are
+            // followed and never overwritten. The table is not mapped (`&mut self`).
+            unsafe { sg.write(entry) };
+            used += 1;
+            left -= n;
+            offset = 0;
+            i = j;
+            if !last {
+                // SAFETY: `sg` is a valid entry without the end bit.
+                sg = unsafe { bindings::sg_next(sg) };
+            }
+        }
+        // SAFETY: as above; the map and the unmap walk `orig_nents` entries.
+        unsafe {
+            (*self.table.get()).nents = used;
+            (*self.table.get()).orig_nents = used;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SgStore {
+    fn drop(&mut self) {
+        // SAFETY: the table was allocated by `sg_alloc_table*` with `capacity` entries and is
+        // not mapped: a mapping holding it unmaps it before it lets it go. `sg_free_table`
+        // finds the chained pieces from `orig_nents`, which `fill` set to the entries used:
+        // it is the allocation's count again first.
+        unsafe {
+            (*self.table.get()).orig_nents = self.capacity;
+            bindings::sg_free_table(self.table.get());
+        }
+    }
+}
+
+/// Whether page `b` follows page `a` in physical memory. With `SPARSEMEM_VMEMMAP` (x86-64,
+/// arm64 and the other 64-bit architectures Rust builds for) the `struct page`s form one array
+/// indexed by page frame number, which is how the C `page_to_pfn` computes it. Elsewhere pages
+/// are not merged, which costs segments, never correctness.
+fn adjacent(a: *mut bindings::page, b: *mut bindings::page) -> bool {
+    #[cfg(CONFIG_SPARSEMEM_VMEMMAP)]
+    {
+        a.wrapping_add(1) == b
+    }
+    #[cfg(not(CONFIG_SPARSEMEM_VMEMMAP))]
+    {
+        let _ = (a, b);
+        false
+    }
 }
 
 /// Memory the driver owns, for streaming DMA of the driver's own buffers: whole pages, not
@@ -483,7 +676,7 @@ unsafe impl PageProvider for DriverPages {
 /// driver writes into descriptors. The mapping must be undone before `dev` unbinds (the driver
 /// guarantees it; docs/streaming-dma.md says how dmalab's does).
 pub(crate) struct Mapping<D: Direction, S: Owner, P: PageProvider = UserPages<D>> {
-    table: Opaque<bindings::sg_table>,
+    table: ManuallyDrop<SgStore>,
     // Both `ManuallyDrop`: a leaked device-owned mapping keeps its device reference and pages.
     dev: ManuallyDrop<ARef<Device>>,
     pages: ManuallyDrop<P>,
@@ -508,7 +701,12 @@ impl<D: Direction, S: Owner, P: PageProvider> Mapping<D, S, P> {
     /// The mapped segments, in order (`nents` after merging; at most the page count).
     pub(crate) fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
         // SAFETY: the table is mapped (type invariant) and not changed while `self` is borrowed.
-        let (mut sg, n) = unsafe { ((*self.table.get()).sgl, (*self.table.get()).nents) };
+        let (mut sg, n) = unsafe {
+            (
+                (*self.table.table.get()).sgl,
+                (*self.table.table.get()).nents,
+            )
+        };
         (0..n).map(move |_| {
             // SAFETY: `sg` is one of the table's first `nents` entries (the loop runs `nents`
             // times, `sg_next` follows chains).
@@ -527,7 +725,7 @@ impl<D: Direction, S: Owner, P: PageProvider> Mapping<D, S, P> {
     /// How many segments the device sees.
     pub(crate) fn segment_count(&self) -> usize {
         // SAFETY: the table is mapped (type invariant).
-        unsafe { (*self.table.get()).nents as usize }
+        unsafe { (*self.table.table.get()).nents as usize }
     }
 
     /// Bytes mapped.
@@ -606,7 +804,7 @@ impl<D: Direction, S: Owner, P: PageProvider> Mapping<D, S, P> {
         // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant), and
         // `orig_nents` is its CPU entry count, which is what the sync calls take.
         unsafe {
-            let t = &*self.table.get();
+            let t = &*self.table.table.get();
             call(raw(&self.dev), t.sgl, t.orig_nents as i32, D::DIR.into())
         };
         self.retype()
@@ -615,14 +813,21 @@ impl<D: Direction, S: Owner, P: PageProvider> Mapping<D, S, P> {
     /// Unmaps (the DMA API syncs for the CPU as part of it), frees the table and returns the
     /// pages (still pinned, for a user's).
     fn undo(self) -> P {
+        self.undo_keeping().0
+    }
+
+    /// Unmaps and returns the pages and the table, for reuse.
+    fn undo_keeping(self) -> (P, SgStore) {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: the table is mapped for `dev` in direction `D::DIR` (type invariant); after
-        // the unmap it is freed, and `this` is never used again except to move the pages out.
+        // the unmap `this` is never used again except to move the table and pages out.
         unsafe {
-            bindings::dma_unmap_sgtable(raw(&this.dev), this.table.get(), D::DIR.into(), 0);
-            bindings::sg_free_table(this.table.get());
+            bindings::dma_unmap_sgtable(raw(&this.dev), this.table.table.get(), D::DIR.into(), 0);
             ManuallyDrop::drop(&mut this.dev);
-            ManuallyDrop::take(&mut this.pages)
+            (
+                ManuallyDrop::take(&mut this.pages),
+                ManuallyDrop::take(&mut this.table),
+            )
         }
     }
 }
@@ -636,6 +841,11 @@ impl<D: Direction, P: PageProvider> Mapping<D, DeviceOwned, P> {
     /// Undoes the mapping and returns the pages, the device being done with them.
     pub(crate) fn unmap(self, _done: &DeviceDone) -> P {
         self.undo()
+    }
+
+    /// [`Mapping::unmap`], keeping the scatter-gather table for [`map_in`].
+    pub(crate) fn unmap_keeping(self, _done: &DeviceDone) -> (P, SgStore) {
+        self.undo_keeping()
     }
 
     /// Takes `len` bytes at `offset` back for the CPU while the device keeps the rest of the
@@ -775,10 +985,10 @@ impl<D: Direction, S: Owner, P: PageProvider> Drop for Mapping<D, S, P> {
             pr_warn_once!("dmalab: a device-owned DMA mapping was dropped; leaking it\n");
             return;
         }
-        // SAFETY: as in `undo`; the fields are not used after this.
+        // SAFETY: as in `undo_keeping`; the fields are not used after this.
         unsafe {
-            bindings::dma_unmap_sgtable(raw(&self.dev), self.table.get(), D::DIR.into(), 0);
-            bindings::sg_free_table(self.table.get());
+            bindings::dma_unmap_sgtable(raw(&self.dev), self.table.table.get(), D::DIR.into(), 0);
+            ManuallyDrop::drop(&mut self.table);
             ManuallyDrop::drop(&mut self.dev);
             ManuallyDrop::drop(&mut self.pages);
         }

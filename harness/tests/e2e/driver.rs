@@ -181,6 +181,15 @@ fn assert_paths(r: &Run, mode: u32) {
                 stats.zero_copy as usize >= zero_copy && zero_copy > 0,
                 &format!("zero-copy mode: {zero_copy} reported, driver counted {stats:?}"),
             );
+            // the request path allocates nothing: storage is made for the most requests mapped
+            // at once (the suite's concurrency), then reused
+            r.check(
+                stats.zero_copy_storage > 0 && stats.zero_copy_storage * 2 <= stats.zero_copy,
+                &format!(
+                    "zero-copy mode: {} pieces of request storage made for {} zero-copy requests: not reused",
+                    stats.zero_copy_storage, stats.zero_copy
+                ),
+            );
         }
         _ => {}
     }
