@@ -109,17 +109,22 @@ pub fn scan_events(path: &std::path::Path, lens: &[u64]) -> EventScan {
 /// counts them between the ioctl's entry and the driver's return, one request at a time):
 /// `ops` COPYs of `len` bytes under the oracle. The plugin's JSON and the ops/s it ran at.
 pub fn instructions_per_request(len: u32, ops: u32) -> (Value, f64) {
-    instructions_in_mode(len, ops, None)
+    let (i, ops_per_s, _) = instructions_in_mode(len, ops, None);
+    (i, ops_per_s)
 }
 
 /// [`instructions_per_request`] with the driver loaded in data path `dma_mode` (`None`: its
-/// default, which chooses by size).
-pub fn instructions_in_mode(len: u32, ops: u32, dma_mode: Option<u32>) -> (Value, f64) {
+/// default, which chooses by size); also the driver's counters after the requests.
+pub fn instructions_in_mode(
+    len: u32,
+    ops: u32,
+    dma_mode: Option<u32>,
+) -> (Value, f64, dmalab_abi::Stats) {
     let name = match dma_mode {
         Some(m) => format!("bench_count_{len}_mode{m}"),
         None => format!("bench_count_{len}"),
     };
-    let mut o = VmOptions::new(&name, "load,serial_copies,unload");
+    let mut o = VmOptions::new(&name, "load,serial_copies,stats,unload");
     o.dma_mode = dma_mode;
     o.oracle = true;
     o.count_instructions = true;
@@ -132,7 +137,8 @@ pub fn instructions_in_mode(len: u32, ops: u32, dma_mode: Option<u32>) -> (Value
         .as_ref()
         .and_then(|o| o.instructions.clone())
         .unwrap_or_else(|| r.fail("the plugin counted no instructions"));
-    (i, r.one::<Bench>().ops_per_s)
+    let stats = *r.one::<dmalab_report::Stats>().ioctl;
+    (i, r.one::<Bench>().ops_per_s, stats)
 }
 
 /// The cells of one `bench_matrix` run, looked up by (device, len, depth, spread over all

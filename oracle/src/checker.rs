@@ -168,7 +168,7 @@ impl Checker {
             let mut cache = cell.borrow_mut();
             if self.table.seq() != cache.0 {
                 let (seq, index) = &mut *cache;
-                *seq = self.table.snapshot(index.windows_mut());
+                *seq = self.table.snapshot(index.items_mut());
                 index.sort();
             }
             for w in cache.1.overlapping(gpa, size) {

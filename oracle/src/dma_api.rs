@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 pub(crate) use dmalab_ownership::dma_api::{parse_addresses, Range};
 use dmalab_ownership::dma_api::{walk, DMA_TO_DEVICE, VMEMMAP_DEFAULT};
+use dmalab_ownership::SpanIndex;
 
 use crate::guest;
 
@@ -36,7 +37,7 @@ pub(crate) enum Hook {
 
 thread_local! {
     /// This vCPU thread's copy of the ranges, and the version it belongs to.
-    static RANGES: RefCell<(u64, Vec<Range>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+    static RANGES: RefCell<(u64, SpanIndex<Range>)> = RefCell::new((u64::MAX, SpanIndex::default()));
 }
 
 /// The streaming mappings modules made, and who owns each.
@@ -147,14 +148,17 @@ impl Mappings {
             let mut cache = cell.borrow_mut();
             let v = self.version.load(Ordering::Acquire);
             if cache.0 != v {
-                cache.1 = self.lock().clone();
+                let index = &mut cache.1;
+                index.items_mut().clone_from(&self.lock());
+                index.sort();
                 cache.0 = v;
             }
-            cache
+            let found = cache
                 .1
-                .iter()
+                .overlapping(gpa, size)
                 .find(|r| r.forbids(gpa, size, store))
-                .copied()
+                .copied();
+            found
         })
     }
 }

@@ -125,39 +125,81 @@ impl Window {
     }
 }
 
-/// The windows of one snapshot, sorted by start, for finding those an access overlaps without
-/// looking at them all: at queue depth 32 a table of 1 MiB zero-copy requests holds thousands
-/// of windows, and the oracle looks up every checked guest access.
-#[derive(Debug, Default)]
-pub struct WindowIndex {
-    windows: Vec<Window>,
-    /// The longest window's length: no window starting further below an address reaches it.
+/// A range of guest-physical memory, for [`SpanIndex`].
+pub trait Span {
+    /// Its first byte.
+    fn start(&self) -> u64;
+    /// Its length in bytes.
+    fn len(&self) -> u64;
+    /// Whether it is empty (it then overlaps nothing).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Span for Window {
+    fn start(&self) -> u64 {
+        self.start
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl Span for dma_api::Range {
+    fn start(&self) -> u64 {
+        self.start
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// Ranges sorted by start, for finding those an access overlaps without looking at them all:
+/// at queue depth 32 the oracle holds thousands of windows (or DMA API ranges) of 1 MiB
+/// zero-copy requests, and it looks up every checked guest access.
+#[derive(Debug)]
+pub struct SpanIndex<T> {
+    items: Vec<T>,
+    /// The longest range's length: no range starting further below an address reaches it.
     longest: u64,
 }
 
-impl WindowIndex {
-    /// The windows, for [`Reader::snapshot`] to fill; call [`WindowIndex::sort`] after.
-    pub fn windows_mut(&mut self) -> &mut Vec<Window> {
-        &mut self.windows
+impl<T> Default for SpanIndex<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            longest: 0,
+        }
+    }
+}
+
+/// The windows of one table snapshot, indexed.
+pub type WindowIndex = SpanIndex<Window>;
+
+impl<T: Span> SpanIndex<T> {
+    /// The ranges, for a snapshot to fill; call [`SpanIndex::sort`] after.
+    pub fn items_mut(&mut self) -> &mut Vec<T> {
+        &mut self.items
     }
 
-    /// Indexes the windows [`WindowIndex::windows_mut`] holds now.
+    /// Indexes the ranges [`SpanIndex::items_mut`] holds now.
     pub fn sort(&mut self) {
-        self.windows.sort_unstable_by_key(|w| w.start);
-        self.longest = self.windows.iter().map(|w| w.len).max().unwrap_or(0);
+        self.items.sort_unstable_by_key(|w| w.start());
+        self.longest = self.items.iter().map(|w| w.len()).max().unwrap_or(0);
     }
 
-    /// The windows that overlap `size` bytes at `addr`.
-    pub fn overlapping(&self, addr: u64, size: u64) -> impl Iterator<Item = &Window> {
+    /// The ranges that overlap `size` bytes at `addr`.
+    pub fn overlapping(&self, addr: u64, size: u64) -> impl Iterator<Item = &T> {
         let end = addr.saturating_add(size);
-        // windows starting at or past the end cannot overlap; of those below, only the ones
+        // ranges starting at or past the end cannot overlap; of those below, only the ones
         // starting within `longest` of `addr` can reach it
-        let upto = self.windows.partition_point(|w| w.start < end);
+        let upto = self.items.partition_point(|w| w.start() < end);
         let from = addr.saturating_sub(self.longest);
-        let first = self.windows[..upto].partition_point(|w| w.start < from);
-        self.windows[first..upto]
+        let first = self.items[..upto].partition_point(|w| w.start() < from);
+        self.items[first..upto]
             .iter()
-            .filter(move |w| w.overlaps(addr, size))
+            .filter(move |w| addr < w.start().saturating_add(w.len()) && w.start() < end)
     }
 }
 
@@ -387,7 +429,7 @@ mod tests {
                 kind: Kind::ReadOwned,
             })
             .collect();
-        index.windows_mut().extend(all.iter().copied());
+        index.items_mut().extend(all.iter().copied());
         index.sort();
         for _ in 0..5000 {
             let (addr, size) = (next(1 << 24), 1 + next(8192));

@@ -129,11 +129,14 @@ fn main() -> ExitCode {
             met: ahead >= 1.0,
         });
     }
-    // The zero-copy request path's instruction count, the baseline of the no-allocation work.
+    // The zero-copy request path: its instruction count, and whether it allocates (the
+    // driver counts the request storage it made: one for requests made one at a time).
     let mut zero_copy_counts = Vec::new();
+    let mut storage = (0u64, 0u64);
     for (len, ops) in [(4096u32, 200u32), (1 << 20, 30)] {
-        let (i, _) = bench::instructions_in_mode(len, ops, Some(dmalab_abi::DMA_MODE_ZERO_COPY));
-        zero_copy_counts.push(json!({"len": len, "instructions": i}));
+        let (i, _, s) = bench::instructions_in_mode(len, ops, Some(dmalab_abi::DMA_MODE_ZERO_COPY));
+        storage = (storage.0 + s.zero_copy_storage, storage.1 + s.zero_copy);
+        zero_copy_counts.push(json!({"len": len, "instructions": i, "storage_made": s.zero_copy_storage, "zero_copy_requests": s.zero_copy}));
     }
     // the plugin's medians (means carry the first requests' translation): submit + complete
     let per_request = |c: &Value| {
@@ -143,16 +146,21 @@ fn main() -> ExitCode {
             _ => "?".to_string(),
         }
     };
+    // before the per-request storage (2026-12-07, the same tests' kernel): 94,221 and
+    // 5,598,129 guest instructions per 4 KiB and 1 MiB zero-copy COPY
     goals.push(Goal {
         goal: "no allocation on the zero-copy request path".into(),
         measured: format!(
-            "not yet: the page arrays, SG tables and segment vectors are allocated per request \
-             ({} guest instructions per 4 KiB zero-copy COPY, {} per 1 MiB: median submit + \
-             complete)",
+            "{} pieces of request storage made for {} zero-copy requests made one at a time; {} \
+             guest instructions per 4 KiB zero-copy COPY (94221 before), {} per 1 MiB (5598129 \
+             before): median submit + complete, tests' kernel",
+            storage.0,
+            storage.1,
             per_request(&zero_copy_counts[0]),
             per_request(&zero_copy_counts[1])
         ),
-        met: false,
+        // one piece per boot (the requests run one at a time), reused by every later request
+        met: storage.1 > 0 && storage.0 <= 2,
     });
 
     let scaling_md = markdown_scaling(&c1, &c2);
