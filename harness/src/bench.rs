@@ -209,16 +209,19 @@ impl<'a> Cells<'a> {
 
 /// One goal of the issue, judged on this run's figures.
 #[derive(Debug, Clone)]
+#[derive(Default)]
 pub struct Goal {
     pub goal: String,
     /// What was measured against what was asked, e.g. "1.42x (goal 2.5x)".
     pub measured: String,
     pub met: bool,
+    /// For a missed goal: what the profile says is in the way (empty when not known).
+    pub why: String,
 }
 
 impl Goal {
     pub fn json(&self) -> Value {
-        serde_json::json!({"goal": self.goal, "measured": self.measured, "met": self.met})
+        serde_json::json!({"goal": self.goal, "measured": self.measured, "met": self.met, "why": self.why})
     }
 }
 
@@ -227,6 +230,7 @@ fn goal(goal: impl Into<String>, ratio: f64, want: f64) -> Goal {
         goal: goal.into(),
         measured: format!("{ratio:.2}x (goal {want}x)"),
         met: ratio >= want,
+        why: String::new(),
     }
 }
 
@@ -416,6 +420,16 @@ pub fn markdown_crossover(c: &Cells) -> String {
         None => "\nZero-copy was not ahead at any size measured.\n".into(),
     });
     t
+}
+
+/// `doc` with the text between the markers `begin` and `end` replaced by `md` (both markers
+/// appended when missing): how the benches rewrite their part of docs/performance.md.
+pub fn splice(doc: &str, begin: &str, end: &str, md: &str) -> String {
+    let block = format!("{begin}\n{md}{end}");
+    match (doc.find(begin), doc.find(end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &doc[..a], &doc[b + end.len()..]),
+        _ => format!("{doc}\n{block}\n"),
+    }
 }
 
 pub fn size(len: u64) -> String {
