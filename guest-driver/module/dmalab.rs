@@ -103,7 +103,7 @@ kernel::module_pci_driver! {
             description: "How requests reach user memory: 0 = auto (zero-copy from zero_copy_min bytes up), 1 = bounce pool, 2 = zero-copy where the memory allows",
         },
         zero_copy_min: u32 {
-            default: 32768,
+            default: 16384,
             description: "Auto mode: smallest request mapped zero-copy (smaller ones are copied; docs/performance.md)",
         },
         dma_bug: u32 {

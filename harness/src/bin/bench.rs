@@ -468,7 +468,7 @@ fn render(
             g.why
         ));
     }
-    md.push_str("\n### Where a request's time goes (bounce COPY, depth 1, one queue, medians)\n\n| size | end to end µs | device (fetch → completion) µs | two bounce copies µs | syscall, driver, IRQ, wake-up µs | guest instructions submit + complete (the test kernel, the driver's default path: zero-copy from 32 KiB) |\n|---|---|---|---|---|---|\n");
+    md.push_str("\n### Where a request's time goes (bounce COPY, depth 1, one queue, medians)\n\n| size | end to end µs | device (fetch → completion) µs | two bounce copies µs | syscall, driver, IRQ, wake-up µs | guest instructions submit + complete (the test kernel, the driver's default path: zero-copy from `zero_copy_min`) |\n|---|---|---|---|---|---|\n");
     for p in profile {
         let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
         md.push_str(&format!(
