@@ -134,13 +134,11 @@ impl MapGate {
         }
         live.tickets += 1;
         let storage = live.spare.pop();
-        drop(live);
-        let ticket = MapTicket {
+        Ok(MapTicket {
             gate: self,
             dev,
             storage,
-        };
-        Ok(ticket)
+        })
     }
 
     /// Pieces of [`Storage`] made so far.

@@ -208,8 +208,7 @@ impl<'a> Cells<'a> {
 }
 
 /// One goal of the issue, judged on this run's figures.
-#[derive(Debug, Clone)]
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Goal {
     pub goal: String,
     /// What was measured against what was asked, e.g. "1.42x (goal 2.5x)".

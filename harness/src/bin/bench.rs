@@ -50,7 +50,10 @@ fn main() -> ExitCode {
         // one scaling boot alone (`smp2`, `gentle`), e.g. to profile the host while it runs
         let cells = scaling_boot(&o, &conditions);
         for b in &cells {
-            println!("{} {} B depth {}: {:.0} ops/s", b.device, b.len, b.depth, b.ops_per_s);
+            println!(
+                "{} {} B depth {}: {:.0} ops/s",
+                b.device, b.len, b.depth, b.ops_per_s
+            );
         }
         return ExitCode::SUCCESS;
     }
@@ -180,7 +183,12 @@ fn main() -> ExitCode {
     // there), by guest instructions per COPY in each path: timings are the production-like
     // kernel's.
     let mut test_kernel_crossover = Vec::new();
-    for (len, ops) in [(4096u32, 100u32), (16 << 10, 100), (32 << 10, 60), (64 << 10, 60)] {
+    for (len, ops) in [
+        (4096u32, 100u32),
+        (16 << 10, 100),
+        (32 << 10, 60),
+        (64 << 10, 60),
+    ] {
         let mut both = [0.0f64; 2];
         for (k, mode) in [dmalab_abi::DMA_MODE_BOUNCE, dmalab_abi::DMA_MODE_ZERO_COPY]
             .into_iter()
@@ -408,7 +416,9 @@ fn explain(goals: &mut [Goal], profile: &[Value], engine: Option<&Value>) {
         } else if g.goal.contains("device library") {
             let per = engine
                 .and_then(|e| e["descriptors_per_s_64b"].as_f64())
-                .map_or(String::new(), |d| format!("{:.0} ns per descriptor; ", 1e9 / d));
+                .map_or(String::new(), |d| {
+                    format!("{:.0} ns per descriptor; ", 1e9 / d)
+                });
             format!(
                 "a fixed cost per descriptor: {per}perf of the engine bench at 64 B: thread \
                  wake-ups ~20%, the rest fetch, validation, execution and completion, no part \
@@ -425,7 +435,11 @@ fn explain(goals: &mut [Goal], profile: &[Value], engine: Option<&Value>) {
                  device; the rest is the guest's system call, driver path, interrupt and wake-up, \
                  and a doorbell and an interrupt that cross to the device process, which NVMe, \
                  emulated inside QEMU, does not make",
-                if depth1 { "one request's round trip: " } else { "" },
+                if depth1 {
+                    "one request's round trip: "
+                } else {
+                    ""
+                },
                 us(p, "p50_us"),
                 us(p, "device_us")
             )
@@ -458,7 +472,9 @@ fn render(
             e.ops_per_s, e.p50_us, d.ops_per_s, d.ops_per_s / e.ops_per_s.max(1e-9)
         ));
     }
-    md.push_str("\n### Goals\n\n| goal | measured | | what is in the way (profile) |\n|---|---|---|---|\n");
+    md.push_str(
+        "\n### Goals\n\n| goal | measured | | what is in the way (profile) |\n|---|---|---|---|\n",
+    );
     for g in goals {
         md.push_str(&format!(
             "| {} | {} | {} | {} |\n",
