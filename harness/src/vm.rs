@@ -611,6 +611,35 @@ fn watch(opts: &VmOptions, dir: &Path, reaper: &mut Reaper) -> Watched {
 /// Boots a VM as `opts` says and waits for it to power off (or for the timeout). Waits first
 /// for a VM slot ([`crate::slots`]): no more VMs run at once than the machine has cores.
 pub fn run(opts: &VmOptions) -> Run {
+    let (r, agent_started) = run_once(opts);
+    let aborted = std::fs::read_to_string(r.dir.join("qemu.err")).unwrap_or_default();
+    let Some(why) = qemu_boot_abort(&aborted).filter(|_| !agent_started) else {
+        return r;
+    };
+    // QEMU 10.2's own race, not the guest's or ours: nothing of the run had started
+    let kept = r.dir.with_file_name(format!("{}.qemu-abort", opts.name));
+    let _ = std::fs::remove_dir_all(&kept);
+    let _ = std::fs::rename(&r.dir, &kept);
+    eprintln!(
+        "dmalab: {}: QEMU aborted while the guest booted ({why}); booting once more (the first attempt's logs: {})",
+        opts.name,
+        kept.display()
+    );
+    run_once(opts).0
+}
+
+/// The assertion QEMU aborted on, if `qemu_err` (its stderr) shows one. Under MTTCG, QEMU 10.2
+/// can abort in `iotlb_to_section` while the guest kernel maps PCI BARs on one vCPU and another
+/// vCPU's access looks up the memory map being replaced: a boot that never reached the agent.
+fn qemu_boot_abort(qemu_err: &str) -> Option<String> {
+    qemu_err
+        .lines()
+        .find(|l| l.contains(": Assertion `") && l.ends_with("failed."))
+        .map(|l| l.trim().to_string())
+}
+
+/// One VM run; also whether the guest agent started (its first report arrived).
+fn run_once(opts: &VmOptions) -> (Run, bool) {
     let e2e = artifacts::root().join("target/e2e");
     let dir = e2e.join(&opts.name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -683,7 +712,7 @@ pub fn run(opts: &VmOptions) -> Run {
         let symbols = crate::oracle::Symbols::new(system_map(opts).as_deref(), &modules);
         crate::oracle::read(&dir, &symbols).unwrap_or_default()
     });
-    Run {
+    let run = Run {
         dir,
         reports,
         unparsed,
@@ -696,6 +725,23 @@ pub fn run(opts: &VmOptions) -> Run {
         expected_device_errors: opts.expected_device_errors.clone(),
         dma_api_debug: opts.dma_api_debug,
         oracle,
+    };
+    (run, w.boot.is_some())
+}
+
+#[cfg(test)]
+mod boot_abort_tests {
+    use super::qemu_boot_abort;
+
+    #[test]
+    fn only_qemus_own_assertion_counts() {
+        let err = "qemu-system-x86_64: -device {...}: warning: vfio vfio-user:/x/dev.sock: Could not enable error recovery for the device\nqemu-system-x86_64: ../system/physmem.c:760: iotlb_to_section: Assertion `section_index < d->map.sections_nb' failed.\n";
+        assert!(qemu_boot_abort(err).is_some_and(|w| w.contains("iotlb_to_section")));
+        assert_eq!(
+            qemu_boot_abort("qemu-system-x86_64: terminating on signal 15\n"),
+            None
+        );
+        assert_eq!(qemu_boot_abort(""), None);
     }
 }
 
