@@ -491,11 +491,6 @@ impl SgStore {
         })
     }
 
-    /// Entries the table holds.
-    pub(crate) fn capacity(&self) -> u32 {
-        self.capacity
-    }
-
     /// Describes the pages of `pages` in the table, physically adjacent ones merged up to
     /// `max_segment` bytes (a multiple of the page size): what
     /// `sg_alloc_table_from_pages_segment` builds, written into entries that exist. `E2BIG`

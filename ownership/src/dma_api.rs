@@ -35,10 +35,7 @@ impl Range {
     /// Whether a CPU access of `size` bytes at `gpa` (a store when `store`) breaks the DMA
     /// API's ownership of this range.
     pub fn forbids(&self, gpa: u64, size: u64, store: bool) -> bool {
-        self.device
-            && (store || !self.to_device)
-            && gpa < self.start.saturating_add(self.len)
-            && self.start < gpa.saturating_add(size)
+        self.device && (store || !self.to_device) && crate::Span::overlaps(self, gpa, size)
     }
 }
 

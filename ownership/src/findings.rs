@@ -107,7 +107,7 @@ pub fn helper_ranges(system_map: &Path) -> String {
     };
     ranges_of(system_map, |n| kind(n).is_some())
         .into_iter()
-        .map(|(name, range)| format!("{}@{range}", kind(&name).unwrap_or("copy")))
+        .filter_map(|(name, range)| Some(format!("{}@{range}", kind(&name)?)))
         .collect::<Vec<_>>()
         .join(":")
 }

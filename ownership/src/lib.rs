@@ -118,13 +118,6 @@ pub struct Window {
     pub kind: Kind,
 }
 
-impl Window {
-    /// Whether `[addr, addr + size)` overlaps the window.
-    pub fn overlaps(&self, addr: u64, size: u64) -> bool {
-        addr < self.start.saturating_add(self.len) && self.start < addr.saturating_add(size)
-    }
-}
-
 /// A range of guest-physical memory, for [`SpanIndex`].
 pub trait Span {
     /// Its first byte.
@@ -134,6 +127,10 @@ pub trait Span {
     /// Whether it is empty (it then overlaps nothing).
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Whether `[addr, addr + size)` overlaps it.
+    fn overlaps(&self, addr: u64, size: u64) -> bool {
+        addr < self.start().saturating_add(self.len()) && self.start() < addr.saturating_add(size)
     }
 }
 
@@ -199,7 +196,7 @@ impl<T: Span> SpanIndex<T> {
         let first = self.items[..upto].partition_point(|w| w.start() < from);
         self.items[first..upto]
             .iter()
-            .filter(move |w| addr < w.start().saturating_add(w.len()) && w.start() < end)
+            .filter(move |w| w.overlaps(addr, size))
     }
 }
 
